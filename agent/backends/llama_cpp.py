@@ -1,0 +1,221 @@
+"""llama.cpp through llama-cpp-python: greedy generation and choice scoring over a shared prefix."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.backends.base import ChoiceScores, Generation, normalise_logprobs
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit the expert's context window."""
+
+
+@dataclass(frozen=True)
+class LlamaOptions:
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    chat_template: bool = True
+    stop: tuple[str, ...] = ()
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=-1, keepdims=True)
+    shifted = logits - top
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+class LlamaCppBackend:
+    """One GGUF model in one llama.cpp context. Not thread-safe: one job at a time."""
+
+    def __init__(self, model_path: Path, options: LlamaOptions) -> None:
+        from llama_cpp import Llama, llama_chat_format
+        from llama_cpp import llama_cpp as lib
+
+        self._lib = lib
+        self.model_path = model_path
+        self.options = options
+        self.llm = Llama(
+            model_path=str(model_path),
+            n_ctx=options.n_ctx,
+            n_threads=options.n_threads or max(1, (os.cpu_count() or 2) // 2),
+            n_gpu_layers=options.n_gpu_layers,
+            verbose=False,
+        )
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        self._formatter = None
+        if options.chat_template and template:
+            vocab = self.llm._model
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=vocab.token_get_text(self.llm.token_eos()),
+                bos_token=vocab.token_get_text(self.llm.token_bos()),
+            )
+
+    # -- facts --------------------------------------------------------------------------
+
+    @property
+    def uses_chat_template(self) -> bool:
+        return self._formatter is not None
+
+    @property
+    def quantisation(self) -> str | None:
+        file_type = self.llm.metadata.get("general.file_type")
+        return _FILE_TYPES.get(file_type or "", f"file_type {file_type}" if file_type else None)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return int(self.llm._model.size()) + int(self._lib.llama_state_get_size(self.llm.ctx))
+
+    @property
+    def context_length(self) -> int:
+        return self.llm.n_ctx()
+
+    # -- inference ----------------------------------------------------------------------
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        if self._formatter is not None:
+            text = self._formatter(messages=[{"role": "user", "content": prompt}]).prompt
+            return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+
+    def generate(self, prompt: str, max_tokens: int, deadline_s: float) -> Generation:
+        tokens = self._prompt_tokens(prompt)
+        room = self.llm.n_ctx() - len(tokens)
+        if room < 1:
+            raise PromptTooLong(
+                f"prompt of {len(tokens)} tokens does not fit the context of {self.llm.n_ctx()}"
+            )
+        budget = min(max_tokens, room)
+        vocab = self.llm._model.vocab
+        out: list[int] = []
+        finish = "length"
+        first_token_s: float | None = None
+        start = time.monotonic()
+        for token in self.llm.generate(tokens, temp=0.0, top_k=1, repeat_penalty=1.0):
+            if first_token_s is None:
+                first_token_s = time.monotonic() - start
+            if self._lib.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            out.append(token)
+            if self.options.stop and self._hit_stop(out):
+                finish = "stop"
+                break
+            if len(out) >= budget:
+                break
+            if time.monotonic() >= deadline_s:
+                finish = "deadline"
+                break
+        text = self.llm.detokenize(out).decode("utf-8", errors="replace")
+        for stop in self.options.stop:
+            text = text.split(stop, 1)[0]
+        return Generation(
+            text=text.strip(),
+            prompt_tokens=len(tokens),
+            completion_tokens=len(out),
+            first_token_s=first_token_s,
+            finish_reason=finish,  # type: ignore[arg-type]
+        )
+
+    def _hit_stop(self, out: list[int]) -> bool:
+        tail = self.llm.detokenize(out[-16:]).decode("utf-8", errors="ignore")
+        return any(stop in tail for stop in self.options.stop)
+
+    def score_choices(self, prompt: str, choices: list[str]) -> ChoiceScores:
+        """Sum of log-probabilities of each choice's tokens after the prompt (a cloze score).
+
+        The prompt is decoded once (reusing whatever prefix the context already holds); each
+        choice is then decoded after it in one batch and removed from the KV cache again.
+        """
+        start = time.monotonic()
+        prefix = self.llm.tokenize(prompt.rstrip().encode("utf-8"), add_bos=True, special=False)
+        continuations = [
+            self.llm.tokenize((" " + c.strip()).encode("utf-8"), add_bos=False, special=False)
+            for c in choices
+        ]
+        longest = max(len(c) for c in continuations)
+        if len(prefix) + longest > self.llm.n_ctx():
+            raise PromptTooLong(
+                f"prompt of {len(prefix)} tokens plus a choice of {longest} does not fit the "
+                f"context of {self.llm.n_ctx()}"
+            )
+        last_logits = self._decode_prefix(prefix)
+        first_score_s = time.monotonic() - start
+        first_logprobs = _log_softmax(last_logits)
+        logprobs: list[float] = []
+        for tokens in continuations:
+            total = float(first_logprobs[tokens[0]])
+            if len(tokens) > 1:
+                self.llm._ctx.kv_cache_seq_rm(-1, len(prefix), -1)  # drop the previous choice
+                rows = _log_softmax(self._decode(tokens[:-1], len(prefix), all_logits=True))
+                total += float(rows[np.arange(len(tokens) - 1), tokens[1:]].sum())
+            logprobs.append(total)
+        self.llm._ctx.kv_cache_seq_rm(-1, len(prefix), -1)
+        self.llm.n_tokens = len(prefix)
+        return ChoiceScores(
+            logprobs=logprobs,
+            probs=normalise_logprobs(logprobs),
+            prompt_tokens=len(prefix),
+            first_score_s=first_score_s,
+        )
+
+    def _decode_prefix(self, prefix: list[int]) -> np.ndarray:
+        """Decode the prompt, reusing the longest prefix already in the context; last logits."""
+        held = self.llm.input_ids[: self.llm.n_tokens].tolist()
+        keep = 0
+        for a, b in zip(held, prefix, strict=False):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(prefix) - 1)  # always decode at least the last token for its logits
+        self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+        logits = self._decode(prefix[keep:], keep, all_logits=False)
+        self.llm.input_ids[: len(prefix)] = prefix
+        self.llm.n_tokens = len(prefix)
+        return logits[-1]
+
+    def _decode(self, tokens: list[int], n_past: int, all_logits: bool) -> np.ndarray:
+        """Decode tokens at positions n_past.. and return their logits (all rows, or the last)."""
+        n_vocab = self.llm.n_vocab()
+        rows: list[np.ndarray] = []
+        step = self.llm.n_batch
+        for i in range(0, len(tokens), step):
+            chunk = tokens[i : i + step]
+            self.llm._batch.set_batch(batch=chunk, n_past=n_past + i, logits_all=all_logits)
+            self.llm._ctx.decode(self.llm._batch)
+            count = len(chunk) if all_logits else 1
+            flat = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(count * n_vocab,))
+            rows.append(flat.reshape(count, n_vocab).copy())
+        return np.concatenate(rows) if all_logits else rows[-1]
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+# GGUF general.file_type values (llama_ftype) of the quantisations edge fleets use.
+_FILE_TYPES = {
+    "0": "F32",
+    "1": "F16",
+    "2": "Q4_0",
+    "3": "Q4_1",
+    "7": "Q8_0",
+    "8": "Q5_0",
+    "9": "Q5_1",
+    "10": "Q2_K",
+    "11": "Q3_K_S",
+    "12": "Q3_K_M",
+    "13": "Q3_K_L",
+    "14": "Q4_K_S",
+    "15": "Q4_K_M",
+    "16": "Q5_K_S",
+    "17": "Q5_K_M",
+    "18": "Q6_K",
+    "32": "BF16",
+}

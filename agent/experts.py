@@ -1,0 +1,119 @@
+"""The experts an agent can serve, and the ones it holds loaded."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.backends.base import Backend
+from agent.backends.llama_cpp import LlamaCppBackend, LlamaOptions
+from agent.models import resolve_model
+from agent.settings import ExpertConfig
+from messages.capabilities import ExpertInfo
+
+log = logging.getLogger(__name__)
+
+
+class UnknownExpert(KeyError):
+    """An expert id this agent is not configured to serve."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class _Loaded:
+    backend: Backend
+    quantisation: str | None
+    memory_bytes: int | None
+    context_length: int
+    chat_template: bool
+
+
+class ExpertPool:
+    """Resolves every configured model at start, loads and unloads backends on request."""
+
+    def __init__(self, configs: list[ExpertConfig]) -> None:
+        self.configs = {c.id: c for c in configs}
+        self.paths: dict[str, Path] = {c.id: resolve_model(c.model) for c in configs}
+        self._loaded: dict[str, _Loaded] = {}
+        self._seen: dict[str, _Loaded] = {}  # facts learnt at a first load, kept after unload
+        self._lock = threading.Lock()
+
+    def check(self, expert_id: str) -> ExpertConfig:
+        try:
+            return self.configs[expert_id]
+        except KeyError:
+            known = ", ".join(sorted(self.configs)) or "none"
+            raise UnknownExpert(
+                f"unknown expert {expert_id!r} (this agent serves: {known})"
+            ) from None
+
+    @property
+    def loaded_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._loaded)
+
+    def get(self, expert_id: str) -> tuple[Backend, float]:
+        """The expert's backend, loading it first if needed; and the seconds spent loading."""
+        config = self.check(expert_id)
+        with self._lock:
+            if expert_id in self._loaded:
+                return self._loaded[expert_id].backend, 0.0
+        start = time.monotonic()
+        backend = LlamaCppBackend(
+            self.paths[expert_id],
+            LlamaOptions(
+                n_ctx=config.n_ctx,
+                n_threads=config.n_threads,
+                n_gpu_layers=config.n_gpu_layers,
+                chat_template=config.chat_template,
+                stop=tuple(config.stop),
+            ),
+        )
+        entry = _Loaded(
+            backend=backend,
+            quantisation=backend.quantisation,
+            memory_bytes=backend.memory_bytes,
+            context_length=backend.context_length,
+            chat_template=backend.uses_chat_template,
+        )
+        with self._lock:
+            self._loaded[expert_id] = entry
+            self._seen[expert_id] = entry
+        load_s = time.monotonic() - start
+        log.info("loaded expert %s from %s in %.2f s", expert_id, self.paths[expert_id], load_s)
+        return backend, load_s
+
+    def unload(self, expert_id: str) -> None:
+        with self._lock:
+            entry = self._loaded.pop(expert_id, None)
+        if entry is not None:
+            entry.backend.close()
+            log.info("unloaded expert %s", expert_id)
+
+    def close(self) -> None:
+        for expert_id in self.loaded_ids:
+            self.unload(expert_id)
+
+    def info(self) -> list[ExpertInfo]:
+        out = []
+        for expert_id, config in self.configs.items():
+            seen = self._seen.get(expert_id)
+            out.append(
+                ExpertInfo(
+                    expert_id=expert_id,
+                    model=config.model,
+                    backend=config.backend,
+                    format="gguf",
+                    file_size_bytes=self.paths[expert_id].stat().st_size,
+                    memory_bytes=seen.memory_bytes if seen else None,
+                    quantisation=seen.quantisation if seen else None,
+                    context_length=seen.context_length if seen else config.n_ctx,
+                    chat_template=seen.chat_template if seen else config.chat_template,
+                )
+            )
+        return out

@@ -1,0 +1,319 @@
+"""The agent process: status, capabilities and telemetry out; plans and jobs in; results out."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agent import __version__
+from agent.experts import ExpertPool, UnknownExpert
+from agent.host import HostLoadReader, host_facts
+from agent.settings import AgentSettings
+from messages import topics
+from messages.base import now_s
+from messages.bus import Bus, Inbound
+from messages.capabilities import AgentCapabilities
+from messages.events import AgentEvent
+from messages.jobs import Job
+from messages.plan import ActivationPlan
+from messages.results import JobResult, LatencyBreakdown
+from messages.status import AgentStatus
+from messages.telemetry import Telemetry
+from messages.topics import Topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _QueuedJob:
+    job: Job
+    received: float  # time.monotonic() at receipt
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.agent_id = settings.agent_id
+        self.pool = ExpertPool(settings.experts)
+        self.bus = Bus(
+            settings.endpoint,
+            settings.fleet,
+            client_id=f"moe2-agent-{self.agent_id}",
+            keepalive_s=settings.keepalive_s,
+            on_reject=self._on_reject,
+        )
+        self._jobs: queue.Queue[_QueuedJob] = queue.Queue(maxsize=settings.job_queue_capacity)
+        self._plan_lock = threading.Lock()
+        self._pending_plan: ActivationPlan | None = None
+        self.plan_epoch: int | None = None
+        self._stop = threading.Event()
+        self._busy = False
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self.last_latency_s: float | None = None
+        self._load = HostLoadReader()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def _status(self, state: str, reason: str | None = None) -> AgentStatus:
+        return AgentStatus(
+            agent_id=self.agent_id,
+            state=state,  # type: ignore[arg-type]
+            version=__version__,
+            time_s=now_s(),
+            keepalive_s=self.settings.keepalive_s,
+            telemetry_interval_s=self.settings.telemetry_interval_s,
+            reason=reason,
+        )
+
+    def start(self) -> None:
+        self.bus.set_will(
+            topics.AGENT_STATUS, self._status("offline", "connection lost"), agent_id=self.agent_id
+        )
+        self.bus.subscribe(topics.AGENT_PLAN, self._on_plan, agent_id=self.agent_id)
+        self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=self.agent_id)
+        self.bus.connect()
+        self.publish_capabilities()
+        self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
+        for target, name in ((self._work, "jobs"), (self._report, "telemetry")):
+            thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "agent %s online at %s, fleet %s, experts %s",
+            self.agent_id,
+            self.settings.endpoint.url,
+            self.settings.fleet,
+            ", ".join(self.pool.configs) or "none",
+        )
+
+    def stop(self, reason: str = "shutdown") -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        info = self.bus.publish(
+            topics.AGENT_STATUS, self._status("offline", reason), agent_id=self.agent_id
+        )
+        info.wait_for_publish(timeout=2)
+        self.bus.close()
+        self.pool.close()
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+    # -- outbound -----------------------------------------------------------------------
+
+    def publish_capabilities(self) -> None:
+        facts = host_facts()
+        caps = AgentCapabilities(
+            agent_id=self.agent_id,
+            hostname=facts.hostname,
+            platform=facts.platform,
+            python=facts.python,
+            cpu_count=facts.cpu_count,
+            memory_total_bytes=facts.memory_total_bytes,
+            accelerator=None,
+            power_sensor="none",
+            backends=["llama.cpp"],
+            experts=self.pool.info(),
+            job_queue_capacity=self.settings.job_queue_capacity,
+        )
+        self.bus.publish(topics.AGENT_CAPABILITIES, caps, agent_id=self.agent_id)
+
+    def telemetry(self) -> Telemetry:
+        load = self._load.read()
+        return Telemetry(
+            agent_id=self.agent_id,
+            time_s=now_s(),
+            cpu_utilisation=load.cpu_utilisation,
+            memory_used_bytes=load.memory_used_bytes,
+            process_rss_bytes=load.process_rss_bytes,
+            temperature_c=load.temperature_c,
+            queue_depth=self._jobs.qsize(),
+            busy=self._busy,
+            loaded_experts=self.pool.loaded_ids,
+            plan_epoch=self.plan_epoch,
+            jobs_done=self.jobs_done,
+            jobs_failed=self.jobs_failed,
+            last_latency_s=self.last_latency_s,
+        )
+
+    def publish_telemetry(self) -> None:
+        self.bus.publish(topics.AGENT_TELEMETRY, self.telemetry(), agent_id=self.agent_id)
+
+    def _event(self, kind: str, reason: str, topic: str | None = None) -> None:
+        log.warning("%s: %s", kind, reason)
+        event = AgentEvent(
+            agent_id=self.agent_id,
+            time_s=now_s(),
+            kind=kind,
+            topic=topic,
+            reason=reason,  # type: ignore[arg-type]
+        )
+        self.bus.publish(topics.AGENT_EVENTS, event, agent_id=self.agent_id)
+
+    def _on_reject(self, topic: Topic[Any], name: str, reason: str) -> None:
+        self._event("rejected", reason, name)
+
+    # -- inbound ------------------------------------------------------------------------
+
+    def _on_plan(self, inbound: Inbound[ActivationPlan]) -> None:
+        plan = inbound.message
+        if plan.agent_id != self.agent_id:
+            self._event("rejected", f"plan is for agent {plan.agent_id!r}", inbound.topic)
+            return
+        unknown = sorted(set(plan.experts) - set(self.pool.configs))
+        if unknown:
+            self._event(
+                "rejected",
+                f"plan epoch {plan.epoch} names unknown experts {unknown}; "
+                "keeping the current plan",
+                inbound.topic,
+            )
+            return
+        with self._plan_lock:
+            newest = max(
+                (
+                    e
+                    for e in (self.plan_epoch, self._pending_plan and self._pending_plan.epoch)
+                    if e is not None
+                ),
+                default=None,
+            )
+            if newest is not None and plan.epoch < newest:
+                self._event(
+                    "rejected", f"plan epoch {plan.epoch} is older than {newest}", inbound.topic
+                )
+                return
+            self._pending_plan = plan
+
+    def _on_job(self, inbound: Inbound[Job]) -> None:
+        received = time.monotonic()
+        job = inbound.message
+        try:
+            self.pool.check(job.expert_id)
+        except UnknownExpert as exc:
+            self._event("rejected", f"job {job.request_id}: {exc}", inbound.topic)
+            self._fail(job, str(exc), received, load_s=0.0)
+            return
+        try:
+            self._jobs.put_nowait(_QueuedJob(job, received))
+        except queue.Full:
+            capacity = self.settings.job_queue_capacity
+            self._fail(job, f"job queue full ({capacity} waiting)", received, load_s=0.0)
+
+    # -- work ---------------------------------------------------------------------------
+
+    def _apply_pending_plan(self) -> None:
+        with self._plan_lock:
+            plan, self._pending_plan = self._pending_plan, None
+        if plan is None:
+            return
+        wanted = set(plan.experts)
+        for expert_id in set(self.pool.loaded_ids) - wanted:
+            self.pool.unload(expert_id)
+        failed = []
+        for expert_id in sorted(wanted):
+            try:
+                self.pool.get(expert_id)
+            except Exception as exc:  # a model that will not load must not stop the agent
+                failed.append(expert_id)
+                self._event("load_failed", f"expert {expert_id}: {exc}")
+        self.plan_epoch = plan.epoch
+        loaded = ", ".join(self.pool.loaded_ids) or "none"
+        self._event("plan_applied", f"epoch {plan.epoch}: loaded {loaded}")
+        self.publish_capabilities()  # memory and quantisation are known once loaded
+        self.publish_telemetry()
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self._apply_pending_plan()
+            try:
+                item = self._jobs.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._busy = True
+            try:
+                self._run(item)
+            finally:
+                self._busy = False
+
+    def _run(self, item: _QueuedJob) -> None:
+        job, received = item.job, item.received
+        started = time.monotonic()
+        deadline = received + job.timeout_s
+        if started >= deadline:
+            self._fail(job, f"deadline of {job.timeout_s} s passed in the queue", received, 0.0)
+            return
+        load_s = 0.0
+        try:
+            backend, load_s = self.pool.get(job.expert_id)
+            infer_start = time.monotonic()
+            if job.choices is not None:
+                scores = backend.score_choices(job.prompt, job.choices)
+                first = infer_start - received + scores.first_score_s
+                result_fields: dict[str, Any] = dict(
+                    choice_logprobs=scores.logprobs,
+                    choice_probs=scores.probs,
+                    finish_reason="scored",
+                    prompt_tokens=scores.prompt_tokens,
+                )
+            else:
+                gen = backend.generate(job.prompt, job.max_tokens, deadline)
+                first = (
+                    None
+                    if gen.first_token_s is None
+                    else infer_start - received + gen.first_token_s
+                )
+                result_fields = dict(
+                    text=gen.text,
+                    finish_reason=gen.finish_reason,
+                    prompt_tokens=gen.prompt_tokens,
+                    completion_tokens=gen.completion_tokens,
+                )
+        except Exception as exc:
+            self._event("job_failed", f"job {job.request_id} on {job.expert_id}: {exc}")
+            self._fail(job, f"{type(exc).__name__}: {exc}", received, load_s)
+            return
+        total = time.monotonic() - received
+        result = JobResult(
+            request_id=job.request_id,
+            expert_id=job.expert_id,
+            agent_id=self.agent_id,
+            ok=True,
+            latency=LatencyBreakdown(
+                queue_s=started - received, load_s=load_s, first_token_s=first, total_s=total
+            ),
+            energy=None,  # no power sensor yet: absent, never invented
+            **result_fields,
+        )
+        self.jobs_done += 1
+        self.last_latency_s = total
+        self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
+
+    def _fail(self, job: Job, error: str, received: float, load_s: float) -> None:
+        now = time.monotonic()
+        self.jobs_failed += 1
+        result = JobResult(
+            request_id=job.request_id,
+            expert_id=job.expert_id,
+            agent_id=self.agent_id,
+            ok=False,
+            error=error,
+            latency=LatencyBreakdown(queue_s=0.0, load_s=load_s, total_s=now - received),
+        )
+        self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
+
+    def _report(self) -> None:
+        while not self._stop.wait(self.settings.telemetry_interval_s):
+            try:
+                self.publish_telemetry()
+            except Exception:
+                log.exception("telemetry failed")

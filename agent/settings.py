@@ -1,0 +1,64 @@
+"""The agent's configuration: identity, broker, and the experts it can serve."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from messages.base import TOPIC_LEVEL_PATTERN, TOPIC_LEVEL_RE
+from messages.settings import FleetSettings
+
+
+def default_agent_id() -> str:
+    host = socket.gethostname().split(".")[0]
+    return host if TOPIC_LEVEL_RE.match(host) else "agent"
+
+
+class ExpertConfig(BaseModel):
+    """One expert: a model served with given runtime options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=TOPIC_LEVEL_PATTERN)
+    model: str = Field(description="smollm2-135m, gemma3-270m, or a path to a .gguf file")
+    backend: Literal["llama.cpp"] = "llama.cpp"
+    n_ctx: int = Field(default=2048, ge=64, le=131072)
+    n_threads: int | None = Field(default=None, ge=1)
+    n_gpu_layers: int = Field(default=0, ge=-1, description="-1 offloads every layer")
+    chat_template: bool = Field(
+        default=True,
+        description="Wrap free-text prompts in the model's chat template, if it has one",
+    )
+    stop: list[str] = Field(default_factory=list, description="Stop generating at any of these")
+
+    @classmethod
+    def parse_flag(cls, spec: str) -> ExpertConfig:
+        """``ID=MODEL`` as given on the command line."""
+        expert_id, sep, model = spec.partition("=")
+        if not sep or not expert_id or not model:
+            raise ValueError(f"--expert {spec!r}: expected ID=MODEL, e.g. smol=smollm2-135m")
+        return cls(id=expert_id, model=model)
+
+
+class AgentSettings(FleetSettings):
+    agent_id: str = Field(default_factory=default_agent_id, pattern=TOPIC_LEVEL_PATTERN)
+    experts: list[ExpertConfig] = Field(default_factory=list)
+    telemetry_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    job_queue_capacity: int = Field(default=32, ge=1, le=10000)
+
+    @field_validator("experts", mode="before")
+    @classmethod
+    def _experts_from_flags(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [ExpertConfig.parse_flag(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_experts(self) -> AgentSettings:
+        ids = [e.id for e in self.experts]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"expert ids must be unique; repeated: {', '.join(dupes)}")
+        return self

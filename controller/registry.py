@@ -1,0 +1,134 @@
+"""The fleet as seen from retained status and capabilities and the stream of telemetry."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from messages.capabilities import AgentCapabilities
+from messages.status import AgentStatus
+from messages.telemetry import Telemetry
+
+
+@dataclass
+class AgentRecord:
+    agent_id: str
+    status: AgentStatus | None = None
+    capabilities: AgentCapabilities | None = None
+    telemetry: Telemetry | None = None
+    last_heard: float = field(default_factory=time.monotonic)
+    silent: bool = False  # marked offline by the registry for telemetry silence
+
+    @property
+    def online(self) -> bool:
+        return self.status is not None and self.status.state == "online" and not self.silent
+
+    @property
+    def expert_ids(self) -> list[str]:
+        return [e.expert_id for e in self.capabilities.experts] if self.capabilities else []
+
+    def silence_limit_s(self, factor: float) -> float:
+        """How long without a message before the agent counts as gone."""
+        if self.status is None:
+            return float("inf")
+        return max(factor * self.status.telemetry_interval_s, 1.5 * self.status.keepalive_s)
+
+
+@dataclass(frozen=True)
+class Change:
+    agent_id: str
+    online: bool
+    reason: str
+
+
+class FleetRegistry:
+    """Thread-safe: updated from the MQTT thread, read from others."""
+
+    def __init__(self, silence_factor: float = 3.0) -> None:
+        self.silence_factor = silence_factor
+        self._agents: dict[str, AgentRecord] = {}
+        self._lock = threading.Lock()
+
+    def _record(self, agent_id: str) -> AgentRecord:
+        return self._agents.setdefault(agent_id, AgentRecord(agent_id))
+
+    def on_status(self, status: AgentStatus) -> Change | None:
+        with self._lock:
+            record = self._record(status.agent_id)
+            was = record.online
+            record.status = status
+            record.silent = False
+            record.last_heard = time.monotonic()
+            now = record.online
+        if was != now:
+            return Change(status.agent_id, now, status.reason or status.state)
+        return None
+
+    def on_capabilities(self, caps: AgentCapabilities) -> None:
+        with self._lock:
+            self._record(caps.agent_id).capabilities = caps
+
+    def on_telemetry(self, telemetry: Telemetry) -> Change | None:
+        with self._lock:
+            record = self._record(telemetry.agent_id)
+            record.telemetry = telemetry
+            record.last_heard = time.monotonic()
+            if record.silent:
+                record.silent = False
+                return Change(telemetry.agent_id, record.online, "telemetry resumed")
+        return None
+
+    def sweep(self) -> list[Change]:
+        """Mark agents silent for too long as offline."""
+        now = time.monotonic()
+        changes = []
+        with self._lock:
+            for record in self._agents.values():
+                limit = record.silence_limit_s(self.silence_factor)
+                if record.online and now - record.last_heard > limit:
+                    record.silent = True
+                    changes.append(Change(record.agent_id, False, f"no message for {limit:.1f} s"))
+        return changes
+
+    def agents(self) -> list[AgentRecord]:
+        with self._lock:
+            return [self._agents[k] for k in sorted(self._agents)]
+
+    def online_experts(self) -> dict[str, list[str]]:
+        """agent_id -> experts it can serve, for every online agent."""
+        return {r.agent_id: r.expert_ids for r in self.agents() if r.online}
+
+    def known_experts(self) -> set[tuple[str, str]]:
+        """(agent_id, expert_id) of every agent ever seen, online or not."""
+        return {(r.agent_id, e) for r in self.agents() for e in r.expert_ids}
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """A plain view for ``moe2 fleet``."""
+        out = []
+        for r in self.agents():
+            t = r.telemetry
+            out.append(
+                {
+                    "agent_id": r.agent_id,
+                    "state": "online" if r.online else "offline",
+                    "reason": None
+                    if r.online
+                    else (
+                        "telemetry silence" if r.silent else (r.status.reason if r.status else None)
+                    ),
+                    "version": r.status.version if r.status else None,
+                    "hostname": r.capabilities.hostname if r.capabilities else None,
+                    "experts": r.expert_ids,
+                    "loaded_experts": t.loaded_experts if t else [],
+                    "power_w": t.power_w if t else None,
+                    "energy_j": t.energy_j if t else None,
+                    "energy_source": t.energy_source if t else None,
+                    "last_latency_s": t.last_latency_s if t else None,
+                    "queue_depth": t.queue_depth if t else None,
+                    "jobs_done": t.jobs_done if t else None,
+                    "plan_epoch": t.plan_epoch if t else None,
+                }
+            )
+        return out

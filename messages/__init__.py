@@ -1,0 +1,43 @@
+"""The MQTT contract of a moe2 fleet: every payload as a strict pydantic model, every topic once."""
+
+from messages.answers import Answer, ExpertFailure, ExpertOutput
+from messages.base import SCHEMA_VERSION, Message
+from messages.capabilities import AgentCapabilities, ExpertInfo
+from messages.codec import MAX_PAYLOAD_BYTES, PayloadError, decode, encode
+from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.events import AgentEvent
+from messages.jobs import Job
+from messages.plan import ActivationPlan
+from messages.prompts import Prompt
+from messages.results import EnergyReading, JobResult, LatencyBreakdown
+from messages.status import AgentStatus
+from messages.telemetry import Telemetry
+from messages.topics import TOPICS, Topic
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "SCHEMA_VERSION",
+    "TOPICS",
+    "ActivationPlan",
+    "AgentCapabilities",
+    "AgentEvent",
+    "AgentStatus",
+    "Answer",
+    "ControllerEvent",
+    "ControllerStatus",
+    "EnergyReading",
+    "ExpertFailure",
+    "ExpertInfo",
+    "ExpertOutput",
+    "FleetPlan",
+    "Job",
+    "JobResult",
+    "LatencyBreakdown",
+    "Message",
+    "PayloadError",
+    "Prompt",
+    "Telemetry",
+    "Topic",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,245 @@
+"""A fleet's MQTT connection: publish typed messages on declared topics, dispatch what arrives.
+
+One paho-mqtt 2.x client, MQTT 5 or 3.1.1. Incoming payloads are decoded against their topic's
+message type; a payload that fails is handed to ``on_reject`` with the reason and never reaches a
+handler, and a handler that raises is logged without stopping the network loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from messages.base import Message
+from messages.codec import PayloadError, decode, decode_text, encode
+from messages.topics import Topic, check_level
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M")
+MqttVersion = Literal["5", "3.1.1"]
+
+
+class BrokerUrlError(ValueError):
+    """A broker URL that cannot be used."""
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    host: str
+    port: int
+    mqtt_version: MqttVersion = "5"
+
+    @classmethod
+    def parse(cls, url: str, mqtt_version: MqttVersion = "5") -> BrokerEndpoint:
+        """``mqtt://host:port`` (port 1883 when omitted)."""
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme != "mqtt":
+            raise BrokerUrlError(f"broker URL {url!r}: scheme must be mqtt://")
+        if not parts.hostname:
+            raise BrokerUrlError(f"broker URL {url!r} has no host")
+        try:
+            port = parts.port or 1883
+        except ValueError:
+            raise BrokerUrlError(f"broker URL {url!r} has an invalid port") from None
+        return cls(parts.hostname, port, mqtt_version)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Inbound(Generic[M]):
+    """A decoded message with where it came from and its MQTT 5 request/response properties."""
+
+    topic: str
+    params: dict[str, str]
+    message: M
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+RejectHandler = Callable[[Topic[Any], str, str], None]
+
+
+@dataclass
+class _Subscription:
+    topic: Topic[Any]
+    filter: str
+    handler: Callable[[Inbound[Any]], None]
+
+
+@dataclass
+class Bus:
+    """One MQTT client bound to one fleet."""
+
+    endpoint: BrokerEndpoint
+    fleet: str
+    client_id: str
+    keepalive_s: int = 10
+    on_reject: RejectHandler | None = None
+    _subs: list[_Subscription] = field(default_factory=list, init=False)
+    _connected: threading.Event = field(default_factory=threading.Event, init=False)
+    _connect_error: str | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        check_level("fleet", self.fleet)
+        protocol = mqtt.MQTTv5 if self.endpoint.mqtt_version == "5" else mqtt.MQTTv311
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=protocol,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+
+    @property
+    def mqtt5(self) -> bool:
+        return self.endpoint.mqtt_version == "5"
+
+    def set_will(self, topic: Topic[Any], message: Message, **params: str) -> None:
+        """The message the broker publishes for us if we vanish; call before ``connect``."""
+        self.client.will_set(
+            topic.name(self.fleet, **params), encode(message), qos=topic.qos, retain=topic.retained
+        )
+
+    def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect and start the network loop; raise ConnectionError when the broker refuses."""
+        self._connect_error = None
+        try:
+            self.client.connect(self.endpoint.host, self.endpoint.port, keepalive=self.keepalive_s)
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach broker {self.endpoint.url}: {exc}") from None
+        self.client.loop_start()
+        if not self._connected.wait(timeout_s):
+            self.client.loop_stop()
+            reason = self._connect_error or f"no CONNACK within {timeout_s:.0f} s"
+            raise ConnectionError(f"broker {self.endpoint.url} did not accept us: {reason}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def subscribe(
+        self, topic: Topic[Any], handler: Callable[[Inbound[Any]], None], **params: str
+    ) -> None:
+        """Handle every message on ``topic``; parameters not given are wildcards."""
+        sub = _Subscription(topic, topic.filter(self.fleet, **params), handler)
+        self._subs.append(sub)
+        self.client.message_callback_add(sub.filter, self._dispatcher(sub))
+        if self._connected.is_set():
+            self.client.subscribe(sub.filter, qos=topic.qos)
+
+    def publish(
+        self,
+        topic: Topic[Any],
+        message: Message | str,
+        *,
+        correlation_data: bytes | None = None,
+        **params: str,
+    ) -> mqtt.MQTTMessageInfo:
+        return self.publish_to(
+            topic.name(self.fleet, **params),
+            message,
+            qos=topic.qos,
+            retain=topic.retained,
+            correlation_data=correlation_data,
+        )
+
+    def publish_to(
+        self,
+        name: str,
+        message: Message | str | bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+        response_topic: str | None = None,
+    ) -> mqtt.MQTTMessageInfo:
+        """Publish on a concrete topic name (a reply topic, for instance)."""
+        if isinstance(message, Message):
+            payload = encode(message)
+        elif isinstance(message, str):
+            payload = message.encode("utf-8")
+        else:
+            payload = message
+        properties = None
+        if self.mqtt5 and (correlation_data is not None or response_topic is not None):
+            properties = Properties(PacketTypes.PUBLISH)
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
+            if response_topic is not None:
+                properties.ResponseTopic = response_topic
+        return self.client.publish(name, payload, qos=qos, retain=retain, properties=properties)
+
+    def clear_retained(self, topic: Topic[Any], **params: str) -> None:
+        self.client.publish(topic.name(self.fleet, **params), b"", qos=topic.qos, retain=True)
+
+    # -- paho callbacks -------------------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self._connect_error = str(reason)
+            log.error("broker %s refused connection: %s", self.endpoint.url, reason)
+            return
+        for sub in self._subs:
+            client.subscribe(sub.filter, qos=sub.topic.qos)
+        self._connected.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self._connected.clear()
+        if reason.is_failure:
+            log.warning("disconnected from %s: %s; reconnecting", self.endpoint.url, reason)
+
+    def _dispatcher(
+        self, sub: _Subscription
+    ) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
+        def dispatch(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            if msg.retain and not msg.payload:
+                return  # a cleared retained message
+            params = sub.topic.match(self.fleet, msg.topic) or {}
+            try:
+                if sub.topic.message is None:
+                    decoded: Any = decode_text(msg.payload)
+                else:
+                    decoded = decode(sub.topic.message, msg.payload)
+                for key, value in params.items():
+                    check_level(key, value)
+            except (PayloadError, ValueError) as exc:
+                reason = getattr(exc, "reason", str(exc))
+                log.warning("rejected payload on %s: %s", msg.topic, reason)
+                if self.on_reject is not None:
+                    self._guard(self.on_reject, sub.topic, msg.topic, reason)
+                return
+            props = getattr(msg, "properties", None)
+            inbound = Inbound(
+                topic=msg.topic,
+                params=params,
+                message=decoded,
+                response_topic=getattr(props, "ResponseTopic", None) if props else None,
+                correlation_data=getattr(props, "CorrelationData", None) if props else None,
+            )
+            self._guard(sub.handler, inbound)
+
+        return dispatch
+
+    @staticmethod
+    def _guard(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a bad handler must not stop the network loop
+            log.exception("handler %s failed", getattr(fn, "__qualname__", fn))

@@ -1,0 +1,40 @@
+"""Retained description of what an agent has and can serve."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from messages.base import Message, TopicLevel
+
+BackendName = Literal["llama.cpp", "onnxruntime"]
+PowerSensorKind = Literal["ina3221", "jtop", "nvml", "rapl", "none"]
+
+
+class ExpertInfo(Message):
+    expert_id: TopicLevel
+    model: str = Field(description="Model name or path as configured")
+    backend: BackendName
+    format: Literal["gguf", "onnx"]
+    file_size_bytes: int = Field(ge=0)
+    memory_bytes: int | None = Field(default=None, ge=0, description="Resident size when loaded")
+    quantisation: str | None = None
+    context_length: int = Field(ge=1)
+    chat_template: bool = Field(
+        description="Whether free-text prompts use the model's chat template"
+    )
+
+
+class AgentCapabilities(Message):
+    agent_id: TopicLevel
+    hostname: str
+    platform: str = Field(description="OS and machine, e.g. Linux-aarch64")
+    python: str
+    cpu_count: int = Field(ge=1)
+    memory_total_bytes: int = Field(ge=0)
+    accelerator: str | None = None
+    power_sensor: PowerSensorKind
+    backends: list[BackendName]
+    experts: list[ExpertInfo]
+    job_queue_capacity: int = Field(ge=1)

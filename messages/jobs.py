@@ -1,0 +1,25 @@
+"""One inference job sent by the controller to one expert on one agent."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from messages.base import Message, NonNegativeFloat, TopicLevel
+
+
+class Job(Message):
+    request_id: TopicLevel
+    expert_id: TopicLevel
+    prompt: str = Field(min_length=1)
+    choices: list[str] | None = Field(default=None, min_length=2, max_length=26)
+    max_tokens: int = Field(default=64, ge=1, le=4096)
+    timeout_s: float = Field(
+        gt=0, le=3600, allow_inf_nan=False, description="From receipt; an expired job is not run"
+    )
+    issued_s: NonNegativeFloat
+
+    @model_validator(mode="after")
+    def _choices_are_nonempty(self) -> Job:
+        if self.choices is not None and any(not c.strip() for c in self.choices):
+            raise ValueError("choices must be non-empty strings")
+        return self

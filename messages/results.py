@@ -1,0 +1,50 @@
+"""What an agent answers to a job: output, token counts, latency breakdown, measured energy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from messages.base import EnergySource, Message, NonNegativeFloat, Probability, TopicLevel
+
+
+class LatencyBreakdown(Message):
+    queue_s: NonNegativeFloat = Field(description="Waiting in the agent's job queue")
+    load_s: NonNegativeFloat = Field(description="Loading the expert, when it was not loaded")
+    first_token_s: NonNegativeFloat | None = Field(
+        default=None, description="From start of inference to the first token or choice score"
+    )
+    total_s: NonNegativeFloat = Field(description="From receipt to result")
+
+
+class EnergyReading(Message):
+    energy_j: NonNegativeFloat
+    source: EnergySource
+    estimated: bool = Field(description="True when from a power model, not a sensor")
+
+
+class JobResult(Message):
+    request_id: TopicLevel
+    expert_id: TopicLevel
+    agent_id: TopicLevel
+    ok: bool
+    error: str | None = None
+    text: str | None = None
+    choice_logprobs: list[float] | None = None
+    choice_probs: list[Probability] | None = None
+    finish_reason: Literal["stop", "length", "deadline", "scored"] | None = None
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    latency: LatencyBreakdown
+    energy: EnergyReading | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobResult:
+        if self.ok and self.text is None and self.choice_probs is None:
+            raise ValueError("a successful result carries text or choice_probs")
+        if not self.ok and not self.error:
+            raise ValueError("a failed result carries an error")
+        if (self.choice_probs is None) != (self.choice_logprobs is None):
+            raise ValueError("choice_probs and choice_logprobs come together")
+        return self

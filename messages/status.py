@@ -1,0 +1,19 @@
+"""Retained liveness of an agent; its MQTT will publishes the offline form."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from messages.base import Message, NonNegativeFloat, TopicLevel
+
+
+class AgentStatus(Message):
+    agent_id: TopicLevel
+    state: Literal["online", "offline"]
+    version: str
+    time_s: NonNegativeFloat
+    keepalive_s: int = Field(ge=1, le=65535)
+    telemetry_interval_s: NonNegativeFloat
+    reason: str | None = None

@@ -1,0 +1,3 @@
+from moe2.cli import app
+
+app()

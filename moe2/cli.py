@@ -1,0 +1,302 @@
+"""The ``moe2`` command line (typer for commands, rich for tables)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from messages.settings import ConfigError, FleetSettings
+
+app = typer.Typer(
+    name="moe2",
+    help="Mixture-of-Edge-Experts: a fleet of edge LLMs answering prompts over MQTT.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+agent_app = typer.Typer(help="Run or inspect the agent on this device.", no_args_is_help=True)
+controller_app = typer.Typer(help="Run the fleet controller.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+app.add_typer(controller_app, name="controller")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML config file (flags and MOE2_* override it)")
+]
+BrokerOpt = Annotated[str | None, typer.Option("--broker", help="mqtt://HOST:PORT")]
+FleetOpt = Annotated[str | None, typer.Option("--fleet", help="Fleet name (topic prefix)")]
+VersionOpt = Annotated[
+    str | None, typer.Option("--mqtt-version", help='MQTT protocol: "5" or "3.1.1"')
+]
+LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("amqtt").setLevel(logging.CRITICAL)
+
+
+def _settings(cls: type[FleetSettings], config: Path | None, **flags: Any) -> Any:
+    try:
+        return cls.load(config, **flags)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _serve(service: Any) -> None:
+    """Start a service and run until SIGINT or SIGTERM; connection errors are clean failures."""
+    try:
+        service.start()
+    except ConnectionError as exc:
+        _fail(str(exc))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    service.stop()
+
+
+@agent_app.command("run")
+def agent_run(
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+    fleet: FleetOpt = None,
+    mqtt_version: VersionOpt = None,
+    agent_id: Annotated[str | None, typer.Option("--agent-id")] = None,
+    expert: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--expert", help="ID=MODEL; MODEL is smollm2-135m, gemma3-270m or a .gguf path"
+        ),
+    ] = None,
+    keepalive_s: Annotated[int | None, typer.Option("--keepalive-s")] = None,
+    telemetry_interval_s: Annotated[float | None, typer.Option("--telemetry-interval-s")] = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Serve this device's experts to the fleet."""
+    from agent.models import ModelNotFound
+    from agent.service import Agent
+    from agent.settings import AgentSettings
+
+    _logging(log_level)
+    settings = _settings(
+        AgentSettings,
+        config,
+        broker=broker,
+        fleet=fleet,
+        mqtt_version=mqtt_version,
+        agent_id=agent_id,
+        experts=expert or None,
+        keepalive_s=keepalive_s,
+        telemetry_interval_s=telemetry_interval_s,
+    )
+    if not settings.experts:
+        _fail("no experts configured: give --expert ID=MODEL or [[experts]] in the config file")
+    try:
+        service = Agent(settings)
+    except ModelNotFound as exc:
+        _fail(str(exc))
+    _serve(service)
+
+
+@controller_app.command("run")
+def controller_run(
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+    fleet: FleetOpt = None,
+    mqtt_version: VersionOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Track the fleet, push activation plans and answer prompts."""
+    from controller.service import Controller
+    from controller.settings import ControllerSettings
+
+    _logging(log_level)
+    settings = _settings(
+        ControllerSettings, config, broker=broker, fleet=fleet, mqtt_version=mqtt_version
+    )
+    _serve(Controller(settings))
+
+
+def answer_table(answer: Any, choices: list[str] | None) -> Table:
+    table = Table(title=f"request {answer.request_id}: {answer.status}", show_lines=False)
+    table.add_column("expert")
+    table.add_column("weight", justify="right")
+    table.add_column("output")
+    table.add_column("latency s", justify="right")
+    table.add_column("energy J", justify="right")
+    for e in answer.experts:
+        if e.choice_probs is not None and choices:
+            output = ", ".join(f"{c}={p:.2f}" for c, p in zip(choices, e.choice_probs, strict=True))
+        else:
+            output = (e.text or "").replace("\n", " ")[:80]
+        energy = f"{e.energy_j:.2f} ({e.energy_source})" if e.energy_j is not None else "n/a"
+        table.add_row(
+            f"{e.expert_id}@{e.agent_id}", f"{e.weight:.2f}", output, f"{e.latency_s:.2f}", energy
+        )
+    for f in answer.failed:
+        table.add_row(f"{f.expert_id}@{f.agent_id}", "-", f"[red]failed: {f.reason}[/]", "-", "-")
+    return table
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="The prompt")],
+    broker: BrokerOpt = None,
+    fleet: FleetOpt = None,
+    mqtt_version: VersionOpt = None,
+    config: ConfigOpt = None,
+    choice: Annotated[
+        list[str] | None, typer.Option("--choice", help="An answer choice (repeat, 2-26)")
+    ] = None,
+    expert: Annotated[
+        list[str] | None, typer.Option("--expert", help="Only these experts (EXPERT[@AGENT])")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 64,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the answer")
+    ] = 60.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the answer object as JSON")
+    ] = False,
+) -> None:
+    """Publish a prompt to the fleet and print the answer."""
+    from pydantic import ValidationError
+
+    from messages.prompts import Prompt
+    from moe2.ask import Asker, AskError
+
+    settings = _settings(
+        FleetSettings, config, broker=broker, fleet=fleet, mqtt_version=mqtt_version
+    )
+    try:
+        request = Prompt(
+            prompt=prompt,
+            choices=choice or None,
+            experts=expert or None,
+            max_tokens=max_tokens,
+            timeout_s=timeout,
+        )
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    try:
+        with Asker(settings.endpoint, settings.fleet) as asker:
+            asker.require_controller()
+            answer = asker.ask(request)
+    except (AskError, ConnectionError) as exc:
+        _fail(str(exc), code=1)
+    if as_json:
+        print(answer.model_dump_json(indent=2))
+    else:
+        out.print(answer_table(answer, request.choices))
+        out.print(
+            f"[bold]answer:[/] {answer.answer}" if answer.answer else f"[red]{answer.error}[/]"
+        )
+        out.print(f"end to end {answer.latency_s:.2f} s", style="dim")
+    raise typer.Exit(0 if answer.status != "failed" else 1)
+
+
+@app.command()
+def fleet(
+    broker: BrokerOpt = None,
+    fleet: FleetOpt = None,
+    mqtt_version: VersionOpt = None,
+    config: ConfigOpt = None,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to listen for telemetry")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Agents, their experts, state, last power and latency."""
+    from controller.registry import FleetRegistry
+    from messages import topics
+    from messages.bus import Bus
+
+    settings = _settings(
+        FleetSettings, config, broker=broker, fleet=fleet, mqtt_version=mqtt_version
+    )
+    registry = FleetRegistry()
+    bus = Bus(settings.endpoint, settings.fleet, client_id=f"fleet-{time.monotonic_ns()}")
+    bus.subscribe(topics.AGENT_STATUS, lambda i: registry.on_status(i.message))
+    bus.subscribe(topics.AGENT_CAPABILITIES, lambda i: registry.on_capabilities(i.message))
+    bus.subscribe(topics.AGENT_TELEMETRY, lambda i: registry.on_telemetry(i.message))
+    try:
+        bus.connect()
+    except ConnectionError as exc:
+        _fail(str(exc), code=1)
+    time.sleep(wait)
+    bus.close()
+    rows = registry.snapshot()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"fleet {settings.fleet} on {settings.endpoint.url}")
+    for col in ("agent", "state", "experts", "loaded", "power W", "last latency s", "queue"):
+        table.add_column(col)
+    for r in rows:
+        state = (
+            "[green]online[/]" if r["state"] == "online" else f"[red]offline[/] {r['reason'] or ''}"
+        )
+        table.add_row(
+            r["agent_id"],
+            state,
+            ", ".join(r["experts"]),
+            ", ".join(r["loaded_experts"]),
+            "n/a" if r["power_w"] is None else f"{r['power_w']:.1f}",
+            "-" if r["last_latency_s"] is None else f"{r['last_latency_s']:.2f}",
+            "-" if r["queue_depth"] is None else str(r["queue_depth"]),
+        )
+    out.print(table)
+
+
+@app.command()
+def schema(
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write one JSON Schema file per message here")
+    ] = None,
+) -> None:
+    """JSON Schemas of every message and the topic table, for non-Python clients."""
+    from moe2.schemas import topic_table, write_schemas
+
+    if out_dir is None:
+        print(json.dumps(topic_table(), indent=2))
+        return
+    written = write_schemas(out_dir)
+    out.print(f"wrote {len(written)} files to {out_dir}")
+
+
+@app.command()
+def demo(
+    embedded_broker: Annotated[
+        bool,
+        typer.Option("--embedded-broker", help="Use the Python broker even if mosquitto exists"),
+    ] = False,
+    log_level: LogOpt = "warning",
+) -> None:
+    """A local fleet: broker, two agents (SmolLM2, Gemma 3), controller; answers a few prompts."""
+    from moe2.demo import DemoError, run_demo
+
+    _logging(log_level)
+    try:
+        run_demo(out, prefer_mosquitto=not embedded_broker)
+    except DemoError as exc:
+        _fail(str(exc), code=1)

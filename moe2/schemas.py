@@ -1,0 +1,35 @@
+"""JSON Schemas of the fleet's messages and a machine-readable topic table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from messages.topics import PREFIX, TOPICS
+
+
+def topic_table() -> list[dict[str, Any]]:
+    return [
+        {
+            "topic": f"{PREFIX}/{{fleet}}/{t.pattern}",
+            "message": t.message.__name__ if t.message else "text/plain; charset=utf-8",
+            "qos": t.qos,
+            "retained": t.retained,
+            "description": t.description,
+        }
+        for t in TOPICS
+    ]
+
+
+def write_schemas(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for message in sorted({t.message for t in TOPICS if t.message}, key=lambda m: m.__name__):
+        path = out_dir / f"{message.__name__}.schema.json"
+        path.write_text(json.dumps(message.model_json_schema(mode="validation"), indent=2) + "\n")
+        written.append(path)
+    table = out_dir / "topics.json"
+    table.write_text(json.dumps(topic_table(), indent=2) + "\n")
+    written.append(table)
+    return written
