@@ -1,0 +1,209 @@
+"""The agent on a real Mosquitto: status and will, plans, jobs, bad input."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from agent.service import Agent
+from agent.settings import AgentSettings
+from messages import topics
+from messages.base import now_s
+from messages.bus import Bus
+from messages.capabilities import AgentCapabilities
+from messages.events import AgentEvent
+from messages.jobs import Job
+from messages.plan import ActivationPlan
+from messages.results import JobResult
+from messages.status import AgentStatus
+from messages.telemetry import Telemetry
+from moe2.broker import LocalBroker
+from tests.conftest import GEMMA3, SMOLLM2
+from tests.helpers import Recorder
+
+FLEET = "agent-test"
+
+
+@pytest.fixture(scope="module")
+def agent(mosquitto: LocalBroker) -> Iterator[Agent]:
+    settings = AgentSettings.load(
+        None,
+        broker=mosquitto.url,
+        fleet=FLEET,
+        agent_id="unit",
+        experts=[SMOLLM2, GEMMA3],
+        telemetry_interval_s=0.3,
+        job_queue_capacity=2,
+    )
+    service = Agent(settings)
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def recorder(mosquitto: LocalBroker) -> Iterator[Recorder]:
+    rec = Recorder(mosquitto.endpoint, FLEET)
+    for topic in (
+        topics.AGENT_STATUS,
+        topics.AGENT_CAPABILITIES,
+        topics.AGENT_TELEMETRY,
+        topics.AGENT_RESULTS,
+        topics.AGENT_EVENTS,
+    ):
+        rec.watch(topic, agent_id="unit")
+    with rec:
+        yield rec
+
+
+@pytest.fixture
+def sender(mosquitto: LocalBroker) -> Iterator[Bus]:
+    bus = Bus(mosquitto.endpoint, FLEET, client_id=f"sender-{time.monotonic_ns()}")
+    bus.connect()
+    yield bus
+    bus.close()
+
+
+def _job(request_id: str, expert: str = "smollm2", **kw: object) -> Job:
+    fields: dict[str, object] = dict(
+        request_id=request_id,
+        expert_id=expert,
+        prompt="The capital of France is",
+        choices=["Berlin", "Paris"],
+        timeout_s=30.0,
+        issued_s=now_s(),
+    )
+    fields.update(kw)
+    return Job(**fields)  # type: ignore[arg-type]
+
+
+def _plan(epoch: int, experts: list[str]) -> ActivationPlan:
+    return ActivationPlan(agent_id="unit", epoch=epoch, experts=experts, time_s=now_s())
+
+
+def test_announces_itself_retained(agent: Agent, recorder: Recorder) -> None:
+    status = recorder.wait_for(lambda m: isinstance(m, AgentStatus))
+    assert status.state == "online" and status.keepalive_s == agent.settings.keepalive_s
+    caps = recorder.wait_for(lambda m: isinstance(m, AgentCapabilities))
+    assert {e.expert_id for e in caps.experts} == {"smollm2", "gemma3"}
+    assert caps.power_sensor == "none"
+    assert all(e.file_size_bytes > 10_000_000 for e in caps.experts)
+
+
+def test_obeys_plans_and_ignores_stale_or_unknown_ones(
+    agent: Agent, recorder: Recorder, sender: Bus
+) -> None:
+    sender.publish(topics.AGENT_PLAN, _plan(10, ["smollm2", "gemma3"]), agent_id="unit")
+    recorder.wait_for(
+        lambda m: (
+            isinstance(m, Telemetry)
+            and m.plan_epoch == 10
+            and m.loaded_experts == ["gemma3", "smollm2"]
+        ),
+        timeout_s=60,
+    )
+    sender.publish(topics.AGENT_PLAN, _plan(11, ["smollm2"]), agent_id="unit")
+    recorder.wait_for(
+        lambda m: (
+            isinstance(m, Telemetry) and m.plan_epoch == 11 and m.loaded_experts == ["smollm2"]
+        )
+    )
+    sender.publish(topics.AGENT_PLAN, _plan(5, ["gemma3"]), agent_id="unit")
+    stale = recorder.wait_for(lambda m: isinstance(m, AgentEvent) and "older" in m.reason)
+    assert stale.kind == "rejected"
+    sender.publish(topics.AGENT_PLAN, _plan(12, ["smollm2", "nope"]), agent_id="unit")
+    unknown = recorder.wait_for(lambda m: isinstance(m, AgentEvent) and "nope" in m.reason)
+    assert unknown.kind == "rejected"
+    time.sleep(0.8)
+    assert agent.plan_epoch == 11 and agent.pool.loaded_ids == ["smollm2"]
+    caps = [m for m in recorder.messages(AgentCapabilities) if m.experts[0].quantisation]
+    assert caps and caps[-1].experts[0].memory_bytes  # learnt at load, republished
+
+
+def test_runs_jobs_and_reports_latency(agent: Agent, recorder: Recorder, sender: Bus) -> None:
+    sender.publish(topics.AGENT_JOBS, _job("r-choice"), agent_id="unit")
+    sender.publish(
+        topics.AGENT_JOBS,
+        _job("r-text", choices=None, prompt="Say hello.", max_tokens=6),
+        agent_id="unit",
+    )
+    scored = recorder.wait_for(
+        lambda m: isinstance(m, JobResult) and m.request_id == "r-choice", 60
+    )
+    assert scored.ok and scored.choice_probs[1] > 0.9 and scored.finish_reason == "scored"
+    assert scored.energy is None  # no sensor on this machine: absent, not invented
+    text = recorder.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-text", 60)
+    assert text.ok and text.text and 1 <= text.completion_tokens <= 6
+    lat = text.latency
+    assert lat.first_token_s is not None and lat.queue_s <= lat.first_token_s <= lat.total_s
+
+
+def test_loads_an_unplanned_expert_on_demand_and_counts_it(
+    agent: Agent, recorder: Recorder, sender: Bus
+) -> None:
+    agent.pool.unload("gemma3")
+    sender.publish(topics.AGENT_JOBS, _job("r-load", expert="gemma3"), agent_id="unit")
+    result = recorder.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-load", 60)
+    assert result.ok and result.latency.load_s > 0
+
+
+def test_bad_jobs_get_error_results_and_the_agent_carries_on(
+    agent: Agent, recorder: Recorder, sender: Bus
+) -> None:
+    sender.publish(topics.AGENT_JOBS, _job("r-unknown", expert="ghost"), agent_id="unit")
+    unknown = recorder.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-unknown")
+    assert not unknown.ok and "unknown expert 'ghost'" in (unknown.error or "")
+    name = topics.AGENT_JOBS.name(FLEET, agent_id="unit")
+    for payload, expect in [
+        (b"{not json", "not valid JSON"),
+        (b'{"request_id": "x"}', "does not match Job schema"),
+        (b"x" * (300 * 1024), "over the"),
+    ]:
+        sender.publish_to(name, payload)
+        event = recorder.wait_for(lambda m, e=expect: isinstance(m, AgentEvent) and e in m.reason)
+        assert event.kind == "rejected" and event.topic == name
+    too_long = _job("r-long", choices=None, prompt="word " * 2000)
+    sender.publish(topics.AGENT_JOBS, too_long, agent_id="unit")
+    failed = recorder.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-long")
+    assert not failed.ok and "PromptTooLong" in (failed.error or "")
+    sender.publish(topics.AGENT_JOBS, _job("r-after"), agent_id="unit")
+    after = recorder.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-after", 60)
+    assert after.ok
+
+
+def test_full_queue_and_expired_jobs_fail_fast(
+    agent: Agent, recorder: Recorder, sender: Bus
+) -> None:
+    slow = dict(choices=None, prompt="Count from one to one hundred.", max_tokens=48)
+    for i in range(5):  # capacity 2: at least two are turned away at once
+        sender.publish(topics.AGENT_JOBS, _job(f"r-q{i}", **slow), agent_id="unit")
+    full = recorder.wait_for(
+        lambda m: isinstance(m, JobResult) and "queue full" in (m.error or ""), 30
+    )
+    assert not full.ok
+    for i in range(5):  # every job is answered, turned away or not
+        recorder.wait_for(lambda m, r=f"r-q{i}": isinstance(m, JobResult) and m.request_id == r, 60)
+    sender.publish(topics.AGENT_JOBS, _job("r-busy", **slow), agent_id="unit")
+    sender.publish(topics.AGENT_JOBS, _job("r-expire", timeout_s=0.05), agent_id="unit")
+    expired = recorder.wait_for(
+        lambda m: isinstance(m, JobResult) and m.request_id == "r-expire", 60
+    )
+    assert not expired.ok and "deadline" in (expired.error or "")
+
+
+def test_will_marks_the_agent_offline_when_it_vanishes(mosquitto: LocalBroker) -> None:
+    settings = AgentSettings.load(
+        None, broker=mosquitto.url, fleet=FLEET, agent_id="ghost", experts=[SMOLLM2]
+    )
+    ghost = Agent(settings)
+    ghost.start()
+    rec = Recorder(mosquitto.endpoint, FLEET).watch(topics.AGENT_STATUS, agent_id="ghost")
+    with rec:
+        rec.wait_for(lambda m: m.state == "online")
+        ghost.bus.client._sock.close()  # the connection drops without a DISCONNECT
+        ghost.bus.client.loop_stop()
+        offline = rec.wait_for(lambda m: m.state == "offline", timeout_s=15)
+    assert offline.reason == "connection lost"
+    ghost._stop.set()

@@ -1,0 +1,23 @@
+"""Shared fixtures: a real Mosquitto on a free loopback port, and real fleets on it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from moe2.broker import LocalBroker, start_mosquitto
+
+SMOLLM2 = {"id": "smollm2", "model": "smollm2-135m", "n_ctx": 512}
+GEMMA3 = {"id": "gemma3", "model": "gemma3-270m", "n_ctx": 512, "stop": ["\n"]}
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    if shutil.which("mosquitto") is None:
+        pytest.fail("mosquitto is not on PATH: run `bash scripts/test.sh`, which installs it")
+    log = Path(tmp_path_factory.mktemp("mosquitto")) / "mosquitto.log"
+    with start_mosquitto(log_file=log) as broker:
+        yield broker

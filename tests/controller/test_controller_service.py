@@ -1,0 +1,402 @@
+"""The controller on a real Mosquitto, with scripted agents speaking the agent's protocol."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from controller.service import Controller
+from controller.settings import ControllerSettings
+from messages import topics
+from messages.answers import Answer
+from messages.base import now_s
+from messages.bus import Bus, Inbound
+from messages.capabilities import AgentCapabilities, ExpertInfo
+from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.jobs import Job
+from messages.plan import ActivationPlan
+from messages.prompts import Prompt
+from messages.results import JobResult, LatencyBreakdown
+from messages.status import AgentStatus
+from messages.telemetry import Telemetry
+from moe2.broker import LocalBroker
+from tests.helpers import Recorder
+
+Behaviour = Callable[[Job], JobResult | None]
+
+
+def probs(*p: float) -> Behaviour:
+    def answer(job: Job) -> JobResult:
+        return _result(job, ok=True, choice_probs=list(p), choice_logprobs=[0.0] * len(p))
+
+    return answer
+
+
+def text(value: str) -> Behaviour:
+    return lambda job: _result(job, ok=True, text=value, completion_tokens=3)
+
+
+def fail(reason: str) -> Behaviour:
+    return lambda job: _result(job, ok=False, error=reason)
+
+
+def silent(job: Job) -> None:
+    return None
+
+
+def _result(job: Job, **fields: Any) -> JobResult:
+    agent = job.expert_id.replace("e", "a")  # e1 lives on a1, e2 on a2
+    return JobResult(
+        request_id=job.request_id,
+        expert_id=job.expert_id,
+        agent_id=agent,
+        latency=LatencyBreakdown(queue_s=0.0, load_s=0.0, total_s=0.01),
+        **fields,
+    )
+
+
+class ScriptedAgent:
+    """Publishes what a real agent publishes and answers jobs as told."""
+
+    def __init__(self, broker: LocalBroker, fleet: str, agent_id: str, expert: str) -> None:
+        self.agent_id, self.expert = agent_id, expert
+        self.behaviour: Behaviour = text("hello")
+        self.jobs: list[Job] = []
+        self.plans: list[ActivationPlan] = []
+        self.bus = Bus(broker.endpoint, fleet, client_id=f"{agent_id}-{uuid.uuid4().hex[:6]}")
+        self.bus.set_will(topics.AGENT_STATUS, self.status("offline"), agent_id=agent_id)
+        self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=agent_id)
+        self.bus.subscribe(
+            topics.AGENT_PLAN, lambda i: self.plans.append(i.message), agent_id=agent_id
+        )
+
+    def status(self, state: str) -> AgentStatus:
+        return AgentStatus(
+            agent_id=self.agent_id,
+            state=state,
+            version="t",
+            time_s=now_s(),  # type: ignore[arg-type]
+            keepalive_s=5,
+            telemetry_interval_s=0.5,
+        )
+
+    def start(self) -> None:
+        self.bus.connect()
+        info = ExpertInfo(
+            expert_id=self.expert,
+            model="x.gguf",
+            backend="llama.cpp",
+            format="gguf",
+            file_size_bytes=1,
+            context_length=512,
+            chat_template=False,
+        )
+        caps = AgentCapabilities(
+            agent_id=self.agent_id,
+            hostname="h",
+            platform="p",
+            python="3",
+            cpu_count=1,
+            memory_total_bytes=1,
+            power_sensor="none",
+            backends=["llama.cpp"],
+            experts=[info],
+            job_queue_capacity=4,
+        )
+        self.bus.publish(topics.AGENT_CAPABILITIES, caps, agent_id=self.agent_id)
+        self.bus.publish(topics.AGENT_STATUS, self.status("online"), agent_id=self.agent_id)
+
+    def _on_job(self, inbound: Inbound[Job]) -> None:
+        self.jobs.append(inbound.message)
+        result = self.behaviour(inbound.message)
+        if result is not None:
+            self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
+
+    def stop(self) -> None:
+        self.bus.publish(topics.AGENT_STATUS, self.status("offline"), agent_id=self.agent_id)
+        self.bus.close()
+
+
+@pytest.fixture
+def fleet_name() -> str:
+    return f"ctl-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def controller(mosquitto: LocalBroker, fleet_name: str) -> Iterator[Controller]:
+    settings = ControllerSettings.load(
+        None, broker=mosquitto.url, fleet=fleet_name, status_interval_s=0.3
+    )
+    service = Controller(settings)
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def agents(
+    mosquitto: LocalBroker, fleet_name: str, controller: Controller
+) -> Iterator[dict[str, ScriptedAgent]]:
+    made = {a: ScriptedAgent(mosquitto, fleet_name, a, e) for a, e in (("a1", "e1"), ("a2", "e2"))}
+    for agent in made.values():
+        agent.start()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(controller.planner.assignments) < 2:
+        time.sleep(0.05)
+    yield made
+    for agent in made.values():
+        agent.bus.close()
+
+
+@pytest.fixture
+def watch(mosquitto: LocalBroker, fleet_name: str) -> Iterator[Recorder]:
+    rec = Recorder(mosquitto.endpoint, fleet_name)
+    rec.watch(topics.ANSWERS).watch(topics.CONTROLLER_EVENTS).watch(topics.CONTROLLER_STATUS)
+    rec.watch(topics.CONTROLLER_PLAN)
+    with rec:
+        yield rec
+
+
+def _ask(mosquitto: LocalBroker, fleet: str, prompt: Prompt) -> None:
+    bus = Bus(mosquitto.endpoint, fleet, client_id=f"ask-{uuid.uuid4().hex[:6]}")
+    bus.connect()
+    bus.publish(topics.PROMPTS, prompt).wait_for_publish(5)
+    bus.close()
+
+
+def test_plans_activate_every_expert(agents: dict[str, ScriptedAgent], watch: Recorder) -> None:
+    plan = watch.wait_for(lambda m: isinstance(m, FleetPlan) and len(m.assignments) == 2)
+    assert plan.assignments == {"a1": ["e1"], "a2": ["e2"]}
+    time.sleep(0.3)
+    # when a2 joined after a1, only a2's plan changed, so only a2 got the newest epoch
+    assert agents["a1"].plans[-1].experts == ["e1"] and agents["a1"].plans[-1].epoch <= plan.epoch
+    assert agents["a2"].plans[-1].experts == ["e2"] and agents["a2"].plans[-1].epoch == plan.epoch
+
+
+def test_choice_answers_mix_the_distributions(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    agents["a1"].behaviour = probs(0.8, 0.2)
+    agents["a2"].behaviour = probs(0.4, 0.6)
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="mix", choices=["A", "B"]))
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "mix")
+    assert answer.status == "ok" and answer.answer == "A" and answer.choice_index == 0
+    assert answer.choice_probs == pytest.approx([0.6, 0.4])
+    assert sorted(e.weight for e in answer.experts) == [0.5, 0.5]
+    assert answer.energy_j is None  # the experts reported none
+    job = agents["a1"].jobs[-1]
+    assert job.choices == ["A", "B"] and job.timeout_s < 60
+
+
+def test_missing_and_failing_experts_are_named(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    agents["a1"].behaviour = text("fine")
+    agents["a2"].behaviour = silent
+    start = time.monotonic()
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="late", timeout_s=1.0))
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "late")
+    assert 0.9 <= time.monotonic() - start < 5
+    assert answer.status == "partial" and answer.answer == "fine"
+    assert [(f.agent_id, f.reason) for f in answer.failed] == [("a2", "no result within 1 s")]
+    agents["a2"].behaviour = fail("out of memory")
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="oom"))
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "oom")
+    assert answer.status == "partial" and answer.failed[0].reason == "out of memory"
+    assert [e.expert_id for e in answer.experts] == ["e1"] and answer.experts[0].weight == 1.0
+
+
+def test_prompt_can_name_experts_and_unknown_ones_are_rejected(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="only", experts=["e2@a2"]))
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "only")
+    assert [e.expert_id for e in answer.experts] == ["e2"] and not agents["a1"].jobs
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="ghost", experts=["e9"]))
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "ghost")
+    assert answer.status == "failed" and "unknown expert 'e9'" in (answer.error or "")
+    event = watch.wait_for(lambda m: isinstance(m, ControllerEvent) and m.request_id == "ghost")
+    assert event.kind == "rejected"
+
+
+def test_mqtt5_response_topic_and_correlation_data(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent]
+) -> None:
+    got: list[Inbound[Answer]] = []
+    bus = Bus(mosquitto.endpoint, fleet_name, client_id=f"asker-{uuid.uuid4().hex[:6]}")
+    bus.client.message_callback_add("my/inbox", lambda c, u, m: got.append(m))
+    bus.connect()
+    bus.client.subscribe("my/inbox", qos=1)
+    time.sleep(0.2)
+    bus.publish_to(
+        topics.PROMPTS.name(fleet_name),
+        Prompt(prompt="q"),
+        response_topic="my/inbox",
+        correlation_data=b"\x01corr",
+    )
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    bus.close()
+    assert got, "no answer on the response topic"
+    assert got[0].properties.CorrelationData == b"\x01corr"
+    assert Answer.model_validate_json(got[0].payload).status == "ok"
+
+
+BAD_PAYLOADS = [
+    (b"{oops", "not valid JSON"),
+    (b'{"unexpected": 1}', "schema"),
+    (b"[" + b"1," * 140_000 + b"1]", "over the"),
+]
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        topics.PROMPTS,
+        topics.AGENT_STATUS,
+        topics.AGENT_CAPABILITIES,
+        topics.AGENT_TELEMETRY,
+        topics.AGENT_RESULTS,
+    ],
+    ids=lambda t: t.pattern,
+)
+def test_bad_payloads_on_every_subscribed_topic_are_reported_and_harmless(
+    mosquitto: LocalBroker,
+    fleet_name: str,
+    controller: Controller,
+    agents: dict[str, ScriptedAgent],
+    watch: Recorder,
+    topic: topics.Topic[Any],
+) -> None:
+    params = {p: "a1" for p in topic.params}
+    name = topic.name(fleet_name, **params)
+    bus = Bus(mosquitto.endpoint, fleet_name, client_id=f"bad-{uuid.uuid4().hex[:6]}")
+    bus.connect()
+    for payload, reason in BAD_PAYLOADS:
+        bus.publish_to(name, payload, retain=False).wait_for_publish(5)
+        event = watch.wait_for(
+            lambda m, r=reason: (
+                isinstance(m, ControllerEvent)
+                and m.kind == "rejected"
+                and r in m.reason
+                and m.topic == name
+            )
+        )
+        assert event.time_s > 0
+    bus.close()
+    status = watch.wait_for(
+        lambda m: isinstance(m, ControllerStatus) and m.rejected.get(topic.pattern) == 3
+    )
+    assert status.state == "online"
+    assert set(controller.planner.assignments) == {"a1", "a2"}  # nothing accepted was lost
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="after"))
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "after")
+    assert answer.status == "ok" and len(answer.experts) == 2
+
+
+def test_bad_text_prompts_are_rejected_and_good_ones_answered(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    name = topics.PROMPTS_TEXT.name(fleet_name)
+    bus = Bus(mosquitto.endpoint, fleet_name, client_id=f"txt-{uuid.uuid4().hex[:6]}")
+    bus.connect()
+    for payload, reason in [(b"\xff\xfe", "UTF-8"), (b"   ", "empty"), (b"x" * 300_000, "over")]:
+        bus.publish_to(name, payload).wait_for_publish(5)
+        watch.wait_for(
+            lambda m, r=reason: isinstance(m, ControllerEvent) and r in m.reason and m.topic == name
+        )
+    bus.publish_to(name, "What is two plus two?").wait_for_publish(5)
+    bus.close()
+    answer = watch.wait_for(lambda m: isinstance(m, Answer))
+    assert answer.status == "ok" and answer.answer == "hello" and len(answer.request_id) == 16
+
+
+def test_stray_results_and_reused_ids_are_rejected(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    agents["a1"].behaviour = silent
+    agents["a2"].behaviour = silent
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="dup", timeout_s=2))
+    time.sleep(0.3)
+    _ask(mosquitto, fleet_name, Prompt(prompt="other", request_id="dup", timeout_s=2))
+    watch.wait_for(lambda m: isinstance(m, ControllerEvent) and "already in use" in m.reason)
+    job = agents["a1"].jobs[-1]
+    stray = JobResult(
+        request_id="dup",
+        expert_id="e2",
+        agent_id="a1",
+        ok=True,
+        text="x",
+        latency=LatencyBreakdown(queue_s=0, load_s=0, total_s=0),
+    )
+    agents["a1"].bus.publish(topics.AGENT_RESULTS, stray, agent_id="a1")
+    watch.wait_for(lambda m: isinstance(m, ControllerEvent) and "did not ask e2@a1" in m.reason)
+    agents["a1"].bus.publish(topics.AGENT_RESULTS, text("ok")(job), agent_id="a1")
+    agents["a1"].bus.publish(topics.AGENT_RESULTS, text("ok")(job), agent_id="a1")
+    watch.wait_for(lambda m: isinstance(m, ControllerEvent) and "again" in m.reason)
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "dup")
+    assert answer.status == "partial" and answer.answer == "ok"
+    agents["a1"].bus.publish(topics.AGENT_RESULTS, text("ok")(job), agent_id="a1")
+    watch.wait_for(lambda m: isinstance(m, ControllerEvent) and m.kind == "late_result")
+
+
+def test_offline_agents_leave_the_plan_and_prompts_go_to_the_rest(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    agents["a2"].bus.client._sock.close()  # vanishes: the broker publishes its will
+    agents["a2"].bus.client.loop_stop()
+    event = watch.wait_for(
+        lambda m: isinstance(m, ControllerEvent) and m.kind == "agent_offline", 15
+    )
+    assert event.agent_id == "a2"
+    plan = watch.wait_for(lambda m: isinstance(m, FleetPlan) and list(m.assignments) == ["a1"])
+    assert plan.assignments == {"a1": ["e1"]}
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="rest"))
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "rest")
+    assert answer.status == "ok" and [e.agent_id for e in answer.experts] == ["a1"]
+
+
+def test_telemetry_silence_marks_an_agent_offline(
+    controller: Controller, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    # The scripted agents never send telemetry: after max(3 x 0.5 s, 1.5 x 5 s) they are gone.
+    a1 = agents["a1"]
+    telemetry = Telemetry(
+        agent_id="a1",
+        time_s=now_s(),
+        memory_used_bytes=0,
+        process_rss_bytes=0,
+        queue_depth=0,
+        busy=False,
+        loaded_experts=["e1"],
+        jobs_done=0,
+        jobs_failed=0,
+    )
+    a1.bus.publish(topics.AGENT_TELEMETRY, telemetry, agent_id="a1")
+    event = watch.wait_for(
+        lambda m: isinstance(m, ControllerEvent) and m.kind == "agent_offline", timeout_s=12
+    )
+    assert "no message for 7.5 s" in event.reason
+    a1.bus.publish(topics.AGENT_TELEMETRY, telemetry, agent_id="a1")
+    back = watch.wait_for(
+        lambda m: (
+            isinstance(m, ControllerEvent)
+            and m.kind == "agent_online"
+            and m.agent_id == "a1"
+            and "resumed" in m.reason
+        )
+    )
+    assert back
+
+
+def test_no_active_expert_gives_a_failed_answer(
+    mosquitto: LocalBroker, fleet_name: str, controller: Controller, watch: Recorder
+) -> None:
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="empty"))
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "empty")
+    assert answer.status == "failed" and answer.error == "no active expert can answer"
