@@ -13,7 +13,7 @@ from messages.settings import FleetSettings
 
 def default_agent_id() -> str:
     host = socket.gethostname().split(".")[0]
-    return host if TOPIC_LEVEL_RE.match(host) else "agent"
+    return host if TOPIC_LEVEL_RE.fullmatch(host) else "agent"
 
 
 class ExpertConfig(BaseModel):

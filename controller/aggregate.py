@@ -36,7 +36,7 @@ def combine(
     missing: list[ExpertFailure],
     weights: dict[str, float] | None = None,
 ) -> Combined:
-    """Mixture of choice distributions, or the highest-weighted text (earliest wins ties).
+    """Mixture of choice distributions, or the highest-weighted non-empty text (earliest wins ties).
 
     ``weights`` maps ``expert@agent`` to a raw weight; they are renormalised over the experts
     that succeeded. Failed experts are left out and listed with their reason.
@@ -67,6 +67,15 @@ def combine(
             )
         ok = [a for a in ok if a not in wrong]
     else:
+        textless = [a for a in ok if a.result.text is None]
+        failed.extend(
+            ExpertFailure(
+                expert_id=a.result.expert_id,
+                agent_id=a.result.agent_id,
+                reason="result carries no text for a free-text prompt",
+            )
+            for a in textless
+        )
         ok = [a for a in ok if a.result.text is not None]
     keys = [f"{a.result.expert_id}@{a.result.agent_id}" for a in ok]
     raw = weights or uniform_weights(keys)
@@ -99,5 +108,13 @@ def combine(
         mixture = [p / total_p for p in mixture]
         best = max(range(len(choices)), key=lambda i: mixture[i])
         return Combined(choices[best], best, mixture, outputs, failed, energy_j)
-    order = sorted(range(len(outputs)), key=lambda i: (-outputs[i].weight, outputs[i].latency_s))
+    # An empty generation never wins over a real one; then weight, then the earliest arrival.
+    order = sorted(
+        range(len(outputs)),
+        key=lambda i: (
+            not (outputs[i].text or "").strip(),
+            -outputs[i].weight,
+            outputs[i].latency_s,
+        ),
+    )
     return Combined(outputs[order[0]].text, None, None, outputs, failed, energy_j)

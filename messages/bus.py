@@ -48,14 +48,17 @@ class BrokerEndpoint:
         if not parts.hostname:
             raise BrokerUrlError(f"broker URL {url!r} has no host")
         try:
-            port = parts.port or 1883
+            port = 1883 if parts.port is None else parts.port
         except ValueError:
             raise BrokerUrlError(f"broker URL {url!r} has an invalid port") from None
+        if not 0 < port < 65536:
+            raise BrokerUrlError(f"broker URL {url!r}: port must be 1-65535")
         return cls(parts.hostname, port, mqtt_version)
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{host}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -47,4 +47,9 @@ class JobResult(Message):
             raise ValueError("a failed result carries an error")
         if (self.choice_probs is None) != (self.choice_logprobs is None):
             raise ValueError("choice_probs and choice_logprobs come together")
+        if self.choice_probs is not None:
+            if len(self.choice_probs) != len(self.choice_logprobs or []):
+                raise ValueError("choice_probs and choice_logprobs differ in length")
+            if abs(sum(self.choice_probs) - 1.0) > 1e-3:
+                raise ValueError("choice_probs must sum to 1")
         return self

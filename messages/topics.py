@@ -33,7 +33,7 @@ class TopicError(ValueError):
 
 def check_level(name: str, value: str) -> str:
     """Validate one topic level (a fleet name, an agent id, a request id)."""
-    if not TOPIC_LEVEL_RE.match(value):
+    if not TOPIC_LEVEL_RE.fullmatch(value):  # `$` alone lets a final newline in
         raise TopicError(
             f"{name} {value!r} is not a valid topic level: use 1-128 letters, digits and ._:@-"
         )
@@ -66,6 +66,9 @@ class Topic(Generic[M]):
     def filter(self, fleet: str, **params: str) -> str:
         """A subscription filter: every parameter not given becomes ``+``."""
         check_level("fleet", fleet)
+        unknown = set(params) - set(self.params)
+        if unknown:
+            raise TopicError(f"{self.pattern} has no parameter {', '.join(sorted(unknown))}")
         for key, value in params.items():
             check_level(key, value)
         filled = {p: params.get(p, "+") for p in self.params}

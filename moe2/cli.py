@@ -44,7 +44,7 @@ LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, 
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -40,7 +40,8 @@ def test_defaults_without_file_env_or_flags() -> None:
 def test_file_values_apply(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        'broker = "mqtt://broker.lan:1884"\nmqtt_version = "3.1.1"\nfleet = "lab"\nkeepalive_s = 30\n',
+        'broker = "mqtt://broker.lan:1884"\nmqtt_version = "3.1.1"\n'
+        'fleet = "lab"\nkeepalive_s = 30\n',
     )
     settings = FleetSettings.load(path)
     assert settings.fleet == "lab"

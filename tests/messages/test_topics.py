@@ -137,10 +137,6 @@ def test_valid_levels_pass(value: str) -> None:
     assert check_level("agent_id", value) == value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TOPIC_LEVEL_RE ends in '$', which re.match lets match before a final newline",
-)
 def test_level_with_trailing_newline_is_rejected() -> None:
     with pytest.raises(TopicError):
         check_level("agent_id", "orin-1\n")
