@@ -188,18 +188,28 @@ class Controller:
 
     # -- prompts ------------------------------------------------------------------------
 
+    def _reply_routes(self, inbound: Inbound[Any], reply_to: str | None) -> list[ReplyRoute]:
+        """Where the asker wants the answer, refusing the fleet's own control topics: an answer
+        published on, say, an agent's plan topic would be noise at best."""
+        own = topics.PREFIX + f"/{self.settings.fleet}/"
+        allowed = (own + "replies/", own + "answers/")
+        routes = []
+        for topic in (inbound.response_topic, reply_to):
+            if not topic:
+                continue
+            if topic.startswith(own) and not topic.startswith(allowed):
+                self._on_reject(
+                    topics.PROMPTS, inbound.topic, f"reply topic {topic!r} is a fleet control topic"
+                )
+                continue
+            routes.append(ReplyRoute(topic, inbound.correlation_data))
+        return routes
+
     def _on_prompt(self, inbound: Inbound[Prompt]) -> None:
-        replies = []
-        if inbound.response_topic:
-            replies.append(ReplyRoute(inbound.response_topic, inbound.correlation_data))
-        if inbound.message.reply_to:
-            replies.append(ReplyRoute(inbound.message.reply_to, inbound.correlation_data))
-        self.handle_prompt(inbound.message, replies)
+        self.handle_prompt(inbound.message, self._reply_routes(inbound, inbound.message.reply_to))
 
     def _on_text_prompt(self, inbound: Inbound[str]) -> None:
-        replies = []
-        if inbound.response_topic:
-            replies.append(ReplyRoute(inbound.response_topic, inbound.correlation_data))
+        replies = self._reply_routes(inbound, None)
         self.handle_prompt(
             Prompt(prompt=inbound.message, timeout_s=self.settings.default_timeout_s), replies
         )

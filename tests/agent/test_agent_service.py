@@ -173,6 +173,27 @@ def test_bad_jobs_get_error_results_and_the_agent_carries_on(
     assert after.ok
 
 
+def test_bad_plans_are_reported_and_the_current_plan_stays(
+    agent: Agent, recorder: Recorder, sender: Bus
+) -> None:
+    epoch, loaded = agent.plan_epoch, agent.pool.loaded_ids
+    name = topics.AGENT_PLAN.name(FLEET, agent_id="unit")
+    for payload, expect in [
+        (b"\x00\x01", "not valid JSON"),
+        (b'{"agent_id": "unit", "epoch": -1, "experts": [], "time_s": 0}', "epoch"),
+        (b'{"agent_id": "unit", "epoch": "7", "experts": [], "time_s": 0}', "valid integer"),
+        (b" " * (257 * 1024), "over the"),
+    ]:
+        sender.publish_to(name, payload)  # not retained: the agent's retained plan stays
+        event = recorder.wait_for(lambda m, e=expect: isinstance(m, AgentEvent) and e in m.reason)
+        assert event.kind == "rejected"
+    other = ActivationPlan(agent_id="someone-else", epoch=10**15, experts=[], time_s=now_s())
+    sender.publish_to(name, other)
+    recorder.wait_for(lambda m: isinstance(m, AgentEvent) and "someone-else" in m.reason)
+    time.sleep(0.5)
+    assert agent.plan_epoch == epoch and agent.pool.loaded_ids == loaded
+
+
 def test_full_queue_and_expired_jobs_fail_fast(
     agent: Agent, recorder: Recorder, sender: Bus
 ) -> None:

@@ -67,7 +67,13 @@ class ScriptedAgent:
         self.behaviour: Behaviour = text("hello")
         self.jobs: list[Job] = []
         self.plans: list[ActivationPlan] = []
-        self.bus = Bus(broker.endpoint, fleet, client_id=f"{agent_id}-{uuid.uuid4().hex[:6]}")
+        self.rejected: list[str] = []  # payloads on its own topics that failed validation
+        self.bus = Bus(
+            broker.endpoint,
+            fleet,
+            client_id=f"{agent_id}-{uuid.uuid4().hex[:6]}",
+            on_reject=lambda topic, name, reason: self.rejected.append(name),
+        )
         self.bus.set_will(topics.AGENT_STATUS, self.status("offline"), agent_id=agent_id)
         self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=agent_id)
         self.bus.subscribe(
@@ -245,6 +251,19 @@ def test_mqtt5_response_topic_and_correlation_data(
     assert got, "no answer on the response topic"
     assert got[0].properties.CorrelationData == b"\x01corr"
     assert Answer.model_validate_json(got[0].payload).status == "ok"
+
+
+def test_reply_topics_may_not_be_fleet_control_topics(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    plan_topic = topics.AGENT_PLAN.name(fleet_name, agent_id="a1")
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="evil", reply_to=plan_topic))
+    event = watch.wait_for(lambda m: isinstance(m, ControllerEvent) and "control topic" in m.reason)
+    assert event.kind == "rejected"
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "evil")
+    assert answer.status == "ok"  # still answered on answers/{request_id}
+    time.sleep(0.3)
+    assert agents["a1"].rejected == []  # nothing was published on its plan topic
 
 
 BAD_PAYLOADS = [
