@@ -1,0 +1,67 @@
+"""The evaluation suite: multiple-choice prompts with gold answers, categories and fixed splits.
+
+The suite is built by ``scripts/build_suite.py`` from data that PyPI packages ship (see
+``docs/suite.md`` for provenance and licences) and stored as JSON lines in ``data/suite.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from messages.base import TOPIC_LEVEL_PATTERN
+
+Split = Literal["train", "val", "test"]
+DEFAULT_SUITE = Path(__file__).resolve().parents[1] / "data" / "suite.jsonl"
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be used; says which line and why."""
+
+
+class SuiteItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=TOPIC_LEVEL_PATTERN)
+    category: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    split: Split
+    prompt: str = Field(min_length=1, description="A stem that each choice can continue")
+    question: str = Field(min_length=1, description="The same as a question, for QA templates")
+    choices: list[str] = Field(min_length=2, max_length=26)
+    label: int = Field(ge=0, description="Index of the gold choice")
+    source: str = Field(description="Package and dataset the item was built from")
+
+    @model_validator(mode="after")
+    def _label_in_range(self) -> SuiteItem:
+        if self.label >= len(self.choices):
+            raise ValueError(f"label {self.label} out of range for {len(self.choices)} choices")
+        if len(set(self.choices)) != len(self.choices):
+            raise ValueError("choices must be distinct")
+        return self
+
+
+def load_suite(path: Path = DEFAULT_SUITE) -> list[SuiteItem]:
+    if not path.is_file():
+        raise SuiteError(f"suite file {path} does not exist (build it: scripts/build_suite.py)")
+    items: list[SuiteItem] = []
+    seen: set[str] = set()
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = SuiteItem.model_validate(json.loads(line))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise SuiteError(f"{path}:{number}: {exc}") from None
+        if item.id in seen:
+            raise SuiteError(f"{path}:{number}: duplicate item id {item.id!r}")
+        seen.add(item.id)
+        items.append(item)
+    return items
+
+
+def save_suite(items: list[SuiteItem], path: Path = DEFAULT_SUITE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(item.model_dump_json() + "\n" for item in items))
