@@ -114,6 +114,7 @@ class ExpertPool:
                     quantisation=seen.quantisation if seen else None,
                     context_length=seen.context_length if seen else config.n_ctx,
                     chat_template=seen.chat_template if seen else config.chat_template,
+                    template=config.template,
                 )
             )
         return out

@@ -13,6 +13,7 @@ from agent import __version__
 from agent.experts import ExpertPool, UnknownExpert
 from agent.host import HostLoadReader, host_facts
 from agent.settings import AgentSettings
+from agent.templates import choice_prompt
 from messages import topics
 from messages.base import now_s
 from messages.bus import Bus, Inbound
@@ -20,7 +21,7 @@ from messages.capabilities import AgentCapabilities
 from messages.events import AgentEvent
 from messages.jobs import Job
 from messages.plan import ActivationPlan
-from messages.results import JobResult, LatencyBreakdown
+from messages.results import EnergyReading, JobResult, LatencyBreakdown
 from messages.status import AgentStatus
 from messages.telemetry import Telemetry
 from messages.topics import Topic
@@ -257,7 +258,9 @@ class Agent:
             backend, load_s = self.pool.get(job.expert_id)
             infer_start = time.monotonic()
             if job.choices is not None:
-                scores = backend.score_choices(job.prompt, job.choices)
+                template = self.pool.configs[job.expert_id].template
+                rendered = choice_prompt(template, job.prompt, job.question, job.choices)
+                scores = backend.score_choices(rendered.prefix, rendered.continuations)
                 first = infer_start - received + scores.first_score_s
                 result_fields: dict[str, Any] = dict(
                     choice_logprobs=scores.logprobs,
@@ -283,6 +286,7 @@ class Agent:
             self._fail(job, f"{type(exc).__name__}: {exc}", received, load_s)
             return
         total = time.monotonic() - received
+        compute_s = time.monotonic() - infer_start + load_s
         result = JobResult(
             request_id=job.request_id,
             expert_id=job.expert_id,
@@ -291,12 +295,20 @@ class Agent:
             latency=LatencyBreakdown(
                 queue_s=started - received, load_s=load_s, first_token_s=first, total_s=total
             ),
-            energy=None,  # no power sensor yet: absent, never invented
+            energy=self._estimated_energy(compute_s),
             **result_fields,
         )
         self.jobs_done += 1
         self.last_latency_s = total
         self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
+
+    def _estimated_energy(self, compute_s: float) -> EnergyReading | None:
+        """No power sensor yet: absent, or the declared power model's estimate, marked so."""
+        if self.settings.power_model_w is None:
+            return None
+        return EnergyReading(
+            energy_j=self.settings.power_model_w * compute_s, source="estimate", estimated=True
+        )
 
     def _fail(self, job: Job, error: str, received: float, load_s: float) -> None:
         now = time.monotonic()

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.templates import Template
 from messages.base import TOPIC_LEVEL_PATTERN, TOPIC_LEVEL_RE
 from messages.settings import FleetSettings
 
@@ -32,6 +33,9 @@ class ExpertConfig(BaseModel):
         description="Wrap free-text prompts in the model's chat template, if it has one",
     )
     stop: list[str] = Field(default_factory=list, description="Stop generating at any of these")
+    template: Template = Field(
+        default="cloze", description="How answer choices are scored: cloze, qa or letter"
+    )
 
     @classmethod
     def parse_flag(cls, spec: str) -> ExpertConfig:
@@ -47,6 +51,13 @@ class AgentSettings(FleetSettings):
     experts: list[ExpertConfig] = Field(default_factory=list)
     telemetry_interval_s: float = Field(default=2.0, gt=0, le=3600)
     job_queue_capacity: int = Field(default=32, ge=1, le=10000)
+    power_model_w: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Declared power draw while running a job, in W. On a device without a power "
+        "sensor, results then carry energy estimated as this times compute time, marked estimated",
+    )
 
     @field_validator("experts", mode="before")
     @classmethod

@@ -282,6 +282,7 @@ class Controller:
                     expert_id=expert_id,
                     prompt=prompt.prompt,
                     choices=prompt.choices,
+                    question=prompt.question,
                     max_tokens=prompt.max_tokens,
                     timeout_s=job_timeout,
                     issued_s=now_s(),

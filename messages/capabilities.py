@@ -24,6 +24,7 @@ class ExpertInfo(Message):
     chat_template: bool = Field(
         description="Whether free-text prompts use the model's chat template"
     )
+    template: Literal["cloze", "qa", "letter"] = Field(description="How choices are scored")
 
 
 class AgentCapabilities(Message):

@@ -12,6 +12,9 @@ class Job(Message):
     expert_id: TopicLevel
     prompt: str = Field(min_length=1)
     choices: list[str] | None = Field(default=None, min_length=2, max_length=26)
+    question: str | None = Field(
+        default=None, min_length=1, description="The prompt as a question, for QA templates"
+    )
     max_tokens: int = Field(default=64, ge=1, le=4096)
     timeout_s: float = Field(
         gt=0, le=3600, allow_inf_nan=False, description="From receipt; an expired job is not run"

@@ -13,6 +13,9 @@ class Prompt(Message):
         default=None, description="Chosen by the asker, or assigned by the controller"
     )
     choices: list[str] | None = Field(default=None, min_length=2, max_length=26)
+    question: str | None = Field(
+        default=None, min_length=1, description="The prompt as a question, for QA templates"
+    )
     max_tokens: int = Field(default=64, ge=1, le=4096)
     timeout_s: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
     experts: list[str] | None = Field(

@@ -45,8 +45,9 @@ class Backend(Protocol):
         """Greedy generation; stops at ``max_tokens`` or when ``time.monotonic()`` passes
         ``deadline_s`` (finish_reason ``deadline``)."""
 
-    def score_choices(self, prompt: str, choices: list[str]) -> ChoiceScores:
-        """Score each choice as a continuation of ``prompt``; the prompt is evaluated once."""
+    def score_choices(self, prefix: str, continuations: list[str]) -> ChoiceScores:
+        """Score each continuation after ``prefix`` (see agent.templates); the prefix is decoded
+        once, not once per continuation."""
 
     def close(self) -> None:
         """Free the model."""

@@ -128,18 +128,20 @@ class LlamaCppBackend:
         tail = self.llm.detokenize(out[-16:]).decode("utf-8", errors="ignore")
         return any(stop in tail for stop in self.options.stop)
 
-    def score_choices(self, prompt: str, choices: list[str]) -> ChoiceScores:
-        """Sum of log-probabilities of each choice's tokens after the prompt (a cloze score).
+    def score_choices(self, prefix_text: str, continuations_text: list[str]) -> ChoiceScores:
+        """Sum of log-probabilities of each continuation's tokens after the prefix.
 
-        The prompt is decoded once (reusing whatever prefix the context already holds); each
-        choice is then decoded after it in one batch and removed from the KV cache again.
+        The prefix is decoded once (reusing whatever prefix the context already holds); each
+        continuation is then decoded after it in one batch and removed from the KV cache again.
         """
         start = time.monotonic()
-        prefix = self.llm.tokenize(prompt.rstrip().encode("utf-8"), add_bos=True, special=False)
+        prefix = self.llm.tokenize(prefix_text.encode("utf-8"), add_bos=True, special=False)
         continuations = [
-            self.llm.tokenize((" " + c.strip()).encode("utf-8"), add_bos=False, special=False)
-            for c in choices
+            self.llm.tokenize(c.encode("utf-8"), add_bos=False, special=False)
+            for c in continuations_text
         ]
+        if any(not c for c in continuations):
+            raise ValueError("every continuation must have at least one token")
         longest = max(len(c) for c in continuations)
         if len(prefix) + longest > self.llm.n_ctx():
             raise PromptTooLong(

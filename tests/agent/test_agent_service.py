@@ -228,3 +228,30 @@ def test_will_marks_the_agent_offline_when_it_vanishes(mosquitto: LocalBroker) -
         offline = rec.wait_for(lambda m: m.state == "offline", timeout_s=15)
     assert offline.reason == "connection lost"
     ghost._stop.set()
+
+
+def test_declared_power_model_gives_estimated_energy(mosquitto: LocalBroker) -> None:
+    settings = AgentSettings.load(
+        None,
+        broker=mosquitto.url,
+        fleet=FLEET,
+        agent_id="estimator",
+        experts=[SMOLLM2],
+        power_model_w=15.0,
+    )
+    estimator = Agent(settings)
+    estimator.start()
+    try:
+        rec = Recorder(mosquitto.endpoint, FLEET).watch(topics.AGENT_RESULTS, agent_id="estimator")
+        with rec:
+            bus = Bus(mosquitto.endpoint, FLEET, client_id=f"est-{time.monotonic_ns()}")
+            bus.connect()
+            bus.publish(topics.AGENT_JOBS, _job("r-est"), agent_id="estimator")
+            result = rec.wait_for(lambda m: m.request_id == "r-est", 60)
+            bus.close()
+    finally:
+        estimator.stop()
+    assert result.ok and result.energy is not None
+    assert result.energy.source == "estimate" and result.energy.estimated
+    compute_s = result.latency.total_s - result.latency.queue_s
+    assert result.energy.energy_j == pytest.approx(15.0 * compute_s, rel=0.05)

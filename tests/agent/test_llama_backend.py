@@ -10,6 +10,7 @@ import pytest
 
 from agent.backends.llama_cpp import LlamaCppBackend, LlamaOptions, PromptTooLong
 from agent.models import resolve_model
+from agent.templates import choice_prompt
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,13 @@ def _full_sequence_logprob(backend: LlamaCppBackend, prompt: str, choice: str) -
     return total
 
 
+def cloze(backend: LlamaCppBackend, prompt: str, choices: list[str]):  # type: ignore[no-untyped-def]
+    rendered = choice_prompt("cloze", prompt, None, choices)
+    return backend.score_choices(rendered.prefix, rendered.continuations)
+
+
 def test_scores_choices_as_continuations(smollm2: LlamaCppBackend) -> None:
-    scores = smollm2.score_choices("The capital of France is", ["Berlin", "Paris", "Madrid"])
+    scores = cloze(smollm2, "The capital of France is", ["Berlin", "Paris", "Madrid"])
     assert scores.probs.index(max(scores.probs)) == 1
     assert math.isclose(sum(scores.probs), 1.0, rel_tol=1e-9)
     assert all(lp < 0 for lp in scores.logprobs)
@@ -49,7 +55,7 @@ def test_shared_prefix_scoring_matches_decoding_each_choice_alone(
     smollm2: LlamaCppBackend,
 ) -> None:
     prompt, choices = "2 + 3 =", ["4", "5", "six"]  # multi-token continuations
-    shared = smollm2.score_choices(prompt, choices)
+    shared = cloze(smollm2, prompt, choices)
     reference = [_full_sequence_logprob(smollm2, prompt, c) for c in choices]
     for got, want in zip(shared.logprobs, reference, strict=True):
         assert got == pytest.approx(want, abs=2e-3)
@@ -68,11 +74,11 @@ def test_prompt_is_decoded_once_for_all_choices(smollm2: LlamaCppBackend) -> Non
         prompt = "The chemical symbol for gold is"
         n_prefix = len(smollm2.llm.tokenize(prompt.encode()))
         smollm2.llm.reset()
-        smollm2.score_choices(prompt, ["Au", "Ag", "Fe", "Pb"])
+        cloze(smollm2, prompt, ["Au", "Ag", "Fe", "Pb"])
         assert decoded[0] == n_prefix
         assert sum(decoded) < 2 * n_prefix  # the prompt was not decoded once per choice
         decoded.clear()
-        smollm2.score_choices(prompt, ["Au", "Ag"])  # same prompt again: prefix reused
+        cloze(smollm2, prompt, ["Au", "Ag"])  # same prompt again: prefix reused
         assert decoded[0] == 1
     finally:
         del smollm2._decode
@@ -97,7 +103,7 @@ def test_prompt_longer_than_the_context_is_refused(smollm2: LlamaCppBackend) -> 
     with pytest.raises(PromptTooLong):
         smollm2.generate("word " * 400, max_tokens=4, deadline_s=time.monotonic() + 10)
     with pytest.raises(PromptTooLong):
-        smollm2.score_choices("word " * 400, ["a", "b"])
+        cloze(smollm2, "word " * 400, ["a", "b"])
 
 
 def test_facts_reported_for_capabilities(smollm2: LlamaCppBackend) -> None:
@@ -118,3 +124,16 @@ def test_base_model_without_chat_template_uses_raw_prompt_and_stop() -> None:
         assert gen.finish_reason == "stop"
     finally:
         gemma.close()
+
+
+def test_templates_make_genuinely_different_experts(smollm2: LlamaCppBackend) -> None:
+    """The same model scores differently through another template (the issue's 20/20 vs 6/20)."""
+    choices = ["Madrid", "Paris", "Lisbon", "Rome"]
+    question = "What is the capital of France?"
+    probs = {}
+    for template in ("cloze", "qa", "letter"):
+        rendered = choice_prompt(template, "The capital of France is", question, choices)
+        probs[template] = smollm2.score_choices(rendered.prefix, rendered.continuations).probs
+    assert probs["cloze"].index(max(probs["cloze"])) == 1
+    assert probs["cloze"] != pytest.approx(probs["letter"], abs=0.05)
+    assert probs["qa"] != pytest.approx(probs["letter"], abs=0.05)

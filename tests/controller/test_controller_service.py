@@ -100,6 +100,7 @@ class ScriptedAgent:
             file_size_bytes=1,
             context_length=512,
             chat_template=False,
+            template="cloze",
         )
         caps = AgentCapabilities(
             agent_id=self.agent_id,

@@ -69,6 +69,7 @@ def capabilities(agent_id: str, *experts: str) -> AgentCapabilities:
                 file_size_bytes=1,
                 context_length=2048,
                 chat_template=True,
+                template="cloze",
             )
             for e in experts
         ],

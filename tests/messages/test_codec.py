@@ -46,6 +46,7 @@ EXPERT_INFO = ExpertInfo(
     quantisation="Q4_1",
     context_length=2048,
     chat_template=True,
+    template="cloze",
 )
 LATENCY = LatencyBreakdown(queue_s=0.01, load_s=0.0, first_token_s=0.2, total_s=1.5)
 ENERGY = EnergyReading(energy_j=3.25, source="ina3221", estimated=False)
