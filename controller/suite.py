@@ -48,7 +48,7 @@ def load_suite(path: Path = DEFAULT_SUITE) -> list[SuiteItem]:
         raise SuiteError(f"suite file {path} does not exist (build it: scripts/build_suite.py)")
     items: list[SuiteItem] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -64,4 +64,16 @@ def load_suite(path: Path = DEFAULT_SUITE) -> list[SuiteItem]:
 
 def save_suite(items: list[SuiteItem], path: Path = DEFAULT_SUITE) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(item.model_dump_json() + "\n" for item in items))
+    path.write_text("".join(item.model_dump_json() + "\n" for item in items), encoding="utf-8")
+
+
+def stratified(items: list[SuiteItem], per_group: int) -> list[SuiteItem]:
+    """The first ``per_group`` items of every (category, split), in suite order."""
+    counts: dict[tuple[str, str], int] = {}
+    kept = []
+    for item in items:
+        group = (item.category, item.split)
+        if counts.get(group, 0) < per_group:
+            counts[group] = counts.get(group, 0) + 1
+            kept.append(item)
+    return kept
