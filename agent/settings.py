@@ -22,7 +22,8 @@ class ExpertConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=TOPIC_LEVEL_PATTERN)
+    # No "@" in expert ids: fleet-wide an expert is named "expert@agent".
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
     model: str = Field(description="smollm2-135m, gemma3-270m, or a path to a .gguf file")
     backend: Literal["llama.cpp"] = "llama.cpp"
     n_ctx: int = Field(default=2048, ge=64, le=131072)

@@ -90,6 +90,7 @@ def combine(
             choice_probs=a.result.choice_probs,
             latency_s=a.latency_s,
             agent_latency_s=a.result.latency.total_s,
+            compute_s=max(0.0, a.result.latency.total_s - a.result.latency.queue_s),
             completion_tokens=a.result.completion_tokens,
             energy_j=a.result.energy.energy_j if a.result.energy else None,
             energy_source=a.result.energy.source if a.result.energy else None,

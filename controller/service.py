@@ -14,10 +14,14 @@ from controller import __version__
 from controller.aggregate import Arrival, combine
 from controller.planner import Planner
 from controller.registry import Change, FleetRegistry
+from controller.selection.from_profile import load_gated_profile
+from controller.selection.live import BudgetError, LiveSelection
+from controller.selection.solver import SelectionResult
 from controller.settings import ControllerSettings
 from messages import topics
 from messages.answers import Answer, ExpertFailure
 from messages.base import now_s
+from messages.budgets import Budgets
 from messages.bus import Bus, Inbound
 from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus
@@ -45,6 +49,8 @@ class PendingRequest:
     dispatched: dict[tuple[str, str], float]  # (agent_id, expert_id) -> monotonic dispatch time
     replies: list[ReplyRoute]
     failed: list[ExpertFailure]
+    weights: dict[str, float] | None = None  # gate weights by expert@agent; None: uniform
+    budgets: Budgets | None = None
     arrivals: dict[tuple[str, str], Arrival] = field(default_factory=dict)
     timer: threading.Timer | None = None
 
@@ -63,6 +69,20 @@ class Controller:
         )
         self._lock = threading.RLock()
         self._pending: dict[str, PendingRequest] = {}
+        self.selection: LiveSelection | None = None
+        self.last_selection: SelectionResult | None = None
+        self.budgets = Budgets(
+            energy_j=settings.energy_budget_j,
+            delay_s=dict(settings.delay_budget_s),
+            top_k=settings.top_k,
+        )
+        if settings.profile is not None and settings.gate is not None:
+            self.selection = LiveSelection(
+                load_gated_profile(settings.profile, settings.gate),
+                aggregation_delay_s=settings.aggregation_delay_s,
+            )
+            self.selection.gated.profile.check_fleet(settings.fleet)
+            self.selection.check(self.budgets)
         self.rejected: Counter[str] = Counter()
         self.answered = 0
         self._stop = threading.Event()
@@ -88,6 +108,7 @@ class Controller:
         self.bus.subscribe(topics.AGENT_RESULTS, self._on_result)
         self.bus.subscribe(topics.PROMPTS, self._on_prompt)
         self.bus.subscribe(topics.PROMPTS_TEXT, self._on_text_prompt)
+        self.bus.subscribe(topics.CONTROLLER_BUDGETS, self._on_budgets)
         self.bus.connect()
         self.publish_status()
         thread = threading.Thread(target=self._watch, name="controller-watch", daemon=True)
@@ -142,9 +163,41 @@ class Controller:
         self._event(kind, f"agent {change.agent_id}: {change.reason}", agent_id=change.agent_id)
         self.replan()
 
-    def replan(self) -> None:
+    def _wanted(self, budgets: Budgets) -> tuple[dict[str, list[str]], dict[str, Any]]:
+        """Experts each online agent must hold: all of them, or the optimal set under budgets.
+        Raises BudgetError when no set fits (the caller keeps the plan it has)."""
+        online = self.registry.online_experts()
+        if self.selection is None:
+            return online, {}
+        keys = {f"{e}@{a}" for a, experts in online.items() for e in experts}
+        result = self.selection.solve(budgets, keys)
+        wanted: dict[str, list[str]] = {agent: [] for agent in online}
+        for key in result.selected:
+            expert, _, agent = key.partition("@")
+            wanted[agent].append(expert)
+        self.last_selection = result
+        summary = dict(
+            algorithm=result.algorithm,
+            loss=result.loss,
+            energy_j=result.energy_j,
+            delay_s=result.delay_s,
+        )
+        return wanted, summary
+
+    def replan(self, budgets: Budgets | None = None) -> None:
+        """Re-solve and push plans; with new ``budgets``, adopt them only if a set fits."""
         with self._lock:
-            planned = self.planner.replan(self.registry.online_experts())
+            try:
+                wanted, summary = self._wanted(budgets or self.budgets)
+            except BudgetError as exc:
+                if budgets is not None:
+                    raise
+                if self.registry.online_experts():
+                    self._event("replan", f"keeping the current plan: {exc}")
+                return
+            if budgets is not None:
+                self.budgets = budgets
+            planned = self.planner.replan(wanted, force=budgets is not None, **summary)
         if planned is None:
             return
         fleet_plan, agent_plans = planned
@@ -155,6 +208,23 @@ class Controller:
             f"{a}: {', '.join(e) or '-'}" for a, e in fleet_plan.assignments.items()
         )
         self._event("replan", f"epoch {fleet_plan.epoch}: {summary or 'no agent online'}")
+
+    def _on_budgets(self, inbound: Inbound[Budgets]) -> None:
+        if inbound.message == self.budgets:
+            return  # our own retained budgets, seen again
+        if self.selection is None:
+            self._on_reject(
+                topics.CONTROLLER_BUDGETS,
+                inbound.topic,
+                "budgets need a selection: start the controller with a profile and a gate",
+            )
+            return
+        try:
+            self.replan(inbound.message)
+        except BudgetError as exc:
+            self._on_reject(
+                topics.CONTROLLER_BUDGETS, inbound.topic, f"{exc}; keeping the last good plan"
+            )
 
     # -- fleet topics -------------------------------------------------------------------
 
@@ -272,7 +342,41 @@ class Controller:
                     request_id, replies, received, "no active expert can answer", failed
                 )
                 return request_id
-            pending = PendingRequest(request_id, prompt, received, {}, replies, failed)
+            weights, budgets = None, None
+            if self.selection is not None:
+                budgets = _tighter(self.budgets, prompt.budgets)
+                try:
+                    dispatch = self.selection.dispatch(
+                        prompt.prompt,
+                        [f"{e}@{a}" for a, e in targets],
+                        self.budgets.top_k,
+                        prompt.budgets,
+                        prompt.category,
+                    )
+                except BudgetError as exc:
+                    self.rejected[topics.PROMPTS.pattern] += 1
+                    self._answer_failure(request_id, replies, received, str(exc), failed)
+                    return request_id
+                if not dispatch.keys:
+                    self._answer_failure(
+                        request_id, replies, received, "no active expert fits the budgets", failed
+                    )
+                    return request_id
+                targets = [(k.partition("@")[2], k.partition("@")[0]) for k in dispatch.keys]
+                weights = dispatch.weights
+            elif prompt.budgets is not None:
+                self.rejected[topics.PROMPTS.pattern] += 1
+                self._answer_failure(
+                    request_id,
+                    replies,
+                    received,
+                    "this controller has no profile and gate, so it cannot honour budgets",
+                    failed,
+                )
+                return request_id
+            pending = PendingRequest(
+                request_id, prompt, received, {}, replies, failed, weights=weights, budgets=budgets
+            )
             self._pending[request_id] = pending
             # Agents get a little less time than the asker, so late tokens still make it back.
             job_timeout = max(0.05, prompt.timeout_s - min(1.0, 0.1 * prompt.timeout_s))
@@ -344,7 +448,10 @@ class Controller:
             if (agent, expert) not in pending.arrivals
         ]
         combined = combine(
-            pending.prompt.choices, list(pending.arrivals.values()), pending.failed + missing
+            pending.prompt.choices,
+            list(pending.arrivals.values()),
+            pending.failed + missing,
+            weights=pending.weights,
         )
         status = "ok" if not combined.failed else ("partial" if combined.experts else "failed")
         answer = Answer(
@@ -358,6 +465,8 @@ class Controller:
             error=None if combined.experts else "no expert answered",
             latency_s=time.monotonic() - pending.received,
             energy_j=combined.energy_j,
+            energy_estimated=any(e.energy_source == "estimate" for e in combined.experts),
+            budgets=pending.budgets,
         )
         if status == "failed":
             self._event(
@@ -396,3 +505,21 @@ class Controller:
                 qos=topics.ANSWERS.qos,
                 correlation_data=route.correlation_data,
             )
+
+
+def _tighter(fleet: Budgets, prompt: Budgets | None) -> Budgets:
+    """The budgets a prompt is answered under: its own where tighter than the fleet's."""
+    if prompt is None:
+        return fleet
+
+    def least(a: float | int | None, b: float | int | None) -> float | int | None:
+        return b if a is None else a if b is None else min(a, b)
+
+    delay = dict(fleet.delay_s)
+    for category, limit in prompt.delay_s.items():
+        delay[category] = min(limit, delay.get(category, limit))
+    return Budgets(
+        energy_j=least(fleet.energy_j, prompt.energy_j),
+        delay_s=delay,
+        top_k=least(fleet.top_k, prompt.top_k),  # type: ignore[arg-type]
+    )

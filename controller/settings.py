@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, model_validator
 
 from messages.settings import FleetSettings
 
@@ -18,3 +20,25 @@ class ControllerSettings(FleetSettings):
         description="An agent is offline after this many telemetry intervals without a message",
     )
     max_pending_requests: int = Field(default=256, ge=1)
+    profile: Path | None = Field(
+        default=None, description="Fleet profile (moe2 profile); with gate, enables selection"
+    )
+    gate: Path | None = Field(default=None, description="Gate checkpoint (moe2 gate train)")
+    energy_budget_j: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Energy per query budget, J"
+    )
+    delay_budget_s: dict[str, float] = Field(
+        default_factory=dict, description="Delay budget per application category, s"
+    )
+    top_k: int | None = Field(default=None, ge=1, description="Experts run per prompt")
+    aggregation_delay_s: float = Field(
+        default=0.005, ge=0, description="Controller time to combine answers, s"
+    )
+
+    @model_validator(mode="after")
+    def _profile_and_gate_together(self) -> ControllerSettings:
+        if (self.profile is None) != (self.gate is None):
+            raise ValueError("profile and gate are given together (or neither)")
+        if any(v < 0 for v in self.delay_budget_s.values()):
+            raise ValueError("delay budgets must be non-negative")
+        return self

@@ -2,6 +2,7 @@
 
 from messages.answers import Answer, ExpertFailure, ExpertOutput
 from messages.base import SCHEMA_VERSION, Message
+from messages.budgets import Budgets
 from messages.capabilities import AgentCapabilities, ExpertInfo
 from messages.codec import MAX_PAYLOAD_BYTES, PayloadError, decode, encode
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
@@ -23,6 +24,7 @@ __all__ = [
     "AgentEvent",
     "AgentStatus",
     "Answer",
+    "Budgets",
     "ControllerEvent",
     "ControllerStatus",
     "EnergyReading",

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from messages.base import Message, NonNegativeFloat, Probability, TopicLevel
+from messages.budgets import Budgets
 
 
 class ExpertOutput(Message):
@@ -17,6 +18,9 @@ class ExpertOutput(Message):
     choice_probs: list[Probability] | None = None
     latency_s: NonNegativeFloat = Field(description="Controller dispatch to result")
     agent_latency_s: NonNegativeFloat = Field(description="Receipt to result on the agent")
+    compute_s: NonNegativeFloat = Field(
+        description="Time the agent spent on the job (loading and inference, not queueing)"
+    )
     completion_tokens: int = Field(ge=0)
     energy_j: NonNegativeFloat | None = None
     energy_source: str | None = None
@@ -40,4 +44,10 @@ class Answer(Message):
     latency_s: NonNegativeFloat = Field(description="Controller receipt of the prompt to answer")
     energy_j: NonNegativeFloat | None = Field(
         default=None, description="Sum over experts, only when every one reported energy"
+    )
+    energy_estimated: bool = Field(
+        default=False, description="True when any expert's energy came from a power model"
+    )
+    budgets: Budgets | None = Field(
+        default=None, description="The budgets this prompt was answered under"
     )

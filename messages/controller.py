@@ -23,6 +23,14 @@ class ControllerStatus(Message):
 class FleetPlan(Message):
     epoch: int = Field(ge=0)
     time_s: NonNegativeFloat
+    algorithm: str = Field(default="all", description="How the active set was chosen")
+    loss: float | None = Field(default=None, description="Validation loss of the chosen set")
+    energy_j: NonNegativeFloat | None = Field(
+        default=None, description="Expected energy per query of the chosen set"
+    )
+    delay_s: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="Expected delay per category of the chosen set"
+    )
     assignments: dict[TopicLevel, list[TopicLevel]] = Field(
         description="agent_id -> experts it must hold loaded"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from messages.base import Message, TopicLevel
+from messages.budgets import Budgets
 
 
 class Prompt(Message):
@@ -22,6 +23,12 @@ class Prompt(Message):
         default=None,
         min_length=1,
         description="Restrict to these experts, as 'expert' or 'expert@agent'",
+    )
+    category: str | None = Field(
+        default=None, description="Application category, for per-category delay budgets"
+    )
+    budgets: Budgets | None = Field(
+        default=None, description="Tighter budgets for this prompt than those in force"
     )
     reply_to: str | None = Field(
         default=None,

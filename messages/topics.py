@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 
 from messages.answers import Answer
 from messages.base import TOPIC_LEVEL_RE, Message
+from messages.budgets import Budgets
 from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.events import AgentEvent
@@ -152,6 +153,13 @@ REPLIES = Topic(
     False,
     "where `moe2 ask` asks for its answer (MQTT 5 response topic, or reply_to on 3.1.1)",
 )
+CONTROLLER_BUDGETS = Topic(
+    "controller/budgets",
+    Budgets,
+    1,
+    True,
+    "energy and per-category delay budgets in force; a new one re-solves the selection",
+)
 CONTROLLER_STATUS = Topic(
     "controller/status", ControllerStatus, 1, True, "controller liveness and counters"
 )
@@ -176,6 +184,7 @@ TOPICS: tuple[Topic, ...] = (
     PROMPTS_TEXT,
     ANSWERS,
     REPLIES,
+    CONTROLLER_BUDGETS,
     CONTROLLER_STATUS,
     CONTROLLER_PLAN,
     CONTROLLER_EVENTS,

@@ -126,17 +126,130 @@ def controller_run(
     broker: BrokerOpt = None,
     fleet: FleetOpt = None,
     mqtt_version: VersionOpt = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option("--profile", help="Fleet profile: with --gate, selects experts"),
+    ] = None,
+    gate: Annotated[Path | None, typer.Option("--gate", help="Gate checkpoint")] = None,
+    energy_j: Annotated[
+        float | None, typer.Option("--energy-j", help="Energy budget per query, J")
+    ] = None,
+    delay_s: Annotated[
+        list[str] | None,
+        typer.Option("--delay-s", help="CATEGORY=SECONDS delay budget (repeat)"),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Experts run per prompt")] = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Track the fleet, push activation plans and answer prompts."""
+    from controller.gate.gate import GateError
+    from controller.profile import ProfileError
+    from controller.selection.live import BudgetError
     from controller.service import Controller
     from controller.settings import ControllerSettings
 
     _logging(log_level)
     settings = _settings(
-        ControllerSettings, config, broker=broker, fleet=fleet, mqtt_version=mqtt_version
+        ControllerSettings,
+        config,
+        broker=broker,
+        fleet=fleet,
+        mqtt_version=mqtt_version,
+        profile=profile,
+        gate=gate,
+        energy_budget_j=energy_j,
+        delay_budget_s=parse_delays(delay_s) if delay_s else None,
+        top_k=top_k,
     )
-    _serve(Controller(settings))
+    try:
+        service = Controller(settings)
+    except (ProfileError, GateError, BudgetError) as exc:
+        _fail(str(exc))
+    _serve(service)
+
+
+def parse_delays(specs: list[str]) -> dict[str, float]:
+    """``CATEGORY=SECONDS`` flags; a malformed one is a clean error."""
+    delays = {}
+    for spec in specs:
+        category, sep, value = spec.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not sep or not category or not seconds >= 0 or seconds == float("inf"):
+            _fail(f"--delay-s {spec!r}: expected CATEGORY=SECONDS with SECONDS >= 0")
+        delays[category] = seconds
+    return delays
+
+
+@app.command()
+def budgets(
+    broker: BrokerOpt = None,
+    fleet: FleetOpt = None,
+    mqtt_version: VersionOpt = None,
+    config: ConfigOpt = None,
+    energy_j: Annotated[
+        float | None, typer.Option("--energy-j", help="Energy budget per query, J")
+    ] = None,
+    delay_s: Annotated[
+        list[str] | None,
+        typer.Option("--delay-s", help="CATEGORY=SECONDS delay budget (repeat)"),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Experts run per prompt")] = None,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the new plan")] = 10.0,
+) -> None:
+    """Set the fleet's budgets at run time: the controller re-solves and pushes a new plan."""
+    from pydantic import ValidationError
+
+    from messages import topics
+    from messages.budgets import Budgets
+    from messages.bus import Bus
+    from messages.controller import ControllerEvent, FleetPlan
+
+    settings = _settings(
+        FleetSettings, config, broker=broker, fleet=fleet, mqtt_version=mqtt_version
+    )
+    try:
+        wanted = Budgets(energy_j=energy_j, delay_s=parse_delays(delay_s or []), top_k=top_k)
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    plans: list[FleetPlan] = []
+    refusals: list[ControllerEvent] = []
+    bus = Bus(settings.endpoint, settings.fleet, client_id=f"budgets-{time.monotonic_ns()}")
+    bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
+    bus.subscribe(
+        topics.CONTROLLER_EVENTS,
+        lambda i: (
+            refusals.append(i.message)
+            if i.message.kind == "rejected"
+            and (i.message.topic or "").endswith("controller/budgets")
+            else None
+        ),
+    )
+    try:
+        bus.connect()
+    except ConnectionError as exc:
+        _fail(str(exc), code=1)
+    time.sleep(0.5)
+    before = plans[-1].epoch if plans else -1
+    bus.publish(topics.CONTROLLER_BUDGETS, wanted).wait_for_publish(5)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and not refusals and not any(p.epoch > before for p in plans):
+        time.sleep(0.05)
+    bus.close()
+    if refusals:
+        _fail(f"the controller refused the budgets: {refusals[-1].reason}", code=1)
+    fresh = [p for p in plans if p.epoch > before]
+    if not fresh:
+        _fail(f"no new plan within {wait:g} s: is a controller with a gate running?", code=1)
+    plan = fresh[-1]
+    out.print(f"plan epoch {plan.epoch} ({plan.algorithm}):")
+    for agent, experts in plan.assignments.items():
+        out.print(f"  {agent}: {', '.join(experts) or '-'}")
+    if plan.energy_j is not None:
+        delays = ", ".join(f"{c} {s:.2f} s" for c, s in plan.delay_s.items())
+        out.print(f"expected energy {plan.energy_j:.2f} J per query; delay {delays or 'n/a'}")
 
 
 def answer_table(answer: Any, choices: list[str] | None) -> Table:
@@ -300,3 +413,13 @@ def demo(
         run_demo(out, prefer_mosquitto=not embedded_broker)
     except DemoError as exc:
         _fail(str(exc), code=1)
+
+
+from moe2.moe2_cli import gate_app, profile, sweep  # noqa: E402
+
+app.command("profile")(profile)
+app.command("sweep")(sweep)
+app.add_typer(gate_app, name="gate")
+from moe2.select_cli import select  # noqa: E402
+
+app.command("select")(select)

@@ -15,6 +15,7 @@ from messages import (
     AgentEvent,
     AgentStatus,
     Answer,
+    Budgets,
     ControllerEvent,
     ControllerStatus,
     EnergyReading,
@@ -58,6 +59,7 @@ EXPERT_OUTPUT = ExpertOutput(
     choice_probs=[0.7, 0.2, 0.1],
     latency_s=1.7,
     agent_latency_s=1.5,
+    compute_s=1.4,
     completion_tokens=0,
     energy_j=3.25,
     energy_source="ina3221",
@@ -65,6 +67,7 @@ EXPERT_OUTPUT = ExpertOutput(
 EXPERT_FAILURE = ExpertFailure(expert_id="gemma", agent_id="pi-5", reason="no result within 60 s")
 
 SAMPLES: list[Message] = [
+    Budgets(energy_j=12.0, delay_s={"math": 2.5, "science": 1.5}, top_k=2),
     AgentStatus(
         agent_id="orin-1",
         state="online",
@@ -186,7 +189,7 @@ def test_samples_cover_every_exported_message_model() -> None:
         for obj in vars(messages).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
     }
-    assert len(exported) == 17
+    assert len(exported) == 18
     assert {type(m) for m in SAMPLES} == exported
 
 

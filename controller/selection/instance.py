@@ -1,0 +1,184 @@
+"""The MoE² selection instance (DESIGN.md section 6): experts, budgets and the measured samples.
+
+Everything a solver needs is in one JSON object, so a user can hand the solver an instance without
+a running fleet. Validation is strict: unknown fields, non-finite or negative costs and budgets,
+missing delay categories, duplicate ids, probability rows that are not distributions and every
+shape mismatch are refused with a message that says where.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# How far a row of choice probabilities may sum from 1.
+PROB_SUM_TOL = 1e-6
+# At most this many problems are listed in one error message.
+MAX_LISTED_ERRORS = 8
+
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class SelectionInstanceError(ValueError):
+    """A selection instance that cannot be used; the message says where and why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SelectionExpert(_Model):
+    """One expert: its energy per query and its delay per application category."""
+
+    id: str = Field(min_length=1, max_length=256)
+    energy_j: NonNegativeFloat = Field(description="Measured energy per query (J)")
+    delay_s: dict[str, NonNegativeFloat] = Field(
+        description="Delay per category: compute + transmission (s)"
+    )
+
+
+class SelectionBudgets(_Model):
+    """Energy per query and per-category delay that the chosen set must respect."""
+
+    energy_j: NonNegativeFloat
+    delay_s: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+
+
+class SelectionSamples(_Model):
+    """Measured outputs: gold labels, per-expert choice distributions and gate logits."""
+
+    labels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    choice_probs: list[list[list[FiniteFloat]]] = Field(
+        description="[sample][expert][choice]; the choice count may differ between samples"
+    )
+    gate_logits: list[list[FiniteFloat]] = Field(description="[sample][expert]")
+
+
+class SelectionInstance(_Model):
+    """A MoE² expert-selection problem (DESIGN.md sections 3 and 6)."""
+
+    experts: list[SelectionExpert] = Field(min_length=1)
+    budgets: SelectionBudgets
+    aggregation_delay_s: NonNegativeFloat = 0.0
+    top_k: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Experts of S run per prompt (by gate logit); null: all of S"
+    )
+    samples: SelectionSamples
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SelectionInstance:
+        problems: list[str] = []
+        seen: set[str] = set()
+        for n, expert in enumerate(self.experts):
+            if expert.id in seen:
+                problems.append(f"experts[{n}]: duplicate expert id {expert.id!r}")
+            seen.add(expert.id)
+            missing = [c for c in self.budgets.delay_s if c not in expert.delay_s]
+            if missing:
+                problems.append(
+                    f"experts[{n}] ({expert.id!r}): no delay_s for budget "
+                    f"categor{'y' if len(missing) == 1 else 'ies'} {', '.join(map(repr, missing))}"
+                )
+        problems.extend(self._sample_problems())
+        if problems:
+            raise ValueError(_join(problems))
+        return self
+
+    def _sample_problems(self) -> list[str]:
+        n_experts = len(self.experts)
+        samples = self.samples
+        n_samples = len(samples.labels)
+        problems: list[str] = []
+        for name, rows in (
+            ("choice_probs", samples.choice_probs),
+            ("gate_logits", samples.gate_logits),
+        ):
+            if len(rows) != n_samples:
+                problems.append(f"samples.{name}: {len(rows)} samples, but labels has {n_samples}")
+        if problems:
+            return problems
+        for s, (label, probs, logits) in enumerate(
+            zip(samples.labels, samples.choice_probs, samples.gate_logits, strict=True)
+        ):
+            if len(logits) != n_experts:
+                problems.append(
+                    f"samples.gate_logits[{s}]: {len(logits)} logits for {n_experts} experts"
+                )
+            if len(probs) != n_experts:
+                problems.append(
+                    f"samples.choice_probs[{s}]: {len(probs)} rows for {n_experts} experts"
+                )
+                continue
+            n_choices = len(probs[0])
+            if n_choices == 0:
+                problems.append(f"samples.choice_probs[{s}][0]: no choices")
+                continue
+            if label >= n_choices:
+                problems.append(
+                    f"samples.labels[{s}]: label {label} out of range for {n_choices} choices"
+                )
+            for n, row in enumerate(probs):
+                where = f"samples.choice_probs[{s}][{n}]"
+                if len(row) != n_choices:
+                    problems.append(
+                        f"{where}: {len(row)} choices, but expert 0 has {n_choices} in this sample"
+                    )
+                elif min(row) < 0:
+                    problems.append(f"{where}: negative probability {min(row)}")
+                elif not math.isclose(math.fsum(row), 1.0, rel_tol=0, abs_tol=PROB_SUM_TOL):
+                    problems.append(
+                        f"{where}: probabilities sum to {math.fsum(row):.9g}, not 1 "
+                        f"(tolerance {PROB_SUM_TOL:g})"
+                    )
+            if len(problems) > MAX_LISTED_ERRORS:
+                break
+        return problems
+
+    @property
+    def categories(self) -> list[str]:
+        """The delay categories under a budget, in the order of ``budgets.delay_s``."""
+        return list(self.budgets.delay_s)
+
+
+def _join(problems: list[str]) -> str:
+    shown = problems[:MAX_LISTED_ERRORS]
+    more = len(problems) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{loc}: {message}" if loc else message)
+    return _join(problems)
+
+
+def parse_instance(data: str | bytes | dict[str, Any]) -> SelectionInstance:
+    """Validate a JSON text or an already decoded object; raises SelectionInstanceError."""
+    try:
+        if isinstance(data, dict):
+            return SelectionInstance.model_validate(data)
+        return SelectionInstance.model_validate_json(data)
+    except ValidationError as exc:
+        raise SelectionInstanceError(f"invalid selection instance: {_describe(exc)}") from None
+
+
+def load_instance(path: Path | str) -> SelectionInstance:
+    """Read and validate a selection instance from a JSON file."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise SelectionInstanceError(f"instance file {path} does not exist") from None
+    except OSError as exc:
+        raise SelectionInstanceError(f"cannot read instance file {path}: {exc.strerror}") from None
+    try:
+        return parse_instance(text)
+    except SelectionInstanceError as exc:
+        raise SelectionInstanceError(f"{path}: {exc}") from None

@@ -1,0 +1,127 @@
+"""The running controller's selection: which experts the plan activates under the budgets in
+force, and per prompt the gate weights, top-k and the prompt's own tighter budgets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from controller.selection.from_profile import GatedProfile
+from controller.selection.instance import SelectionInstance, parse_instance
+from controller.selection.solver import SelectionResult, solve
+from messages.budgets import Budgets
+
+
+class BudgetError(ValueError):
+    """Budgets that cannot be used (unknown category, nothing fits); the plan stays as it was."""
+
+
+def restrict_instance(instance: SelectionInstance, keep: list[str]) -> SelectionInstance:
+    """The same instance over the experts ``keep`` only (in instance order)."""
+    ids = [e.id for e in instance.experts]
+    index = [ids.index(k) for k in ids if k in keep]
+    raw = instance.model_dump(mode="python")
+    raw["experts"] = [raw["experts"][i] for i in index]
+    raw["samples"]["choice_probs"] = [
+        [row[i] for i in index] for row in raw["samples"]["choice_probs"]
+    ]
+    raw["samples"]["gate_logits"] = [
+        [row[i] for i in index] for row in raw["samples"]["gate_logits"]
+    ]
+    return parse_instance(raw)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """The experts to ask for one prompt, with their gate weights (summing to 1)."""
+
+    keys: list[str]
+    weights: dict[str, float]
+
+
+class LiveSelection:
+    def __init__(self, gated: GatedProfile, aggregation_delay_s: float = 0.0) -> None:
+        self.gated = gated
+        self.aggregation_delay_s = aggregation_delay_s
+        self.categories = sorted({c for cost in gated.costs.values() for c in cost.delay_s})
+
+    @property
+    def expert_keys(self) -> list[str]:
+        return self.gated.gate.expert_keys
+
+    def check(self, budgets: Budgets) -> None:
+        unknown = sorted(set(budgets.delay_s) - set(self.categories))
+        if unknown:
+            raise BudgetError(
+                f"unknown delay categories {unknown}; the profile has {self.categories}"
+            )
+
+    def solve(self, budgets: Budgets, online: set[str]) -> SelectionResult:
+        """The optimal set among the online experts; BudgetError when none fits."""
+        self.check(budgets)
+        available = [k for k in self.expert_keys if k in online]
+        if not available:
+            raise BudgetError("no expert of the gate is online")
+        energy = budgets.energy_j
+        if energy is None:
+            energy = sum(c.energy_j for c in self.gated.costs.values()) + 1.0
+        instance = self.gated.instance(
+            "val",
+            energy,
+            dict(budgets.delay_s),
+            top_k=budgets.top_k,
+            aggregation_delay_s=self.aggregation_delay_s,
+        )
+        if len(available) < len(self.expert_keys):
+            instance = restrict_instance(instance, available)
+        result = solve(instance, "moe2")
+        if not result.feasible:
+            raise BudgetError("no online expert fits the budgets")
+        return result
+
+    def dispatch(
+        self,
+        prompt: str,
+        active: list[str],
+        top_k: int | None,
+        prompt_budgets: Budgets | None,
+        category: str | None,
+    ) -> Dispatch:
+        """Gate weights over the active experts, top-k by weight, then the prompt's budgets:
+        experts too slow for its delay budget are dropped, and experts are taken by weight
+        while their summed energy fits its energy budget."""
+        logits = self.gated.gate.logits([prompt])[0]
+        by_key = dict(zip(self.expert_keys, logits.tolist(), strict=True))
+        keys = sorted((k for k in active if k in by_key), key=lambda k: -by_key[k])
+        k_limit = min(
+            (v for v in (top_k, prompt_budgets.top_k if prompt_budgets else None) if v),
+            default=None,
+        )
+        if prompt_budgets is not None:
+            self.check(prompt_budgets)
+            keys = [k for k in keys if self._fits_delay(k, prompt_budgets, category)]
+            if prompt_budgets.energy_j is not None:
+                chosen, spent = [], 0.0
+                for key in keys:
+                    cost = self.gated.costs[key].energy_j
+                    if spent + cost <= prompt_budgets.energy_j + 1e-12:
+                        chosen.append(key)
+                        spent += cost
+                keys = chosen
+        if k_limit is not None:
+            keys = keys[:k_limit]
+        if not keys:
+            return Dispatch([], {})
+        top = max(by_key[k] for k in keys)
+        raw = {k: math.exp(by_key[k] - top) for k in keys}
+        total = sum(raw.values())
+        return Dispatch(keys, {k: v / total for k, v in raw.items()})
+
+    def _fits_delay(self, key: str, budgets: Budgets, category: str | None) -> bool:
+        delays = self.gated.costs[key].delay_s
+        limits = (
+            {category: budgets.delay_s[category]}
+            if category is not None and category in budgets.delay_s
+            else budgets.delay_s
+        )
+        return all(delays.get(c, 0.0) + self.aggregation_delay_s <= s for c, s in limits.items())

@@ -1,0 +1,193 @@
+"""``moe2 profile`` and ``moe2 gate ...``: measure the fleet on the suite, train the gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
+
+gate_app = typer.Typer(help="Train and check the MoE² gate.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def profile(
+    out_path: Annotated[Path, typer.Option("--out", help="Profile file (resumed if it exists)")],
+    suite: Annotated[Path | None, typer.Option("--suite", help="Suite JSONL")] = None,
+    broker: Annotated[str | None, typer.Option("--broker")] = None,
+    fleet: Annotated[str | None, typer.Option("--fleet")] = None,
+    mqtt_version: Annotated[str | None, typer.Option("--mqtt-version")] = None,
+    config: Annotated[Path | None, typer.Option("--config")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", help="Only the first N items of each category in each split"),
+    ] = None,
+    window: Annotated[int, typer.Option("--window", help="Prompts in flight at once")] = 4,
+) -> None:
+    """Send the suite to every active expert through the controller; store what each answered."""
+    from controller.profile import ProfileError
+    from controller.suite import DEFAULT_SUITE, SuiteError, load_suite, stratified
+    from messages.settings import ConfigError, FleetSettings
+    from moe2.ask import AskError
+    from moe2.profiling import run_profile
+
+    try:
+        settings = FleetSettings.load(config, broker=broker, fleet=fleet, mqtt_version=mqtt_version)
+        items = load_suite(suite or DEFAULT_SUITE)
+    except (ConfigError, SuiteError) as exc:
+        _fail(str(exc))
+    if limit is not None:
+        items = stratified(items, limit)
+    try:
+        run = run_profile(settings.endpoint, settings.fleet, items, out_path, window=window)
+    except (ProfileError, AskError, ConnectionError) as exc:
+        _fail(str(exc), code=1)
+    complete = len(run.profile.complete_items())
+    out.print(
+        f"asked {run.asked} prompts, stored {run.measured} measurements ({run.failed} failed); "
+        f"{complete}/{len(items)} items measured on all {len(run.profile.experts)} experts "
+        f"-> {out_path}"
+    )
+
+
+@gate_app.command("train")
+def gate_train(
+    profile_path: Annotated[Path, typer.Option("--profile")],
+    out_path: Annotated[Path, typer.Option("--out", help="Gate checkpoint to write")],
+    hidden: Annotated[int, typer.Option("--hidden")] = 64,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Train the gate once on every expert of the profile."""
+    from controller.gate.dataset import GateData
+    from controller.gate.encoder import EncoderUnavailable, PromptEncoder
+    from controller.gate.gate import Gate, file_sha256
+    from controller.gate.training import TrainConfig, evaluate, logits_of, train_gate
+    from controller.profile import ProfileError, load_profile
+
+    try:
+        profile = load_profile(profile_path)
+        data = GateData.from_profile(profile, PromptEncoder())
+    except (ProfileError, EncoderUnavailable) as exc:
+        _fail(str(exc))
+    net, _ = train_gate(
+        data.splits["train"], data.splits["val"], TrainConfig(hidden=hidden, seed=seed)
+    )
+    gate = Gate(net, data.expert_keys, profile.fleet, file_sha256(profile_path))
+    gate.save(out_path)
+    table = Table(title=f"gate over {len(data.expert_keys)} experts -> {out_path}")
+    for col in ("split", "items", "gate loss", "gate acc", "uniform loss", "uniform acc"):
+        table.add_column(col)
+    everyone = list(range(len(data.expert_keys)))
+    for name, split in data.splits.items():
+        if not len(split):
+            continue
+        loss, acc = evaluate(logits_of(net, split), split, everyone)
+        uloss, uacc = evaluate(np.zeros((len(split), len(everyone))), split, everyone)
+        table.add_row(
+            name, str(len(split)), f"{loss:.3f}", f"{acc:.3f}", f"{uloss:.3f}", f"{uacc:.3f}"
+        )
+    out.print(table)
+
+
+@gate_app.command("preservation")
+def gate_preservation(
+    profile_path: Annotated[Path, typer.Option("--profile")],
+    gate_path: Annotated[Path, typer.Option("--gate")],
+    subsets: Annotated[int, typer.Option("--subsets")] = 20,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    markdown: Annotated[
+        Path | None, typer.Option("--markdown", help="Write the table here")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show optimality preservation: a gate trained on S alone against the full gate on S."""
+    from controller.gate.dataset import GateData
+    from controller.gate.encoder import EncoderUnavailable, PromptEncoder
+    from controller.gate.gate import Gate, GateError
+    from controller.gate.preservation import preservation_table, to_markdown
+    from controller.profile import ProfileError, load_profile
+
+    try:
+        profile = load_profile(profile_path)
+        gate = Gate.load(gate_path)
+        profile.check_fleet(gate.fleet)
+        data = GateData.from_profile(profile, PromptEncoder(), keys=gate.expert_keys)
+    except (ProfileError, GateError, EncoderUnavailable) as exc:
+        _fail(str(exc))
+    rows = preservation_table(gate, data, subsets=subsets, seed=seed)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(to_markdown(rows, data.expert_keys))
+    if as_json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        return
+    table = Table(title="full gate restricted to S vs gate trained on S alone (test split)")
+    for col in ("S", "loss restricted", "loss trained", "gap", "acc restricted", "acc trained"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            ",".join(map(str, r.subset)),
+            f"{r.loss_restricted:.4f}",
+            f"{r.loss_trained:.4f}",
+            f"{r.loss_gap:+.4f}",
+            f"{r.acc_restricted:.3f}",
+            f"{r.acc_trained:.3f}",
+        )
+    out.print(table)
+
+
+def sweep(
+    profile_path: Annotated[Path, typer.Option("--profile")],
+    gate_path: Annotated[Path, typer.Option("--gate")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the CSV and PNG plots")],
+    points: Annotated[int, typer.Option("--points", min=2, max=50)] = 10,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Test accuracy against the energy and the delay budget: MoE² beside every baseline."""
+    from controller.gate.gate import GateError
+    from controller.profile import ProfileError
+    from controller.selection.from_profile import load_gated_profile
+    from controller.selection.sweep import plot, write_csv
+    from controller.selection.sweep import sweep as run_sweep
+
+    try:
+        gated = load_gated_profile(profile_path, gate_path)
+    except (ProfileError, GateError) as exc:
+        _fail(str(exc))
+    total = sum(c.energy_j for c in gated.costs.values()) + 1.0
+    val = gated.instance("val", total, {})
+    test = gated.instance("test", total, {})
+    rows = run_sweep(val, test, points=points, seed=seed)
+    write_csv(rows, out_dir / "sweep.csv")
+    estimated = any(c.energy_estimated for c in gated.costs.values())
+    pngs = plot(rows, out_dir, estimated)
+    table = Table(title="test accuracy (chosen on validation)")
+    table.add_column("axis")
+    table.add_column("budget")
+    algorithms = sorted({r.algorithm for r in rows}, key=lambda a: a != "moe2")
+    for a in algorithms:
+        table.add_column(a)
+    for axis in ("energy", "delay"):
+        budgets = sorted({r.budget for r in rows if r.axis == axis})
+        for budget in budgets:
+            cells = []
+            for a in algorithms:
+                hit = [
+                    r for r in rows if r.axis == axis and r.budget == budget and r.algorithm == a
+                ]
+                acc = hit[0].test_accuracy if hit and hit[0].feasible else None
+                cells.append("-" if acc is None else f"{acc:.3f}")
+            table.add_row(axis, f"{budget:.3f}", *cells)
+    out.print(table)
+    out.print(f"wrote {out_dir / 'sweep.csv'} and {', '.join(str(p) for p in pngs)}")
