@@ -14,7 +14,6 @@ from controller import __version__
 from controller.aggregate import Arrival, combine
 from controller.planner import Planner
 from controller.registry import Change, FleetRegistry
-from controller.selection.from_profile import load_gated_profile
 from controller.selection.live import BudgetError, LiveSelection
 from controller.selection.solver import SelectionResult
 from controller.settings import ControllerSettings
@@ -77,6 +76,8 @@ class Controller:
             top_k=settings.top_k,
         )
         if settings.profile is not None and settings.gate is not None:
+            from controller.selection.from_profile import load_gated_profile  # needs torch
+
             self.selection = LiveSelection(
                 load_gated_profile(settings.profile, settings.gate),
                 aggregation_delay_s=settings.aggregation_delay_s,

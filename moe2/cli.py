@@ -142,7 +142,7 @@ def controller_run(
     log_level: LogOpt = "info",
 ) -> None:
     """Track the fleet, push activation plans and answer prompts."""
-    from controller.gate.gate import GateError
+    from controller.gate.errors import GateError
     from controller.profile import ProfileError
     from controller.selection.live import BudgetError
     from controller.service import Controller

@@ -114,7 +114,8 @@ def gate_preservation(
     """Show optimality preservation: a gate trained on S alone against the full gate on S."""
     from controller.gate.dataset import GateData
     from controller.gate.encoder import EncoderUnavailable, PromptEncoder
-    from controller.gate.gate import Gate, GateError
+    from controller.gate.errors import GateError
+    from controller.gate.gate import Gate
     from controller.gate.preservation import preservation_table, to_markdown
     from controller.profile import ProfileError, load_profile
 
@@ -155,7 +156,7 @@ def sweep(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Test accuracy against the energy and the delay budget: MoE² beside every baseline."""
-    from controller.gate.gate import GateError
+    from controller.gate.errors import GateError
     from controller.profile import ProfileError
     from controller.selection.from_profile import load_gated_profile
     from controller.selection.sweep import plot, write_csv

@@ -10,11 +10,8 @@ import numpy as np
 import torch
 
 from controller.gate.encoder import ENCODER_NAME, PromptEncoder
+from controller.gate.errors import GateError
 from controller.gate.network import GateNet
-
-
-class GateError(ValueError):
-    """A gate checkpoint that cannot be used."""
 
 
 @dataclass

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from controller.selection.from_profile import GatedProfile
 from controller.selection.instance import SelectionInstance, parse_instance
 from controller.selection.solver import SelectionResult, solve
 from messages.budgets import Budgets
+
+if TYPE_CHECKING:  # torch is imported only when a gate is loaded
+    from controller.selection.from_profile import GatedProfile
 
 
 class BudgetError(ValueError):

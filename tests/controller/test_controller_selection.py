@@ -1,0 +1,232 @@
+"""The controller with a profile and a gate: optimal plans under budgets, gate weights per
+prompt, run-time budgets, prompt budgets. Agents are scripted; broker and encoder are real."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.gate.dataset import GateData
+from controller.gate.encoder import PromptEncoder
+from controller.gate.gate import Gate, file_sha256
+from controller.gate.training import TrainConfig, train_gate
+from controller.profile import (
+    ExpertProfile,
+    Measurement,
+    Profile,
+    ProfileError,
+    save_profile,
+    suite_digest,
+)
+from controller.service import Controller
+from controller.settings import ControllerSettings
+from controller.suite import load_suite, stratified
+from messages import topics
+from messages.answers import Answer
+from messages.budgets import Budgets
+from messages.controller import ControllerEvent, FleetPlan
+from messages.jobs import Job
+from messages.prompts import Prompt
+from messages.results import EnergyReading, JobResult, LatencyBreakdown
+from moe2.broker import LocalBroker
+from tests.controller.test_controller_service import ScriptedAgent, _ask
+from tests.helpers import Recorder
+
+ENERGY = {"e1@a1": 1.0, "e2@a2": 5.0}
+GOOD_AT = {"e1@a1": {"geography"}, "e2@a2": {"science", "math"}}
+
+
+def _probs(n: int, label: int, p: float) -> list[float]:
+    return [p if i == label else (1 - p) / (n - 1) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    items = stratified(load_suite(), 8)
+    profile = Profile(fleet="sel", suite_sha256=suite_digest(items), items=items)
+    for key in ENERGY:
+        expert, _, agent = key.partition("@")
+        profile.experts[key] = ExpertProfile(
+            key=key, expert_id=expert, agent_id=agent, model="m", template="cloze"
+        )
+    for item in items:
+        profile.records[item.id] = {
+            key: Measurement(
+                choice_probs=_probs(
+                    len(item.choices), item.label, 0.9 if item.category in GOOD_AT[key] else 0.3
+                ),
+                compute_s=0.1 * ENERGY[key],
+                transmission_s=0.01,
+                energy_j=ENERGY[key],
+                energy_source="estimate",
+            )
+            for key in ENERGY
+        }
+    folder = tmp_path_factory.mktemp("gated")
+    profile_path, gate_path = folder / "profile.json", folder / "gate.pt"
+    save_profile(profile, profile_path)
+    data = GateData.from_profile(profile, PromptEncoder())
+    net, _ = train_gate(data.splits["train"], data.splits["val"], TrainConfig(hidden=16, lr=0.01))
+    Gate(net, data.expert_keys, "sel", file_sha256(profile_path)).save(gate_path)
+    return profile_path, gate_path
+
+
+def estimated(job: Job, agent: str, energy_j: float, probs: list[float]) -> JobResult:
+    return JobResult(
+        request_id=job.request_id,
+        expert_id=job.expert_id,
+        agent_id=agent,
+        ok=True,
+        choice_probs=probs,
+        choice_logprobs=[math.log(p) for p in probs],
+        latency=LatencyBreakdown(queue_s=0, load_s=0, total_s=0.05),
+        energy=EnergyReading(energy_j=energy_j, source="estimate", estimated=True),
+    )
+
+
+@pytest.fixture
+def fleet(
+    mosquitto: LocalBroker, gated: tuple[Path, Path]
+) -> Iterator[tuple[Controller, dict[str, ScriptedAgent], Recorder]]:
+    fleet_name = "sel"  # the profile's fleet; retained topics are cleared after each test
+    profile_path, gate_path = gated
+    settings = ControllerSettings.load(
+        None,
+        broker=mosquitto.url,
+        fleet=fleet_name,
+        profile=profile_path,
+        gate=gate_path,
+        energy_budget_j=2.0,
+    )
+    controller = Controller(settings)
+    controller.start()
+    agents = {
+        "a1": ScriptedAgent(mosquitto, fleet_name, "a1", "e1"),
+        "a2": ScriptedAgent(mosquitto, fleet_name, "a2", "e2"),
+    }
+    agents["a1"].behaviour = lambda job: estimated(job, "a1", 1.0, [0.7, 0.1, 0.1, 0.1])
+    agents["a2"].behaviour = lambda job: estimated(job, "a2", 5.0, [0.1, 0.7, 0.1, 0.1])
+    rec = Recorder(mosquitto.endpoint, fleet_name)
+    rec.watch(topics.CONTROLLER_PLAN).watch(topics.CONTROLLER_EVENTS).watch(topics.ANSWERS)
+    with rec:
+        for agent in agents.values():
+            agent.start()
+        yield controller, agents, rec
+    for agent in agents.values():
+        agent.bus.close()
+    controller.stop()
+    from messages.bus import Bus
+
+    cleaner = Bus(mosquitto.endpoint, fleet_name, client_id=f"clean-{uuid.uuid4().hex[:6]}")
+    cleaner.connect()
+    for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN, topics.CONTROLLER_STATUS):
+        cleaner.clear_retained(topic)
+    for agent_id in agents:
+        for topic in (topics.AGENT_PLAN, topics.AGENT_STATUS, topics.AGENT_CAPABILITIES):
+            cleaner.clear_retained(topic, agent_id=agent_id)
+    time.sleep(0.3)
+    cleaner.close()
+
+
+def test_a_profile_of_another_fleet_is_refused(gated: tuple[Path, Path]) -> None:
+    settings = ControllerSettings.load(None, fleet="elsewhere", profile=gated[0], gate=gated[1])
+    with pytest.raises(ProfileError, match="fleet 'sel', not 'elsewhere'"):
+        Controller(settings)
+
+
+def _publish_budgets(mosquitto: LocalBroker, fleet: str, budgets: Budgets) -> None:
+    from messages.bus import Bus
+
+    bus = Bus(mosquitto.endpoint, fleet, client_id=f"b-{uuid.uuid4().hex[:6]}")
+    bus.connect()
+    bus.publish(topics.CONTROLLER_BUDGETS, budgets).wait_for_publish(5)
+    bus.close()
+
+
+def test_plan_is_the_optimal_set_under_the_budgets(fleet, mosquitto: LocalBroker) -> None:  # type: ignore[no-untyped-def]
+    controller, agents, rec = fleet
+    plan = rec.wait_for(lambda m: isinstance(m, FleetPlan) and set(m.assignments) == {"a1", "a2"})
+    assert plan.assignments == {"a1": ["e1"], "a2": []} and plan.algorithm == "moe2"
+    assert plan.energy_j == pytest.approx(1.0)
+    name = controller.settings.fleet
+    _publish_budgets(mosquitto, name, Budgets(energy_j=10.0))
+    wider = rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.epoch > plan.epoch)
+    assert wider.assignments == {"a1": ["e1"], "a2": ["e2"]}
+    assert wider.energy_j == pytest.approx(6.0)
+    time.sleep(0.3)
+    assert agents["a2"].plans[-1].experts == ["e2"]
+    for bad, why in [
+        (Budgets(energy_j=10.0, delay_s={"poetry": 1.0}), "unknown delay categories"),
+        (Budgets(energy_j=0.5), "no online expert fits"),
+    ]:
+        _publish_budgets(mosquitto, name, bad)
+        rec.wait_for(lambda m, w=why: isinstance(m, ControllerEvent) and w in m.reason)
+    time.sleep(0.3)
+    assert controller.budgets == Budgets(energy_j=10.0)  # the last good budgets stay
+    assert controller.planner.assignments == {"a1": ["e1"], "a2": ["e2"]}
+
+
+def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[no-untyped-def]
+    fleet, mosquitto: LocalBroker
+) -> None:
+    controller, agents, rec = fleet
+    name = controller.settings.fleet
+    rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.assignments.get("a1") == ["e1"])
+    _publish_budgets(mosquitto, name, Budgets(energy_j=10.0))
+    rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.assignments.get("a2") == ["e2"])
+    text = "The capital of Italy is"
+    _ask(
+        mosquitto,
+        name,
+        Prompt(prompt=text, request_id="w", choices=["Rome", "Oslo", "Lima", "Bern"]),
+    )
+    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "w")
+    logits = controller.selection.gated.gate.logits([text])[0]  # type: ignore[union-attr]
+    softmax = [math.exp(v) / sum(math.exp(u) for u in logits) for v in logits]
+    weights = {f"{e.expert_id}@{e.agent_id}": e.weight for e in answer.experts}
+    assert weights == pytest.approx(
+        dict(zip(controller.selection.expert_keys, softmax, strict=True))
+    )  # type: ignore[union-attr]
+    assert weights["e1@a1"] > weights["e2@a2"]  # the gate trusts e1 on geography
+    mix = [
+        weights["e1@a1"] * a + weights["e2@a2"] * b
+        for a, b in zip([0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], strict=True)
+    ]
+    assert answer.choice_probs == pytest.approx(mix)
+    assert answer.energy_j == pytest.approx(6.0) and answer.energy_estimated
+    assert answer.budgets == Budgets(energy_j=10.0) and answer.energy_j <= 10.0
+
+    tight = Budgets(energy_j=2.0)
+    _ask(
+        mosquitto,
+        name,
+        Prompt(
+            prompt=text, request_id="t", choices=["Rome", "Oslo", "Lima", "Bern"], budgets=tight
+        ),
+    )
+    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "t")
+    assert [e.expert_id for e in answer.experts] == ["e1"] and answer.experts[0].weight == 1.0
+    assert answer.budgets == Budgets(energy_j=2.0) and answer.energy_j == pytest.approx(1.0)
+
+    science = "The chemical symbol for gold is"
+    _ask(
+        mosquitto,
+        name,
+        Prompt(
+            prompt=science,
+            request_id="k",
+            choices=["Au", "Ag", "Fe", "Cu"],
+            budgets=Budgets(top_k=1),
+        ),
+    )
+    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "k")
+    assert [e.expert_id for e in answer.experts] == ["e2"]  # the gate's favourite on science
+
+    _ask(mosquitto, name, Prompt(prompt=text, request_id="z", budgets=Budgets(energy_j=0.1)))
+    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "z")
+    assert answer.status == "failed" and "fits the budgets" in (answer.error or "")
