@@ -30,6 +30,7 @@ class FleetError(RuntimeError):
 class AgentSpec:
     agent_id: str
     experts: list[dict[str, Any]]  # ExpertConfig fields
+    settings: dict[str, Any] = field(default_factory=dict)  # other AgentSettings fields
 
 
 def _toml_value(value: Any) -> str:
@@ -46,6 +47,7 @@ def agent_config_toml(
         f"agent_id = {_toml_value(spec.agent_id)}",
         f"keepalive_s = {keepalive_s}",
         f"telemetry_interval_s = {telemetry_s}",
+        *(f"{k} = {_toml_value(v)}" for k, v in spec.settings.items()),
     ]
     for expert in spec.experts:
         lines.append("\n[[experts]]")

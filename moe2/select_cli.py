@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from controller.selection import SelectionResult
+    from controller.selection import SelectionInstance, SelectionResult
 
 EXIT_BAD_INPUT = 2
 EXIT_INFEASIBLE = 3
@@ -56,8 +56,29 @@ def result_table(result: SelectionResult) -> Table:
 
 def select(
     instance: Annotated[
-        Path, typer.Option("--instance", help="Selection instance, JSON (DESIGN.md section 6)")
-    ],
+        Path | None,
+        typer.Option("--instance", help="Selection instance, JSON (DESIGN.md section 6)"),
+    ] = None,
+    profile: Annotated[
+        Path | None, typer.Option("--profile", help="Build the instance from a fleet profile")
+    ] = None,
+    gate: Annotated[
+        Path | None, typer.Option("--gate", help="Gate checkpoint (with --profile)")
+    ] = None,
+    energy_j: Annotated[
+        float | None, typer.Option("--energy-j", help="Energy budget per query, J (--profile)")
+    ] = None,
+    delay_s: Annotated[
+        list[str] | None,
+        typer.Option("--delay-s", help="CATEGORY=SECONDS delay budget, repeatable (--profile)"),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Experts run per prompt")] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="Profile split the instance is built on")
+    ] = "val",
+    write_instance: Annotated[
+        Path | None, typer.Option("--write-instance", help="Also save the built instance here")
+    ] = None,
     algorithm: Annotated[
         str,
         typer.Option(
@@ -80,8 +101,16 @@ def select(
 
     if algorithm not in ALGORITHMS:
         _fail(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+    if (instance is None) == (profile is None):
+        _fail("give either --instance FILE or --profile FILE --gate FILE")
     try:
-        result = solve(load_instance(instance), algorithm, seed=seed)
+        if instance is not None:
+            problem = load_instance(instance)
+        else:
+            problem = _from_profile(profile, gate, energy_j, delay_s or [], top_k, split)  # type: ignore[arg-type]
+            if write_instance is not None:
+                write_instance.write_text(problem.model_dump_json(indent=1))
+        result = solve(problem, algorithm, seed=seed)
     except SelectionInstanceError as exc:
         _fail(str(exc))
     if as_json:
@@ -90,3 +119,35 @@ def select(
         Console().print(result_table(result))
     if not result.feasible:
         raise typer.Exit(EXIT_INFEASIBLE)
+
+
+def _from_profile(
+    profile: Path,
+    gate: Path | None,
+    energy_j: float | None,
+    delay_s: list[str],
+    top_k: int | None,
+    split: str,
+) -> SelectionInstance:
+    """The instance of a profile's split under the given budgets, with the gate's logits."""
+    from controller.gate.errors import GateError
+    from controller.profile import ProfileError
+    from controller.selection.from_profile import load_gated_profile
+    from moe2.cli import parse_delays
+
+    if gate is None:
+        _fail("--profile needs --gate")
+    if split not in ("train", "val", "test"):
+        _fail(f"--split {split!r}: choose train, val or test")
+    delays = parse_delays(delay_s)
+    try:
+        gated = load_gated_profile(profile, gate)  # type: ignore[arg-type]
+    except (ProfileError, GateError) as exc:
+        _fail(str(exc))
+    categories = sorted({c for cost in gated.costs.values() for c in cost.delay_s})
+    unknown = sorted(set(delays) - set(categories))
+    if unknown:
+        _fail(f"unknown delay categories {unknown}; the profile has {categories}")
+    if energy_j is None:
+        energy_j = sum(c.energy_j for c in gated.costs.values()) + 1.0
+    return gated.instance(split, energy_j, delays, top_k=top_k)

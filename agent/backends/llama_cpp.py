@@ -41,10 +41,14 @@ class LlamaCppBackend:
         self._lib = lib
         self.model_path = model_path
         self.options = options
+        threads = options.n_threads or max(1, (os.cpu_count() or 2) // 2)
         self.llm = Llama(
             model_path=str(model_path),
             n_ctx=options.n_ctx,
-            n_threads=options.n_threads or max(1, (os.cpu_count() or 2) // 2),
+            n_threads=threads,
+            # The same for prompt batches: llama-cpp-python's default (every core) oversubscribes
+            # a box that runs several agents, and OpenMP's spinning barriers then cost 20x.
+            n_threads_batch=threads,
             n_gpu_layers=options.n_gpu_layers,
             verbose=False,
         )
