@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from messages.settings import ConfigError, FleetSettings
+from moe2.options import DelayOpt, EnergyOpt, GateOpt, ProfileOpt, TopKOpt
 
 app = typer.Typer(
     name="moe2",
@@ -126,19 +127,11 @@ def controller_run(
     broker: BrokerOpt = None,
     fleet: FleetOpt = None,
     mqtt_version: VersionOpt = None,
-    profile: Annotated[
-        Path | None,
-        typer.Option("--profile", help="Fleet profile: with --gate, selects experts"),
-    ] = None,
-    gate: Annotated[Path | None, typer.Option("--gate", help="Gate checkpoint")] = None,
-    energy_j: Annotated[
-        float | None, typer.Option("--energy-j", help="Energy budget per query, J")
-    ] = None,
-    delay_s: Annotated[
-        list[str] | None,
-        typer.Option("--delay-s", help="CATEGORY=SECONDS delay budget (repeat)"),
-    ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Experts run per prompt")] = None,
+    profile: ProfileOpt = None,
+    gate: GateOpt = None,
+    energy_j: EnergyOpt = None,
+    delay_s: DelayOpt = None,
+    top_k: TopKOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Track the fleet, push activation plans and answer prompts."""
@@ -189,14 +182,9 @@ def budgets(
     fleet: FleetOpt = None,
     mqtt_version: VersionOpt = None,
     config: ConfigOpt = None,
-    energy_j: Annotated[
-        float | None, typer.Option("--energy-j", help="Energy budget per query, J")
-    ] = None,
-    delay_s: Annotated[
-        list[str] | None,
-        typer.Option("--delay-s", help="CATEGORY=SECONDS delay budget (repeat)"),
-    ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Experts run per prompt")] = None,
+    energy_j: EnergyOpt = None,
+    delay_s: DelayOpt = None,
+    top_k: TopKOpt = None,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the new plan")] = 10.0,
 ) -> None:
     """Set the fleet's budgets at run time: the controller re-solves and pushes a new plan."""

@@ -36,7 +36,7 @@ def profile(
     window: Annotated[int, typer.Option("--window", help="Prompts in flight at once")] = 4,
 ) -> None:
     """Send the suite to every active expert through the controller; store what each answered."""
-    from controller.profile import ProfileError
+    from controller.profile import ProfileError, suite_digest
     from controller.suite import DEFAULT_SUITE, SuiteError, load_suite, stratified
     from messages.settings import ConfigError, FleetSettings
     from moe2.ask import AskError
@@ -47,10 +47,13 @@ def profile(
         items = load_suite(suite or DEFAULT_SUITE)
     except (ConfigError, SuiteError) as exc:
         _fail(str(exc))
+    digest = suite_digest(items)  # of the whole suite: a later run may profile more of it
     if limit is not None:
         items = stratified(items, limit)
     try:
-        run = run_profile(settings.endpoint, settings.fleet, items, out_path, window=window)
+        run = run_profile(
+            settings.endpoint, settings.fleet, items, out_path, digest=digest, window=window
+        )
     except (ProfileError, AskError, ConnectionError) as exc:
         _fail(str(exc), code=1)
     complete = len(run.profile.complete_items())
@@ -159,7 +162,7 @@ def sweep(
     from controller.gate.errors import GateError
     from controller.profile import ProfileError
     from controller.selection.from_profile import load_gated_profile
-    from controller.selection.sweep import plot, write_csv
+    from controller.selection.sweep import plot, report_markdown, write_csv
     from controller.selection.sweep import sweep as run_sweep
 
     try:
@@ -171,6 +174,7 @@ def sweep(
     test = gated.instance("test", total, {})
     rows = run_sweep(val, test, points=points, seed=seed)
     write_csv(rows, out_dir / "sweep.csv")
+    (out_dir / "sweep.md").write_text(report_markdown(rows))
     estimated = any(c.energy_estimated for c in gated.costs.values())
     pngs = plot(rows, out_dir, estimated)
     table = Table(title="test accuracy (chosen on validation)")
@@ -191,4 +195,7 @@ def sweep(
                 cells.append("-" if acc is None else f"{acc:.3f}")
             table.add_row(axis, f"{budget:.3f}", *cells)
     out.print(table)
-    out.print(f"wrote {out_dir / 'sweep.csv'} and {', '.join(str(p) for p in pngs)}")
+    out.print(
+        f"wrote {out_dir / 'sweep.csv'}, {out_dir / 'sweep.md'} and "
+        + ", ".join(str(p) for p in pngs)
+    )

@@ -75,8 +75,8 @@ def active_experts(
     return experts
 
 
-def open_profile(path: Path, fleet: str, items: list[SuiteItem]) -> Profile:
-    digest = suite_digest(items)
+def open_profile(path: Path, fleet: str, items: list[SuiteItem], digest: str) -> Profile:
+    """The profile at ``path`` (new, or resumed), holding ``items`` of the suite ``digest``."""
     if not path.exists():
         return Profile(fleet=fleet, suite_sha256=digest, items=items)
     profile = load_profile(path)
@@ -85,6 +85,8 @@ def open_profile(path: Path, fleet: str, items: list[SuiteItem]) -> Profile:
         raise ProfileError(
             f"profile {path} was made from another suite; profile this one into another file"
         )
+    known = {i.id for i in profile.items}
+    profile.items.extend(i for i in items if i.id not in known)
     return profile
 
 
@@ -93,12 +95,13 @@ def run_profile(
     fleet: str,
     items: list[SuiteItem],
     out: Path,
+    digest: str | None = None,
     window: int = 4,
     timeout_s: float = 120.0,
     save_every: int = 20,
     show_progress: bool = True,
 ) -> ProfileRun:
-    profile = open_profile(out, fleet, items)
+    profile = open_profile(out, fleet, items, digest or suite_digest(items))
     for key, expert in active_experts(endpoint, fleet).items():
         known = profile.experts.get(key)
         if known is not None and known != expert:

@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from moe2.options import DelayOpt, EnergyOpt, GateOpt, ProfileOpt, TopKOpt
+
 if TYPE_CHECKING:
     from controller.selection import SelectionInstance, SelectionResult
 
@@ -59,20 +61,11 @@ def select(
         Path | None,
         typer.Option("--instance", help="Selection instance, JSON (DESIGN.md section 6)"),
     ] = None,
-    profile: Annotated[
-        Path | None, typer.Option("--profile", help="Build the instance from a fleet profile")
-    ] = None,
-    gate: Annotated[
-        Path | None, typer.Option("--gate", help="Gate checkpoint (with --profile)")
-    ] = None,
-    energy_j: Annotated[
-        float | None, typer.Option("--energy-j", help="Energy budget per query, J (--profile)")
-    ] = None,
-    delay_s: Annotated[
-        list[str] | None,
-        typer.Option("--delay-s", help="CATEGORY=SECONDS delay budget, repeatable (--profile)"),
-    ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Experts run per prompt")] = None,
+    profile: ProfileOpt = None,
+    gate: GateOpt = None,
+    energy_j: EnergyOpt = None,
+    delay_s: DelayOpt = None,
+    top_k: TopKOpt = None,
     split: Annotated[
         str, typer.Option("--split", help="Profile split the instance is built on")
     ] = "val",

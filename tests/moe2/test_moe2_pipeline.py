@@ -89,6 +89,7 @@ def test_profile_gate_select_sweep(
     assert (out / "sweep_delay.png").stat().st_size > 10_000
     rows = (out / "sweep.csv").read_text().splitlines()
     assert rows[0].startswith("axis,budget,algorithm") and len(rows) == 1 + 2 * 3 * 5
+    assert "| budget | algorithm |" in (out / "sweep.md").read_text()
 
 
 def test_bad_profiles_and_gates_are_clear_errors(tmp_path: Path) -> None:
