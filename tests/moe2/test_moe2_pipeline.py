@@ -105,3 +105,38 @@ def test_bad_profiles_and_gates_are_clear_errors(tmp_path: Path) -> None:
         run = moe2(*args)
         assert run.returncode == 2, (args, run.stdout, run.stderr)
         assert "error:" in run.stderr and "Traceback" not in run.stderr
+
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+
+
+def test_a_controller_refuses_a_profile_of_another_fleet() -> None:
+    run = moe2(
+        "controller",
+        "run",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--fleet",
+        "elsewhere",
+        "--profile",
+        str(DATA / "profile-lab.json"),
+        "--gate",
+        str(DATA / "gate-lab.pt"),
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "the profile is of fleet 'lab', not 'elsewhere'" in run.stderr
+    half = moe2("controller", "run", "--profile", str(DATA / "profile-lab.json"))
+    assert half.returncode == 2 and "profile and gate are given together" in half.stderr
+
+
+def test_budgets_are_validated_before_anything_is_published() -> None:
+    for args, needle in (
+        (("--energy-j", "-1"), "energy_j"),
+        (("--energy-j", "nan"), "energy_j"),
+        (("--delay-s", "math"), "expected CATEGORY=SECONDS"),
+        (("--delay-s", "math=-2"), "expected CATEGORY=SECONDS"),
+        (("--top-k", "0"), "top_k"),
+    ):
+        run = moe2("budgets", "--broker", "mqtt://127.0.0.1:1", *args)
+        assert run.returncode == 2, (args, run.stderr)
+        assert needle in run.stderr and "Traceback" not in run.stderr
