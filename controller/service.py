@@ -34,6 +34,16 @@ from messages.topics import Topic
 log = logging.getLogger(__name__)
 
 
+class _Refused(Exception):
+    """A prompt that will not be dispatched; it is answered ``failed`` with the reason."""
+
+    def __init__(
+        self, reason: str, failed: list[ExpertFailure] | None = None, rejected: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.reason, self.failed, self.rejected = reason, failed or [], rejected
+
+
 @dataclass(frozen=True)
 class ReplyRoute:
     topic: str
@@ -311,6 +321,40 @@ class Controller:
                     )
         return chosen, failed
 
+    def _route(
+        self, prompt: Prompt
+    ) -> tuple[list[tuple[str, str]], list[ExpertFailure], dict[str, float] | None, Budgets | None]:
+        """Who answers a prompt: the (agent, expert) pairs, the named experts that cannot, the
+        gate weights (None: uniform) and the budgets in force. Raises _Refused."""
+        try:
+            targets, failed = self._targets(prompt)
+        except ValueError as exc:
+            raise _Refused(str(exc), rejected=True) from None
+        if not targets:
+            raise _Refused("no active expert can answer", failed=failed)
+        if self.selection is None:
+            if prompt.budgets is not None:
+                raise _Refused(
+                    "this controller has no profile and gate, so it cannot honour budgets",
+                    failed=failed,
+                    rejected=True,
+                )
+            return targets, failed, None, None
+        try:
+            dispatch = self.selection.dispatch(
+                prompt.prompt,
+                [f"{e}@{a}" for a, e in targets],
+                self.budgets.top_k,
+                prompt.budgets,
+                prompt.category,
+            )
+        except BudgetError as exc:
+            raise _Refused(str(exc), failed=failed, rejected=True) from None
+        if not dispatch.keys:
+            raise _Refused("no active expert fits the budgets", failed=failed)
+        chosen = [(k.partition("@")[2], k.partition("@")[0]) for k in dispatch.keys]
+        return chosen, failed, dispatch.weights, _tighter(self.budgets, prompt.budgets)
+
     def handle_prompt(self, prompt: Prompt, replies: list[ReplyRoute]) -> str:
         received = time.monotonic()
         request_id = prompt.request_id or uuid.uuid4().hex[:16]
@@ -327,53 +371,17 @@ class Controller:
                 )
                 return request_id
             try:
-                targets, failed = self._targets(prompt)
-            except ValueError as exc:
-                self.rejected[topics.PROMPTS.pattern] += 1
-                self._event(
-                    "rejected",
-                    f"request {request_id}: {exc}",
-                    topic="prompts",
-                    request_id=request_id,
-                )
-                self._answer_failure(request_id, replies, received, str(exc))
-                return request_id
-            if not targets:
-                self._answer_failure(
-                    request_id, replies, received, "no active expert can answer", failed
-                )
-                return request_id
-            weights, budgets = None, None
-            if self.selection is not None:
-                budgets = _tighter(self.budgets, prompt.budgets)
-                try:
-                    dispatch = self.selection.dispatch(
-                        prompt.prompt,
-                        [f"{e}@{a}" for a, e in targets],
-                        self.budgets.top_k,
-                        prompt.budgets,
-                        prompt.category,
-                    )
-                except BudgetError as exc:
+                targets, failed, weights, budgets = self._route(prompt)
+            except _Refused as refusal:
+                if refusal.rejected:
                     self.rejected[topics.PROMPTS.pattern] += 1
-                    self._answer_failure(request_id, replies, received, str(exc), failed)
-                    return request_id
-                if not dispatch.keys:
-                    self._answer_failure(
-                        request_id, replies, received, "no active expert fits the budgets", failed
+                    self._event(
+                        "rejected",
+                        f"request {request_id}: {refusal.reason}",
+                        topic="prompts",
+                        request_id=request_id,
                     )
-                    return request_id
-                targets = [(k.partition("@")[2], k.partition("@")[0]) for k in dispatch.keys]
-                weights = dispatch.weights
-            elif prompt.budgets is not None:
-                self.rejected[topics.PROMPTS.pattern] += 1
-                self._answer_failure(
-                    request_id,
-                    replies,
-                    received,
-                    "this controller has no profile and gate, so it cannot honour budgets",
-                    failed,
-                )
+                self._answer_failure(request_id, replies, received, refusal.reason, refusal.failed)
                 return request_id
             pending = PendingRequest(
                 request_id, prompt, received, {}, replies, failed, weights=weights, budgets=budgets
