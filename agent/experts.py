@@ -24,6 +24,10 @@ class UnknownExpert(KeyError):
         return str(self.args[0])
 
 
+class MemoryBudgetExceeded(RuntimeError):
+    """Loading one more expert would pass the agent's expert memory budget."""
+
+
 @dataclass
 class _Loaded:
     backend: Backend
@@ -36,7 +40,8 @@ class _Loaded:
 class ExpertPool:
     """Resolves every configured model at start, loads and unloads backends on request."""
 
-    def __init__(self, configs: list[ExpertConfig]) -> None:
+    def __init__(self, configs: list[ExpertConfig], budget_mb: float | None = None) -> None:
+        self.budget_bytes = None if budget_mb is None else int(budget_mb * 1e6)
         self.configs = {c.id: c for c in configs}
         self.paths: dict[str, Path] = {c.id: resolve_model(c.model) for c in configs}
         self._loaded: dict[str, _Loaded] = {}
@@ -63,6 +68,13 @@ class ExpertPool:
         with self._lock:
             if expert_id in self._loaded:
                 return self._loaded[expert_id].backend, 0.0
+        if self.budget_bytes is not None:
+            after = self.memory_needed([*self.loaded_ids, expert_id])
+            if after > self.budget_bytes:
+                raise MemoryBudgetExceeded(
+                    f"loading {expert_id} would hold {after / 1e6:.0f} MB of experts, over the "
+                    f"budget of {self.budget_bytes / 1e6:.0f} MB"
+                )
         start = time.monotonic()
         backend = LlamaCppBackend(
             self.paths[expert_id],
@@ -87,6 +99,16 @@ class ExpertPool:
         load_s = time.monotonic() - start
         log.info("loaded expert %s from %s in %.2f s", expert_id, self.paths[expert_id], load_s)
         return backend, load_s
+
+    def memory_bytes(self, expert_id: str) -> int:
+        """Resident size when loaded: measured once it has been, else the file's size."""
+        seen = self._seen.get(expert_id)
+        if seen is not None and seen.memory_bytes is not None:
+            return seen.memory_bytes
+        return self.paths[expert_id].stat().st_size
+
+    def memory_needed(self, expert_ids: list[str]) -> int:
+        return sum(self.memory_bytes(e) for e in expert_ids if e in self.configs)
 
     def unload(self, expert_id: str) -> None:
         with self._lock:

@@ -39,7 +39,7 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.agent_id = settings.agent_id
-        self.pool = ExpertPool(settings.experts)
+        self.pool = ExpertPool(settings.experts, settings.expert_memory_budget_mb)
         self.bus = Bus(
             settings.endpoint,
             settings.fleet,
@@ -125,6 +125,7 @@ class Agent:
             backends=["llama.cpp"],
             experts=self.pool.info(),
             job_queue_capacity=self.settings.job_queue_capacity,
+            expert_memory_budget_bytes=self.pool.budget_bytes,
         )
         self.bus.publish(topics.AGENT_CAPABILITIES, caps, agent_id=self.agent_id)
 
@@ -176,6 +177,16 @@ class Agent:
                 "rejected",
                 f"plan epoch {plan.epoch} names unknown experts {unknown}; "
                 "keeping the current plan",
+                inbound.topic,
+            )
+            return
+        needed = self.pool.memory_needed(plan.experts)
+        budget = self.pool.budget_bytes
+        if budget is not None and needed > budget:
+            self._event(
+                "rejected",
+                f"plan epoch {plan.epoch} needs {needed / 1e6:.0f} MB of experts, over this "
+                f"agent's budget of {budget / 1e6:.0f} MB; keeping the current plan",
                 inbound.topic,
             )
             return

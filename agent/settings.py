@@ -52,6 +52,12 @@ class AgentSettings(FleetSettings):
     experts: list[ExpertConfig] = Field(default_factory=list)
     telemetry_interval_s: float = Field(default=2.0, gt=0, le=3600)
     job_queue_capacity: int = Field(default=32, ge=1, le=10000)
+    expert_memory_budget_mb: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Memory the loaded experts may take, MB; a plan that needs more is refused",
+    )
     power_model_w: float | None = Field(
         default=None,
         gt=0,

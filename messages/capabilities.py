@@ -39,3 +39,6 @@ class AgentCapabilities(Message):
     backends: list[BackendName]
     experts: list[ExpertInfo]
     job_queue_capacity: int = Field(ge=1)
+    expert_memory_budget_bytes: int | None = Field(
+        default=None, ge=0, description="Memory the agent may fill with loaded experts"
+    )

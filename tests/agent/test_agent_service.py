@@ -255,3 +255,46 @@ def test_declared_power_model_gives_estimated_energy(mosquitto: LocalBroker) -> 
     assert result.energy.source == "estimate" and result.energy.estimated
     compute_s = result.latency.total_s - result.latency.queue_s
     assert result.energy.energy_j == pytest.approx(15.0 * compute_s, rel=0.05)
+
+
+def test_memory_budget_refuses_plans_and_loads_that_do_not_fit(mosquitto: LocalBroker) -> None:
+    # SmolLM2 takes ~97 MB resident, Gemma 3 270M ~250 MB: 200 MB holds the first only.
+    settings = AgentSettings.load(
+        None,
+        broker=mosquitto.url,
+        fleet=FLEET,
+        agent_id="tight",
+        experts=[SMOLLM2, GEMMA3],
+        expert_memory_budget_mb=200.0,
+    )
+    tight = Agent(settings)
+    tight.start()
+    rec = Recorder(mosquitto.endpoint, FLEET)
+    for topic in (topics.AGENT_EVENTS, topics.AGENT_RESULTS, topics.AGENT_CAPABILITIES):
+        rec.watch(topic, agent_id="tight")
+    try:
+        with rec:
+            caps = rec.wait_for(lambda m: isinstance(m, AgentCapabilities))
+            assert caps.expert_memory_budget_bytes == 200_000_000
+            bus = Bus(mosquitto.endpoint, FLEET, client_id=f"tight-{time.monotonic_ns()}")
+            bus.connect()
+            plan = ActivationPlan(
+                agent_id="tight", epoch=1, experts=["smollm2", "gemma3"], time_s=now_s()
+            )
+            bus.publish(topics.AGENT_PLAN, plan, agent_id="tight")
+            refused = rec.wait_for(lambda m: isinstance(m, AgentEvent) and "over this" in m.reason)
+            assert refused.kind == "rejected"
+            fits = ActivationPlan(agent_id="tight", epoch=2, experts=["smollm2"], time_s=now_s())
+            bus.publish(topics.AGENT_PLAN, fits, agent_id="tight")
+            rec.wait_for(lambda m: isinstance(m, AgentEvent) and m.kind == "plan_applied", 60)
+            bus.publish(topics.AGENT_JOBS, _job("r-gemma", expert="gemma3"), agent_id="tight")
+            result = rec.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-gemma")
+            bus.close()
+            assert tight.pool.loaded_ids == ["smollm2"]  # the refused plan and load left no trace
+    finally:
+        tight.stop()
+        bus_clean = Bus(mosquitto.endpoint, FLEET, client_id=f"clean-{time.monotonic_ns()}")
+        bus_clean.connect()
+        bus_clean.clear_retained(topics.AGENT_PLAN, agent_id="tight")
+        bus_clean.close()
+    assert not result.ok and "MemoryBudgetExceeded" in (result.error or "")
