@@ -22,6 +22,7 @@ from messages.answers import Answer, ExpertFailure
 from messages.base import now_s
 from messages.budgets import Budgets
 from messages.bus import Bus, Inbound
+from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus
 from messages.jobs import Job
@@ -79,6 +80,7 @@ class Controller:
         self._lock = threading.RLock()
         self._pending: dict[str, PendingRequest] = {}
         self.selection: LiveSelection | None = None
+        self.cache_plan: CachePlan | None = None
         self.last_selection: SelectionResult | None = None
         self.budgets = Budgets(
             energy_j=settings.energy_budget_j,
@@ -120,6 +122,7 @@ class Controller:
         self.bus.subscribe(topics.PROMPTS, self._on_prompt)
         self.bus.subscribe(topics.PROMPTS_TEXT, self._on_text_prompt)
         self.bus.subscribe(topics.CONTROLLER_BUDGETS, self._on_budgets)
+        self.bus.subscribe(topics.CONTROLLER_CACHE_PLAN, self._on_cache_plan)
         self.bus.connect()
         self.publish_status()
         thread = threading.Thread(target=self._watch, name="controller-watch", daemon=True)
@@ -178,6 +181,16 @@ class Controller:
         """Experts each online agent must hold: all of them, or the optimal set under budgets.
         Raises BudgetError when no set fits (the caller keeps the plan it has)."""
         online = self.registry.online_experts()
+        if self.cache_plan is not None:
+            placement = self.cache_plan.placement
+            wanted = {a: [e for e in placement.get(a, []) if e in online[a]] for a in online}
+            summary = dict(
+                algorithm=f"cache:{self.cache_plan.algorithm}",
+                loss=None,
+                energy_j=None,
+                delay_s={},
+            )
+            return wanted, summary
         if self.selection is None:
             return online, {}
         keys = {f"{e}@{a}" for a, experts in online.items() for e in experts}
@@ -195,7 +208,7 @@ class Controller:
         )
         return wanted, summary
 
-    def replan(self, budgets: Budgets | None = None) -> None:
+    def replan(self, budgets: Budgets | None = None, force: bool = False) -> None:
         """Re-solve and push plans; with new ``budgets``, adopt them only if a set fits."""
         with self._lock:
             try:
@@ -208,7 +221,7 @@ class Controller:
                 return
             if budgets is not None:
                 self.budgets = budgets
-            planned = self.planner.replan(wanted, force=budgets is not None, **summary)
+            planned = self.planner.replan(wanted, force=force or budgets is not None, **summary)
         if planned is None:
             return
         fleet_plan, agent_plans = planned
@@ -236,6 +249,45 @@ class Controller:
             self._on_reject(
                 topics.CONTROLLER_BUDGETS, inbound.topic, f"{exc}; keeping the last good plan"
             )
+
+    def _on_cache_plan(self, inbound: Inbound[CachePlan]) -> None:
+        plan = inbound.message
+        if plan == self.cache_plan:
+            return  # our own retained plan, seen again
+        if not plan.placement:
+            if self.cache_plan is not None:
+                self.cache_plan = None
+                self._event("replan", "cache plan lifted")
+                self.replan(force=True)
+            return
+        problem = self._cache_plan_problem(plan)
+        if problem is not None:
+            self._on_reject(
+                topics.CONTROLLER_CACHE_PLAN, inbound.topic, f"{problem}; keeping the current plan"
+            )
+            return
+        self.cache_plan = plan
+        self.replan(force=True)
+
+    def _cache_plan_problem(self, plan: CachePlan) -> str | None:
+        """Why a cache plan cannot be applied: unknown agents or experts, or over a budget."""
+        records = {r.agent_id: r for r in self.registry.agents()}
+        for agent_id, expert_ids in plan.placement.items():
+            record = records.get(agent_id)
+            if record is None or record.capabilities is None:
+                return f"unknown agent {agent_id!r}"
+            infos = {e.expert_id: e for e in record.capabilities.experts}
+            unknown = sorted(set(expert_ids) - set(infos))
+            if unknown:
+                return f"agent {agent_id} has no experts {unknown}"
+            budget = record.capabilities.expert_memory_budget_bytes
+            need = sum(infos[e].memory_bytes or infos[e].file_size_bytes for e in expert_ids)
+            if budget is not None and need > budget:
+                return (
+                    f"agent {agent_id} would hold {need / 1e6:.0f} MB of experts, over its "
+                    f"budget of {budget / 1e6:.0f} MB"
+                )
+        return None
 
     # -- fleet topics -------------------------------------------------------------------
 

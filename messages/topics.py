@@ -12,6 +12,7 @@ from typing import Generic, TypeVar
 from messages.answers import Answer
 from messages.base import TOPIC_LEVEL_RE, Message
 from messages.budgets import Budgets
+from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.events import AgentEvent
@@ -160,6 +161,13 @@ CONTROLLER_BUDGETS = Topic(
     True,
     "energy and per-category delay budgets in force; a new one re-solves the selection",
 )
+CONTROLLER_CACHE_PLAN = Topic(
+    "controller/cache-plan",
+    CachePlan,
+    1,
+    True,
+    "the experts each agent keeps loaded (SlimCaching); the controller turns it into plans",
+)
 CONTROLLER_STATUS = Topic(
     "controller/status", ControllerStatus, 1, True, "controller liveness and counters"
 )
@@ -185,6 +193,7 @@ TOPICS: tuple[Topic, ...] = (
     ANSWERS,
     REPLIES,
     CONTROLLER_BUDGETS,
+    CONTROLLER_CACHE_PLAN,
     CONTROLLER_STATUS,
     CONTROLLER_PLAN,
     CONTROLLER_EVENTS,

@@ -16,6 +16,7 @@ from messages import (
     AgentStatus,
     Answer,
     Budgets,
+    CachePlan,
     ControllerEvent,
     ControllerStatus,
     EnergyReading,
@@ -67,6 +68,12 @@ EXPERT_OUTPUT = ExpertOutput(
 EXPERT_FAILURE = ExpertFailure(expert_id="gemma", agent_id="pi-5", reason="no result within 60 s")
 
 SAMPLES: list[Message] = [
+    CachePlan(
+        placement={"orin-1": ["smol"], "rtx-1": []},
+        expected_latency_s=0.4,
+        algorithm="sgd_maxconv",
+        time_s=T0,
+    ),
     Budgets(energy_j=12.0, delay_s={"math": 2.5, "science": 1.5}, top_k=2),
     AgentStatus(
         agent_id="orin-1",
@@ -189,7 +196,7 @@ def test_samples_cover_every_exported_message_model() -> None:
         for obj in vars(messages).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
     }
-    assert len(exported) == 18
+    assert len(exported) == 19
     assert {type(m) for m in SAMPLES} == exported
 
 
