@@ -192,7 +192,7 @@ class Controller:
             )
             return wanted, summary
         if self.selection is None:
-            return online, {}
+            return self._fitting(online), {}
         keys = {f"{e}@{a}" for a, experts in online.items() for e in experts}
         result = self.selection.solve(budgets, keys)
         wanted: dict[str, list[str]] = {agent: [] for agent in online}
@@ -268,6 +268,27 @@ class Controller:
             return
         self.cache_plan = plan
         self.replan(force=True)
+
+    def _fitting(self, online: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Every expert of each agent, in its configured order, as far as its memory budget
+        allows (agents without a budget get them all)."""
+        records = {r.agent_id: r for r in self.registry.agents()}
+        wanted = {}
+        for agent_id, experts in online.items():
+            caps = records[agent_id].capabilities
+            budget = caps.expert_memory_budget_bytes if caps else None
+            if caps is None or budget is None:
+                wanted[agent_id] = experts
+                continue
+            infos = {e.expert_id: e for e in caps.experts}
+            kept, used = [], 0
+            for expert in experts:
+                size = infos[expert].memory_bytes or infos[expert].file_size_bytes
+                if used + size <= budget:
+                    kept.append(expert)
+                    used += size
+            wanted[agent_id] = kept
+        return wanted
 
     def _cache_plan_problem(self, plan: CachePlan) -> str | None:
         """Why a cache plan cannot be applied: unknown agents or experts, or over a budget."""

@@ -328,24 +328,15 @@ def fleet(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Agents, their experts, state, last power and latency."""
-    from controller.registry import FleetRegistry
-    from messages import topics
-    from messages.bus import Bus
+    from moe2.fleet_reader import read_fleet
 
     settings = _settings(
         FleetSettings, config, broker=broker, fleet=fleet, mqtt_version=mqtt_version
     )
-    registry = FleetRegistry()
-    bus = Bus(settings.endpoint, settings.fleet, client_id=f"fleet-{time.monotonic_ns()}")
-    bus.subscribe(topics.AGENT_STATUS, lambda i: registry.on_status(i.message))
-    bus.subscribe(topics.AGENT_CAPABILITIES, lambda i: registry.on_capabilities(i.message))
-    bus.subscribe(topics.AGENT_TELEMETRY, lambda i: registry.on_telemetry(i.message))
     try:
-        bus.connect()
+        registry, _ = read_fleet(settings.endpoint, settings.fleet, wait)
     except ConnectionError as exc:
         _fail(str(exc), code=1)
-    time.sleep(wait)
-    bus.close()
     rows = registry.snapshot()
     if as_json:
         print(json.dumps(rows, indent=2))

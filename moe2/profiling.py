@@ -4,8 +4,6 @@ already in the profile file are never asked for again."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +19,11 @@ from controller.profile import (
     save_profile,
     suite_digest,
 )
-from controller.registry import FleetRegistry
 from controller.suite import SuiteItem
-from messages import topics
-from messages.bus import BrokerEndpoint, Bus
-from messages.controller import FleetPlan
+from messages.bus import BrokerEndpoint
 from messages.prompts import Prompt
 from moe2.ask import Asker, AskError
+from moe2.fleet_reader import read_fleet
 
 
 @dataclass(frozen=True)
@@ -42,20 +38,12 @@ def active_experts(
     endpoint: BrokerEndpoint, fleet: str, wait_s: float = 2.0
 ) -> dict[str, ExpertProfile]:
     """The experts the controller's current plan activates, with their model and template."""
-    registry = FleetRegistry()
-    plans: list[FleetPlan] = []
-    bus = Bus(endpoint, fleet, client_id=f"profile-{uuid.uuid4().hex[:8]}")
-    bus.subscribe(topics.AGENT_STATUS, lambda i: registry.on_status(i.message))
-    bus.subscribe(topics.AGENT_CAPABILITIES, lambda i: registry.on_capabilities(i.message))
-    bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
-    bus.connect()
-    time.sleep(wait_s)  # retained messages arrive at once
-    bus.close()
-    if not plans:
+    registry, plan = read_fleet(endpoint, fleet, wait_s)  # retained messages arrive at once
+    if plan is None:
         raise ProfileError(f"no controller plan for fleet {fleet!r}: is a controller running?")
     online = {r.agent_id: r for r in registry.agents() if r.online and r.capabilities}
     experts: dict[str, ExpertProfile] = {}
-    for agent_id, expert_ids in sorted(plans[-1].assignments.items()):
+    for agent_id, expert_ids in sorted(plan.assignments.items()):
         record = online.get(agent_id)
         if record is None or record.capabilities is None:
             continue

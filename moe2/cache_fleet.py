@@ -1,0 +1,89 @@
+"""``moe2 cache-plan --fleet``: a caching instance from the live fleet, and applying a result."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from controller.caching.from_fleet import fleet_instance, fleet_view
+from controller.registry import FleetRegistry
+from messages import topics
+from messages.base import now_s
+from messages.bus import BrokerEndpoint, Bus
+from messages.cache_plan import CachePlan
+from messages.controller import ControllerEvent, FleetPlan
+from moe2.fleet_reader import read_fleet
+
+
+def instance_from_fleet(
+    endpoint: BrokerEndpoint,
+    fleet: str,
+    profile_path: Path,
+    gate_path: Path,
+    top_k: int,
+    fallback_latency_s: float | None,
+    wait_s: float = 2.5,
+) -> tuple[dict[str, Any], FleetRegistry, list[str]]:
+    """The instance, the fleet it was read from, and the experts left out (not on every agent).
+    Raises ProfileError, GateError, FleetCachingError or ConnectionError."""
+    from controller.selection.from_profile import load_gated_profile
+
+    registry, _ = read_fleet(endpoint, fleet, wait_s)
+    view = fleet_view(registry.agents())
+    gated = load_gated_profile(profile_path, gate_path)
+    gated.profile.check_fleet(fleet)
+    instance = fleet_instance(
+        view, gated.profile, gated.gate, gated.data, top_k, fallback_latency_s
+    )
+    return instance, registry, view.excluded
+
+
+def cache_plan_message(
+    placement: dict[str, list[list[Any]]], algorithm: str, latency_s: float
+) -> CachePlan:
+    """A solver result's placement (server -> [[layer, expert], ...]) as a CachePlan."""
+    return CachePlan(
+        placement={
+            server: sorted({str(e) for _, e in pairs}) for server, pairs in placement.items()
+        },
+        expected_latency_s=latency_s,
+        algorithm=algorithm,
+        time_s=now_s(),
+    )
+
+
+def apply_cache_plan(
+    endpoint: BrokerEndpoint, fleet: str, plan: CachePlan, wait_s: float = 15.0
+) -> FleetPlan:
+    """Publish the cache plan and wait for the controller's new fleet plan (or its refusal)."""
+    plans: list[FleetPlan] = []
+    refusals: list[ControllerEvent] = []
+    bus = Bus(endpoint, fleet, client_id=f"cache-{uuid.uuid4().hex[:8]}")
+    bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
+    bus.subscribe(
+        topics.CONTROLLER_EVENTS,
+        lambda i: (
+            refusals.append(i.message)
+            if i.message.kind == "rejected"
+            and (i.message.topic or "").endswith("controller/cache-plan")
+            else None
+        ),
+    )
+    bus.connect()
+    try:
+        time.sleep(0.5)
+        before = plans[-1].epoch if plans else -1
+        bus.publish(topics.CONTROLLER_CACHE_PLAN, plan).wait_for_publish(5)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if refusals:
+                raise RuntimeError(f"the controller refused the cache plan: {refusals[-1].reason}")
+            fresh = [p for p in plans if p.epoch > before]
+            if fresh:
+                return fresh[-1]
+            time.sleep(0.05)
+    finally:
+        bus.close()
+    raise RuntimeError(f"no new plan within {wait_s:g} s: is a controller running?")
