@@ -19,7 +19,7 @@ from typing import Any
 from controller.registry import FleetRegistry
 from messages import topics
 from messages.bus import BrokerEndpoint, Bus
-from messages.controller import ControllerStatus
+from messages.controller import ControllerStatus, FleetPlan
 
 
 class FleetError(RuntimeError):
@@ -104,14 +104,17 @@ class LocalFleet:
         )
 
     def wait_ready(self, agents: list[str], timeout_s: float = 180.0) -> None:
-        """Until the controller is online and every agent has loaded all its planned experts."""
+        """Until the controller is online and every agent has loaded exactly its planned experts
+        (the controller's plan: every expert, or what fits its memory budget)."""
         registry = FleetRegistry()
         controller: list[ControllerStatus] = []
+        plans: list[FleetPlan] = []
         bus = Bus(self.endpoint, self.fleet, client_id=f"ready-{os.getpid()}-{time.monotonic_ns()}")
         bus.subscribe(topics.AGENT_STATUS, lambda i: registry.on_status(i.message))
         bus.subscribe(topics.AGENT_CAPABILITIES, lambda i: registry.on_capabilities(i.message))
         bus.subscribe(topics.AGENT_TELEMETRY, lambda i: registry.on_telemetry(i.message))
         bus.subscribe(topics.CONTROLLER_STATUS, lambda i: controller.append(i.message))
+        bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
         bus.connect()
         deadline = time.monotonic() + timeout_s
         try:
@@ -121,13 +124,15 @@ class LocalFleet:
                         raise FleetError(
                             f"{name} exited with status {proc.returncode}:\n{self.log_tail(name)}"
                         )
+                assigned = plans[-1].assignments if plans else {}
                 ready = {
                     r.agent_id
                     for r in registry.agents()
                     if r.online
                     and r.telemetry is not None
                     and r.telemetry.plan_epoch is not None
-                    and set(r.telemetry.loaded_experts) == set(r.expert_ids)
+                    and r.agent_id in assigned
+                    and set(r.telemetry.loaded_experts) == set(assigned[r.agent_id])
                 }
                 if controller and controller[-1].state == "online" and set(agents) <= ready:
                     return
