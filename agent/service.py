@@ -151,7 +151,7 @@ class Agent:
         self.bus.publish(topics.AGENT_TELEMETRY, self.telemetry(), agent_id=self.agent_id)
 
     def _event(self, kind: str, reason: str, topic: str | None = None) -> None:
-        log.warning("%s: %s", kind, reason)
+        log.log(logging.INFO if kind == "plan_applied" else logging.WARNING, "%s: %s", kind, reason)
         event = AgentEvent(
             agent_id=self.agent_id,
             time_s=now_s(),

@@ -87,3 +87,22 @@ def apply_cache_plan(
     finally:
         bus.close()
     raise RuntimeError(f"no new plan within {wait_s:g} s: is a controller running?")
+
+
+def plan_from_fleet(
+    endpoint: BrokerEndpoint,
+    fleet: str,
+    profile_path: Path,
+    gate_path: Path,
+    top_k: int,
+    fallback_latency_s: float | None,
+    algorithm: str | None,
+    seed: int,
+) -> tuple[Any, list[str]]:
+    """Solve the live fleet's caching instance: the result, and the experts left out."""
+    from controller.caching import parse_instance, plan
+
+    raw, _, excluded = instance_from_fleet(
+        endpoint, fleet, profile_path, gate_path, top_k, fallback_latency_s
+    )
+    return plan(parse_instance(raw), algorithm, seed=seed), excluded
