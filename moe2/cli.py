@@ -394,11 +394,13 @@ def demo(
         _fail(str(exc), code=1)
 
 
+# Commands that live in their own modules.
+from moe2.cache_cli import cache_plan  # noqa: E402
 from moe2.moe2_cli import gate_app, profile, sweep  # noqa: E402
+from moe2.select_cli import select  # noqa: E402
 
 app.command("profile")(profile)
 app.command("sweep")(sweep)
-app.add_typer(gate_app, name="gate")
-from moe2.select_cli import select  # noqa: E402
-
 app.command("select")(select)
+app.command("cache-plan")(cache_plan)
+app.add_typer(gate_app, name="gate")
