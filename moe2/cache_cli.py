@@ -172,12 +172,13 @@ def _plan_fleet(  # type: ignore[no-untyped-def]
 
 def _apply(fleet: str, broker: str | None, mqtt_version: str | None, result: CachingResult) -> None:
     from moe2.cache_fleet import apply_cache_plan, cache_plan_message
+    from moe2.fleet_reader import PlanRefused
 
     settings = _endpoint(fleet, broker, mqtt_version)
     message = cache_plan_message(result.placement, result.algorithm, result.expected_latency_s)
     try:
         plan = apply_cache_plan(settings.endpoint, settings.fleet, message)
-    except (RuntimeError, ConnectionError) as exc:
+    except (PlanRefused, ConnectionError) as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     Console(stderr=True).print(

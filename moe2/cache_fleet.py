@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +9,10 @@ from controller.caching.from_fleet import fleet_instance, fleet_view
 from controller.registry import FleetRegistry
 from messages import topics
 from messages.base import now_s
-from messages.bus import BrokerEndpoint, Bus
+from messages.bus import BrokerEndpoint
 from messages.cache_plan import CachePlan
-from messages.controller import ControllerEvent, FleetPlan
-from moe2.fleet_reader import read_fleet
+from messages.controller import FleetPlan
+from moe2.fleet_reader import read_fleet, request_plan
 
 
 def instance_from_fleet(
@@ -58,35 +56,7 @@ def apply_cache_plan(
     endpoint: BrokerEndpoint, fleet: str, plan: CachePlan, wait_s: float = 15.0
 ) -> FleetPlan:
     """Publish the cache plan and wait for the controller's new fleet plan (or its refusal)."""
-    plans: list[FleetPlan] = []
-    refusals: list[ControllerEvent] = []
-    bus = Bus(endpoint, fleet, client_id=f"cache-{uuid.uuid4().hex[:8]}")
-    bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
-    bus.subscribe(
-        topics.CONTROLLER_EVENTS,
-        lambda i: (
-            refusals.append(i.message)
-            if i.message.kind == "rejected"
-            and (i.message.topic or "").endswith("controller/cache-plan")
-            else None
-        ),
-    )
-    bus.connect()
-    try:
-        time.sleep(0.5)
-        before = plans[-1].epoch if plans else -1
-        bus.publish(topics.CONTROLLER_CACHE_PLAN, plan).wait_for_publish(5)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if refusals:
-                raise RuntimeError(f"the controller refused the cache plan: {refusals[-1].reason}")
-            fresh = [p for p in plans if p.epoch > before]
-            if fresh:
-                return fresh[-1]
-            time.sleep(0.05)
-    finally:
-        bus.close()
-    raise RuntimeError(f"no new plan within {wait_s:g} s: is a controller running?")
+    return request_plan(endpoint, fleet, topics.CONTROLLER_CACHE_PLAN, plan, wait_s)
 
 
 def plan_from_fleet(

@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -192,8 +191,7 @@ def budgets(
 
     from messages import topics
     from messages.budgets import Budgets
-    from messages.bus import Bus
-    from messages.controller import ControllerEvent, FleetPlan
+    from moe2.fleet_reader import PlanRefused, request_plan
 
     settings = _settings(
         FleetSettings, config, broker=broker, fleet=fleet, mqtt_version=mqtt_version
@@ -202,36 +200,12 @@ def budgets(
         wanted = Budgets(energy_j=energy_j, delay_s=parse_delays(delay_s or []), top_k=top_k)
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-    plans: list[FleetPlan] = []
-    refusals: list[ControllerEvent] = []
-    bus = Bus(settings.endpoint, settings.fleet, client_id=f"budgets-{time.monotonic_ns()}")
-    bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
-    bus.subscribe(
-        topics.CONTROLLER_EVENTS,
-        lambda i: (
-            refusals.append(i.message)
-            if i.message.kind == "rejected"
-            and (i.message.topic or "").endswith("controller/budgets")
-            else None
-        ),
-    )
     try:
-        bus.connect()
-    except ConnectionError as exc:
+        plan = request_plan(
+            settings.endpoint, settings.fleet, topics.CONTROLLER_BUDGETS, wanted, wait
+        )
+    except (PlanRefused, ConnectionError) as exc:
         _fail(str(exc), code=1)
-    time.sleep(0.5)
-    before = plans[-1].epoch if plans else -1
-    bus.publish(topics.CONTROLLER_BUDGETS, wanted).wait_for_publish(5)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and not refusals and not any(p.epoch > before for p in plans):
-        time.sleep(0.05)
-    bus.close()
-    if refusals:
-        _fail(f"the controller refused the budgets: {refusals[-1].reason}", code=1)
-    fresh = [p for p in plans if p.epoch > before]
-    if not fresh:
-        _fail(f"no new plan within {wait:g} s: is a controller with a gate running?", code=1)
-    plan = fresh[-1]
     out.print(f"plan epoch {plan.epoch} ({plan.algorithm}):")
     for agent, experts in plan.assignments.items():
         out.print(f"  {agent}: {', '.join(experts) or '-'}")

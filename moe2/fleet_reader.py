@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from controller.registry import FleetRegistry
 from messages import topics
-from messages.bus import BrokerEndpoint, Bus
-from messages.controller import FleetPlan
+from messages.base import Message
+from messages.bus import BrokerEndpoint, Bus, Inbound
+from messages.controller import ControllerEvent, FleetPlan
+from messages.topics import Topic
 
 
 def read_fleet(
@@ -30,3 +33,41 @@ def read_fleet(
     finally:
         bus.close()
     return registry, (plans[-1] if plans else None)
+
+
+class PlanRefused(RuntimeError):
+    """The controller refused what was asked, or no new plan came."""
+
+
+def request_plan(
+    endpoint: BrokerEndpoint, fleet: str, topic: Topic[Any], message: Message, wait_s: float
+) -> FleetPlan:
+    """Publish budgets or a cache plan to the controller and wait for the new fleet plan it
+    pushes; raises PlanRefused with the controller's reason, or when none comes in time."""
+    plans: list[FleetPlan] = []
+    refusals: list[ControllerEvent] = []
+    name = topic.name(fleet)
+
+    def refused(inbound: Inbound[ControllerEvent]) -> None:
+        if inbound.message.kind == "rejected" and inbound.message.topic == name:
+            refusals.append(inbound.message)
+
+    bus = Bus(endpoint, fleet, client_id=f"ask-plan-{uuid.uuid4().hex[:10]}")
+    bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
+    bus.subscribe(topics.CONTROLLER_EVENTS, refused)
+    bus.connect()
+    try:
+        time.sleep(0.5)  # the retained plan arrives first: its epoch is the one to beat
+        before = plans[-1].epoch if plans else -1
+        bus.publish(topic, message).wait_for_publish(5)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if refusals:
+                raise PlanRefused(f"the controller refused it: {refusals[-1].reason}")
+            fresh = [p for p in plans if p.epoch > before]
+            if fresh:
+                return fresh[-1]
+            time.sleep(0.05)
+    finally:
+        bus.close()
+    raise PlanRefused(f"no new plan within {wait_s:g} s: is a controller running?")

@@ -17,17 +17,17 @@ from the live fleet); latencies are seconds.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from controller.instance_json import MAX_LISTED_ERRORS, join_problems, load_model, parse_model
 
 # How far the activation probabilities of one user and layer may sum from 1.
 PROB_SUM_TOL = 1e-6
 # At most this many problems are listed in one error message.
-MAX_LISTED_ERRORS = 8
 
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Id = Annotated[str, Field(min_length=1, max_length=256)]
@@ -117,7 +117,7 @@ class CachingInstance(_Model):
             if len(problems) > MAX_LISTED_ERRORS:
                 break
         if problems:
-            raise ValueError(_join(problems))
+            raise ValueError(join_problems(problems))
         return self
 
     def _layer_problems(self, l_idx: int, layer: CachingLayer, user_ids: list[str]) -> list[str]:
@@ -175,47 +175,11 @@ def _names(items: list[str]) -> str:
     return ", ".join(map(repr, items))
 
 
-def _join(problems: list[str]) -> str:
-    shown = problems[:MAX_LISTED_ERRORS]
-    more = len(problems) - len(shown)
-    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
-
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        problems.append(f"{loc}: {message}" if loc else message)
-    return _join(problems)
-
-
 def parse_instance(data: str | bytes | dict[str, Any]) -> CachingInstance:
     """Validate a JSON text or an already decoded object; raises CachingInstanceError."""
-    try:
-        if isinstance(data, dict):
-            return CachingInstance.model_validate(data)
-        return CachingInstance.model_validate_json(data)
-    except ValidationError as exc:
-        raise CachingInstanceError(f"invalid caching instance: {_describe(exc)}") from None
+    return parse_model(CachingInstance, data, CachingInstanceError, "caching instance")
 
 
 def load_instance(path: Path | str) -> CachingInstance:
     """Read and validate a caching instance from a JSON file; raises CachingInstanceError."""
-    path = Path(path)
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise CachingInstanceError(f"instance file {path} does not exist") from None
-    except IsADirectoryError:
-        raise CachingInstanceError(f"instance file {path} is a directory") from None
-    except OSError as exc:
-        raise CachingInstanceError(f"cannot read instance file {path}: {exc.strerror}") from None
-    try:
-        json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CachingInstanceError(f"{path}: not valid JSON: {exc}") from None
-    try:
-        return parse_instance(text)
-    except CachingInstanceError as exc:
-        raise CachingInstanceError(f"{path}: {exc}") from None
+    return load_model(CachingInstance, path, CachingInstanceError, "caching instance")

@@ -12,12 +12,13 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from controller.instance_json import MAX_LISTED_ERRORS, join_problems, load_model, parse_model
 
 # How far a row of choice probabilities may sum from 1.
 PROB_SUM_TOL = 1e-6
 # At most this many problems are listed in one error message.
-MAX_LISTED_ERRORS = 8
 
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -85,7 +86,7 @@ class SelectionInstance(_Model):
                 )
         problems.extend(self._sample_problems())
         if problems:
-            raise ValueError(_join(problems))
+            raise ValueError(join_problems(problems))
         return self
 
     def _sample_problems(self) -> list[str]:
@@ -144,41 +145,11 @@ class SelectionInstance(_Model):
         return list(self.budgets.delay_s)
 
 
-def _join(problems: list[str]) -> str:
-    shown = problems[:MAX_LISTED_ERRORS]
-    more = len(problems) - len(shown)
-    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
-
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        problems.append(f"{loc}: {message}" if loc else message)
-    return _join(problems)
-
-
 def parse_instance(data: str | bytes | dict[str, Any]) -> SelectionInstance:
     """Validate a JSON text or an already decoded object; raises SelectionInstanceError."""
-    try:
-        if isinstance(data, dict):
-            return SelectionInstance.model_validate(data)
-        return SelectionInstance.model_validate_json(data)
-    except ValidationError as exc:
-        raise SelectionInstanceError(f"invalid selection instance: {_describe(exc)}") from None
+    return parse_model(SelectionInstance, data, SelectionInstanceError, "selection instance")
 
 
 def load_instance(path: Path | str) -> SelectionInstance:
-    """Read and validate a selection instance from a JSON file."""
-    path = Path(path)
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise SelectionInstanceError(f"instance file {path} does not exist") from None
-    except OSError as exc:
-        raise SelectionInstanceError(f"cannot read instance file {path}: {exc.strerror}") from None
-    try:
-        return parse_instance(text)
-    except SelectionInstanceError as exc:
-        raise SelectionInstanceError(f"{path}: {exc}") from None
+    """Read and validate a selection instance from a JSON file; raises SelectionInstanceError."""
+    return load_model(SelectionInstance, path, SelectionInstanceError, "selection instance")

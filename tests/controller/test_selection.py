@@ -594,7 +594,7 @@ BAD_INSTANCES: dict[str, tuple[Any, str]] = {
         "samples.choice_probs: 2 samples",
     ),
     "no experts": (_bad(lambda d: d.update(experts=[])), "experts: List should have at least 1"),
-    "invalid JSON": ('{"experts": [', "Invalid JSON"),
+    "invalid JSON": ('{"experts": [', "not valid JSON"),
 }
 
 
@@ -602,7 +602,7 @@ BAD_INSTANCES: dict[str, tuple[Any, str]] = {
 def test_bad_instances_are_clean_errors(case: str, tmp_path: Path) -> None:
     data, needle = BAD_INSTANCES[case]
     path = write(tmp_path, data)
-    with pytest.raises(SelectionInstanceError, match="invalid selection instance"):
+    with pytest.raises(SelectionInstanceError, match="invalid selection instance|not valid JSON"):
         load_instance(path)
     run = moe2("--instance", str(path))
     assert run.returncode == 2, (run.stdout, run.stderr)

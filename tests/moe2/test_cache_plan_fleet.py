@@ -99,3 +99,11 @@ def test_cache_plans_that_do_not_fit_are_refused(fleet: LocalFleet, mosquitto: L
     unknown = CachePlan(placement={"edge-z": ["smollm2-cloze"]}, algorithm="x", time_s=now_s())
     with pytest.raises(RuntimeError, match="unknown agent 'edge-z'"):
         apply_cache_plan(mosquitto.endpoint, "lab", unknown)
+
+
+def test_budgets_without_a_gate_are_refused_with_the_reason(
+    fleet: LocalFleet, mosquitto: LocalBroker
+) -> None:
+    run = moe2("budgets", "--fleet", "lab", "--broker", mosquitto.url, "--energy-j", "5")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "budgets need a selection" in run.stderr
