@@ -6,12 +6,15 @@ import logging
 import queue
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from agent import __version__
+from agent.backends.base import Backend
 from agent.experts import ExpertPool, UnknownExpert
 from agent.host import HostLoadReader, host_facts
+from agent.power import PowerSampler, detect_sensor
 from agent.settings import AgentSettings
 from agent.templates import choice_prompt
 from messages import topics
@@ -21,7 +24,7 @@ from messages.capabilities import AgentCapabilities
 from messages.events import AgentEvent
 from messages.jobs import Job
 from messages.plan import ActivationPlan
-from messages.results import EnergyReading, JobResult, LatencyBreakdown
+from messages.results import JobResult, LatencyBreakdown
 from messages.status import AgentStatus
 from messages.telemetry import Telemetry
 from messages.topics import Topic
@@ -57,6 +60,14 @@ class Agent:
         self.jobs_failed = 0
         self.last_latency_s: float | None = None
         self._load = HostLoadReader()
+        model = settings.power_model_w
+        self.sensor = detect_sensor(
+            settings.sysfs_root,
+            power_model=None if model is None else (min(settings.power_idle_w, model), model),
+        )
+        self.sampler = (
+            None if self.sensor is None else PowerSampler(self.sensor, settings.power_sample_hz)
+        )
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -79,6 +90,8 @@ class Agent:
         self.bus.subscribe(topics.AGENT_PLAN, self._on_plan, agent_id=self.agent_id)
         self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=self.agent_id)
         self.bus.connect()
+        if self.sampler is not None:
+            self.sampler.start()
         self.publish_capabilities()
         self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
         for target, name in ((self._work, "jobs"), (self._report, "telemetry")):
@@ -105,6 +118,8 @@ class Agent:
         info.wait_for_publish(timeout=2)
         self.bus.close()
         self.pool.close()
+        if self.sampler is not None:
+            self.sampler.stop()
 
     def wait(self) -> None:
         self._stop.wait()
@@ -121,7 +136,9 @@ class Agent:
             cpu_count=facts.cpu_count,
             memory_total_bytes=facts.memory_total_bytes,
             accelerator=None,
-            power_sensor="none",
+            power_sensor=(
+                self.sensor.source if self.sensor is not None and self.sensor.measured else "none"
+            ),
             backends=["llama.cpp"],
             experts=self.pool.info(),
             job_queue_capacity=self.settings.job_queue_capacity,
@@ -131,9 +148,13 @@ class Agent:
 
     def telemetry(self) -> Telemetry:
         load = self._load.read()
+        power = self.sampler.latest() if self.sampler is not None else None
         return Telemetry(
             agent_id=self.agent_id,
             time_s=now_s(),
+            power_w=power.power_w if power else None,
+            energy_j=power.energy_j if power else None,
+            energy_source=self.sensor.source if power and self.sensor else None,
             cpu_utilisation=load.cpu_utilisation,
             memory_used_bytes=load.memory_used_bytes,
             process_rss_bytes=load.process_rss_bytes,
@@ -265,39 +286,17 @@ class Agent:
             self._fail(job, f"deadline of {job.timeout_s} s passed in the queue", received, 0.0)
             return
         load_s = 0.0
+        # The meter covers loading and inference: what this job cost the device.
+        meter = self.sampler.job() if self.sampler is not None else nullcontext(None)
         try:
-            backend, load_s = self.pool.get(job.expert_id)
-            infer_start = time.monotonic()
-            if job.choices is not None:
-                template = self.pool.configs[job.expert_id].template
-                rendered = choice_prompt(template, job.prompt, job.question, job.choices)
-                scores = backend.score_choices(rendered.prefix, rendered.continuations)
-                first = infer_start - received + scores.first_score_s
-                result_fields: dict[str, Any] = dict(
-                    choice_logprobs=scores.logprobs,
-                    choice_probs=scores.probs,
-                    finish_reason="scored",
-                    prompt_tokens=scores.prompt_tokens,
-                )
-            else:
-                gen = backend.generate(job.prompt, job.max_tokens, deadline)
-                first = (
-                    None
-                    if gen.first_token_s is None
-                    else infer_start - received + gen.first_token_s
-                )
-                result_fields = dict(
-                    text=gen.text,
-                    finish_reason=gen.finish_reason,
-                    prompt_tokens=gen.prompt_tokens,
-                    completion_tokens=gen.completion_tokens,
-                )
+            with meter as energy:
+                backend, load_s = self.pool.get(job.expert_id)
+                first, fields = self._infer(backend, job, received, deadline)
         except Exception as exc:
             self._event("job_failed", f"job {job.request_id} on {job.expert_id}: {exc}")
             self._fail(job, f"{type(exc).__name__}: {exc}", received, load_s)
             return
         total = time.monotonic() - received
-        compute_s = time.monotonic() - infer_start + load_s
         result = JobResult(
             request_id=job.request_id,
             expert_id=job.expert_id,
@@ -306,19 +305,38 @@ class Agent:
             latency=LatencyBreakdown(
                 queue_s=started - received, load_s=load_s, first_token_s=first, total_s=total
             ),
-            energy=self._estimated_energy(compute_s),
-            **result_fields,
+            # measured when the device has a sensor, else the declared model's estimate (marked
+            # estimated), else absent: never invented
+            energy=energy.energy_reading() if energy is not None else None,
+            **fields,
         )
         self.jobs_done += 1
         self.last_latency_s = total
         self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
 
-    def _estimated_energy(self, compute_s: float) -> EnergyReading | None:
-        """No power sensor yet: absent, or the declared power model's estimate, marked so."""
-        if self.settings.power_model_w is None:
-            return None
-        return EnergyReading(
-            energy_j=self.settings.power_model_w * compute_s, source="estimate", estimated=True
+    def _infer(
+        self, backend: Backend, job: Job, received: float, deadline: float
+    ) -> tuple[float | None, dict[str, Any]]:
+        """Score the choices or generate; the first-token time (from receipt) and the result's
+        output fields."""
+        start = time.monotonic()
+        if job.choices is not None:
+            template = self.pool.configs[job.expert_id].template
+            rendered = choice_prompt(template, job.prompt, job.question, job.choices)
+            scores = backend.score_choices(rendered.prefix, rendered.continuations)
+            return start - received + scores.first_score_s, dict(
+                choice_logprobs=scores.logprobs,
+                choice_probs=scores.probs,
+                finish_reason="scored",
+                prompt_tokens=scores.prompt_tokens,
+            )
+        gen = backend.generate(job.prompt, job.max_tokens, deadline)
+        first = None if gen.first_token_s is None else start - received + gen.first_token_s
+        return first, dict(
+            text=gen.text,
+            finish_reason=gen.finish_reason,
+            prompt_tokens=gen.prompt_tokens,
+            completion_tokens=gen.completion_tokens,
         )
 
     def _fail(self, job: Job, error: str, received: float, load_s: float) -> None:

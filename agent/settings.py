@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -63,7 +64,16 @@ class AgentSettings(FleetSettings):
         gt=0,
         allow_inf_nan=False,
         description="Declared power draw while running a job, in W. On a device without a power "
-        "sensor, results then carry energy estimated as this times compute time, marked estimated",
+        "sensor, energy is then estimated from this model and marked estimated",
+    )
+    power_idle_w: float = Field(
+        default=0.0, ge=0, allow_inf_nan=False, description="Declared idle power, W"
+    )
+    power_sample_hz: float = Field(
+        default=10.0, gt=0, le=1000, description="Power sampler rate where a sensor has no counter"
+    )
+    sysfs_root: Path = Field(
+        default=Path("/sys"), description="Where to look for INA3221 and RAPL (a copy of /sys)"
     )
 
     @field_validator("experts", mode="before")

@@ -369,6 +369,7 @@ def demo(
 
 
 # Commands that live in their own modules.
+from agent.probe_cli import probe  # noqa: E402
 from moe2.cache_cli import cache_plan  # noqa: E402
 from moe2.moe2_cli import gate_app, profile, sweep  # noqa: E402
 from moe2.select_cli import select  # noqa: E402
@@ -378,3 +379,4 @@ app.command("sweep")(sweep)
 app.command("select")(select)
 app.command("cache-plan")(cache_plan)
 app.add_typer(gate_app, name="gate")
+agent_app.command("probe")(probe)
