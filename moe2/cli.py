@@ -327,7 +327,7 @@ def fleet(
             state,
             ", ".join(r["experts"]),
             ", ".join(r["loaded_experts"]),
-            "n/a" if r["power_w"] is None else f"{r['power_w']:.1f}",
+            "n/a" if r["power_w"] is None else f"{r['power_w']:.1f} ({r['energy_source']})",
             "-" if r["last_latency_s"] is None else f"{r['last_latency_s']:.2f}",
             "-" if r["queue_depth"] is None else str(r["queue_depth"]),
         )
