@@ -10,7 +10,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from agent import __version__
+from agent import __version__, systemd
 from agent.backends.base import Backend
 from agent.experts import ExpertPool, UnknownExpert
 from agent.host import HostLoadReader, host_facts
@@ -98,6 +98,7 @@ class Agent:
             thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        systemd.ready(f"agent {self.agent_id} online")  # Type=notify units wait for this
         log.info(
             "agent %s online at %s, fleet %s, experts %s",
             self.agent_id,
@@ -358,3 +359,4 @@ class Agent:
                 self.publish_telemetry()
             except Exception:
                 log.exception("telemetry failed")
+            systemd.watchdog()  # a stuck agent stops petting the watchdog and is restarted

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -35,30 +37,37 @@ class BrokerUrlError(ValueError):
 
 @dataclass(frozen=True)
 class BrokerEndpoint:
+    """Where the broker is, and how to log in: TLS for ``mqtts://``, optional credentials."""
+
     host: str
     port: int
     mqtt_version: MqttVersion = "5"
+    tls: bool = False
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, url: str, mqtt_version: MqttVersion = "5") -> BrokerEndpoint:
-        """``mqtt://host:port`` (port 1883 when omitted)."""
+        """``mqtt://host:port`` (port 1883 when omitted) or ``mqtts://host:port`` (TLS, 8883)."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme != "mqtt":
-            raise BrokerUrlError(f"broker URL {url!r}: scheme must be mqtt://")
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise BrokerUrlError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
             raise BrokerUrlError(f"broker URL {url!r} has no host")
+        tls = parts.scheme == "mqtts"
         try:
-            port = 1883 if parts.port is None else parts.port
+            port = (8883 if tls else 1883) if parts.port is None else parts.port
         except ValueError:
             raise BrokerUrlError(f"broker URL {url!r} has an invalid port") from None
         if not 0 < port < 65536:
             raise BrokerUrlError(f"broker URL {url!r}: port must be 1-65535")
-        return cls(parts.hostname, port, mqtt_version)
+        return cls(parts.hostname, port, mqtt_version, tls=tls)
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mqtt://{host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,7 @@ class Bus:
     _subs: list[_Subscription] = field(default_factory=list, init=False)
     _connected: threading.Event = field(default_factory=threading.Event, init=False)
     _connect_error: str | None = field(default=None, init=False)
+    _tls_ready: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         check_level("fleet", self.fleet)
@@ -105,6 +115,8 @@ class Bus:
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        if self.endpoint.username is not None:
+            self.client.username_pw_set(self.endpoint.username, self.endpoint.password)
 
     @property
     def mqtt5(self) -> bool:
@@ -119,15 +131,30 @@ class Bus:
     def connect(self, timeout_s: float = 10.0) -> None:
         """Connect and start the network loop; raise ConnectionError when the broker refuses."""
         self._connect_error = None
+        if self.endpoint.tls and not self._tls_ready:
+            self._use_tls()
         try:
             self.client.connect(self.endpoint.host, self.endpoint.port, keepalive=self.keepalive_s)
         except OSError as exc:
             raise ConnectionError(f"cannot reach broker {self.endpoint.url}: {exc}") from None
         self.client.loop_start()
-        if not self._connected.wait(timeout_s):
-            self.client.loop_stop()
-            reason = self._connect_error or f"no CONNACK within {timeout_s:.0f} s"
-            raise ConnectionError(f"broker {self.endpoint.url} did not accept us: {reason}")
+        deadline = time.monotonic() + timeout_s
+        while not self._connected.wait(0.05):
+            if self._connect_error is not None or time.monotonic() > deadline:
+                self.client.disconnect()
+                self.client.loop_stop()
+                reason = self._connect_error or f"no CONNACK within {timeout_s:.0f} s"
+                raise ConnectionError(f"broker {self.endpoint.url} did not accept us: {reason}")
+
+    def _use_tls(self) -> None:
+        ca = self.endpoint.ca_file
+        if ca is not None and not Path(ca).is_file():
+            raise ConnectionError(f"CA file {ca} does not exist (needed for {self.endpoint.url})")
+        try:
+            self.client.tls_set(ca_certs=ca)  # None: the system's trusted CAs
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConnectionError(f"cannot use CA file {ca}: {exc}") from None
+        self._tls_ready = True
 
     def close(self) -> None:
         self.client.disconnect()

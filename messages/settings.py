@@ -7,10 +7,11 @@ variables, and command-line flags. Unknown keys in a config file are an error.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,10 +38,30 @@ class FleetSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOE2_", extra="forbid", env_nested_delimiter="__")
     config_file: ClassVar[Path | None] = None
 
-    broker: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://host:port")
+    broker: str = Field(
+        default="mqtt://127.0.0.1:1883", description="mqtt://host:port, or mqtts://host:port (TLS)"
+    )
     mqtt_version: MqttVersion = Field(default="5", description='"5" or "3.1.1"')
     fleet: str = Field(default="default", pattern=TOPIC_LEVEL_PATTERN)
     keepalive_s: int = Field(default=10, ge=2, le=3600, description="MQTT keepalive")
+    username: str | None = Field(default=None, min_length=1, description="MQTT username")
+    password: SecretStr | None = Field(default=None, description="MQTT password")
+    password_file: Path | None = Field(
+        default=None, description="A file holding the MQTT password (instead of password)"
+    )
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate for mqtts:// (default: the system's CAs)"
+    )
+
+    @model_validator(mode="after")
+    def _password_once(self) -> FleetSettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if self.password_file is not None and not self.password_file.is_file():
+            raise ValueError(f"password_file {self.password_file} does not exist")
+        if (self.password is not None or self.password_file is not None) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
 
     @field_validator("broker")
     @classmethod
@@ -50,7 +71,16 @@ class FleetSettings(BaseSettings):
 
     @property
     def endpoint(self) -> BrokerEndpoint:
-        return BrokerEndpoint.parse(self.broker, self.mqtt_version)
+        if self.password_file is not None:
+            password: str | None = self.password_file.read_text().strip("\r\n")
+        else:
+            password = self.password.get_secret_value() if self.password else None
+        return replace(
+            BrokerEndpoint.parse(self.broker, self.mqtt_version),
+            username=self.username,
+            password=password,
+            ca_file=str(self.ca_file) if self.ca_file else None,
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -30,12 +30,17 @@ class Asker:
     client_id: str = ""
 
     def __post_init__(self) -> None:
-        self.client_id = self.client_id or f"ask-{uuid.uuid4().hex[:10]}"
+        # With credentials the reply topic's client level is the username: the broker's ACL
+        # lets each client read replies under its own username only.
+        user = self.endpoint.username
+        self.client_id = user or self.client_id or f"ask-{uuid.uuid4().hex[:10]}"
+        # The MQTT client id stays unique, so that two asks by one user do not evict each other.
+        mqtt_id = f"{user}-{uuid.uuid4().hex[:8]}" if user else self.client_id
         self._answers: dict[str, Answer] = {}
         self._arrived = threading.Condition()
         self._controller: ControllerStatus | None = None
         self._controller_seen = threading.Event()
-        self.bus = Bus(self.endpoint, self.fleet, client_id=self.client_id)
+        self.bus = Bus(self.endpoint, self.fleet, client_id=mqtt_id)
         self.bus.subscribe(topics.REPLIES, self._on_answer, client_id=self.client_id)
         self.bus.subscribe(topics.CONTROLLER_STATUS, self._on_controller)
 

@@ -41,8 +41,13 @@ fi
 if ! command -v c++ >/dev/null 2>&1 || ! command -v cc >/dev/null 2>&1; then
   apt_install build-essential
 fi
-if [ "$with_mosquitto" = 1 ] && ! command -v mosquitto >/dev/null 2>&1; then
-  apt_install mosquitto mosquitto-clients
+if [ "$with_mosquitto" = 1 ]; then
+  # openssl and shellcheck: the secure-broker and device-install tests need them.
+  missing=()
+  command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto mosquitto-clients)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -146,7 +146,7 @@ def test_directory_is_not_a_config_file(tmp_path: Path) -> None:
     ("url", "why"),
     [
         ("http://x", "scheme must be mqtt://"),
-        ("mqtts://x:8883", "scheme must be mqtt://"),
+        ("ws://x:8883", "scheme must be mqtt:// or mqtts://"),
         ("mqtt://:99999", "has no host"),
         ("mqtt://:1883", "has no host"),
         ("mqtt://host:99999", "has an invalid port"),
@@ -301,3 +301,31 @@ def test_agent_id_default_is_a_valid_topic_level() -> None:
     assert settings.agent_id
     assert "/" not in settings.agent_id
     assert settings.experts == []
+
+
+def test_mqtts_url_with_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert BrokerEndpoint.parse("mqtts://broker.lan").port == 8883
+    assert BrokerEndpoint.parse("mqtts://broker.lan").tls
+    assert not BrokerEndpoint.parse("mqtt://broker.lan").tls
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'broker = "mqtts://broker.lan:9883"\nusername = "a1"\nca_file = "/etc/moe2/ca.crt"\n'
+    )
+    monkeypatch.setenv("MOE2_PASSWORD", "s3cret")
+    endpoint = FleetSettings.load(config).endpoint
+    assert (endpoint.host, endpoint.port, endpoint.tls) == ("broker.lan", 9883, True)
+    assert (endpoint.username, endpoint.password) == ("a1", "s3cret")
+    assert endpoint.ca_file == "/etc/moe2/ca.crt"
+    assert endpoint.url == "mqtts://broker.lan:9883"
+    assert "s3cret" not in repr(endpoint)
+
+
+def test_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    settings = FleetSettings.load(username="c1", password_file=secret)
+    assert settings.endpoint.password == "from-file"
+    with pytest.raises(ConfigError, match="not both"):
+        FleetSettings.load(username="c1", password_file=secret, password="x")
+    with pytest.raises(ConfigError, match="needs a username"):
+        FleetSettings.load(password="x")

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# A locked-down Mosquitto for one moe2 fleet: TLS with a local CA, a password per identity,
+# and an ACL that confines every agent and client to its own topics.
+#
+#   setup-broker.sh --out DIR --fleet NAME [--agent ID ...] [--client NAME ...]
+#                   [--port P (8883)] [--host NAME (localhost)]
+#
+# Writes into DIR: mosquitto.conf, ca.crt and ca.key (the local CA), server.crt and
+# server.key, passwd (hashed with mosquitto_passwd), acl, and credentials.json (0600):
+#   {"controller": {"username", "password"}, "agents": {ID: {...}}, "clients": {NAME: {...}}}
+# Idempotent: a re-run keeps the CA, the server certificate (unless --host changed) and every
+# existing credential, and adds the new identities. Start the broker with
+#   mosquitto -c DIR/mosquitto.conf
+set -euo pipefail
+
+prog=$(basename "$0")
+die() { echo "$prog: $*" >&2; exit 1; }
+usage() { sed -n '5,6p' "$0" | sed 's/^# *//' >&2; exit 2; }
+
+out="" fleet="" port=8883 host=localhost
+agents=() clients=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out=${2:?--out needs a folder}; shift 2 ;;
+    --fleet) fleet=${2:?--fleet needs a name}; shift 2 ;;
+    --agent) agents+=("${2:?--agent needs an id}"); shift 2 ;;
+    --client) clients+=("${2:?--client needs a name}"); shift 2 ;;
+    --port) port=${2:?--port needs a number}; shift 2 ;;
+    --host) host=${2:?--host needs a name}; shift 2 ;;
+    -h|--help) usage ;;
+    *) echo "$prog: unknown option $1" >&2; usage ;;
+  esac
+done
+[ -n "$out" ] || die "--out DIR is required"
+[ -n "$fleet" ] || die "--fleet NAME is required"
+
+name_re='^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$'
+for name in "$fleet" ${agents[@]+"${agents[@]}"} ${clients[@]+"${clients[@]}"}; do
+  [[ "$name" =~ $name_re ]] || die "'$name' is not a valid name: use letters, digits and ._:-"
+done
+if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+  die "--port must be 1-65535, not '$port'"; fi
+[[ "$host" =~ ^[A-Za-z0-9.:-]+$ ]] || die "--host '$host' is not a host name or address"
+
+missing=()
+command -v openssl >/dev/null 2>&1 || missing+=("openssl (Debian: apt-get install openssl)")
+command -v mosquitto_passwd >/dev/null 2>&1 \
+  || missing+=("mosquitto_passwd (Debian: apt-get install mosquitto)")
+command -v python3 >/dev/null 2>&1 || missing+=("python3 (Debian: apt-get install python3)")
+if [ ${#missing[@]} -gt 0 ]; then
+  printf '%s: cannot proceed, this needs:\n' "$prog" >&2
+  printf '  %s\n' "${missing[@]}" >&2
+  exit 1
+fi
+
+umask 077
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# -- certificates -------------------------------------------------------------------------
+if [ ! -s "$out/ca.key" ] || [ ! -s "$out/ca.crt" ]; then
+  echo "creating the fleet CA in $out/ca.crt"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \
+    -days 3650 -subj "/CN=moe2 $fleet CA" -keyout "$out/ca.key" -out "$out/ca.crt" 2>/dev/null
+  rm -f "$out/server.crt"
+fi
+
+if [[ "$host" =~ ^[0-9.]+$ ]] || [[ "$host" == *:* ]]; then san_host="IP:$host"; else
+  san_host="DNS:$host"; fi
+san="subjectAltName=$san_host,DNS:localhost,IP:127.0.0.1"
+if [ -s "$out/server.crt" ] && [ -s "$out/server.key" ] \
+  && openssl x509 -in "$out/server.crt" -noout -ext subjectAltName 2>/dev/null \
+    | tr ',' '\n' | sed 's/^ *//' | grep -qxF "${san_host/IP:/IP Address:}"; then
+  :  # the server certificate already names this host
+else
+  echo "creating the server certificate for $host"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \
+    -subj "/CN=$host" -keyout "$out/server.key" -out "$tmp/server.csr" 2>/dev/null
+  printf '%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$san" >"$tmp/ext"
+  openssl x509 -req -in "$tmp/server.csr" -CA "$out/ca.crt" -CAkey "$out/ca.key" \
+    -CAcreateserial -CAserial "$out/ca.srl" -days 825 -sha256 -extfile "$tmp/ext" \
+    -out "$out/server.crt" 2>/dev/null
+fi
+
+# -- credentials, password file and ACL ---------------------------------------------------
+# Python writes credentials.json (keeping every existing password), the plain "user:password"
+# list that mosquitto_passwd hashes, and the ACL.
+python3 - "$out" "$fleet" "$tmp/plain" "${#agents[@]}" ${agents[@]+"${agents[@]}"} \
+  ${clients[@]+"${clients[@]}"} <<'PY'
+import json, os, secrets, sys
+from pathlib import Path
+
+out, fleet, plain = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+n_agents = int(sys.argv[4])
+new_agents, new_clients = sys.argv[5:5 + n_agents], sys.argv[5 + n_agents:]
+path = out / "credentials.json"
+creds = {"controller": {}, "agents": {}, "clients": {}}
+if path.exists():
+    try:
+        creds.update(json.loads(path.read_text()))
+    except ValueError as exc:
+        sys.exit(f"setup-broker.sh: {path} is not valid JSON ({exc}); fix or remove it")
+
+def ident(name):
+    return {"username": name, "password": secrets.token_urlsafe(24)}
+
+if not creds["controller"].get("password"):
+    creds["controller"] = ident("controller")
+for name in new_agents:
+    creds["agents"].setdefault(name, ident(name))
+for name in new_clients:
+    creds["clients"].setdefault(name, ident(name))
+users = [creds["controller"]] + list(creds["agents"].values()) + list(creds["clients"].values())
+names = [u["username"] for u in users]
+dupes = sorted({n for n in names if names.count(n) > 1})
+if dupes:
+    sys.exit(f"setup-broker.sh: {', '.join(dupes)} named twice (agents, clients and "
+             "'controller' need distinct names)")
+
+tmp = path.with_suffix(".tmp")
+tmp.write_text(json.dumps(creds, indent=2, sort_keys=True) + "\n")
+os.chmod(tmp, 0o600)
+tmp.replace(path)
+plain.write_text("".join(f"{u['username']}:{u['password']}\n" for u in users))
+
+p = f"moe2/{fleet}"
+acl = [
+    "# moe2 fleet ACL, written by setup-broker.sh; anonymous clients are refused.",
+    "# The controller publishes plans, jobs, answers and controller topics; reads everything.",
+    f"user {creds['controller']['username']}",
+    f"topic readwrite {p}/#",
+    "",
+]
+for agent_id, u in sorted(creds["agents"].items()):
+    acl += [f"# agent {agent_id}: its own status and reports; reads its own plan and jobs",
+            f"user {u['username']}"]
+    acl += [f"topic write {p}/agents/{agent_id}/{t}"
+            for t in ("status", "capabilities", "telemetry", "results", "events")]
+    acl += [f"topic read {p}/agents/{agent_id}/{t}" for t in ("plan", "jobs")] + [""]
+for client, u in sorted(creds["clients"].items()):
+    acl += [f"# client {client}: prompts; reads only the replies under its own name",
+            f"user {u['username']}",
+            f"topic write {p}/prompts",
+            f"topic write {p}/prompts/text",
+            f"topic read {p}/replies/{u['username']}/#",
+            f"topic read {p}/controller/status",
+            ""]
+(out / "acl").write_text("\n".join(acl))
+PY
+
+mosquitto_passwd -U "$tmp/plain" >/dev/null
+mv -f "$tmp/plain" "$out/passwd"
+
+cat >"$out/mosquitto.conf" <<EOF
+# moe2 fleet "$fleet" broker, written by setup-broker.sh: mosquitto -c $out/mosquitto.conf
+per_listener_settings false
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+allow_anonymous false
+password_file $out/passwd
+acl_file $out/acl
+max_packet_size 1048576
+
+listener $port
+certfile $out/server.crt
+keyfile $out/server.key
+cafile $out/ca.crt
+tls_version tlsv1.2
+EOF
+
+# Mosquitto started as root drops to the mosquitto user: let it read what it needs, no more.
+chmod 0644 "$out/mosquitto.conf" "$out/ca.crt" "$out/server.crt"
+chmod 0600 "$out/ca.key" "$out/credentials.json"
+rm -f "$out/ca.srl"
+if [ "$(id -u)" -eq 0 ] && getent group mosquitto >/dev/null 2>&1; then
+  chgrp mosquitto "$out" "$out/server.key" "$out/passwd" "$out/acl"
+  chmod 0750 "$out"
+  chmod 0640 "$out/server.key" "$out/passwd" "$out/acl"
+else
+  chmod 0600 "$out/server.key" "$out/passwd" "$out/acl"
+fi
+
+n_agents=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["agents"]))' \
+  "$out/credentials.json")
+n_clients=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["clients"]))' \
+  "$out/credentials.json")
+echo "broker for fleet $fleet in $out: TLS port $port, $n_agents agent(s), $n_clients client(s)"
+echo "start it with: mosquitto -c $out/mosquitto.conf"
+echo "connect with broker = \"mqtts://$host:$port\", ca_file = \"$out/ca.crt\" and a login"
+echo "from $out/credentials.json"

@@ -1,0 +1,332 @@
+"""setup-broker.sh's Mosquitto: TLS, a login per identity, and an ACL that holds.
+
+Mosquitto is started with the generated config; paho clients check what the ACL refuses, and
+a controller, an agent and `moe2 ask` run end to end over TLS with their own credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from moe2.broker import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "firmware_setup" / "broker" / "setup-broker.sh"
+FLEET = "sec"
+
+NEEDED = ("mosquitto", "mosquitto_passwd", "openssl")
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in NEEDED),
+    reason="needs mosquitto, mosquitto_passwd and openssl (apt-get install mosquitto openssl)",
+)
+
+
+@dataclass
+class SecureBroker:
+    out: Path
+    port: int
+    creds: dict[str, Any]
+
+    @property
+    def ca(self) -> str:
+        return str(self.out / "ca.crt")
+
+    def login(self, who: str) -> tuple[str, str]:
+        kind, _, name = who.partition(":")
+        entry = self.creds["controller"] if kind == "controller" else self.creds[kind][name]
+        return entry["username"], entry["password"]
+
+
+def run_setup(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPT), "--out", str(out), *args], capture_output=True, text=True, check=True
+    )
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[SecureBroker]:
+    # Not under pytest's tmp_path: that is 0700, and Mosquitto run as root reads its password
+    # and ACL files as the mosquitto user.
+    base = Path(tempfile.mkdtemp(prefix="moe2-secure-"))
+    base.chmod(0o755)
+    out = base / "broker"
+    port = free_port()
+    args = ["--fleet", FLEET, "--agent", "a1", "--client", "c1", "--port", str(port)]
+    run_setup(out, *args)
+    first = json.loads((out / "credentials.json").read_text())
+    ca_before = (out / "ca.crt").read_bytes()
+    # A re-run with more identities keeps every existing credential and the CA.
+    run_setup(out, *args, "--agent", "a2", "--client", "c2")
+    creds = json.loads((out / "credentials.json").read_text())
+    assert creds["agents"]["a1"] == first["agents"]["a1"]
+    assert creds["clients"]["c1"] == first["clients"]["c1"]
+    assert creds["controller"] == first["controller"]
+    assert sorted(creds["agents"]) == ["a1", "a2"] and sorted(creds["clients"]) == ["c1", "c2"]
+    assert (out / "ca.crt").read_bytes() == ca_before
+    assert (out / "credentials.json").stat().st_mode & 0o777 == 0o600
+    assert (out / "ca.key").stat().st_mode & 0o777 == 0o600
+    log = open(base / "mosquitto.log", "ab")  # noqa: SIM115 - closed below
+    conf = str(out / "mosquitto.conf")
+    proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=log, stderr=log)
+    try:
+        wait_for_port(port, 10)
+        yield SecureBroker(out, port, creds)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class Client:
+    """A paho client over TLS that records what it receives."""
+
+    def __init__(self, broker: SecureBroker, who: str | None) -> None:
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"t-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.tls_set(ca_certs=broker.ca)
+        if who is not None:
+            self.client.username_pw_set(*broker.login(who))
+        self.received: list[tuple[str, bytes]] = []
+        self.reason: Any = None
+        self.connected = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, m: self.received.append((m.topic, m.payload))
+        self.client.connect("localhost", broker.port)
+        self.client.loop_start()
+        self.connected.wait(10)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.reason = reason
+        self.connected.set()
+
+    def subscribe(self, topic: str) -> Client:
+        self.client.subscribe(topic, qos=1)
+        time.sleep(0.3)
+        return self
+
+    def publish(self, topic: str, payload: bytes = b"x") -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def topics(self) -> list[str]:
+        return [t for t, _ in self.received]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def clients(broker: SecureBroker) -> Iterator[Any]:
+    made: list[Client] = []
+
+    def make(who: str | None) -> Client:
+        made.append(Client(broker, who))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def topic(rest: str) -> str:
+    return f"moe2/{FLEET}/{rest}"
+
+
+def test_anonymous_and_wrong_password_are_refused(broker: SecureBroker, clients: Any) -> None:
+    anonymous = clients(None)
+    assert anonymous.reason is not None and anonymous.reason.is_failure
+    assert clients("controller").reason.is_failure is False
+    wrong = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    wrong.tls_set(ca_certs=broker.ca)
+    wrong.username_pw_set("a1", "not-the-password")
+    got: list[Any] = []
+    wrong.on_connect = lambda c, u, f, reason, p: got.append(reason)
+    wrong.connect("localhost", broker.port)
+    wrong.loop_start()
+    time.sleep(1)
+    wrong.loop_stop()
+    assert got and got[0].is_failure
+
+
+def test_tls_is_required_and_verified(broker: SecureBroker) -> None:
+    plain = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    plain.username_pw_set(*broker.login("controller"))
+    got: list[Any] = []
+    plain.on_connect = lambda c, u, f, reason, p: got.append(reason)
+    try:
+        plain.connect("localhost", broker.port)
+        plain.loop_start()
+        time.sleep(1)
+        plain.loop_stop()
+    except OSError:
+        pass
+    assert not got or got[0].is_failure
+    untrusted = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    untrusted.tls_set(ca_certs=None)  # the system CAs do not know the fleet's CA
+    with pytest.raises(ssl.SSLError):
+        untrusted.connect("localhost", broker.port)
+
+
+def test_agent_cannot_publish_for_another_agent(clients: Any) -> None:
+    controller = clients("controller").subscribe(topic("#"))
+    a1 = clients("agents:a1")
+    a1.publish(topic("agents/a2/results"), b"forged")
+    a1.publish(topic("agents/a1/results"), b"mine")
+    time.sleep(0.5)
+    assert topic("agents/a1/results") in controller.topics()  # the path works
+    assert topic("agents/a2/results") not in controller.topics()
+    a1.publish(topic("agents/a1/plan"), b"self-planned")
+    time.sleep(0.3)
+    assert topic("agents/a1/plan") not in controller.topics()
+
+
+def test_agent_reads_only_its_own_plan(clients: Any) -> None:
+    a1 = clients("agents:a1").subscribe(topic("agents/+/plan"))
+    controller = clients("controller")
+    controller.publish(topic("agents/a1/plan"), b"for a1")
+    controller.publish(topic("agents/a2/plan"), b"for a2")
+    time.sleep(0.5)
+    assert topic("agents/a2/plan") not in a1.topics()
+
+
+def test_client_cannot_publish_a_plan_or_jobs(clients: Any) -> None:
+    a1 = clients("agents:a1").subscribe(topic("agents/a1/plan")).subscribe(topic("agents/a1/jobs"))
+    controller = clients("controller").subscribe(topic("#"))
+    c1 = clients("clients:c1")
+    c1.publish(topic("agents/a1/plan"), b"evil plan")
+    c1.publish(topic("agents/a1/jobs"), b"evil job")
+    c1.publish(topic("prompts/text"), b"a fair question")
+    time.sleep(0.5)
+    assert topic("prompts/text") in controller.topics()  # the path works
+    assert not a1.received
+    assert topic("agents/a1/plan") not in controller.topics()
+    assert topic("agents/a1/jobs") not in controller.topics()
+
+
+def test_client_cannot_read_another_clients_replies(clients: Any) -> None:
+    c1 = clients("clients:c1").subscribe(topic("replies/c2/#")).subscribe(topic("replies/#"))
+    c2 = clients("clients:c2").subscribe(topic("replies/c2/#"))
+    c1.publish(topic("replies/c2/r1"), b"forged answer")
+    controller = clients("controller")
+    controller.publish(topic("replies/c2/r2"), b"the answer")
+    time.sleep(0.5)
+    assert c2.topics() == [topic("replies/c2/r2")]
+    assert c1.received == []
+
+
+def moe2_env(broker: SecureBroker, who: str) -> dict[str, str]:
+    username, password = broker.login(who)
+    return dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        MOE2_BROKER=f"mqtts://localhost:{broker.port}",
+        MOE2_FLEET=FLEET,
+        MOE2_CA_FILE=broker.ca,
+        MOE2_USERNAME=username,
+        MOE2_PASSWORD=password,
+    )
+
+
+def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None:
+    # The agent takes everything from its config file; controller and client from MOE2_*.
+    username, password = broker.login("agents:a1")
+    password_file = tmp_path / "a1.password"
+    password_file.write_text(password + "\n")
+    config = tmp_path / "a1.toml"
+    config.write_text(
+        f'broker = "mqtts://localhost:{broker.port}"\nfleet = "{FLEET}"\nagent_id = "a1"\n'
+        f'username = "{username}"\npassword_file = "{password_file}"\nca_file = "{broker.ca}"\n'
+        "keepalive_s = 5\ntelemetry_interval_s = 1.0\n\n"
+        '[[experts]]\nid = "smollm2"\nmodel = "smollm2-135m"\nn_ctx = 512\n'
+    )
+    agent_env = {k: v for k, v in os.environ.items() if not k.startswith("MOE2_")}
+    logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("controller", "agent")}  # noqa: SIM115
+    procs = {
+        "controller": subprocess.Popen(
+            [sys.executable, "-m", "moe2", "controller", "run"],
+            env=moe2_env(broker, "controller"),
+            stdout=logs["controller"],
+            stderr=subprocess.STDOUT,
+        ),
+        "agent": subprocess.Popen(
+            [sys.executable, "-m", "moe2", "agent", "run", "--config", str(config)],
+            env=agent_env,
+            stdout=logs["agent"],
+            stderr=subprocess.STDOUT,
+        ),
+    }
+    try:
+        deadline = time.monotonic() + 180
+        answer = None
+        last = ""
+        while time.monotonic() < deadline:
+            for name, proc in procs.items():
+                assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "moe2",
+                    "ask",
+                    "--json",
+                    "--max-tokens",
+                    "4",
+                    "--timeout",
+                    "60",
+                    "Say hello.",
+                ],
+                env=moe2_env(broker, "clients:c1"),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            last = done.stdout + done.stderr
+            if done.returncode == 0:
+                answer = json.loads(done.stdout)
+                break
+            time.sleep(2)
+        tails = {n: (tmp_path / f"{n}.log").read_text()[-3000:] for n in procs}
+        assert answer is not None, f"no answer: {last}\n--- logs\n{tails}"
+        assert answer["status"] != "failed"
+        assert [e["agent_id"] for e in answer["experts"]] == ["a1"]
+        # A wrong password is a clean error, not a traceback.
+        env = moe2_env(broker, "clients:c1") | {"MOE2_PASSWORD": "wrong"}
+        bad = subprocess.run(
+            [sys.executable, "-m", "moe2", "ask", "hi"], env=env, capture_output=True, text=True
+        )
+        assert bad.returncode != 0
+        assert "did not accept us" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs.values():
+            log.close()
