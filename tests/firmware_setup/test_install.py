@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from agent import systemd
 from messages import topics
+from messages.jobs import Job
 from moe2.broker import LocalBroker
 from tests.helpers import Recorder
 
@@ -144,12 +146,29 @@ def test_agent_starts_from_the_staged_layout(tmp_path: Path, mosquitto: LocalBro
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOE2_")}
     env["NOTIFY_SOCKET"] = str(notify)
     log = tmp_path / "agent.log"
-    with Recorder(mosquitto.endpoint, "staged").watch(topics.AGENT_STATUS) as rec:
+    rec = Recorder(mosquitto.endpoint, "staged").watch(topics.AGENT_STATUS)
+    rec.watch(topics.AGENT_RESULTS, agent_id="dev-1")
+    with rec:
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            status = rec.wait_for(lambda m: m.agent_id == "dev-1" and m.state == "online", 120)
+            status = rec.wait_for(
+                lambda m: getattr(m, "state", None) == "online" and m.agent_id == "dev-1", 120
+            )
             assert status.state == "online", log.read_text()
+            sock.settimeout(10)
+            assert b"READY=1" in sock.recv(4096)  # systemd's Type=notify would now start it
+            job = Job(
+                request_id="staged-1",
+                expert_id="smollm2",
+                prompt="The capital of France is",
+                choices=["Paris", "Rome"],
+                timeout_s=60,
+                issued_s=time.time(),
+            )
+            rec.bus.publish(topics.AGENT_JOBS, job, agent_id="dev-1")
+            result = rec.wait_for(lambda m: getattr(m, "request_id", None) == "staged-1", 60)
+            assert result.ok and result.choice_probs[0] > 0.5  # it serves
         finally:
             proc.terminate()
             proc.wait(30)
