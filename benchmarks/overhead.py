@@ -23,37 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.backends.llama_cpp import LlamaCppBackend, LlamaOptions  # noqa: E402
 from agent.models import resolve_model  # noqa: E402
+from benchmarks.prompts import story_prompts  # noqa: E402
 from messages.prompts import Prompt  # noqa: E402
 from moe2.ask import Asker  # noqa: E402
 from moe2.broker import start_local_broker  # noqa: E402
 from moe2.local_fleet import AgentSpec, LocalFleet  # noqa: E402
 
-TOPICS = [
-    "a lighthouse keeper",
-    "a lost robot",
-    "the first day of spring",
-    "a dragon who bakes bread",
-    "a city under the sea",
-    "an old map",
-    "a talking cat",
-    "a journey to Mars",
-    "a winter market",
-    "a forgotten song",
-    "a clockmaker",
-    "a desert caravan",
-    "the last library",
-    "a kite festival",
-    "a volcano island",
-    "a night train",
-    "a garden of glass",
-    "a brave mouse",
-    "a storm at sea",
-    "a secret door",
-    "a mountain village",
-    "a paper boat",
-    "a comet",
-    "an empty stadium",
-]
 N_CTX = 512
 
 
@@ -62,7 +37,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
-    prompts = [f"Write a story about {TOPICS[i % len(TOPICS)]}." for i in range(args.prompts)]
+    prompts = story_prompts(args.prompts)
 
     workdir = Path(tempfile.mkdtemp(prefix="moe2-bench-"))
     with start_local_broker() as broker:

@@ -24,21 +24,8 @@ from agent.backends.llama_cpp import LlamaCppBackend, LlamaOptions  # noqa: E402
 from agent.models import resolve_model  # noqa: E402
 from agent.power.detect import detect_sensor  # noqa: E402
 from agent.power.sampler import PowerSampler  # noqa: E402
+from benchmarks.prompts import story_prompts  # noqa: E402
 
-TOPICS = [
-    "a lighthouse keeper",
-    "a lost robot",
-    "the first day of spring",
-    "a dragon who bakes bread",
-    "a city under the sea",
-    "an old map",
-    "a talking cat",
-    "a journey to Mars",
-    "a winter market",
-    "a forgotten song",
-    "a clockmaker",
-    "a desert caravan",
-]
 N_CTX = 512
 
 
@@ -51,7 +38,7 @@ def main() -> None:
     parser.add_argument("--idle-w", type=float, default=5.0, help="declared model, no sensor")
     parser.add_argument("--busy-w", type=float, default=15.0, help="declared model, no sensor")
     args = parser.parse_args()
-    prompts = [f"Write a story about {TOPICS[i % len(TOPICS)]}." for i in range(args.prompts)]
+    prompts = story_prompts(args.prompts)
 
     sensor = detect_sensor(power_model=(args.idle_w, args.busy_w))
     assert sensor is not None  # a declared model is always there to fall back on
