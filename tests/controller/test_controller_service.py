@@ -181,7 +181,10 @@ def test_plans_activate_every_expert(agents: dict[str, ScriptedAgent], watch: Re
     time.sleep(0.3)
     # when a2 joined after a1, only a2's plan changed, so only a2 got the newest epoch
     assert agents["a1"].plans[-1].experts == ["e1"] and agents["a1"].plans[-1].epoch <= plan.epoch
-    assert agents["a2"].plans[-1].experts == ["e2"] and agents["a2"].plans[-1].epoch == plan.epoch
+    # a2's plan came from one of the fleet plans (a later replan may have re-sent it)
+    fleet_epochs = {m.epoch for m in watch.messages(FleetPlan)}
+    assert agents["a2"].plans[-1].experts == ["e2"] and agents["a2"].plans[-1].epoch >= plan.epoch
+    assert agents["a2"].plans[-1].epoch in fleet_epochs
 
 
 def test_choice_answers_mix_the_distributions(
