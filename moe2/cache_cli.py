@@ -16,19 +16,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from moe2.options import GateOpt, ProfileOpt
+from moe2.options import GateOpt, ProfileOpt, fail
 
 if TYPE_CHECKING:
     from controller.caching import CachingResult
-
-EXIT_BAD_INPUT = 2
-
-
-def _fail(message: str) -> None:
-    Console(stderr=True).print(
-        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
-    )
-    raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def result_table(result: CachingResult) -> Table:
@@ -99,13 +90,13 @@ def cache_plan(
     from controller.caching import CachingAlgorithmError, CachingInstanceError
 
     if (instance is None) == (fleet is None):
-        _fail("give --instance FILE, or --fleet NAME with --profile FILE --gate FILE")
+        fail("give --instance FILE, or --fleet NAME with --profile FILE --gate FILE")
         return
     if instance is not None:
         try:
             result = plan_from_file(instance, algorithm, seed)
         except (CachingInstanceError, CachingAlgorithmError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
             return
     else:
         result = _plan_fleet(
@@ -117,7 +108,7 @@ def cache_plan(
         Console().print(result_table(result))
     if apply:
         if fleet is None:
-            _fail("--apply needs --fleet")
+            fail("--apply needs --fleet")
         _apply(fleet, broker, mqtt_version, result)
 
 
@@ -127,7 +118,7 @@ def _endpoint(fleet: str, broker: str | None, mqtt_version: str | None):  # type
     try:
         return FleetSettings.load(None, broker=broker, fleet=fleet, mqtt_version=mqtt_version)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _plan_fleet(  # type: ignore[no-untyped-def]
@@ -140,7 +131,7 @@ def _plan_fleet(  # type: ignore[no-untyped-def]
     from moe2.cache_fleet import plan_from_fleet
 
     if profile is None or gate is None:
-        _fail("--fleet needs --profile FILE and --gate FILE (the gate's routing gives the traffic)")
+        fail("--fleet needs --profile FILE and --gate FILE (the gate's routing gives the traffic)")
     settings = _endpoint(fleet, broker, mqtt_version)
     try:
         result, excluded = plan_from_fleet(
@@ -160,9 +151,9 @@ def _plan_fleet(  # type: ignore[no-untyped-def]
         ProfileError,
         GateError,
     ) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except ConnectionError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if excluded:
         Console(stderr=True).print(
             f"left out (not on every agent with a budget): {', '.join(excluded)}", soft_wrap=True
@@ -179,8 +170,7 @@ def _apply(fleet: str, broker: str | None, mqtt_version: str | None, result: Cac
     try:
         plan = apply_cache_plan(settings.endpoint, settings.fleet, message)
     except (PlanRefused, ConnectionError) as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(1) from None
+        fail(str(exc), code=1)
     Console(stderr=True).print(
         f"applied: plan epoch {plan.epoch}: "
         + "; ".join(f"{a}: {', '.join(e) or '-'}" for a, e in plan.assignments.items()),

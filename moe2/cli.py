@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from messages.settings import ConfigError, FleetSettings
-from moe2.options import DelayOpt, EnergyOpt, GateOpt, ProfileOpt, TopKOpt
+from moe2.options import DelayOpt, EnergyOpt, GateOpt, ProfileOpt, TopKOpt, fail
 
 app = typer.Typer(
     name="moe2",
@@ -43,11 +43,6 @@ VersionOpt = Annotated[
 LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -61,7 +56,7 @@ def _settings(cls: type[FleetSettings], config: Path | None, **flags: Any) -> An
     try:
         return cls.load(config, **flags)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _serve(service: Any) -> None:
@@ -69,7 +64,7 @@ def _serve(service: Any) -> None:
     try:
         service.start()
     except ConnectionError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -112,11 +107,11 @@ def agent_run(
         telemetry_interval_s=telemetry_interval_s,
     )
     if not settings.experts:
-        _fail("no experts configured: give --expert ID=MODEL or [[experts]] in the config file")
+        fail("no experts configured: give --expert ID=MODEL or [[experts]] in the config file")
     try:
         service = Agent(settings)
     except ModelNotFound as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _serve(service)
 
 
@@ -156,7 +151,7 @@ def controller_run(
     try:
         service = Controller(settings)
     except (ProfileError, GateError, BudgetError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _serve(service)
 
 
@@ -170,7 +165,7 @@ def parse_delays(specs: list[str]) -> dict[str, float]:
         except ValueError:
             seconds = float("nan")
         if not sep or not category or not seconds >= 0 or seconds == float("inf"):
-            _fail(f"--delay-s {spec!r}: expected CATEGORY=SECONDS with SECONDS >= 0")
+            fail(f"--delay-s {spec!r}: expected CATEGORY=SECONDS with SECONDS >= 0")
         delays[category] = seconds
     return delays
 
@@ -199,13 +194,13 @@ def budgets(
     try:
         wanted = Budgets(energy_j=energy_j, delay_s=parse_delays(delay_s or []), top_k=top_k)
     except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     try:
         plan = request_plan(
             settings.endpoint, settings.fleet, topics.CONTROLLER_BUDGETS, wanted, wait
         )
     except (PlanRefused, ConnectionError) as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1)
     out.print(f"plan epoch {plan.epoch} ({plan.algorithm}):")
     for agent, experts in plan.assignments.items():
         out.print(f"  {agent}: {', '.join(experts) or '-'}")
@@ -274,13 +269,13 @@ def ask(
             timeout_s=timeout,
         )
     except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     try:
         with Asker(settings.endpoint, settings.fleet) as asker:
             asker.require_controller()
             answer = asker.ask(request)
     except (AskError, ConnectionError) as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1)
     if as_json:
         print(answer.model_dump_json(indent=2))
     else:
@@ -310,7 +305,7 @@ def fleet(
     try:
         registry, _ = read_fleet(settings.endpoint, settings.fleet, wait)
     except ConnectionError as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1)
     rows = registry.snapshot()
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -365,7 +360,7 @@ def demo(
     try:
         run_demo(out, prefer_mosquitto=not embedded_broker)
     except DemoError as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1)
 
 
 # Commands that live in their own modules.

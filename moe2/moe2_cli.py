@@ -11,15 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from moe2.options import fail
+
 out = Console()
 err = Console(stderr=True)
 
 gate_app = typer.Typer(help="Train and check the MoE² gate.", no_args_is_help=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def profile(
@@ -46,7 +43,7 @@ def profile(
         settings = FleetSettings.load(config, broker=broker, fleet=fleet, mqtt_version=mqtt_version)
         items = load_suite(suite or DEFAULT_SUITE)
     except (ConfigError, SuiteError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     digest = suite_digest(items)  # of the whole suite: a later run may profile more of it
     if limit is not None:
         items = stratified(items, limit)
@@ -55,7 +52,7 @@ def profile(
             settings.endpoint, settings.fleet, items, out_path, digest=digest, window=window
         )
     except (ProfileError, AskError, ConnectionError) as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1)
     complete = len(run.profile.complete_items())
     out.print(
         f"asked {run.asked} prompts, stored {run.measured} measurements ({run.failed} failed); "
@@ -82,7 +79,7 @@ def gate_train(
         profile = load_profile(profile_path)
         data = GateData.from_profile(profile, PromptEncoder())
     except (ProfileError, EncoderUnavailable) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     net, _ = train_gate(
         data.splits["train"], data.splits["val"], TrainConfig(hidden=hidden, seed=seed)
     )
@@ -128,7 +125,7 @@ def gate_preservation(
         profile.check_fleet(gate.fleet)
         data = GateData.from_profile(profile, PromptEncoder(), keys=gate.expert_keys)
     except (ProfileError, GateError, EncoderUnavailable) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     rows = preservation_table(gate, data, subsets=subsets, seed=seed)
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +165,7 @@ def sweep(
     try:
         gated = load_gated_profile(profile_path, gate_path)
     except (ProfileError, GateError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     total = sum(c.energy_j for c in gated.costs.values()) + 1.0
     val = gated.instance("val", total, {})
     test = gated.instance("test", total, {})

@@ -1,4 +1,4 @@
-"""Command-line options that several commands share, declared once."""
+"""Command-line options and the error exit that several commands share, declared once."""
 
 from __future__ import annotations
 
@@ -6,6 +6,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    """Every command's clean error: one ``error:`` line on stderr and an exit status."""
+    Console(stderr=True).print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(code)
+
 
 ProfileOpt = Annotated[Path | None, typer.Option("--profile", help="Fleet profile (moe2 profile)")]
 GateOpt = Annotated[Path | None, typer.Option("--gate", help="Gate checkpoint (moe2 gate train)")]

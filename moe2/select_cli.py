@@ -11,23 +11,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from moe2.options import DelayOpt, EnergyOpt, GateOpt, ProfileOpt, TopKOpt
+from moe2.options import DelayOpt, EnergyOpt, GateOpt, ProfileOpt, TopKOpt, fail
 
 if TYPE_CHECKING:
     from controller.selection import SelectionInstance, SelectionResult
 
-EXIT_BAD_INPUT = 2
 EXIT_INFEASIBLE = 3
-
-
-def _fail(message: str) -> None:
-    Console(stderr=True).print(
-        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
-    )
-    raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def result_table(result: SelectionResult) -> Table:
@@ -93,9 +84,9 @@ def select(
     )
 
     if algorithm not in ALGORITHMS:
-        _fail(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        fail(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
     if (instance is None) == (profile is None):
-        _fail("give either --instance FILE or --profile FILE --gate FILE")
+        fail("give either --instance FILE or --profile FILE --gate FILE")
     try:
         if instance is not None:
             problem = load_instance(instance)
@@ -105,7 +96,7 @@ def select(
                 write_instance.write_text(problem.model_dump_json(indent=1))
         result = solve(problem, algorithm, seed=seed)
     except SelectionInstanceError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
@@ -129,18 +120,18 @@ def _from_profile(
     from moe2.cli import parse_delays
 
     if gate is None:
-        _fail("--profile needs --gate")
+        fail("--profile needs --gate")
     if split not in ("train", "val", "test"):
-        _fail(f"--split {split!r}: choose train, val or test")
+        fail(f"--split {split!r}: choose train, val or test")
     delays = parse_delays(delay_s)
     try:
         gated = load_gated_profile(profile, gate)  # type: ignore[arg-type]
     except (ProfileError, GateError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     categories = sorted({c for cost in gated.costs.values() for c in cost.delay_s})
     unknown = sorted(set(delays) - set(categories))
     if unknown:
-        _fail(f"unknown delay categories {unknown}; the profile has {categories}")
+        fail(f"unknown delay categories {unknown}; the profile has {categories}")
     if energy_j is None:
         energy_j = sum(c.energy_j for c in gated.costs.values()) + 1.0
     return gated.instance(split, energy_j, delays, top_k=top_k)
