@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from agent.power.detect import SYSFS, detect_sensor
+from moe2.options import fail
 
 SETTLE_S = 0.2  # between the two reads, so power from an energy counter is defined
 
@@ -44,10 +45,7 @@ def probe(
 ) -> None:
     """Detect this device's power sensor and print one reading (W, J since the probe started)."""
     if sysfs_root is not None and not sysfs_root.is_dir():
-        Console(stderr=True).print(
-            f"[bold red]error:[/] --sysfs-root {sysfs_root}: not a directory"
-        )
-        raise typer.Exit(2)
+        fail(f"--sysfs-root {sysfs_root}: not a directory")
     result = probe_reading(sysfs_root if sysfs_root is not None else SYSFS)
     if as_json:
         print(json.dumps(result))
