@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.backends.base import Backend
-from agent.backends.llama_cpp import LlamaCppBackend, LlamaOptions
 from agent.models import resolve_model
+from agent.onnx.artifact import read_artifact
 from agent.settings import ExpertConfig
 from messages.capabilities import ExpertInfo
 
@@ -35,6 +35,54 @@ class _Loaded:
     memory_bytes: int | None
     context_length: int
     chat_template: bool
+    providers: list[str] | None
+
+
+def model_location(config: ExpertConfig) -> Path:
+    """The GGUF file (llama.cpp) or the checked export folder (onnxruntime) of an expert."""
+    if config.backend == "onnxruntime":
+        from agent.backends.onnx_runtime import check_onnxruntime
+
+        folder = Path(config.model).expanduser()
+        read_artifact(folder)  # a clear ModelNotFound unless it is a finished export
+        check_onnxruntime()
+        return folder
+    return resolve_model(config.model)
+
+
+def size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return path.stat().st_size
+
+
+def open_backend(config: ExpertConfig, path: Path) -> Backend:
+    """Load the expert's model with its engine (imported only when used)."""
+    if config.backend == "onnxruntime":
+        from agent.backends.onnx_runtime import OnnxBackend, OnnxOptions
+
+        return OnnxBackend(
+            path,
+            OnnxOptions(
+                n_ctx=config.n_ctx,
+                n_threads=config.n_threads,
+                providers=tuple(config.providers) if config.providers else None,
+                chat_template=config.chat_template,
+                stop=tuple(config.stop),
+            ),
+        )
+    from agent.backends.llama_cpp import LlamaCppBackend, LlamaOptions
+
+    return LlamaCppBackend(
+        path,
+        LlamaOptions(
+            n_ctx=config.n_ctx,
+            n_threads=config.n_threads,
+            n_gpu_layers=config.n_gpu_layers,
+            chat_template=config.chat_template,
+            stop=tuple(config.stop),
+        ),
+    )
 
 
 class ExpertPool:
@@ -43,7 +91,7 @@ class ExpertPool:
     def __init__(self, configs: list[ExpertConfig], budget_mb: float | None = None) -> None:
         self.budget_bytes = None if budget_mb is None else int(budget_mb * 1e6)
         self.configs = {c.id: c for c in configs}
-        self.paths: dict[str, Path] = {c.id: resolve_model(c.model) for c in configs}
+        self.paths: dict[str, Path] = {c.id: model_location(c) for c in configs}
         self._loaded: dict[str, _Loaded] = {}
         self._seen: dict[str, _Loaded] = {}  # facts learnt at a first load, kept after unload
         self._lock = threading.Lock()
@@ -76,22 +124,14 @@ class ExpertPool:
                     f"budget of {self.budget_bytes / 1e6:.0f} MB"
                 )
         start = time.monotonic()
-        backend = LlamaCppBackend(
-            self.paths[expert_id],
-            LlamaOptions(
-                n_ctx=config.n_ctx,
-                n_threads=config.n_threads,
-                n_gpu_layers=config.n_gpu_layers,
-                chat_template=config.chat_template,
-                stop=tuple(config.stop),
-            ),
-        )
+        backend = open_backend(config, self.paths[expert_id])
         entry = _Loaded(
             backend=backend,
             quantisation=backend.quantisation,
             memory_bytes=backend.memory_bytes,
             context_length=backend.context_length,
             chat_template=backend.uses_chat_template,
+            providers=backend.providers,
         )
         with self._lock:
             self._loaded[expert_id] = entry
@@ -105,7 +145,7 @@ class ExpertPool:
         seen = self._seen.get(expert_id)
         if seen is not None and seen.memory_bytes is not None:
             return seen.memory_bytes
-        return self.paths[expert_id].stat().st_size
+        return size_on_disk(self.paths[expert_id])
 
     def memory_needed(self, expert_ids: list[str]) -> int:
         return sum(self.memory_bytes(e) for e in expert_ids if e in self.configs)
@@ -130,13 +170,14 @@ class ExpertPool:
                     expert_id=expert_id,
                     model=config.model,
                     backend=config.backend,
-                    format="gguf",
-                    file_size_bytes=self.paths[expert_id].stat().st_size,
+                    format="onnx" if config.backend == "onnxruntime" else "gguf",
+                    file_size_bytes=size_on_disk(self.paths[expert_id]),
                     memory_bytes=seen.memory_bytes if seen else None,
                     quantisation=seen.quantisation if seen else None,
                     context_length=seen.context_length if seen else config.n_ctx,
                     chat_template=seen.chat_template if seen else config.chat_template,
                     template=config.template,
+                    providers=seen.providers if seen else None,
                 )
             )
         return out

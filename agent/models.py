@@ -67,3 +67,32 @@ def resolve_model(model: str) -> Path:
     if path.suffix.lower() != ".gguf":
         raise ModelNotFound(f"model file {path} is not a .gguf file")
     return path
+
+
+# GGUF general.file_type values (llama_ftype) of the quantisations edge fleets use.
+_GGUF_FILE_TYPES = {
+    "0": "F32",
+    "1": "F16",
+    "2": "Q4_0",
+    "3": "Q4_1",
+    "7": "Q8_0",
+    "8": "Q5_0",
+    "9": "Q5_1",
+    "10": "Q2_K",
+    "11": "Q3_K_S",
+    "12": "Q3_K_M",
+    "13": "Q3_K_L",
+    "14": "Q4_K_S",
+    "15": "Q4_K_M",
+    "16": "Q5_K_S",
+    "17": "Q5_K_M",
+    "18": "Q6_K",
+    "32": "BF16",
+}
+
+
+def quantisation_name(file_type: object) -> str | None:
+    """The quantisation a GGUF's ``general.file_type`` stands for (``Q4_K_M``), when known."""
+    if file_type is None or file_type == "":
+        return None
+    return _GGUF_FILE_TYPES.get(str(file_type), f"file_type {file_type}")

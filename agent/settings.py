@@ -8,9 +8,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.onnx.artifact import is_export
 from agent.templates import Template
 from messages.base import TOPIC_LEVEL_PATTERN, TOPIC_LEVEL_RE
 from messages.settings import FleetSettings
+
+ExecutionProvider = Literal[
+    "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+]
 
 
 def default_agent_id() -> str:
@@ -25,11 +30,25 @@ class ExpertConfig(BaseModel):
 
     # No "@" in expert ids: fleet-wide an expert is named "expert@agent".
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-    model: str = Field(description="smollm2-135m, gemma3-270m, or a path to a .gguf file")
-    backend: Literal["llama.cpp"] = "llama.cpp"
+    model: str = Field(
+        description="smollm2-135m, gemma3-270m, a path to a .gguf file, or (onnxruntime) a "
+        "folder made by moe2 export-onnx"
+    )
+    backend: Literal["llama.cpp", "onnxruntime"] = Field(
+        default="llama.cpp",
+        description="Inference engine; a folder made by moe2 export-onnx defaults to onnxruntime",
+    )
     n_ctx: int = Field(default=2048, ge=64, le=131072)
     n_threads: int | None = Field(default=None, ge=1)
-    n_gpu_layers: int = Field(default=0, ge=-1, description="-1 offloads every layer")
+    n_gpu_layers: int = Field(
+        default=0, ge=-1, description="llama.cpp: layers offloaded to the GPU, -1 every layer"
+    )
+    providers: list[ExecutionProvider] | None = Field(
+        default=None,
+        min_length=1,
+        description="onnxruntime: execution providers to try, in order (default: TensorRT, "
+        "CUDA, CPU, those the installed onnxruntime has)",
+    )
     chat_template: bool = Field(
         default=True,
         description="Wrap free-text prompts in the model's chat template, if it has one",
@@ -38,6 +57,29 @@ class ExpertConfig(BaseModel):
     template: Template = Field(
         default="cloze", description="How answer choices are scored: cloze, qa or letter"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_from_model(cls, data: object) -> object:
+        if not isinstance(data, dict) or "backend" in data:
+            return data
+        model = data.get("model")
+        if isinstance(model, str) and is_export(Path(model).expanduser()):
+            return {**data, "backend": "onnxruntime"}
+        return data
+
+    @model_validator(mode="after")
+    def _options_fit_backend(self) -> ExpertConfig:
+        if self.backend == "onnxruntime" and self.n_gpu_layers != 0:
+            raise ValueError(
+                "n_gpu_layers is a llama.cpp option; an onnxruntime expert picks its device "
+                'with providers (e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"])'
+            )
+        if self.backend == "llama.cpp" and self.providers is not None:
+            raise ValueError(
+                "providers is an onnxruntime option; a llama.cpp expert offloads with n_gpu_layers"
+            )
+        return self
 
     @classmethod
     def parse_flag(cls, spec: str) -> ExpertConfig:

@@ -25,6 +25,11 @@ class ExpertInfo(Message):
         description="Whether free-text prompts use the model's chat template"
     )
     template: Literal["cloze", "qa", "letter"] = Field(description="How choices are scored")
+    providers: list[str] | None = Field(
+        default=None,
+        description="onnxruntime: the execution providers the loaded session really uses "
+        "(get_providers(), not the ones asked for)",
+    )
 
 
 class AgentCapabilities(Message):

@@ -90,6 +90,7 @@ def agent_run(
     log_level: LogOpt = "info",
 ) -> None:
     """Serve this device's experts to the fleet."""
+    from agent.backends.base import BackendUnavailable
     from agent.models import ModelNotFound
     from agent.service import Agent
     from agent.settings import AgentSettings
@@ -110,7 +111,7 @@ def agent_run(
         fail("no experts configured: give --expert ID=MODEL or [[experts]] in the config file")
     try:
         service = Agent(settings)
-    except ModelNotFound as exc:
+    except (ModelNotFound, BackendUnavailable) as exc:
         fail(str(exc))
     _serve(service)
 
@@ -364,6 +365,7 @@ def demo(
 
 
 # Commands that live in their own modules.
+from agent.onnx.export_cli import export_onnx_command  # noqa: E402
 from agent.probe_cli import probe  # noqa: E402
 from moe2.cache_cli import cache_plan  # noqa: E402
 from moe2.moe2_cli import gate_app, profile, sweep  # noqa: E402
@@ -373,5 +375,6 @@ app.command("profile")(profile)
 app.command("sweep")(sweep)
 app.command("select")(select)
 app.command("cache-plan")(cache_plan)
+app.command("export-onnx")(export_onnx_command)
 app.add_typer(gate_app, name="gate")
 agent_app.command("probe")(probe)

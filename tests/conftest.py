@@ -21,3 +21,13 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]
     log = Path(tmp_path_factory.mktemp("mosquitto")) / "mosquitto.log"
     with start_mosquitto(log_file=log) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M exported once per test session by the project's own ``export_onnx``."""
+    from agent.onnx.export import export_onnx
+
+    out = Path(tmp_path_factory.mktemp("onnx")) / "smollm2-135m"
+    export_onnx("smollm2-135m", out, say=lambda _: None)
+    return out

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -26,6 +28,21 @@ class ChoiceScores:
     first_score_s: float
 
 
+class BackendUnavailable(RuntimeError):
+    """The inference engine an expert asks for is not installed (or installed twice)."""
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit the expert's context window."""
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis."""
+    top = logits.max(axis=-1, keepdims=True)
+    shifted = logits - top
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def normalise_logprobs(logprobs: list[float]) -> list[float]:
     """Softmax over the choices' total log-probabilities."""
     top = max(logprobs)
@@ -40,6 +57,22 @@ class Backend(Protocol):
     @property
     def memory_bytes(self) -> int | None:
         """Resident size of the model's weights and context, when known."""
+
+    @property
+    def quantisation(self) -> str | None:
+        """The weights' number format (``Q4_K_M``, ``float32 (from Q4_1)``), when known."""
+
+    @property
+    def context_length(self) -> int:
+        """Tokens of context the loaded model holds."""
+
+    @property
+    def uses_chat_template(self) -> bool:
+        """Whether free-text prompts are wrapped in the model's chat template."""
+
+    @property
+    def providers(self) -> list[str] | None:
+        """ONNX Runtime: the execution providers the session really runs on; else None."""
 
     def generate(self, prompt: str, max_tokens: int, deadline_s: float) -> Generation:
         """Greedy generation; stops at ``max_tokens`` or when ``time.monotonic()`` passes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -9,11 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.backends.base import ChoiceScores, Generation, normalise_logprobs
+from agent.backends.base import (
+    ChoiceScores,
+    Generation,
+    PromptTooLong,
+    log_softmax,
+    normalise_logprobs,
+)
+from agent.models import quantisation_name
 
-
-class PromptTooLong(ValueError):
-    """The prompt does not fit the expert's context window."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,12 +29,6 @@ class LlamaOptions:
     n_gpu_layers: int = 0
     chat_template: bool = True
     stop: tuple[str, ...] = ()
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    top = logits.max(axis=-1, keepdims=True)
-    shifted = logits - top
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 class LlamaCppBackend:
@@ -52,6 +52,12 @@ class LlamaCppBackend:
             n_gpu_layers=options.n_gpu_layers,
             verbose=False,
         )
+        if options.n_gpu_layers != 0 and not lib.llama_supports_gpu_offload():
+            log.warning(
+                "n_gpu_layers=%d, but this llama-cpp-python was built without GPU offload: the "
+                "model runs on the CPU (rebuild: CMAKE_ARGS=-DGGML_CUDA=on, docs/backends.md)",
+                options.n_gpu_layers,
+            )
         template = self.llm.metadata.get("tokenizer.chat_template")
         self._formatter = None
         if options.chat_template and template:
@@ -71,7 +77,16 @@ class LlamaCppBackend:
     @property
     def quantisation(self) -> str | None:
         file_type = self.llm.metadata.get("general.file_type")
-        return _FILE_TYPES.get(file_type or "", f"file_type {file_type}" if file_type else None)
+        return quantisation_name(file_type)
+
+    @property
+    def providers(self) -> list[str] | None:
+        return None
+
+    @property
+    def offloads_to_gpu(self) -> bool:
+        """Whether layers run on a GPU: asked for, and this llama.cpp build can."""
+        return self.options.n_gpu_layers != 0 and bool(self._lib.llama_supports_gpu_offload())
 
     @property
     def memory_bytes(self) -> int | None:
@@ -154,13 +169,13 @@ class LlamaCppBackend:
             )
         last_logits = self._decode_prefix(prefix)
         first_score_s = time.monotonic() - start
-        first_logprobs = _log_softmax(last_logits)
+        first_logprobs = log_softmax(last_logits)
         logprobs: list[float] = []
         for tokens in continuations:
             total = float(first_logprobs[tokens[0]])
             if len(tokens) > 1:
                 self.llm._ctx.kv_cache_seq_rm(-1, len(prefix), -1)  # drop the previous choice
-                rows = _log_softmax(self._decode(tokens[:-1], len(prefix), all_logits=True))
+                rows = log_softmax(self._decode(tokens[:-1], len(prefix), all_logits=True))
                 total += float(rows[np.arange(len(tokens) - 1), tokens[1:]].sum())
             logprobs.append(total)
         self.llm._ctx.kv_cache_seq_rm(-1, len(prefix), -1)
@@ -203,25 +218,3 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         self.llm.close()
-
-
-# GGUF general.file_type values (llama_ftype) of the quantisations edge fleets use.
-_FILE_TYPES = {
-    "0": "F32",
-    "1": "F16",
-    "2": "Q4_0",
-    "3": "Q4_1",
-    "7": "Q8_0",
-    "8": "Q5_0",
-    "9": "Q5_1",
-    "10": "Q2_K",
-    "11": "Q3_K_S",
-    "12": "Q3_K_M",
-    "13": "Q3_K_L",
-    "14": "Q4_K_S",
-    "15": "Q4_K_M",
-    "16": "Q5_K_S",
-    "17": "Q5_K_M",
-    "18": "Q6_K",
-    "32": "BF16",
-}
