@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,42 @@ def host_facts() -> HostFacts:
         cpu_count=os.cpu_count() or 1,
         memory_total_bytes=int(psutil.virtual_memory().total),
     )
+
+
+def accelerator_name(sysfs_root: Path = Path("/sys")) -> str | None:
+    """The device's GPUs as NVML names them (``NVIDIA GeForce RTX 4090``), else the Jetson
+    board's device-tree model (``NVIDIA Jetson AGX Orin Developer Kit``), else None."""
+    names = nvml_gpu_names()
+    if names:
+        return ", ".join(names)
+    model = sysfs_root / "firmware/devicetree/base/model"
+    try:
+        text = model.read_bytes().rstrip(b"\0").decode("utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    return text if "jetson" in text.lower() or "nvidia" in text.lower() else None
+
+
+def nvml_gpu_names() -> list[str]:
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # NVMLError, or no driver library
+        return []
+    try:
+        names = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            names.append(name.decode() if isinstance(name, bytes) else str(name))
+        return names
+    except pynvml.NVMLError as exc:
+        log.debug("NVML: %s", exc)
+        return []
+    finally:
+        pynvml.nvmlShutdown()
 
 
 @dataclass(frozen=True)

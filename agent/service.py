@@ -13,7 +13,7 @@ from typing import Any
 from agent import __version__, systemd
 from agent.backends.base import Backend
 from agent.experts import ExpertPool, UnknownExpert
-from agent.host import HostLoadReader, host_facts
+from agent.host import HostLoadReader, accelerator_name, host_facts
 from agent.power import PowerSampler, detect_sensor
 from agent.settings import AgentSettings
 from agent.templates import choice_prompt
@@ -136,11 +136,11 @@ class Agent:
             python=facts.python,
             cpu_count=facts.cpu_count,
             memory_total_bytes=facts.memory_total_bytes,
-            accelerator=None,
+            accelerator=accelerator_name(self.settings.sysfs_root),
             power_sensor=(
                 self.sensor.source if self.sensor is not None and self.sensor.measured else "none"
             ),
-            backends=["llama.cpp"],
+            backends=sorted({c.backend for c in self.settings.experts}),
             experts=self.pool.info(),
             job_queue_capacity=self.settings.job_queue_capacity,
             expert_memory_budget_bytes=self.pool.budget_bytes,
