@@ -16,10 +16,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from moe2.options import GateOpt, ProfileOpt, fail
+from moe2.options import (
+    BrokerOpt,
+    CaFileOpt,
+    ConfigOpt,
+    GateOpt,
+    PasswordFileOpt,
+    ProfileOpt,
+    UsernameOpt,
+    VersionOpt,
+    connection,
+    fail,
+    load_settings,
+)
 
 if TYPE_CHECKING:
     from controller.caching import CachingResult
+    from messages.settings import FleetSettings
 
 
 def result_table(result: CachingResult) -> Table:
@@ -65,8 +78,12 @@ def cache_plan(
     fleet: Annotated[
         str | None, typer.Option("--fleet", help="Build the instance from this live fleet")
     ] = None,
-    broker: Annotated[str | None, typer.Option("--broker", help="mqtt://HOST:PORT")] = None,
-    mqtt_version: Annotated[str | None, typer.Option("--mqtt-version")] = None,
+    broker: BrokerOpt = None,
+    mqtt_version: VersionOpt = None,
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
+    config: ConfigOpt = None,
     profile: ProfileOpt = None,
     gate: GateOpt = None,
     top_k: Annotated[
@@ -99,9 +116,10 @@ def cache_plan(
             fail(str(exc))
             return
     else:
-        result = _plan_fleet(
-            fleet, broker, mqtt_version, profile, gate, top_k, fallback_latency_s, algorithm, seed
+        settings = load_settings(
+            config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
         )
+        result = _plan_fleet(settings, profile, gate, top_k, fallback_latency_s, algorithm, seed)
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
@@ -109,20 +127,11 @@ def cache_plan(
     if apply:
         if fleet is None:
             fail("--apply needs --fleet")
-        _apply(fleet, broker, mqtt_version, result)
-
-
-def _endpoint(fleet: str, broker: str | None, mqtt_version: str | None):  # type: ignore[no-untyped-def]
-    from messages.settings import ConfigError, FleetSettings
-
-    try:
-        return FleetSettings.load(None, broker=broker, fleet=fleet, mqtt_version=mqtt_version)
-    except ConfigError as exc:
-        fail(str(exc))
+        _apply(settings, result)
 
 
 def _plan_fleet(  # type: ignore[no-untyped-def]
-    fleet, broker, mqtt_version, profile, gate, top_k, fallback_latency_s, algorithm, seed
+    settings, profile, gate, top_k, fallback_latency_s, algorithm, seed
 ) -> CachingResult:
     from controller.caching import CachingAlgorithmError, CachingInstanceError
     from controller.caching.from_fleet import FleetCachingError
@@ -132,7 +141,6 @@ def _plan_fleet(  # type: ignore[no-untyped-def]
 
     if profile is None or gate is None:
         fail("--fleet needs --profile FILE and --gate FILE (the gate's routing gives the traffic)")
-    settings = _endpoint(fleet, broker, mqtt_version)
     try:
         result, excluded = plan_from_fleet(
             settings.endpoint,
@@ -161,11 +169,10 @@ def _plan_fleet(  # type: ignore[no-untyped-def]
     return result
 
 
-def _apply(fleet: str, broker: str | None, mqtt_version: str | None, result: CachingResult) -> None:
+def _apply(settings: FleetSettings, result: CachingResult) -> None:
     from moe2.cache_fleet import apply_cache_plan, cache_plan_message
     from moe2.fleet_reader import PlanRefused
 
-    settings = _endpoint(fleet, broker, mqtt_version)
     message = cache_plan_message(result.placement, result.algorithm, result.expected_latency_s)
     try:
         plan = apply_cache_plan(settings.endpoint, settings.fleet, message)

@@ -14,8 +14,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from messages.settings import ConfigError, FleetSettings
-from moe2.options import DelayOpt, EnergyOpt, GateOpt, ProfileOpt, TopKOpt, fail
+from moe2.options import (
+    BrokerOpt,
+    CaFileOpt,
+    ConfigOpt,
+    DelayOpt,
+    EnergyOpt,
+    FleetOpt,
+    GateOpt,
+    PasswordFileOpt,
+    ProfileOpt,
+    TopKOpt,
+    UsernameOpt,
+    VersionOpt,
+    connection,
+    fail,
+    load_settings,
+)
 
 app = typer.Typer(
     name="moe2",
@@ -32,14 +47,6 @@ app.add_typer(controller_app, name="controller")
 out = Console()
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML config file (flags and MOE2_* override it)")
-]
-BrokerOpt = Annotated[str | None, typer.Option("--broker", help="mqtt://HOST:PORT")]
-FleetOpt = Annotated[str | None, typer.Option("--fleet", help="Fleet name (topic prefix)")]
-VersionOpt = Annotated[
-    str | None, typer.Option("--mqtt-version", help='MQTT protocol: "5" or "3.1.1"')
-]
 LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 
 
@@ -50,13 +57,6 @@ def _logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("amqtt").setLevel(logging.CRITICAL)
-
-
-def _settings(cls: type[FleetSettings], config: Path | None, **flags: Any) -> Any:
-    try:
-        return cls.load(config, **flags)
-    except ConfigError as exc:
-        fail(str(exc))
 
 
 def _serve(service: Any) -> None:
@@ -78,6 +78,9 @@ def agent_run(
     broker: BrokerOpt = None,
     fleet: FleetOpt = None,
     mqtt_version: VersionOpt = None,
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
     agent_id: Annotated[str | None, typer.Option("--agent-id")] = None,
     expert: Annotated[
         list[str] | None,
@@ -96,12 +99,10 @@ def agent_run(
     from agent.settings import AgentSettings
 
     _logging(log_level)
-    settings = _settings(
-        AgentSettings,
+    settings = load_settings(
         config,
-        broker=broker,
-        fleet=fleet,
-        mqtt_version=mqtt_version,
+        AgentSettings,
+        **connection(broker, fleet, mqtt_version, username, password_file, ca_file),
         agent_id=agent_id,
         experts=expert or None,
         keepalive_s=keepalive_s,
@@ -122,6 +123,9 @@ def controller_run(
     broker: BrokerOpt = None,
     fleet: FleetOpt = None,
     mqtt_version: VersionOpt = None,
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
     profile: ProfileOpt = None,
     gate: GateOpt = None,
     energy_j: EnergyOpt = None,
@@ -137,12 +141,10 @@ def controller_run(
     from controller.settings import ControllerSettings
 
     _logging(log_level)
-    settings = _settings(
-        ControllerSettings,
+    settings = load_settings(
         config,
-        broker=broker,
-        fleet=fleet,
-        mqtt_version=mqtt_version,
+        ControllerSettings,
+        **connection(broker, fleet, mqtt_version, username, password_file, ca_file),
         profile=profile,
         gate=gate,
         energy_budget_j=energy_j,
@@ -176,6 +178,9 @@ def budgets(
     broker: BrokerOpt = None,
     fleet: FleetOpt = None,
     mqtt_version: VersionOpt = None,
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
     config: ConfigOpt = None,
     energy_j: EnergyOpt = None,
     delay_s: DelayOpt = None,
@@ -189,8 +194,8 @@ def budgets(
     from messages.budgets import Budgets
     from moe2.fleet_reader import PlanRefused, request_plan
 
-    settings = _settings(
-        FleetSettings, config, broker=broker, fleet=fleet, mqtt_version=mqtt_version
+    settings = load_settings(
+        config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
     )
     try:
         wanted = Budgets(energy_j=energy_j, delay_s=parse_delays(delay_s or []), top_k=top_k)
@@ -237,6 +242,9 @@ def ask(
     broker: BrokerOpt = None,
     fleet: FleetOpt = None,
     mqtt_version: VersionOpt = None,
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
     config: ConfigOpt = None,
     choice: Annotated[
         list[str] | None, typer.Option("--choice", help="An answer choice (repeat, 2-26)")
@@ -258,8 +266,8 @@ def ask(
     from messages.prompts import Prompt
     from moe2.ask import Asker, AskError
 
-    settings = _settings(
-        FleetSettings, config, broker=broker, fleet=fleet, mqtt_version=mqtt_version
+    settings = load_settings(
+        config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
     )
     try:
         request = Prompt(
@@ -293,6 +301,9 @@ def fleet(
     broker: BrokerOpt = None,
     fleet: FleetOpt = None,
     mqtt_version: VersionOpt = None,
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
     config: ConfigOpt = None,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to listen for telemetry")] = 3.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -300,8 +311,8 @@ def fleet(
     """Agents, their experts, state, last power and latency."""
     from moe2.fleet_reader import read_fleet
 
-    settings = _settings(
-        FleetSettings, config, broker=broker, fleet=fleet, mqtt_version=mqtt_version
+    settings = load_settings(
+        config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
     )
     try:
         registry, _ = read_fleet(settings.endpoint, settings.fleet, wait)

@@ -11,7 +11,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from moe2.options import fail
+from moe2.options import (
+    BrokerOpt,
+    CaFileOpt,
+    ConfigOpt,
+    FleetOpt,
+    PasswordFileOpt,
+    UsernameOpt,
+    VersionOpt,
+    connection,
+    fail,
+    load_settings,
+)
 
 out = Console()
 err = Console(stderr=True)
@@ -22,10 +33,13 @@ gate_app = typer.Typer(help="Train and check the MoE² gate.", no_args_is_help=T
 def profile(
     out_path: Annotated[Path, typer.Option("--out", help="Profile file (resumed if it exists)")],
     suite: Annotated[Path | None, typer.Option("--suite", help="Suite JSONL")] = None,
-    broker: Annotated[str | None, typer.Option("--broker")] = None,
-    fleet: Annotated[str | None, typer.Option("--fleet")] = None,
-    mqtt_version: Annotated[str | None, typer.Option("--mqtt-version")] = None,
-    config: Annotated[Path | None, typer.Option("--config")] = None,
+    broker: BrokerOpt = None,
+    fleet: FleetOpt = None,
+    mqtt_version: VersionOpt = None,
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
+    config: ConfigOpt = None,
     limit: Annotated[
         int | None,
         typer.Option("--limit", help="Only the first N items of each category in each split"),
@@ -35,14 +49,15 @@ def profile(
     """Send the suite to every active expert through the controller; store what each answered."""
     from controller.profile import ProfileError, suite_digest
     from controller.suite import DEFAULT_SUITE, SuiteError, load_suite, stratified
-    from messages.settings import ConfigError, FleetSettings
     from moe2.ask import AskError
     from moe2.profiling import run_profile
 
+    settings = load_settings(
+        config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
+    )
     try:
-        settings = FleetSettings.load(config, broker=broker, fleet=fleet, mqtt_version=mqtt_version)
         items = load_suite(suite or DEFAULT_SUITE)
-    except (ConfigError, SuiteError) as exc:
+    except SuiteError as exc:
         fail(str(exc))
     digest = suite_digest(items)  # of the whole suite: a later run may profile more of it
     if limit is not None:

@@ -313,6 +313,21 @@ def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None
         assert answer is not None, f"no answer: {last}\n--- logs\n{tails}"
         assert answer["status"] != "failed"
         assert [e["agent_id"] for e in answer["experts"]] == ["a1"]
+        # The same with flags alone (no MOE2_* variables): --username, --password-file, --ca-file.
+        c2_user, c2_password = broker.login("clients:c2")
+        c2_file = tmp_path / "c2.password"
+        c2_file.write_text(c2_password + "\n")
+        by_flags = subprocess.run(
+            [sys.executable, "-m", "moe2", "ask", "--broker", f"mqtts://localhost:{broker.port}"]
+            + ["--fleet", FLEET, "--username", c2_user, "--password-file", str(c2_file)]
+            + ["--ca-file", broker.ca, "--json", "--max-tokens", "4", "Say hi."],
+            env=agent_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert by_flags.returncode == 0, by_flags.stdout + by_flags.stderr
+        assert json.loads(by_flags.stdout)["status"] != "failed"
         # A wrong password is a clean error, not a traceback.
         env = moe2_env(broker, "clients:c1") | {"MOE2_PASSWORD": "wrong"}
         bad = subprocess.run(
