@@ -354,9 +354,18 @@ class Agent:
         self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
 
     def _report(self) -> None:
-        while not self._stop.wait(self.settings.telemetry_interval_s):
-            try:
-                self.publish_telemetry()
-            except Exception:
-                log.exception("telemetry failed")
-            systemd.watchdog()  # a stuck agent stops petting the watchdog and is restarted
+        """Telemetry every ``telemetry_interval_s``, and the systemd watchdog petted from the
+        same loop (a stuck loop stops petting and systemd restarts the agent) at least twice per
+        ``WatchdogSec``, however long the telemetry interval."""
+        interval = self.settings.telemetry_interval_s
+        watchdog = systemd.watchdog_interval_s()
+        tick = interval if watchdog is None else min(interval, watchdog / 2)
+        due = time.monotonic() + interval
+        while not self._stop.wait(max(0.0, min(tick, due - time.monotonic()))):
+            if time.monotonic() >= due:
+                due += interval
+                try:
+                    self.publish_telemetry()
+                except Exception:
+                    log.exception("telemetry failed")
+            systemd.watchdog()

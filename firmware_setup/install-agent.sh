@@ -128,7 +128,7 @@ agent_id = "$host"
 # username = "$host"                 # from the broker's credentials.json
 # password_file = "/etc/moe2/agent.password"
 # ca_file = "/etc/moe2/ca.crt"
-telemetry_interval_s = 2.0            # also the watchdog heartbeat: keep it below WatchdogSec
+telemetry_interval_s = 2.0
 
 [[experts]]
 id = "smollm2"
@@ -160,7 +160,7 @@ RestartSec=10
 # Models load before the agent reports ready.
 TimeoutStartSec=900
 TimeoutStopSec=60
-# The agent pings the watchdog from its telemetry loop (every telemetry_interval_s).
+# The agent pings the watchdog from its telemetry loop, at least every WatchdogSec / 2.
 WatchdogSec=60
 StateDirectory=moe2
 CacheDirectory=moe2

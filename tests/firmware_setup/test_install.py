@@ -335,3 +335,34 @@ def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     assert systemd.watchdog_interval_s() == 60.0
     monkeypatch.setenv("WATCHDOG_PID", "1")
     assert systemd.watchdog_interval_s() is None
+
+
+def test_agent_pets_the_watchdog_faster_than_its_telemetry(
+    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch, mosquitto: LocalBroker
+) -> None:
+    """A telemetry interval longer than WatchdogSec must not get the agent restarted."""
+    from agent.service import Agent
+    from agent.settings import AgentSettings
+
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # WatchdogSec=0.4
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    settings = AgentSettings.load(
+        None,
+        broker=mosquitto.url,
+        fleet="watchdog",
+        agent_id="wd",
+        experts=[{"id": "smollm2", "model": "smollm2-135m", "n_ctx": 256}],
+        telemetry_interval_s=60.0,
+    )
+    agent = Agent(settings)
+    agent.start()
+    try:
+        assert notify_socket.recv(4096).startswith(b"READY=1")
+        start = time.monotonic()
+        pets = 0
+        while time.monotonic() - start < 1.5:
+            if notify_socket.recv(4096) == b"WATCHDOG=1":
+                pets += 1
+    finally:
+        agent.stop()
+    assert pets >= 5  # every 0.2 s, half the watchdog timeout, not every 60 s
