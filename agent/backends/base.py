@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -41,6 +43,50 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     top = logits.max(axis=-1, keepdims=True)
     shifted = logits - top
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def greedy_generation(
+    stream: Iterable[int],
+    *,
+    prompt_tokens: int,
+    budget: int,
+    deadline_s: float,
+    is_eog: Callable[[int], bool],
+    detokenize: Callable[[list[int]], str],
+    stop: tuple[str, ...] = (),
+) -> Generation:
+    """Take tokens from a backend's greedy ``stream`` (the prompt's decoding happens before its
+    first token) until an end-of-generation token, a stop string, ``budget`` tokens or the
+    deadline; the text is cut at the first stop string."""
+    out: list[int] = []
+    finish: Literal["stop", "length", "deadline"] = "length"
+    first_token_s: float | None = None
+    start = time.monotonic()
+    for token in stream:
+        if first_token_s is None:
+            first_token_s = time.monotonic() - start
+        if is_eog(token):
+            finish = "stop"
+            break
+        out.append(token)
+        if stop and any(s in detokenize(out[-16:]) for s in stop):
+            finish = "stop"
+            break
+        if len(out) >= budget:
+            break
+        if time.monotonic() >= deadline_s:
+            finish = "deadline"
+            break
+    text = detokenize(out)
+    for s in stop:
+        text = text.split(s, 1)[0]
+    return Generation(
+        text=text.strip(),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(out),
+        first_token_s=first_token_s,
+        finish_reason=finish,
+    )
 
 
 def normalise_logprobs(logprobs: list[float]) -> list[float]:

@@ -14,6 +14,7 @@ from agent.backends.base import (
     ChoiceScores,
     Generation,
     PromptTooLong,
+    greedy_generation,
     log_softmax,
     normalise_logprobs,
 )
@@ -111,41 +112,16 @@ class LlamaCppBackend:
             raise PromptTooLong(
                 f"prompt of {len(tokens)} tokens does not fit the context of {self.llm.n_ctx()}"
             )
-        budget = min(max_tokens, room)
         vocab = self.llm._model.vocab
-        out: list[int] = []
-        finish = "length"
-        first_token_s: float | None = None
-        start = time.monotonic()
-        for token in self.llm.generate(tokens, temp=0.0, top_k=1, repeat_penalty=1.0):
-            if first_token_s is None:
-                first_token_s = time.monotonic() - start
-            if self._lib.llama_vocab_is_eog(vocab, token):
-                finish = "stop"
-                break
-            out.append(token)
-            if self.options.stop and self._hit_stop(out):
-                finish = "stop"
-                break
-            if len(out) >= budget:
-                break
-            if time.monotonic() >= deadline_s:
-                finish = "deadline"
-                break
-        text = self.llm.detokenize(out).decode("utf-8", errors="replace")
-        for stop in self.options.stop:
-            text = text.split(stop, 1)[0]
-        return Generation(
-            text=text.strip(),
+        return greedy_generation(
+            self.llm.generate(tokens, temp=0.0, top_k=1, repeat_penalty=1.0),
             prompt_tokens=len(tokens),
-            completion_tokens=len(out),
-            first_token_s=first_token_s,
-            finish_reason=finish,  # type: ignore[arg-type]
+            budget=min(max_tokens, room),
+            deadline_s=deadline_s,
+            is_eog=lambda token: bool(self._lib.llama_vocab_is_eog(vocab, token)),
+            detokenize=lambda ids: self.llm.detokenize(ids).decode("utf-8", errors="replace"),
+            stop=self.options.stop,
         )
-
-    def _hit_stop(self, out: list[int]) -> bool:
-        tail = self.llm.detokenize(out[-16:]).decode("utf-8", errors="ignore")
-        return any(stop in tail for stop in self.options.stop)
 
     def score_choices(self, prefix_text: str, continuations_text: list[str]) -> ChoiceScores:
         """Sum of log-probabilities of each continuation's tokens after the prefix.

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from agent.backends.base import (
     ChoiceScores,
     Generation,
     PromptTooLong,
+    greedy_generation,
     log_softmax,
     normalise_logprobs,
 )
@@ -219,43 +221,26 @@ class OnnxBackend:
             raise PromptTooLong(
                 f"prompt of {len(tokens)} tokens does not fit the context of {self._n_ctx}"
             )
-        budget = min(max_tokens, room)
         eog = set(self.artifact.eog_token_ids)
-        out: list[int] = []
-        finish = "length"
-        start = time.monotonic()
-        logits, cache = self._prefix(tokens)
-        first_token_s = time.monotonic() - start
-        while True:
-            token = int(np.argmax(logits))
-            if token in eog:
-                finish = "stop"
-                break
-            out.append(token)
-            if self.options.stop and self._hit_stop(out):
-                finish = "stop"
-                break
-            if len(out) >= budget:
-                break
-            if time.monotonic() >= deadline_s:
-                finish = "deadline"
-                break
-            rows, cache = self._step([token], cache)
-            logits = rows[-1]
-        text = self.tokenizer.decode(out, skip_special_tokens=False)
-        for stop in self.options.stop:
-            text = text.split(stop, 1)[0]
-        return Generation(
-            text=text.strip(),
+        return greedy_generation(
+            self._greedy(tokens),
             prompt_tokens=len(tokens),
-            completion_tokens=len(out),
-            first_token_s=first_token_s,
-            finish_reason=finish,  # type: ignore[arg-type]
+            budget=min(max_tokens, room),
+            deadline_s=deadline_s,
+            is_eog=eog.__contains__,
+            detokenize=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False),
+            stop=self.options.stop,
         )
 
-    def _hit_stop(self, out: list[int]) -> bool:
-        tail = self.tokenizer.decode(out[-16:], skip_special_tokens=False)
-        return any(stop in tail for stop in self.options.stop)
+    def _greedy(self, tokens: list[int]) -> Iterator[int]:
+        """The most likely next token, step after step; nothing is decoded past the last one
+        the caller takes."""
+        logits, cache = self._prefix(tokens)
+        while True:
+            token = int(np.argmax(logits))
+            yield token
+            rows, cache = self._step([token], cache)
+            logits = rows[-1]
 
     def score_choices(self, prefix_text: str, continuations_text: list[str]) -> ChoiceScores:
         """Sum of log-probabilities of each continuation's tokens after the prefix, which is
