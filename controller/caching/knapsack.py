@@ -24,10 +24,13 @@ sparsification (leaves, then each tree level) and (1 + eps_l)^d = 1 / (1 - eps):
     sparsified function f~ of a node satisfies f~(c) >= f(c) / (1 + eps_l)^j after j rounds, and
     (max,+) convolution preserves such lower bounds)
 
-and every kept point is a real combination of candidates (its value is exact, not rounded). The
-running time is O(sum over tree nodes of p_left p_right) with p <= min(C + 1, log_{1+eps_l}(R) + 2)
-points per function (R: largest over smallest positive value): it does not grow with the number
-of capacity units beyond the number of distinct sizes, which is what makes it fast on fine grids.
+and every kept point is a real combination of candidates (its value is exact, not rounded). A
+convolution forms every pair of points within C, groups the pairs by size with one stable sort of
+the sizes (they come as sorted runs, one per left point) and keeps per size the best value if it
+beats every smaller size: O(p_left p_right log p_left) per node, with
+p <= min(C + 1, log_{1+eps_l}(R) + 2) points per function (R: largest over smallest positive
+value). It does not grow with the number of capacity units beyond the number of distinct sizes,
+which is what makes it fast on fine grids.
 """
 
 from __future__ import annotations
@@ -123,29 +126,47 @@ def _sparsify(
     return units[first], value[first], left[first], right[first]
 
 
-def _convolve(a: _Node, b: _Node, capacity: int, eps_l: float) -> _Node:
-    parts_u, parts_v, parts_i, parts_j = [], [], [], []
+def _frontier(units: IntArray, value: FloatArray) -> IntArray:
+    """Indices of the step function's points among (size, value) pairs.
+
+    Per size the best value (the first pair among equal ones), kept when strictly better than
+    every smaller size; ascending sizes. Pairs are grouped by size with one stable sort of the
+    sizes (a convolution's pairs come in sorted runs, one per left point), then a max per group.
+    """
+    if not len(units):
+        return np.zeros(0, dtype=np.intp)
+    order = np.argsort(units, kind="stable")
+    size, val = units[order], value[order]
+    new_size = np.concatenate([[True], size[1:] != size[:-1]])
+    group = np.cumsum(new_size) - 1
+    best = np.maximum.reduceat(val, np.flatnonzero(new_size))
+    hit = np.flatnonzero(val == best[group])
+    first = hit[np.concatenate([[True], group[hit][1:] != group[hit][:-1]])]
+    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(best)[:-1]])
+    return order[first[best > best_before]]
+
+
+def _pairs(a: _Node, b: _Node, capacity: int) -> tuple[IntArray, FloatArray, IntArray]:
+    """Every pair of points of a and b within the capacity: (size, value, i * len(b) + j)."""
+    parts_u, parts_v, parts_k = [], [], []
     rows = max(1, CHUNK_PAIRS // max(1, len(b.units)))
     for start in range(0, len(a.units), rows):
-        au = a.units[start : start + rows, None]
-        u = au + b.units[None, :]
-        v = a.value[start : start + rows, None] + b.value[None, :]
-        ok = u <= capacity
-        i, j = np.nonzero(ok)
-        parts_u.append(u[ok])
-        parts_v.append(v[ok])
-        parts_i.append(i + start)
-        parts_j.append(j)
-    units = np.concatenate(parts_u)
-    value = np.concatenate(parts_v)
-    li = np.concatenate(parts_i)
-    rj = np.concatenate(parts_j)
-    order = np.lexsort((-value, units))
-    units, value, li, rj = units[order], value[order], li[order], rj[order]
-    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(value)[:-1]])
-    strict = value > best_before
-    units, value, li, rj = units[strict], value[strict], li[strict], rj[strict]
-    units, value, li, rj = _sparsify(units, value, li, rj, eps_l)
+        u = (a.units[start : start + rows, None] + b.units[None, :]).ravel()
+        v = (a.value[start : start + rows, None] + b.value[None, :]).ravel()
+        k = np.flatnonzero(u <= capacity)
+        parts_u.append(u[k])
+        parts_v.append(v[k])
+        parts_k.append(k + start * len(b.units))
+    if len(parts_u) == 1:
+        return parts_u[0], parts_v[0], parts_k[0]
+    return np.concatenate(parts_u), np.concatenate(parts_v), np.concatenate(parts_k)
+
+
+def _convolve(a: _Node, b: _Node, capacity: int, eps_l: float) -> _Node:
+    units, value, pair = _pairs(a, b, capacity)
+    keep = _frontier(units, value)
+    li, rj = np.divmod(pair[keep], len(b.units))
+    units, value, li, rj = _sparsify(units[keep], value[keep], li, rj, eps_l)
     return _Node(units, value, li, rj, (a, b), -1)
 
 

@@ -22,15 +22,16 @@ from controller.caching import (
     CachingInstanceError,
     PlacementError,
     compile_instance,
+    decomposition,
     evaluate_placement,
     load_instance,
     parse_instance,
     solve,
 )
 from controller.caching.compiled import CompiledInstance
-from controller.caching.decomposition import default_step, to_units
+from controller.caching.decomposition import default_step, successive_decomposition, to_units
 from controller.caching.greedy import greedy_k1
-from controller.caching.knapsack import Curve, pareto, solve_dense, solve_maxconv
+from controller.caching.knapsack import Curve, _frontier, pareto, solve_dense, solve_maxconv
 from controller.caching.latency import expected_latency, nothing_cached_latency, saving
 from controller.caching.random_instance import random_instance, random_instance_data
 from controller.caching.solver import solve_placement
@@ -282,6 +283,214 @@ def test_capacity_units() -> None:
     assert default_step(ci) == pytest.approx(1.0)
     sizes, caps = to_units(ci, 0.3)
     assert sizes.tolist() == [4, 4] and caps.tolist() == [6, 3]  # sizes up, capacities down
+
+
+# ---- the fast building blocks against plain reference versions ---------------------------------
+
+ChainInput = decomposition._ChainInput
+Steps = list[list[tuple[list[int], float]]]  # per component: (items added, value after)
+
+
+def reference_chains(x: ChainInput, n_comp: int, cap_units: int) -> Steps:
+    """The chain builder as it was before it became incremental: every step recomputes every
+    gain over all sets. Kept verbatim (only the input is already laid out (K, S))."""
+    lat, imp, loc_all = x.lat.copy(), x.imp.copy(), x.local.copy()
+    mov = loc_all >= 0
+    loc = np.maximum(loc_all, 0)
+    w, set_comp = x.weight.copy(), x.set_comp.copy()
+    units, item_comp = x.units, x.item_comp
+    base = lat.max(axis=0)
+    eff = lat.copy()
+    rows = np.arange(lat.shape[0])[:, None]
+    chosen = np.zeros(len(units), dtype=bool)
+    resolved = np.zeros(n_comp)
+    room = np.full(n_comp, cap_units, dtype=np.int64)
+    active = np.ones(n_comp, dtype=bool)
+    steps: Steps = [[] for _ in range(n_comp)]
+
+    def segment_best(values: np.ndarray, comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        best = np.full(n_comp, -np.inf)
+        where = np.full(n_comp, -1, dtype=np.intp)
+        if not len(values):
+            return best, where
+        starts = np.searchsorted(comp, np.arange(n_comp))
+        ends = np.searchsorted(comp, np.arange(n_comp), side="right")
+        present = ends > starts
+        best[present] = np.maximum.reduceat(values, starts[present])
+        hit = np.flatnonzero((values == best[comp]) & (values > -np.inf))
+        if len(hit):
+            comps, first = np.unique(comp[hit], return_index=True)
+            where[comps] = hit[first]
+        return best, where
+
+    while active.any():
+        top = eff.max(axis=0)
+        first = rows == eff.argmax(axis=0)
+        other = np.where(first, np.where(first, -np.inf, eff).max(axis=0), top)
+        cand = mov & ~chosen[loc]
+        contrib = np.where(cand, w * (top - np.maximum(other, imp)), 0.0)
+        single = np.bincount(loc[cand], weights=contrib[cand], minlength=len(units))
+        full = w * (top - np.where(cand, imp, eff).max(axis=0))
+        group_gain = np.where(cand, single[loc], 0.0).sum(axis=0) + full - contrib.sum(axis=0)
+        group_units = np.where(cand, units[loc], 0).sum(axis=0)
+        ok_s = ~chosen & (units <= room[item_comp]) & (single > 0) & active[item_comp]
+        r_s = np.where(ok_s, single / np.maximum(units, 1e-300), -np.inf)
+        r_s = np.where(ok_s & (units == 0), np.inf, r_s)
+        ok_g = (cand.sum(axis=0) >= 2) & (group_units <= room[set_comp]) & (group_gain > 0)
+        r_g = np.where(ok_g, group_gain / np.maximum(group_units, 1e-300), -np.inf)
+        r_g = np.where(ok_g & (group_units == 0), np.inf, r_g)
+        best_s, at_s = segment_best(r_s, item_comp)
+        best_g, at_g = segment_best(r_g, set_comp)
+        use_g = active & (best_g > best_s)
+        use_s = active & ~use_g & (best_s > -np.inf)
+        active &= use_g | use_s
+        if not active.any():
+            break
+        picks: dict[int, list[int]] = {}
+        for c in np.flatnonzero(use_s):
+            picks[int(c)] = [int(at_s[c])]
+        for c in np.flatnonzero(use_g):
+            s = at_g[c]
+            picks[int(c)] = sorted(set(loc[:, s][cand[:, s]].tolist()))
+        for c, items in picks.items():
+            chosen[items] = True
+            room[c] -= int(units[items].sum())
+        hit = mov & chosen[loc]
+        eff = np.where(hit, imp, eff)
+        top = eff.max(axis=0)
+        done = ~(mov & ~hit).any(axis=0)
+        if done.sum() * 4 > len(w):
+            resolved += np.bincount(
+                set_comp[done], weights=w[done] * (base[done] - top[done]), minlength=n_comp
+            )
+            keep = ~done
+            lat, imp, eff, mov, loc = (a[:, keep] for a in (lat, imp, eff, mov, loc))
+            w, base, top, set_comp = w[keep], base[keep], top[keep], set_comp[keep]
+        value = resolved + np.bincount(set_comp, weights=w * (base - top), minlength=n_comp)
+        for c, items in picks.items():
+            steps[c].append((items, float(value[c])))
+    return steps
+
+
+def random_chain_input(rng: np.random.Generator, width: int) -> tuple[ChainInput, int, int]:
+    """Components of 2-12 items with sets of up to ``width`` members; few distinct weights,
+    latencies and sizes (zero sizes too), so that exact ties are common."""
+    n_comp = int(rng.integers(1, 6))
+    item_comp, set_comp, local, lat, imp, weight, units = [], [], [], [], [], [], []
+    start = 0
+    for c in range(n_comp):
+        k = int(rng.integers(2, 13))
+        item_comp += [c] * k
+        units += rng.choice([0, 1, 1, 2, 3], size=k).tolist()
+        for _ in range(int(rng.integers(1, 30))):
+            size = int(rng.integers(1, width + 1))
+            members = rng.choice(k, size=min(size, k), replace=False) + start
+            col_local = np.full(width, -1)
+            col_lat = np.full(width, -np.inf)
+            col_imp = np.full(width, -np.inf)
+            for j, n in enumerate(members):
+                col_lat[j] = rng.choice([0.1, 0.2, 0.3])
+                movable = j == 0 or rng.random() < 0.8
+                col_local[j] = n if movable else -1
+                col_imp[j] = rng.choice([0.01, 0.05]) if movable else col_lat[j]
+            local.append(col_local)
+            lat.append(col_lat)
+            imp.append(col_imp)
+            weight.append(float(rng.choice([0.25, 0.5, 1.0])))
+            set_comp.append(c)
+        start += k
+    x = ChainInput(
+        item_comp=np.array(item_comp),
+        units=np.array(units, dtype=np.int64),
+        set_comp=np.array(set_comp),
+        weight=np.array(weight),
+        local=np.array(local).T.copy(),
+        lat=np.array(lat).T.copy(),
+        imp=np.array(imp).T.copy(),
+    )
+    return x, n_comp, int(rng.integers(0, 20))
+
+
+def assert_same_chains(got: Steps, want: Steps) -> int:
+    assert [[items for items, _ in c] for c in got] == [[items for items, _ in c] for c in want]
+    for g, w in zip(got, want, strict=True):
+        assert [v for _, v in g] == pytest.approx([v for _, v in w], rel=1e-12, abs=1e-15)
+    return sum(len(c) for c in want)
+
+
+def test_incremental_chains_match_the_reference_on_random_inputs() -> None:
+    rng = np.random.default_rng(5)
+    steps = 0
+    for i in range(300):
+        x, n_comp, cap = random_chain_input(rng, width=2 + i % 3)
+        got = decomposition._chains(x, n_comp, cap)
+        steps += assert_same_chains(got, reference_chains(x, n_comp, cap))
+    assert steps > 1000
+
+
+def test_incremental_chains_match_the_reference_in_the_solver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[ChainInput, int, int, Steps]] = []
+    chains = decomposition._chains
+
+    def spy(x: ChainInput, n_comp: int, cap: int) -> Steps:
+        steps = chains(x, n_comp, cap)
+        seen.append((x, n_comp, cap, steps))
+        return steps
+
+    monkeypatch.setattr(decomposition, "_chains", spy)
+    rng = np.random.default_rng(9)
+    for i in range(30):
+        ranges = {"layers": (1, 3), "experts": (6, 14), "users": (1, 3)}
+        ci = compile_instance(random_instance(rng, 2 + i % 2, **ranges))
+        successive_decomposition(ci, exact_limit=0, refine=False)
+    shape = preset("deepseek-moe-16b", moe_layers=3, top_k=2)
+    generated = generate_instance(
+        shape, n_servers=3, n_users=2, tokens_per_user=300, capacity_gb=0.3, seed=2
+    )
+    successive_decomposition(compile_instance(generated), capacity_step=0.001)
+    assert len(seen) >= 60
+    steps = sum(assert_same_chains(s, reference_chains(x, n, c)) for x, n, c, s in seen)
+    assert steps > 500
+
+
+def test_fill_gains_stay_equal_to_a_full_recount() -> None:
+    def recount(sets: Any, n_items: int) -> np.ndarray:  # the former per-step recomputation
+        eff, imp, mov = sets.lat.T, sets.imp.T, sets.movable.T
+        cols = np.arange(eff.shape[1])[None, :]
+        top = eff.max(axis=1)
+        j1 = np.argmax(eff, axis=1)
+        second = np.where(cols == j1[:, None], -np.inf, eff).max(axis=1)
+        other = np.where(cols == j1[:, None], second[:, None], top[:, None])
+        w = sets.weight[:, None]
+        contrib = np.where(mov, w * (top[:, None] - np.maximum(other, imp)), 0.0)
+        return np.bincount(sets.members.T[mov], weights=contrib[mov], minlength=n_items)
+
+    rng = np.random.default_rng(4)
+    for i in range(30):
+        ci = compile_instance(random_instance(rng, 1 + i % 3, experts=(3, 10)))
+        served = np.full((len(ci.user_ids), ci.n_items), 0.0) + ci.fallback[:, None]
+        no_units = np.zeros(ci.n_items, dtype=np.int64)
+        gains = decomposition._ItemGains(
+            decomposition._server_sets(ci, served, 0, no_units, 0), ci.n_items
+        )
+        for n in rng.permutation(ci.n_items)[: ci.n_items // 2]:
+            assert np.array_equal(gains.single(), recount(gains.sets, ci.n_items))
+            gains.choose(int(n))
+        assert np.array_equal(gains.single(), recount(gains.sets, ci.n_items))
+
+
+def test_convolution_frontier_matches_sorting_every_pair() -> None:
+    rng = np.random.default_rng(6)
+    for _ in range(300):
+        n = int(rng.integers(1, 200))
+        units = rng.integers(0, int(rng.integers(1, 40)), n)
+        value = np.round(rng.random(n), int(rng.integers(0, 3)))  # many equal values
+        order = np.lexsort((-value, units))
+        best_before = np.concatenate([[-np.inf], np.maximum.accumulate(value[order])[:-1]])
+        want = order[value[order] > best_before]  # the former frontier: sort, keep improvements
+        assert np.array_equal(_frontier(units, value), want)
 
 
 # ---- nothing fits -------------------------------------------------------------------------------
