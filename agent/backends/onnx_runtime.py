@@ -189,7 +189,11 @@ class OnnxBackend:
             return None
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+        def raise_exception(message: str) -> None:  # chat templates call it on bad input
+            raise ValueError(f"chat template: {message}")
+
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
         return env.from_string(template)
 
     def _encode(self, text: str, *, special: bool, bos: bool) -> list[int]:
