@@ -60,6 +60,7 @@ class Agent:
         self.jobs_failed = 0
         self.last_latency_s: float | None = None
         self._load = HostLoadReader()
+        self.accelerator = accelerator_name(settings.sysfs_root)  # asked once: it does not change
         model = settings.power_model_w
         self.sensor = detect_sensor(
             settings.sysfs_root,
@@ -136,7 +137,7 @@ class Agent:
             python=facts.python,
             cpu_count=facts.cpu_count,
             memory_total_bytes=facts.memory_total_bytes,
-            accelerator=accelerator_name(self.settings.sysfs_root),
+            accelerator=self.accelerator,
             power_sensor=(
                 self.sensor.source if self.sensor is not None and self.sensor.measured else "none"
             ),
