@@ -135,11 +135,13 @@ def export_onnx(
 ) -> OnnxArtifact:
     """Export ``model`` (a shipped model name or a .gguf path) into ``out_dir``."""
     try:
+        import onnxruntime  # noqa: F401  (the check at the end runs the graph)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
         raise ExportError(
-            f"moe2 export-onnx needs the export extra (pip install 'moe2[export]'): {exc}"
+            "moe2 export-onnx needs the export extra and one ONNX Runtime extra "
+            f"(pip install 'moe2[export,onnx]'): {exc}"
         ) from None
     gguf_path = resolve_model(model)
     out_dir = out_dir.expanduser()
