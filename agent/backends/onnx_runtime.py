@@ -30,7 +30,15 @@ from agent.backends.base import (
     log_softmax,
     normalise_logprobs,
 )
-from agent.onnx.artifact import MODEL_FILE, TOKENIZER_FILE, read_artifact
+from agent.models import ModelNotFound
+from agent.onnx.artifact import (
+    META_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    io_names,
+    read_artifact,
+    weights_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +128,17 @@ class OnnxBackend:
         if self.providers[0] != asked[0]:
             log.warning("asked onnxruntime for %s, the session runs on %s", asked, self.providers)
         self._device = "cuda" if self.providers[0] in PREFERRED_PROVIDERS[:2] else "cpu"
-        self._inputs = [i.name for i in self.session.get_inputs()]
-        self._outputs = [o.name for o in self.session.get_outputs()]
         a = self.artifact
+        self._inputs, self._outputs = io_names(a.num_layers)
+        graph = (
+            {i.name for i in self.session.get_inputs()},
+            {o.name for o in self.session.get_outputs()},
+        )
+        if graph != (set(self._inputs), set(self._outputs)):
+            raise ModelNotFound(
+                f"{folder / MODEL_FILE} does not have the inputs and outputs its {META_FILE} "
+                "describes; run moe2 export-onnx again"
+            )
         empty = np.zeros((1, a.num_kv_heads, 0, a.head_dim), dtype=np.float32)
         self._empty = [self._value(empty) for _ in range(2 * a.num_layers)]
         self._cache = _Cache([], self._empty)
@@ -142,8 +158,7 @@ class OnnxBackend:
     @property
     def memory_bytes(self) -> int | None:
         """Weights (the graph's size on disk) plus a full context of KV cache."""
-        weights = sum(p.stat().st_size for p in self.folder.glob("model.onnx*"))
-        return weights + self._n_ctx * self.artifact.kv_bytes_per_token
+        return weights_bytes(self.folder) + self._n_ctx * self.artifact.kv_bytes_per_token
 
     @property
     def context_length(self) -> int:

@@ -60,6 +60,20 @@ class OnnxArtifact(BaseModel):
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * 4
 
 
+def io_names(layers: int) -> tuple[list[str], list[str]]:
+    """The graph's input and output names, in order (the module docstring's interface)."""
+    kv = [f"{{}}.{i}.{part}" for i in range(layers) for part in ("key", "value")]
+    return (
+        ["input_ids", "position_ids"] + [n.format("past") for n in kv],
+        ["logits"] + [n.format("present") for n in kv],
+    )
+
+
+def weights_bytes(folder: Path) -> int:
+    """Size of the graph and its weights (``model.onnx``, and external data beside it)."""
+    return sum(p.stat().st_size for p in folder.glob(MODEL_FILE + "*") if p.is_file())
+
+
 def is_export(path: Path) -> bool:
     """A folder that holds (or was meant to hold) an ONNX export."""
     return path.is_dir() and ((path / MODEL_FILE).exists() or (path / META_FILE).exists())

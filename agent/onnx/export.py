@@ -27,6 +27,7 @@ from agent.onnx.artifact import (
     MODEL_FILE,
     TOKENIZER_FILE,
     OnnxArtifact,
+    io_names,
     write_artifact,
 )
 
@@ -114,15 +115,6 @@ def _decoder(model: Any) -> Any:
             return (out.logits, *present)
 
     return Decoder()
-
-
-def io_names(layers: int) -> tuple[list[str], list[str]]:
-    """The graph's input and output names, in order."""
-    kv = [f"{{}}.{i}.{part}" for i in range(layers) for part in ("key", "value")]
-    return (
-        ["input_ids", "position_ids"] + [n.format("past") for n in kv],
-        ["logits"] + [n.format("present") for n in kv],
-    )
 
 
 def export_onnx(

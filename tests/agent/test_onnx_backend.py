@@ -220,3 +220,16 @@ def test_export_cli_refuses_to_overwrite(smollm2_onnx: Path, tmp_path: Path) -> 
     _clean_error(
         moe2("agent", "run", "--expert", f"x={unfinished}"), 2, "not a finished moe2 export-onnx"
     )
+
+
+def test_a_graph_that_disagrees_with_its_description_is_refused(
+    smollm2_onnx: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "mismatch"
+    folder.mkdir()
+    for name in (MODEL_FILE, TOKENIZER_FILE):
+        (folder / name).symlink_to(smollm2_onnx / name)
+    meta = json.loads((smollm2_onnx / META_FILE).read_text())
+    (folder / META_FILE).write_text(json.dumps({**meta, "num_layers": 29}))
+    with pytest.raises(ModelNotFound, match="does not have the inputs and outputs"):
+        OnnxBackend(folder, OnnxOptions(n_ctx=128))
