@@ -3,13 +3,14 @@
 # and an ACL that confines every agent and client to its own topics.
 #
 #   setup-broker.sh --out DIR --fleet NAME [--agent ID ...] [--client NAME ...]
-#                   [--port P (8883)] [--host NAME (localhost)]
+#                   [--port P (8883)] [--host NAME (localhost)] [--dry-run]
 #
 # Writes into DIR: mosquitto.conf, ca.crt and ca.key (the local CA), server.crt and
 # server.key, passwd (hashed with mosquitto_passwd), acl, and credentials.json (0600):
 #   {"controller": {"username", "password"}, "agents": {ID: {...}}, "clients": {NAME: {...}}}
 # Idempotent: a re-run keeps the CA, the server certificate (unless --host changed) and every
-# existing credential, and adds the new identities. Start the broker with
+# existing credential, and adds the new identities. --dry-run says what would be written and
+# changes nothing (on any machine: openssl and Mosquitto are not needed for it). Start it with
 #   mosquitto -c DIR/mosquitto.conf
 set -euo pipefail
 
@@ -17,7 +18,7 @@ prog=$(basename "$0")
 die() { echo "$prog: $*" >&2; exit 1; }
 usage() { sed -n '5,6p' "$0" | sed 's/^# *//' >&2; exit 2; }
 
-out="" fleet="" port=8883 host=localhost
+out="" fleet="" port=8883 host=localhost dry_run=0
 agents=() clients=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,6 +28,7 @@ while [ $# -gt 0 ]; do
     --client) clients+=("${2:?--client needs a name}"); shift 2 ;;
     --port) port=${2:?--port needs a number}; shift 2 ;;
     --host) host=${2:?--host needs a name}; shift 2 ;;
+    --dry-run) dry_run=1; shift ;;
     -h|--help) usage ;;
     *) echo "$prog: unknown option $1" >&2; usage ;;
   esac
@@ -41,6 +43,16 @@ done
 if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
   die "--port must be 1-65535, not '$port'"; fi
 [[ "$host" =~ ^[A-Za-z0-9.:-]+$ ]] || die "--host '$host' is not a host name or address"
+
+if [ "$dry_run" = 1 ]; then
+  keep=$([ -s "$out/ca.key" ] && echo "kept" || echo "created")
+  echo "dry run, nothing written; for fleet $fleet, TLS on port $port, host $host, into $out:"
+  echo "  ca.crt, ca.key ($keep), server.crt, server.key, passwd, acl, mosquitto.conf"
+  echo "  credentials.json (0600): controller, agents: ${agents[*]:-(none new)}," \
+    "clients: ${clients[*]:-(none new)}; existing logins kept"
+  echo "then: mosquitto -c $out/mosquitto.conf"
+  exit 0
+fi
 
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=("openssl (Debian: apt-get install openssl)")
