@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from messages.base import Message, NonNegativeFloat
+from messages.base import DurationS, Message, TotalEnergyJ
 
 
 class Budgets(Message):
-    energy_j: NonNegativeFloat | None = Field(
+    energy_j: TotalEnergyJ | None = Field(
         default=None, description="Energy per query, J (None: unlimited)"
     )
-    delay_s: dict[str, NonNegativeFloat] = Field(
+    delay_s: dict[str, DurationS] = Field(
         default_factory=dict, description="Delay per application category, s"
     )
     top_k: int | None = Field(
-        default=None, ge=1, description="At most this many experts answer each prompt"
+        default=None, ge=1, le=10_000, description="At most this many experts answer each prompt"
     )

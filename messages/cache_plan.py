@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from messages.base import Message, NonNegativeFloat, TopicLevel
+from messages.base import DurationS, Message, TimestampS, TopicLevel
 
 
 class CachePlan(Message):
     placement: dict[TopicLevel, list[TopicLevel]] = Field(
         description="agent_id -> expert ids it keeps loaded; empty: no cache plan in force"
     )
-    expected_latency_s: NonNegativeFloat | None = None
+    expected_latency_s: DurationS | None = None
     algorithm: str
-    time_s: NonNegativeFloat
+    time_s: TimestampS

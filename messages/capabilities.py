@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from messages.base import Message, TopicLevel
+from messages.base import MAX_TOKENS, ByteCount, CpuCount, Message, TopicLevel
 
 BackendName = Literal["llama.cpp", "onnxruntime"]
 PowerSensorKind = Literal["ina3221", "jtop", "nvml", "rapl", "none"]
@@ -17,10 +17,10 @@ class ExpertInfo(Message):
     model: str = Field(description="Model name or path as configured")
     backend: BackendName
     format: Literal["gguf", "onnx"]
-    file_size_bytes: int = Field(ge=0)
-    memory_bytes: int | None = Field(default=None, ge=0, description="Resident size when loaded")
+    file_size_bytes: ByteCount
+    memory_bytes: ByteCount | None = Field(default=None, description="Resident size when loaded")
     quantisation: str | None = None
-    context_length: int = Field(ge=1)
+    context_length: int = Field(ge=1, le=MAX_TOKENS)
     chat_template: bool = Field(
         description="Whether free-text prompts use the model's chat template"
     )
@@ -37,13 +37,13 @@ class AgentCapabilities(Message):
     hostname: str
     platform: str = Field(description="OS and machine, e.g. Linux-aarch64")
     python: str
-    cpu_count: int = Field(ge=1)
-    memory_total_bytes: int = Field(ge=0)
+    cpu_count: CpuCount
+    memory_total_bytes: ByteCount
     accelerator: str | None = None
     power_sensor: PowerSensorKind
     backends: list[BackendName]
     experts: list[ExpertInfo]
-    job_queue_capacity: int = Field(ge=1)
-    expert_memory_budget_bytes: int | None = Field(
-        default=None, ge=0, description="Memory the agent may fill with loaded experts"
+    job_queue_capacity: int = Field(ge=1, le=1_000_000)
+    expert_memory_budget_bytes: ByteCount | None = Field(
+        default=None, description="Memory the agent may fill with loaded experts"
     )

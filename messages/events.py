@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from messages.base import Message, NonNegativeFloat, TopicLevel
+from messages.base import Message, TimestampS, TopicLevel
 
 
 class AgentEvent(Message):
     agent_id: TopicLevel
-    time_s: NonNegativeFloat
+    time_s: TimestampS
     kind: Literal["rejected", "plan_applied", "load_failed", "job_failed"]
     topic: str | None = None
     reason: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from messages.base import Message, NonNegativeFloat, TopicLevel
+from messages.base import Message, TimestampS, TopicLevel
 
 
 class Job(Message):
@@ -19,7 +19,7 @@ class Job(Message):
     timeout_s: float = Field(
         gt=0, le=3600, allow_inf_nan=False, description="From receipt; an expired job is not run"
     )
-    issued_s: NonNegativeFloat
+    issued_s: TimestampS
 
     @model_validator(mode="after")
     def _choices_are_nonempty(self) -> Job:

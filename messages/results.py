@@ -6,20 +6,29 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from messages.base import EnergySource, Message, NonNegativeFloat, Probability, TopicLevel
+from messages.base import (
+    DurationS,
+    EnergyJ,
+    EnergySource,
+    FiniteFloat,
+    Message,
+    Probability,
+    TokenCount,
+    TopicLevel,
+)
 
 
 class LatencyBreakdown(Message):
-    queue_s: NonNegativeFloat = Field(description="Waiting in the agent's job queue")
-    load_s: NonNegativeFloat = Field(description="Loading the expert, when it was not loaded")
-    first_token_s: NonNegativeFloat | None = Field(
+    queue_s: DurationS = Field(description="Waiting in the agent's job queue")
+    load_s: DurationS = Field(description="Loading the expert, when it was not loaded")
+    first_token_s: DurationS | None = Field(
         default=None, description="From start of inference to the first token or choice score"
     )
-    total_s: NonNegativeFloat = Field(description="From receipt to result")
+    total_s: DurationS = Field(description="From receipt to result")
 
 
 class EnergyReading(Message):
-    energy_j: NonNegativeFloat
+    energy_j: EnergyJ
     source: EnergySource
     estimated: bool = Field(description="True when from a power model, not a sensor")
 
@@ -31,11 +40,11 @@ class JobResult(Message):
     ok: bool
     error: str | None = None
     text: str | None = None
-    choice_logprobs: list[float] | None = None
+    choice_logprobs: list[FiniteFloat] | None = None
     choice_probs: list[Probability] | None = None
     finish_reason: Literal["stop", "length", "deadline", "scored"] | None = None
-    prompt_tokens: int = Field(default=0, ge=0)
-    completion_tokens: int = Field(default=0, ge=0)
+    prompt_tokens: TokenCount = 0
+    completion_tokens: TokenCount = 0
     latency: LatencyBreakdown
     energy: EnergyReading | None = None
 

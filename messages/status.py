@@ -6,14 +6,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from messages.base import Message, NonNegativeFloat, TopicLevel
+from messages.base import DurationS, Message, TimestampS, TopicLevel
 
 
 class AgentStatus(Message):
     agent_id: TopicLevel
     state: Literal["online", "offline"]
     version: str
-    time_s: NonNegativeFloat
+    time_s: TimestampS
     keepalive_s: int = Field(ge=1, le=65535)
-    telemetry_interval_s: NonNegativeFloat
+    telemetry_interval_s: DurationS
     reason: str | None = None
