@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from messages.answers import ExpertFailure, ExpertOutput
+from messages.base import MAX_SECONDS, MAX_TOTAL_ENERGY_J
 from messages.results import JobResult
 
 
@@ -28,6 +30,42 @@ class Combined:
 
 def uniform_weights(keys: list[str]) -> dict[str, float]:
     return {k: 1.0 / len(keys) for k in keys} if keys else {}
+
+
+def _finite_sum(values: list[float]) -> float:
+    """The exact sum, or inf where it overflows (``math.fsum`` raises there)."""
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return math.inf
+
+
+def _bounded(value: float, high: float) -> float:
+    """``value`` within [0, high]; NaN counts as 0. For figures the controller measures itself."""
+    return min(max(value, 0.0), high) if value == value else 0.0
+
+
+def normalised_weights(keys: list[str], raw: dict[str, float]) -> dict[str, float]:
+    """``raw`` renormalised over ``keys``; a missing, negative or non-finite weight counts as 0,
+    and uniform weights stand in when nothing positive remains."""
+    clean = {k: w if math.isfinite(w := raw.get(k, 0.0)) and w > 0 else 0.0 for k in keys}
+    total = _finite_sum(list(clean.values()))
+    if not (math.isfinite(total) and total > 0):
+        return uniform_weights(keys)
+    return {k: min(1.0, w / total) for k, w in clean.items()}
+
+
+def total_energy(energies: list[float | None]) -> float | None:
+    """The sum of every expert's energy, or None when any is missing (or there is none).
+
+    Each reading is finite and bounded by the message contract, so ``fsum`` cannot overflow;
+    the sum is capped at the answer's bound (only reachable with over a thousand experts at
+    the largest energy a result may report), so building the answer never fails on it.
+    """
+    if not energies or any(e is None for e in energies):
+        return None
+    total = _finite_sum([e for e in energies if e is not None])
+    return min(total, MAX_TOTAL_ENERGY_J) if math.isfinite(total) else MAX_TOTAL_ENERGY_J
 
 
 def combine(
@@ -78,9 +116,7 @@ def combine(
         )
         ok = [a for a in ok if a.result.text is not None]
     keys = [f"{a.result.expert_id}@{a.result.agent_id}" for a in ok]
-    raw = weights or uniform_weights(keys)
-    total = sum(raw.get(k, 0.0) for k in keys)
-    norm = {k: (raw.get(k, 0.0) / total if total > 0 else 1.0 / len(keys)) for k in keys}
+    norm = normalised_weights(keys, weights) if weights else uniform_weights(keys)
     outputs = [
         ExpertOutput(
             expert_id=a.result.expert_id,
@@ -88,25 +124,27 @@ def combine(
             weight=norm[k],
             text=a.result.text,
             choice_probs=a.result.choice_probs,
-            latency_s=a.latency_s,
+            latency_s=_bounded(a.latency_s, MAX_SECONDS),
             agent_latency_s=a.result.latency.total_s,
-            compute_s=max(0.0, a.result.latency.total_s - a.result.latency.queue_s),
+            compute_s=_bounded(a.result.latency.total_s - a.result.latency.queue_s, MAX_SECONDS),
             completion_tokens=a.result.completion_tokens,
             energy_j=a.result.energy.energy_j if a.result.energy else None,
             energy_source=a.result.energy.source if a.result.energy else None,
         )
         for a, k in zip(ok, keys, strict=True)
     ]
-    energies = [o.energy_j for o in outputs]
-    energy_j = sum(energies) if outputs and all(e is not None for e in energies) else None  # type: ignore[misc]
+    energy_j = total_energy([o.energy_j for o in outputs])
     if not outputs:
         return Combined(None, None, None, [], failed, None)
     if choices is not None:
         mixture = [
             sum(o.weight * (o.choice_probs or [])[i] for o in outputs) for i in range(len(choices))
         ]
-        total_p = sum(mixture)
-        mixture = [p / total_p for p in mixture]
+        total_p = math.fsum(mixture)
+        if total_p > 0:
+            mixture = [min(1.0, p / total_p) for p in mixture]
+        else:
+            mixture = [1.0 / len(choices)] * len(choices)
         best = max(range(len(choices)), key=lambda i: mixture[i])
         return Combined(choices[best], best, mixture, outputs, failed, energy_j)
     # An empty generation never wins over a real one; then weight, then the earliest arrival.

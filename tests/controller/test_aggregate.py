@@ -7,8 +7,24 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from controller.aggregate import Arrival, Combined, combine, uniform_weights
-from messages import EnergyReading, ExpertFailure, JobResult, LatencyBreakdown
+from controller.aggregate import (
+    Arrival,
+    Combined,
+    combine,
+    normalised_weights,
+    total_energy,
+    uniform_weights,
+)
+from messages import (
+    Answer,
+    EnergyReading,
+    ExpertFailure,
+    JobResult,
+    LatencyBreakdown,
+    decode,
+    encode,
+)
+from messages.base import MAX_ENERGY_J, MAX_SECONDS, MAX_TOKENS, MAX_TOTAL_ENERGY_J
 
 CHOICES = ["Mars", "Jupiter", "Venus"]
 
@@ -330,3 +346,110 @@ def test_free_text_result_without_text_is_listed_as_failed() -> None:
     combined = combine(None, [arrive(result("a", "x", probs=[0.5, 0.5]))], [])
     assert combined.experts == []
     assert [f.expert_id for f in combined.failed] == ["a"]
+
+
+# -- extreme but valid values never stop an answer --------------------------------------------
+
+
+def answer_of(combined: Combined) -> Answer:
+    """The answer the controller builds from a combination; raises if it cannot."""
+    status = "ok" if not combined.failed else ("partial" if combined.experts else "failed")
+    answer = Answer(
+        request_id="r-1",
+        status=status,
+        answer=combined.answer,
+        choice_index=combined.choice_index,
+        choice_probs=combined.choice_probs,
+        experts=combined.experts,
+        failed=combined.failed,
+        latency_s=1.0,
+        energy_j=combined.energy_j,
+    )
+    assert decode(Answer, encode(answer)) == answer
+    return answer
+
+
+@pytest.mark.parametrize("choices", [CHOICES, None])
+def test_two_results_at_the_largest_energy_still_give_an_answer(choices: list[str] | None) -> None:
+    probs = [0.2, 0.5, 0.3] if choices else None
+    text = None if choices else "Jupiter"
+    combined = combine(
+        choices,
+        [
+            arrive(result("a", "x", probs=probs, text=text, energy_j=MAX_ENERGY_J)),
+            arrive(result("b", "y", probs=probs, text=text, energy_j=MAX_ENERGY_J)),
+        ],
+        [],
+    )
+    assert combined.energy_j == 2 * MAX_ENERGY_J
+    answer = answer_of(combined)
+    assert answer.status == "ok"
+    assert answer.energy_j == 2 * MAX_ENERGY_J
+    assert answer.answer == "Jupiter"
+
+
+def test_the_energy_sum_is_capped_at_the_answers_bound() -> None:
+    arrivals = [arrive(result(f"e{i}", "x", text="t", energy_j=MAX_ENERGY_J)) for i in range(1001)]
+    combined = combine(None, arrivals, [])
+    assert combined.energy_j == MAX_TOTAL_ENERGY_J
+    assert answer_of(combined).energy_j == MAX_TOTAL_ENERGY_J
+
+
+def test_total_energy() -> None:
+    assert total_energy([]) is None
+    assert total_energy([1.0, None]) is None
+    assert total_energy([0.1] * 10) == 1.0  # fsum: exact where sum() gives 0.9999999999999999
+    assert total_energy([1e308, 1e308]) == MAX_TOTAL_ENERGY_J  # never inf
+
+
+def test_the_largest_latencies_and_token_counts_still_give_an_answer() -> None:
+    res = JobResult(
+        request_id="r-1",
+        expert_id="e",
+        agent_id="a",
+        ok=True,
+        text="t",
+        prompt_tokens=MAX_TOKENS,
+        completion_tokens=MAX_TOKENS,
+        latency=LatencyBreakdown(queue_s=0.0, load_s=MAX_SECONDS, total_s=MAX_SECONDS),
+    )
+    # The controller's own clock can say anything (a suspended laptop): it is clamped.
+    combined = combine(None, [arrive(res, latency_s=1e9)], [])
+    (output,) = combined.experts
+    assert output.latency_s == MAX_SECONDS
+    assert output.compute_s == MAX_SECONDS
+    assert answer_of(combined).experts[0].completion_tokens == MAX_TOKENS
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        {"a@x": math.inf, "b@y": 1.0},
+        {"a@x": math.nan, "b@y": math.nan},
+        {"a@x": 1e308, "b@y": 1e308},
+        {"a@x": -1.0, "b@y": 0.0},
+    ],
+    ids=["inf", "nan", "overflowing-total", "negative"],
+)
+def test_weights_that_are_not_finite_and_positive_never_break_the_answer(
+    weights: dict[str, float],
+) -> None:
+    combined = combine(
+        CHOICES,
+        [
+            arrive(result("a", "x", probs=[0.1, 0.8, 0.1])),
+            arrive(result("b", "y", probs=[0.1, 0.7, 0.2])),
+        ],
+        [],
+        weights,
+    )
+    got = weights_of(combined)
+    assert all(0.0 <= w <= 1.0 for w in got.values())
+    assert math.fsum(got.values()) == pytest.approx(1.0)
+    assert answer_of(combined).answer == "Jupiter"
+
+
+def test_normalised_weights() -> None:
+    assert normalised_weights(["a", "b"], {"a": 3.0, "b": 1.0}) == {"a": 0.75, "b": 0.25}
+    assert normalised_weights(["a", "b"], {"a": math.inf, "b": 1.0}) == {"a": 0.0, "b": 1.0}
+    assert normalised_weights(["a", "b"], {}) == {"a": 0.5, "b": 0.5}
