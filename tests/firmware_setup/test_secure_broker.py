@@ -1,7 +1,9 @@
 """setup-broker.sh's Mosquitto: TLS, a login per identity, and an ACL that holds.
 
-Mosquitto is started with the generated config; paho clients check what the ACL refuses, and
-a controller, an agent and `moe2 ask` run end to end over TLS with their own credentials.
+Mosquitto is started with the generated config; paho clients check what the ACL refuses, that
+no login can take over the controller's or an agent's session, that oversize packets are cut
+off where messages.routes says, and a controller, an agent and `moe2 ask` run end to end over
+TLS with their own credentials (controller and agent on the fleet port, ask on the client port).
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from messages.routes import (
+    BROKER_MAX_PACKET_BYTES,
+    PacketTooLargeError,
+    check_publish,
+    publish_packet_size,
+)
 from moe2.broker import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +49,8 @@ pytestmark = pytest.mark.skipif(
 @dataclass
 class SecureBroker:
     out: Path
-    port: int
+    port: int  # the fleet port: controller and agents, client id = login
+    client_port: int  # clients, client ids moe2-...
     creds: dict[str, Any]
 
     @property
@@ -68,12 +77,16 @@ def broker() -> Iterator[SecureBroker]:
     base.chmod(0o755)
     out = base / "broker"
     port = free_port()
+    client_port = free_port()
+    while client_port == port:
+        client_port = free_port()
     args = ["--fleet", FLEET, "--agent", "a1", "--client", "c1", "--port", str(port)]
+    args += ["--client-port", str(client_port)]
     run_setup(out, *args)
     first = json.loads((out / "credentials.json").read_text())
     ca_before = (out / "ca.crt").read_bytes()
     # A re-run with more identities keeps every existing credential and the CA.
-    run_setup(out, *args, "--agent", "a2", "--client", "c2")
+    run_setup(out, *args, "--agent", "a2", "--client", "c2", "--standby", "ctl2")
     creds = json.loads((out / "credentials.json").read_text())
     assert creds["agents"]["a1"] == first["agents"]["a1"]
     assert creds["clients"]["c1"] == first["clients"]["c1"]
@@ -82,12 +95,16 @@ def broker() -> Iterator[SecureBroker]:
     assert (out / "ca.crt").read_bytes() == ca_before
     assert (out / "credentials.json").stat().st_mode & 0o777 == 0o600
     assert (out / "ca.key").stat().st_mode & 0o777 == 0o600
+    conf = (out / "mosquitto.conf").read_text()
+    assert "max_packet_size 1048576\n" in conf and "persistence true\n" in conf
+    assert conf.count("use_username_as_clientid true") == 1  # the fleet port only
     log = open(base / "mosquitto.log", "ab")  # noqa: SIM115 - closed below
     conf = str(out / "mosquitto.conf")
     proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=log, stderr=log)
     try:
         wait_for_port(port, 10)
-        yield SecureBroker(out, port, creds)
+        wait_for_port(client_port, 10)
+        yield SecureBroker(out, port, client_port, creds)
     finally:
         proc.terminate()
         try:
@@ -99,12 +116,23 @@ def broker() -> Iterator[SecureBroker]:
 
 
 class Client:
-    """A paho client over TLS that records what it receives."""
+    """A paho client over TLS that records what it receives and when it is disconnected.
 
-    def __init__(self, broker: SecureBroker, who: str | None) -> None:
+    The controller and agents connect to the fleet port, clients to the client port, unless
+    ``port`` says otherwise; client ids start with moe2-, as the broker requires.
+    """
+
+    def __init__(
+        self,
+        broker: SecureBroker,
+        who: str | None,
+        *,
+        client_id: str | None = None,
+        port: int | None = None,
+    ) -> None:
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"t-{uuid.uuid4().hex[:8]}",
+            client_id=client_id or f"moe2-t-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5,
         )
         self.client.tls_set(ca_certs=broker.ca)
@@ -112,16 +140,24 @@ class Client:
             self.client.username_pw_set(*broker.login(who))
         self.received: list[tuple[str, bytes]] = []
         self.reason: Any = None
+        self.disconnects: list[Any] = []
         self.connected = threading.Event()
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda c, u, f, reason, p: self.disconnects.append(reason)
         self.client.on_message = lambda c, u, m: self.received.append((m.topic, m.payload))
-        self.client.connect("localhost", broker.port)
+        if port is None:
+            port = broker.client_port if (who or "").startswith("clients:") else broker.port
+        self.client.connect("localhost", port)
         self.client.loop_start()
         self.connected.wait(10)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.reason = reason
         self.connected.set()
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is not None and not self.reason.is_failure
 
     def subscribe(self, topic: str) -> Client:
         self.client.subscribe(topic, qos=1)
@@ -143,8 +179,8 @@ class Client:
 def clients(broker: SecureBroker) -> Iterator[Any]:
     made: list[Client] = []
 
-    def make(who: str | None) -> Client:
-        made.append(Client(broker, who))
+    def make(who: str | None, **how: Any) -> Client:
+        made.append(Client(broker, who, **how))
         return made[-1]
 
     yield make
@@ -238,12 +274,104 @@ def test_client_cannot_read_another_clients_replies(clients: Any) -> None:
     assert c1.received == []
 
 
-def moe2_env(broker: SecureBroker, who: str) -> dict[str, str]:
+def test_no_other_login_can_take_over_an_agents_session(broker: SecureBroker, clients: Any) -> None:
+    # The agent asks for its usual id; on the fleet port the broker makes it the login, "a1".
+    a1 = clients("agents:a1", client_id="moe2-agent-a1").subscribe(topic("agents/a1/jobs"))
+    assert a1.accepted
+    # A client that reuses the agent's id connects on its own port, under a different id...
+    impostor = clients("clients:c1", client_id="moe2-agent-a1")
+    assert impostor.accepted
+    # ...and cannot claim the id the agent really has: every id on the client port starts
+    # with moe2-, and the client's login does not open the fleet port at all.
+    for who, client_id, port in [
+        ("clients:c1", "a1", broker.client_port),
+        ("controller", "a1", broker.client_port),
+        ("clients:c1", "moe2-agent-a1", broker.port),
+        ("clients:c1", "a1", broker.port),
+    ]:
+        refused = clients(who, client_id=client_id, port=port)
+        assert not refused.accepted, (who, client_id, port)
+    # Another agent's login on the fleet port gets its own name as id, whatever it asks for.
+    a2 = clients("agents:a2", client_id="moe2-agent-a1")
+    assert a2.accepted
+    time.sleep(0.5)
+    assert a1.disconnects == []  # a1 kept its connection throughout
+    clients("controller").publish(topic("agents/a1/jobs"), b"a job")
+    time.sleep(0.5)
+    assert a1.received == [(topic("agents/a1/jobs"), b"a job")]  # and is still served
+
+
+def test_no_other_login_can_take_over_the_controllers_session(
+    broker: SecureBroker, clients: Any
+) -> None:
+    controller = clients("controller", client_id="moe2-controller-1234").subscribe(
+        topic("prompts/text")
+    )
+    assert controller.accepted
+    # A hot-standby controller has a login of its own, so it connects beside the active one.
+    standby = clients("standby:ctl2", client_id="moe2-controller-1234")
+    assert standby.accepted
+    assert not clients("clients:c1", client_id="controller").accepted
+    assert not clients("agents:a1", client_id="controller", port=broker.client_port).accepted
+    # An operator tool with the controller's login connects on the client port beside it.
+    tool = clients("controller", client_id="moe2-controller-1234", port=broker.client_port)
+    assert tool.accepted
+    clients("clients:c1").publish(topic("prompts/text"), b"still there?")
+    time.sleep(0.5)
+    assert controller.disconnects == [] and tool.disconnects == [] and standby.disconnects == []
+    assert controller.topics() == [topic("prompts/text")]
+
+
+def test_one_client_login_may_hold_many_connections(clients: Any) -> None:
+    # `moe2 ask` runs many times at once with one login: no connection evicts another.
+    asks = [clients("clients:c1").subscribe(topic(f"replies/c1/r{i}")) for i in range(3)]
+    controller = clients("controller")
+    for i in range(3):
+        controller.publish(topic(f"replies/c1/r{i}"), b"answer")
+    time.sleep(0.5)
+    assert [a.topics() for a in asks] == [[topic(f"replies/c1/r{i}")] for i in range(3)]
+    assert all(a.disconnects == [] for a in asks)
+
+
+def test_a_second_connection_of_one_agent_login_replaces_the_first(clients: Any) -> None:
+    # One identity, one session on the fleet port: a restarted agent displaces its old self.
+    old = clients("agents:a2")
+    new = clients("agents:a2")
+    time.sleep(0.5)
+    assert new.accepted and new.disconnects == []
+    assert old.disconnects, "the older connection of the same login was not replaced"
+    old.client.loop_stop()  # it would reconnect and displace the new one in turn
+
+
+def test_packets_over_the_limit_cut_the_sender_off_where_check_publish_says(
+    broker: SecureBroker, clients: Any
+) -> None:
+    controller = clients("controller")
+    c1 = clients("clients:c1").subscribe(topic("replies/c1/big"))
+    name = topic("replies/c1/big")
+    fits = b"x" * (BROKER_MAX_PACKET_BYTES - publish_packet_size(name, b""))
+    assert check_publish(name, fits) == BROKER_MAX_PACKET_BYTES
+    controller.publish(name, fits)
+    time.sleep(1)
+    assert [len(p) for t, p in c1.received] == [len(fits)]
+    assert controller.disconnects == []
+    too_big = b"x" * BROKER_MAX_PACKET_BYTES
+    with pytest.raises(PacketTooLargeError):
+        check_publish(name, too_big)
+    sender = clients("controller", port=broker.client_port)  # not displacing `controller`
+    sender.client.publish(name, too_big, qos=1)
+    time.sleep(1)
+    assert sender.disconnects, "the broker took a packet over max_packet_size"
+    assert len(c1.received) == 1
+    sender.client.loop_stop()
+
+
+def moe2_env(broker: SecureBroker, who: str, port: int | None = None) -> dict[str, str]:
     username, password = broker.login(who)
     return dict(
         os.environ,
         PYTHONUNBUFFERED="1",
-        MOE2_BROKER=f"mqtts://localhost:{broker.port}",
+        MOE2_BROKER=f"mqtts://localhost:{port or broker.client_port}",
         MOE2_FLEET=FLEET,
         MOE2_CA_FILE=broker.ca,
         MOE2_USERNAME=username,
@@ -268,7 +396,7 @@ def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None
     procs = {
         "controller": subprocess.Popen(
             [sys.executable, "-m", "moe2", "controller", "run"],
-            env=moe2_env(broker, "controller"),
+            env=moe2_env(broker, "controller", broker.port),
             stdout=logs["controller"],
             stderr=subprocess.STDOUT,
         ),
@@ -318,7 +446,8 @@ def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None
         c2_file = tmp_path / "c2.password"
         c2_file.write_text(c2_password + "\n")
         by_flags = subprocess.run(
-            [sys.executable, "-m", "moe2", "ask", "--broker", f"mqtts://localhost:{broker.port}"]
+            [sys.executable, "-m", "moe2", "ask"]
+            + ["--broker", f"mqtts://localhost:{broker.client_port}"]
             + ["--fleet", FLEET, "--username", c2_user, "--password-file", str(c2_file)]
             + ["--ca-file", broker.ca, "--json", "--max-tokens", "4", "Say hi."],
             env=agent_env,
