@@ -197,10 +197,14 @@ for agent_id, u in sorted(creds["agents"].items()):
     acl += [f"topic read {p}/agents/{agent_id}/{t}" for t in ("plan", "jobs", "cancel")]
     acl += [""]
 for client, u in sorted(creds["clients"].items()):
+    # clients/{login}/prompts: a prompt topic only this login may publish on, so whoever
+    # reads it knows the asker's login (MQTT does not tell a subscriber who published).
     acl += [f"# client {client}: prompts; reads only the replies under its own name",
             f"user {u['username']}",
             f"topic write {p}/prompts",
             f"topic write {p}/prompts/text",
+            f"topic write {p}/clients/{u['username']}/prompts",
+            f"topic write {p}/clients/{u['username']}/prompts/text",
             f"topic read {p}/replies/{u['username']}/#",
             f"topic read {p}/controller/status",
             f"topic read {p}/controllers/+/status",

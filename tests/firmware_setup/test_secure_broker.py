@@ -274,6 +274,18 @@ def test_client_cannot_read_another_clients_replies(clients: Any) -> None:
     assert c1.received == []
 
 
+def test_a_client_publishes_prompts_only_under_its_own_login(clients: Any) -> None:
+    # The topic a prompt arrives on names the asker's login: c1 cannot pose as c2.
+    controller = clients("controller").subscribe(topic("clients/#"))
+    c1 = clients("clients:c1")
+    c1.publish(topic("clients/c1/prompts"), b"mine")
+    c1.publish(topic("clients/c1/prompts/text"), b"mine too")
+    c1.publish(topic("clients/c2/prompts"), b"posing as c2")
+    c1.publish(topic("clients/c2/prompts/text"), b"posing as c2")
+    time.sleep(0.5)
+    assert controller.topics() == [topic("clients/c1/prompts"), topic("clients/c1/prompts/text")]
+
+
 def test_no_other_login_can_take_over_an_agents_session(broker: SecureBroker, clients: Any) -> None:
     # The agent asks for its usual id; on the fleet port the broker makes it the login, "a1".
     a1 = clients("agents:a1", client_id="moe2-agent-a1").subscribe(topic("agents/a1/jobs"))
