@@ -40,6 +40,9 @@ def result_table(result: SelectionResult) -> Table:
         for category, delay in result.delay_s.items():
             table.add_row(f"delay s ({category})", f"{delay:.4g}")
     table.add_row("optimal (proven)", "yes" if result.optimal else "no")
+    if result.bound is not None and result.gap is not None:
+        table.add_row("lower bound", f"{result.bound:.6f}")
+        table.add_row("gap", f"{100 * result.gap:.2f} %")
     table.add_row("subsets evaluated", str(result.subsets_evaluated))
     if result.monotonicity_violations is not None:
         table.add_row("monotonicity violations", str(result.monotonicity_violations))
@@ -71,6 +74,13 @@ def select(
         ),
     ] = "moe2",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random baseline")] = 0,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--time-limit",
+            help="Seconds for moe2: then the best set found, with its proven gap and bound",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result object as JSON")
     ] = False,
@@ -85,6 +95,8 @@ def select(
 
     if algorithm not in ALGORITHMS:
         fail(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+    if time_limit is not None and not time_limit > 0:
+        fail(f"--time-limit must be positive, not {time_limit}")
     if (instance is None) == (profile is None):
         fail("give either --instance FILE or --profile FILE --gate FILE")
     try:
@@ -94,7 +106,7 @@ def select(
             problem = _from_profile(profile, gate, energy_j, delay_s or [], top_k, split)  # type: ignore[arg-type]
             if write_instance is not None:
                 write_instance.write_text(problem.model_dump_json(indent=1))
-        result = solve(problem, algorithm, seed=seed)
+        result = solve(problem, algorithm, seed=seed, time_limit_s=time_limit)
     except SelectionInstanceError as exc:
         fail(str(exc))
     if as_json:

@@ -4,11 +4,15 @@ force, and per prompt the gate weights, top-k and the prompt's own tighter budge
 from __future__ import annotations
 
 import math
+import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from controller.selection.instance import SelectionInstance, parse_instance
-from controller.selection.solver import SelectionResult, solve
+from controller.selection.loss import Evaluator
+from controller.selection.search import TIE_TOL, AnytimeSearch
+from controller.selection.solver import SelectionResult, search_result
 from messages.budgets import Budgets
 
 if TYPE_CHECKING:  # torch is imported only when a gate is loaded
@@ -42,11 +46,33 @@ class Dispatch:
     weights: dict[str, float]
 
 
+_SearchKey = tuple[float | None, tuple[tuple[str, float], ...], int | None, tuple[str, ...]]
+
+
 class LiveSelection:
-    def __init__(self, gated: GatedProfile, aggregation_delay_s: float = 0.0) -> None:
+    """The controller's selection: plans within ``time_limit_s``, improved in the background.
+
+    ``solve`` returns within about ``time_limit_s`` (plus building the instance): the optimal set,
+    or the best found with ``optimal`` false and its proven ``gap`` and ``bound``. The search is
+    kept: ``improve`` resumes it for another slice and returns a better (or newly proven) result,
+    or None. Both may be called from different threads; they run one at a time.
+    """
+
+    def __init__(
+        self,
+        gated: GatedProfile,
+        aggregation_delay_s: float = 0.0,
+        time_limit_s: float | None = 1.0,
+    ) -> None:
+        if time_limit_s is not None and not time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be positive, not {time_limit_s}")
         self.gated = gated
         self.aggregation_delay_s = aggregation_delay_s
+        self.time_limit_s = time_limit_s
         self.categories = sorted({c for cost in gated.costs.values() for c in cost.delay_s})
+        self._lock = threading.Lock()
+        self._search: AnytimeSearch | None = None
+        self._search_key: _SearchKey | None = None
 
     @property
     def expert_keys(self) -> list[str]:
@@ -60,11 +86,61 @@ class LiveSelection:
             )
 
     def solve(self, budgets: Budgets, online: set[str]) -> SelectionResult:
-        """The optimal set among the online experts; BudgetError when none fits."""
+        """The best set among the online experts found within ``time_limit_s`` (optimal when
+        the search ends in time); BudgetError when none fits."""
+        started = time.perf_counter()
+        key, instance = self._problem(budgets, online)
+        with self._lock:
+            search = AnytimeSearch(Evaluator(instance))
+            deadline = None if self.time_limit_s is None else started + self.time_limit_s
+            result = search_result(search, "moe2", started, deadline)
+            self._search, self._search_key = search, key
+        if not result.feasible:
+            raise BudgetError("no online expert fits the budgets")
+        return result
+
+    def improve(
+        self,
+        budgets: Budgets,
+        online: set[str],
+        previous: SelectionResult,
+        time_limit_s: float,
+    ) -> SelectionResult | None:
+        """Search ``time_limit_s`` more for the plan ``previous`` answered; the result when it
+        has a lower loss or is now proven optimal, else None (also when ``previous`` was
+        already optimal). Resumes the search of the last ``solve`` for the same budgets and
+        online experts; otherwise starts one from ``previous``'s experts."""
+        if previous.optimal or not previous.feasible or previous.loss is None:
+            return None
+        started = time.perf_counter()
+        key, instance = self._problem(budgets, online)
+        with self._lock:
+            search = self._search if key == self._search_key else None
+            if search is None:
+                ids = [e.id for e in instance.experts]
+                seed = [ids.index(k) for k in previous.selected if k in ids]
+                search = AnytimeSearch(Evaluator(instance), seeds=[seed] if seed else [])
+                self._search, self._search_key = search, key
+            if search.complete and search.tracker.best >= previous.loss - TIE_TOL:
+                return None
+            result = search_result(search, "moe2", started, started + time_limit_s)
+        if not result.feasible or result.loss is None:
+            return None
+        if result.loss < previous.loss - TIE_TOL or result.optimal:
+            return result
+        return None
+
+    def _problem(self, budgets: Budgets, online: set[str]) -> tuple[_SearchKey, SelectionInstance]:
         self.check(budgets)
         available = [k for k in self.expert_keys if k in online]
         if not available:
             raise BudgetError("no expert of the gate is online")
+        key: _SearchKey = (
+            budgets.energy_j,
+            tuple(sorted(budgets.delay_s.items())),
+            budgets.top_k,
+            tuple(available),
+        )
         energy = budgets.energy_j
         if energy is None:
             energy = sum(c.energy_j for c in self.gated.costs.values()) + 1.0
@@ -77,10 +153,7 @@ class LiveSelection:
         )
         if len(available) < len(self.expert_keys):
             instance = restrict_instance(instance, available)
-        result = solve(instance, "moe2")
-        if not result.feasible:
-            raise BudgetError("no online expert fits the budgets")
-        return result
+        return key, instance
 
     def dispatch(
         self,

@@ -10,6 +10,8 @@
   the largest one, so the result is the exhaustive optimum even where the loss is not monotone.
   With ``top_k`` below the number of experts the bound does not hold for top-k mixtures and the
   solver enumerates every feasible set (pruning only on budgets, with a bound on the top-k costs).
+  The search (``search.AnytimeSearch``) starts from greedy plus local search and honours
+  ``time_limit_s``: past it, the best set found with a proven lower bound and relative gap.
 * ``exhaustive``: every non-empty feasible set (budget pruning only).
 * ``greedy``: best feasible single expert, then the addition with the largest loss decrease per
   joule while it fits and lowers the loss.
@@ -26,24 +28,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.selection.instance import SelectionInstance
-from controller.selection.loss import BoolArray, Evaluator, FloatArray
+from controller.selection.loss import MIN_PROB, Evaluator, FloatArray
+from controller.selection.search import TIE_TOL, AnytimeSearch, topk_walk
+from controller.selection.search import Tracker as _Tracker
 
 Algorithm = Literal["moe2", "exhaustive", "greedy", "random", "best_single", "uniform"]
 ALGORITHMS: tuple[str, ...] = ("moe2", "exhaustive", "greedy", "random", "best_single", "uniform")
-
-# Losses this close are a tie (then fewer experts, lower energy, lower indices win).
-TIE_TOL = 1e-12
-# A node is pruned only when its bound exceeds the incumbent by more than this: rounding in the
-# bound can never cut off a set that ties with or beats the incumbent.
-PRUNE_MARGIN = 1e-9
 
 
 class SelectionResult(BaseModel):
@@ -64,113 +61,17 @@ class SelectionResult(BaseModel):
     )
     algorithm: str
     runtime_s: float
-
-
-@dataclass
-class _Tracker:
-    """Counts evaluations and keeps every set within TIE_TOL of the best loss seen."""
-
-    ev: Evaluator
-    evaluated: int = 0
-    violations: int = 0
-    best: float = math.inf
-    pool: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)
-
-    def evaluate(self, idx: Sequence[int], parent_loss: float | None = None) -> float:
-        loss = self.ev.loss(np.asarray(idx, dtype=np.intp))
-        self.evaluated += 1
-        if parent_loss is not None and loss > parent_loss + TIE_TOL:
-            self.violations += 1
-        self.consider(tuple(idx), loss)
-        return loss
-
-    def consider(self, idx: tuple[int, ...], loss: float) -> None:
-        if loss > self.best + TIE_TOL:
-            return
-        if loss < self.best:
-            self.best = loss
-            self.pool = [(x, s) for x, s in self.pool if x <= loss + TIE_TOL]
-        self.pool.append((loss, idx))
-
-    def winner(self) -> tuple[int, ...] | None:
-        tied = [s for x, s in self.pool if x <= self.best + TIE_TOL]
-        return min(tied, key=lambda s: _tie_key(self.ev, s), default=None)
-
-
-def _tie_key(ev: Evaluator, idx: tuple[int, ...]) -> tuple[int, float, tuple[int, ...]]:
-    return (len(idx), ev.energy_j(np.asarray(idx, dtype=np.intp)), idx)
+    gap: float | None = Field(
+        default=None,
+        description="Proven relative gap (loss - bound) / loss: 0 when optimal; null when unknown",
+    )
+    bound: float | None = Field(
+        default=None, description="Proven lower bound on the optimal loss (moe2, exhaustive)"
+    )
 
 
 def _feasible_singles(ev: Evaluator) -> list[int]:
     return [n for n in range(ev.n_experts) if ev.fits([n])]
-
-
-# ---- branch and bound -----------------------------------------------------------------------
-
-
-@dataclass
-class _Node:
-    members: list[int]  # instance indices of F, in search order
-    num: FloatArray  # per sample, sum of w q over F
-    den: FloatArray  # per sample, sum of w over F
-    energy_j: float
-    delay_s: FloatArray  # per category, max over F (aggregation not included)
-    mask: BoolArray  # F as a mask over experts
-    loss: float | None
-
-
-def _branch_and_bound(ev: Evaluator, tracker: _Tracker, single_loss: dict[int, float]) -> None:
-    order = sorted(single_loss, key=lambda n: (single_loss[n], ev.energy[n], n))
-    n_cat = len(ev.categories)
-    root = _Node(
-        members=[],
-        num=np.zeros(ev.n_samples),
-        den=np.zeros(ev.n_samples),
-        energy_j=0.0,
-        delay_s=np.zeros(n_cat),
-        mask=np.zeros(ev.n_experts, dtype=bool),
-        loss=None,
-    )
-
-    def expand(node: _Node, candidates: list[int]) -> None:
-        hopeless = False  # the last child could not beat the incumbent
-        for j, u in enumerate(candidates):
-            if hopeless:
-                # F plus any subset of the remaining candidates: when that cannot win, stop here.
-                suffix = np.zeros(ev.n_experts, dtype=bool)
-                suffix[candidates[j:]] = True
-                if ev.bound_from_sums(node.num, node.den, node.mask, suffix) > cutoff():
-                    return
-            energy = node.energy_j + ev.energy[u]
-            delay = np.maximum(node.delay_s, ev.delay[u])
-            rest = np.asarray(candidates[j + 1 :], dtype=np.intp)
-            if len(rest):
-                ok = ev.fits_plain(energy + ev.energy[rest], np.maximum(delay, ev.delay[rest]))
-                rest = rest[ok]
-            num = node.num + ev.weighted_gold[:, u]
-            den = node.den + ev.weights[:, u]
-            mask = node.mask.copy()
-            mask[u] = True
-            if len(rest):
-                undecided = np.zeros(ev.n_experts, dtype=bool)
-                undecided[rest] = True
-                hopeless = ev.bound_from_sums(num, den, mask, undecided) > cutoff()
-                if hopeless:
-                    continue
-            members = [*node.members, u]
-            if len(members) == 1:
-                loss = single_loss[u]
-            else:
-                loss = tracker.evaluate(sorted(members), node.loss)
-            if len(rest):
-                expand(_Node(members, num, den, energy, delay, mask, loss), [int(r) for r in rest])
-            else:
-                hopeless = loss > cutoff()
-
-    def cutoff() -> float:
-        return tracker.best + PRUNE_MARGIN
-
-    expand(root, order)
 
 
 # ---- enumeration ----------------------------------------------------------------------------
@@ -199,26 +100,6 @@ def _enumerate_plain(ev: Evaluator, tracker: _Tracker, singles: list[int]) -> No
     expand([], 0.0, np.zeros(len(ev.categories)), None, singles)
 
 
-def _enumerate_topk(ev: Evaluator, tracker: _Tracker) -> None:
-    """Every feasible set under top_k; costs are not monotone, so prune on their lower bound."""
-    n = ev.n_experts
-
-    def expand(members: list[int], mask: BoolArray, parent: float | None, start: int) -> None:
-        for u in range(start, n):
-            child_mask = mask.copy()
-            child_mask[u] = True
-            undecided = np.zeros(n, dtype=bool)
-            undecided[u + 1 :] = True
-            energy, delay = ev.topk_cost_bound(child_mask, undecided)
-            if not ev.fits_plain(energy, delay):
-                continue
-            child = [*members, u]
-            loss = tracker.evaluate(child, parent) if ev.fits(child) else None
-            expand(child, child_mask, loss, u + 1)
-
-    expand([], np.zeros(n, dtype=bool), None, 0)
-
-
 # ---- the algorithms -------------------------------------------------------------------------
 
 
@@ -228,21 +109,29 @@ class _Outcome:
     evaluated: int
     optimal: bool
     violations: int | None = None
+    bound: float | None = None  # proven lower bound on the optimal loss, when known
 
 
-def _exact(ev: Evaluator, algorithm: str) -> _Outcome:
+def _exhaustive(ev: Evaluator) -> _Outcome:
     tracker = _Tracker(ev)
     singles = _feasible_singles(ev)
     if not singles:
         return _Outcome(None, 0, False, 0)
     if ev.top_k is not None:
-        _enumerate_topk(ev, tracker)
-    elif algorithm == "exhaustive":
-        _enumerate_plain(ev, tracker, singles)
+        for _ in topk_walk(ev, tracker):
+            pass
     else:
-        single_loss = {n: tracker.evaluate([n]) for n in singles}
-        _branch_and_bound(ev, tracker, single_loss)
-    return _Outcome(tracker.winner(), tracker.evaluated, True, tracker.violations)
+        _enumerate_plain(ev, tracker, singles)
+    return _Outcome(tracker.winner(), tracker.evaluated, True, tracker.violations, tracker.best)
+
+
+def _moe2(search: AnytimeSearch, deadline: float | None) -> _Outcome:
+    complete = search.run(deadline)
+    tracker = search.tracker
+    selected = tracker.winner()
+    if selected is None:
+        return _Outcome(None, tracker.evaluated, False, tracker.violations)
+    return _Outcome(selected, tracker.evaluated, complete, tracker.violations, search.lower_bound())
 
 
 def _best_single(ev: Evaluator) -> _Outcome:
@@ -303,28 +192,69 @@ def _random(ev: Evaluator, seed: int) -> _Outcome:
 
 
 def solve(
-    instance: SelectionInstance, algorithm: str = "moe2", *, seed: int = 0
+    instance: SelectionInstance,
+    algorithm: str = "moe2",
+    *,
+    seed: int = 0,
+    time_limit_s: float | None = None,
 ) -> SelectionResult:
-    """Choose experts under the instance's budgets with ``algorithm`` (see ``ALGORITHMS``)."""
+    """Choose experts under the instance's budgets with ``algorithm`` (see ``ALGORITHMS``).
+
+    ``time_limit_s`` bounds ``moe2`` (and ``uniform``, which runs it): when the search has not
+    ended by then, the best set found is returned with ``optimal`` false and the proven ``bound``
+    and ``gap``. Other algorithms ignore it.
+    """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+    if time_limit_s is not None and not time_limit_s > 0:
+        raise ValueError(f"time_limit_s must be positive, not {time_limit_s}")
     started = time.perf_counter()
     ev = Evaluator(instance)
+    if algorithm in ("moe2", "uniform"):
+        search = AnytimeSearch(ev)
+        deadline = None if time_limit_s is None else started + time_limit_s
+        return search_result(search, algorithm, started, deadline)
     scoring = ev
-    if algorithm in ("moe2", "exhaustive"):
-        outcome = _exact(ev, algorithm)
-    elif algorithm == "uniform":
-        searched = _exact(ev, "moe2")
-        scoring = Evaluator(instance, uniform=True)
-        evaluated = searched.evaluated + (searched.selected is not None)
-        outcome = _Outcome(searched.selected, evaluated, False)
+    if algorithm == "exhaustive":
+        outcome = _exhaustive(ev)
     elif algorithm == "greedy":
         outcome = _greedy(ev)
     elif algorithm == "random":
         outcome = _random(ev, seed)
     else:
         outcome = _best_single(ev)
+    return _result(ev, scoring, outcome, algorithm, started)
 
+
+def search_result(
+    search: AnytimeSearch,
+    algorithm: str,
+    started: float,
+    deadline: float | None,
+) -> SelectionResult:
+    """Run (or resume) a moe2 search until ``deadline`` and describe where it stands.
+
+    ``uniform`` scores the set found with equal weights (and is never called optimal).
+    """
+    ev = search.ev
+    outcome = _moe2(search, deadline)
+    if algorithm == "uniform":
+        scoring = Evaluator(ev.instance, uniform=True)
+        evaluated = outcome.evaluated + (outcome.selected is not None)
+        return _result(
+            ev, scoring, _Outcome(outcome.selected, evaluated, False), algorithm, started
+        )
+    return _result(ev, ev, outcome, algorithm, started)
+
+
+def _result(
+    ev: Evaluator,
+    scoring: Evaluator,
+    outcome: _Outcome,
+    algorithm: str,
+    started: float,
+) -> SelectionResult:
+    instance = ev.instance
     if outcome.selected is None:
         return SelectionResult(
             selected=[],
@@ -341,9 +271,16 @@ def solve(
         )
     idx = np.asarray(outcome.selected, dtype=np.intp)
     delay = ev.delay_s(idx)
+    loss = scoring.loss(idx)
+    gap, bound = None, None
+    if outcome.optimal:
+        gap, bound = 0.0, loss
+    elif outcome.bound is not None:
+        bound = min(outcome.bound, loss)
+        gap = (loss - bound) / max(abs(loss), MIN_PROB)
     return SelectionResult(
         selected=[instance.experts[n].id for n in idx],
-        loss=scoring.loss(idx),
+        loss=loss,
         accuracy=scoring.accuracy(idx),
         energy_j=ev.energy_j(idx),
         delay_s={c: float(d) for c, d in zip(ev.categories, delay, strict=True)},
@@ -353,4 +290,6 @@ def solve(
         monotonicity_violations=outcome.violations,
         algorithm=algorithm,
         runtime_s=time.perf_counter() - started,
+        gap=gap,
+        bound=bound,
     )

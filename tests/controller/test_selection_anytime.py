@@ -1,0 +1,189 @@
+"""The anytime moe2 search: exact when it completes, a true lower bound when it stops early, a
+time limit that holds, the solver it replaces matched, and live re-plans of a 64-expert fleet."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from controller.selection import SelectionInstance, parse_instance, solve
+from controller.selection.legacy import legacy_moe2
+from controller.selection.live import LiveSelection
+from controller.selection.loss import Evaluator
+from controller.selection.search import AnytimeSearch
+from messages.budgets import Budgets
+from tests.controller.test_selection import instance_data, moe2, random_instance, write
+
+
+def test_a_completed_search_equals_the_exhaustive_optimum() -> None:
+    rng = np.random.default_rng(20261202)
+    for i in range(60):
+        budget = ("tight", "loose", "none")[i % 3]
+        logits = ("noise", "informative", "adversarial")[i % 4 % 3]
+        instance = random_instance(rng, int(rng.integers(3, 13)), budget=budget, logits=logits)
+        result = solve(instance, "moe2", time_limit_s=30.0)
+        exhaustive = solve(instance, "exhaustive")
+        assert result.optimal and result.gap == 0.0 and result.bound == result.loss
+        assert result.selected == exhaustive.selected, (i, result, exhaustive)
+        assert result.loss == exhaustive.loss
+        assert exhaustive.gap == 0.0 and exhaustive.bound == exhaustive.loss
+
+
+def test_the_bound_is_a_true_lower_bound_wherever_the_search_stops() -> None:
+    """Stopped after every node (a deadline already past), up to N = 14."""
+    rng = np.random.default_rng(14)
+    stops = 0
+    for i in range(8):
+        n = (10, 12, 14, 14)[i % 4]
+        instance = random_instance(rng, n, budget=("loose", "none")[i % 2], logits="noise")
+        optimum = solve(instance, "exhaustive")
+        assert optimum.loss is not None
+        search = AnytimeSearch(Evaluator(instance))
+        steps = 0
+        while not search.run(time.perf_counter()) and steps < 400:
+            bound = search.lower_bound()
+            assert bound is not None and bound <= optimum.loss + 1e-12, (i, steps, bound)
+            assert search.tracker.best >= optimum.loss - 1e-12
+            steps += 1
+        stops += steps
+        search.run(None)
+        assert search.lower_bound() == pytest.approx(optimum.loss, abs=1e-12)
+    assert stops > 100  # the searches were stopped many times on the way
+
+
+def test_the_bound_of_a_timed_out_solve_is_below_the_optimum() -> None:
+    rng = np.random.default_rng(99)
+    for _ in range(4):
+        instance = random_instance(rng, 14, budget="none")
+        optimum = solve(instance, "exhaustive").loss
+        assert optimum is not None
+        result = solve(instance, "moe2", time_limit_s=0.005)
+        assert result.bound is not None and result.gap is not None
+        assert result.bound <= optimum + 1e-12 and result.loss is not None
+        assert result.loss >= optimum - 1e-12
+        assert result.gap == pytest.approx((result.loss - result.bound) / result.loss)
+
+
+def large_instance(n: int, seed: int = 0) -> SelectionInstance:
+    """Loose budgets at fleet scale: far too many feasible sets to finish in a fraction of 1 s."""
+    return parse_instance(instance_data(np.random.default_rng(seed), n, 250, budget="loose"))
+
+
+def test_a_short_limit_returns_a_feasible_set_with_a_gap() -> None:
+    instance = large_instance(64)
+    greedy = solve(instance, "greedy")
+    result = solve(instance, "moe2", time_limit_s=0.1)
+    assert result.runtime_s <= 0.1 + 0.25  # one part of a batch may run past the limit
+    assert result.feasible and result.selected and not result.optimal
+    assert result.gap is not None and result.gap > 0
+    assert result.bound is not None and result.loss is not None and result.bound < result.loss
+    assert result.energy_j is not None and result.energy_j <= instance.budgets.energy_j * 1.000001
+    assert greedy.loss is not None and result.loss <= greedy.loss + 1e-9
+
+
+def test_the_search_matches_the_solver_it_replaces() -> None:
+    """Same optimum, same tie-breaking, wherever the old branch and bound finishes."""
+    rng = np.random.default_rng(5)
+    for i in range(30):
+        data = instance_data(rng, int(rng.integers(8, 19)), 60, budget=("tight", "loose")[i % 2])
+        instance = parse_instance(data)
+        old = legacy_moe2(instance, time.perf_counter() + 20)
+        assert old is not None
+        new = solve(instance, "moe2")
+        assert new.selected == old.selected and new.loss == pytest.approx(old.loss, abs=1e-12)
+
+
+def test_cli_time_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, instance_data(np.random.default_rng(3), 40, 150, budget="loose"))
+    run = moe2("--instance", str(path), "--json", "--time-limit", "0.05")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["feasible"] and out["optimal"] is False
+    assert out["gap"] > 0 and out["bound"] < out["loss"]
+    table = moe2("--instance", str(path), "--time-limit", "0.05")
+    assert table.returncode == 0 and "gap" in table.stdout
+    bad = moe2("--instance", str(path), "--time-limit", "0")
+    assert bad.returncode == 2 and "--time-limit must be positive" in bad.stderr
+
+
+# ---- the live controller's selection ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cost:
+    energy_j: float
+    delay_s: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Gate:
+    expert_keys: list[str]
+
+
+class FakeGatedProfile:
+    """What LiveSelection uses of a GatedProfile: costs, the gate's keys, instance()."""
+
+    def __init__(self, n_experts: int, seed: int = 0) -> None:
+        data = instance_data(np.random.default_rng(seed), n_experts, 250, budget="loose")
+        self.data = data
+        keys = [f"e{n}@a{n // 4}" for n in range(n_experts)]
+        self.gate = _Gate(keys)
+        self.costs = {
+            key: _Cost(e["energy_j"], e["delay_s"])
+            for key, e in zip(keys, data["experts"], strict=True)
+        }
+
+    def instance(
+        self, split: str, energy_j: float, delay_s: dict[str, float], **kw: Any
+    ) -> SelectionInstance:
+        raw = json.loads(json.dumps(self.data))
+        for key, expert in zip(self.gate.expert_keys, raw["experts"], strict=True):
+            expert["id"] = key
+        raw["budgets"] = {"energy_j": energy_j, "delay_s": delay_s}
+        raw["top_k"] = kw.get("top_k")
+        raw["aggregation_delay_s"] = kw.get("aggregation_delay_s", 0.0)
+        return parse_instance(raw)
+
+
+def test_live_selection_replans_a_64_expert_fleet_within_its_limit() -> None:
+    gated = FakeGatedProfile(64)
+    live = LiveSelection(gated, aggregation_delay_s=0.01, time_limit_s=0.5)  # type: ignore[arg-type]
+    budgets = Budgets(energy_j=gated.data["budgets"]["energy_j"], delay_s={})
+    online = set(gated.gate.expert_keys)
+    started = time.perf_counter()
+    plan = live.solve(budgets, online)
+    solve_s = time.perf_counter() - started
+    assert plan.feasible and plan.runtime_s <= 0.5 + 0.25
+    assert solve_s <= 0.5 + 1.5  # building the 64 x 250 instance is outside the solver's limit
+    assert not plan.optimal and plan.gap is not None and plan.gap > 0
+    assert plan.bound is not None and plan.loss is not None and plan.bound <= plan.loss
+    # Background slices resume the same search: any result they return is better or proven.
+    best = plan
+    for _ in range(3):
+        better = live.improve(budgets, online, best, time_limit_s=0.3)
+        if better is not None:
+            assert better.loss is not None and best.loss is not None
+            assert better.loss < best.loss or better.optimal
+            assert better.bound is not None and better.bound <= better.loss
+            best = better
+    # Other budgets: a fresh search seeded with the previous plan's experts.
+    tighter = Budgets(energy_j=budgets.energy_j * 0.9, delay_s={})
+    other = live.improve(tighter, online, plan, time_limit_s=0.2)
+    assert other is None or (other.feasible and other.loss is not None)
+
+
+def test_live_improve_on_a_proven_plan_is_none() -> None:
+    gated = FakeGatedProfile(8, seed=2)
+    live = LiveSelection(gated, time_limit_s=5.0)  # type: ignore[arg-type]
+    budgets = Budgets(energy_j=gated.data["budgets"]["energy_j"], delay_s={})
+    plan = live.solve(budgets, set(gated.gate.expert_keys))
+    assert plan.optimal and plan.gap == 0.0
+    assert live.improve(budgets, set(gated.gate.expert_keys), plan, time_limit_s=0.1) is None
+    with pytest.raises(ValueError, match="positive"):
+        LiveSelection(gated, time_limit_s=0.0)  # type: ignore[arg-type]
