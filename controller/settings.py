@@ -34,6 +34,13 @@ class ControllerSettings(FleetSettings):
     aggregation_delay_s: float = Field(
         default=0.005, ge=0, description="Controller time to combine answers, s"
     )
+    selection_time_limit_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="Time limit of a re-plan's expert selection, s: past it the best plan found "
+        "is used with its proven gap, and the search goes on in the background",
+    )
 
     @model_validator(mode="after")
     def _profile_and_gate_together(self) -> ControllerSettings:
