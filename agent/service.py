@@ -6,8 +6,9 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent import __version__, systemd
@@ -20,6 +21,7 @@ from agent.templates import choice_prompt
 from messages import topics
 from messages.base import now_s
 from messages.bus import Bus, Inbound
+from messages.cancel import Cancel
 from messages.capabilities import AgentCapabilities
 from messages.events import AgentEvent
 from messages.jobs import Job
@@ -32,10 +34,26 @@ from messages.topics import Topic
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+# Results kept to answer a job delivered again (a redelivery, a controller re-sending after a
+# reconnect or a takeover) without running it twice.
+RESULTS_KEPT = 1024
+# A job issued longer ago than its timeout plus this (wall clock, controller to agent) waited in
+# a broker's queue while this agent was away: nobody waits for its answer any more. The slack
+# covers clocks that disagree by less than that.
+CLOCK_SLACK_S = 30.0
+
+JobKey = tuple[str, str]  # (request_id, expert_id)
+
+
+@dataclass
 class _QueuedJob:
     job: Job
     received: float  # time.monotonic() at receipt
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> JobKey:
+        return (self.job.request_id, self.job.expert_id)
 
 
 class Agent:
@@ -46,14 +64,22 @@ class Agent:
         self.bus = Bus(
             settings.endpoint,
             settings.fleet,
-            client_id=f"moe2-agent-{self.agent_id}",
+            client_id=f"moe2-{settings.fleet}-agent-{self.agent_id}",
             keepalive_s=settings.keepalive_s,
             on_reject=self._on_reject,
+            persistent=True,
+            session_expiry_s=settings.session_expiry_s,
+            reconnect_max_s=settings.reconnect_max_s,
+            on_connected=[self._announce],
         )
         self._jobs: queue.Queue[_QueuedJob] = queue.Queue(maxsize=settings.job_queue_capacity)
+        self._live: dict[JobKey, _QueuedJob] = {}  # queued or running
+        self._results: OrderedDict[JobKey, JobResult] = OrderedDict()
+        self._jobs_lock = threading.RLock()
         self._plan_lock = threading.Lock()
         self._pending_plan: ActivationPlan | None = None
         self.plan_epoch: int | None = None
+        self.plan_source: tuple[str | None, int | None] = (None, None)
         self._stop = threading.Event()
         self._busy = False
         self.jobs_done = 0
@@ -84,17 +110,21 @@ class Agent:
             reason=reason,
         )
 
-    def start(self) -> None:
+    def start(self, wait_s: float = 0.0) -> None:
+        """Subscribe and connect; an unreachable broker is retried in the background (a device
+        may boot before the broker's host), and every (re)connect announces the agent again.
+        With ``wait_s``, wait that long for the first connection."""
         self.bus.set_will(
             topics.AGENT_STATUS, self._status("offline", "connection lost"), agent_id=self.agent_id
         )
         self.bus.subscribe(topics.AGENT_PLAN, self._on_plan, agent_id=self.agent_id)
         self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=self.agent_id)
-        self.bus.connect()
+        self.bus.subscribe(topics.AGENT_CANCEL, self._on_cancel, agent_id=self.agent_id)
         if self.sampler is not None:
             self.sampler.start()
-        self.publish_capabilities()
-        self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
+        self.bus.start()
+        if wait_s > 0 and not self.bus.wait_connected(wait_s):
+            log.warning("broker %s not reachable yet; retrying", self.settings.endpoint.url)
         for target, name in ((self._work, "jobs"), (self._report, "telemetry")):
             thread = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
             thread.start()
@@ -112,12 +142,16 @@ class Agent:
         if self._stop.is_set():
             return
         self._stop.set()
+        with self._jobs_lock:
+            for item in self._live.values():
+                item.cancel.set()
         for thread in self._threads:
             thread.join(timeout=30)
-        info = self.bus.publish(
-            topics.AGENT_STATUS, self._status("offline", reason), agent_id=self.agent_id
-        )
-        info.wait_for_publish(timeout=2)
+        if self.bus.connected:
+            info = self.bus.publish(
+                topics.AGENT_STATUS, self._status("offline", reason), agent_id=self.agent_id
+            )
+            info.wait_for_publish(timeout=2)
         self.bus.close()
         self.pool.close()
         if self.sampler is not None:
@@ -127,6 +161,13 @@ class Agent:
         self._stop.wait()
 
     # -- outbound -----------------------------------------------------------------------
+
+    def _announce(self, session_present: bool) -> None:
+        """At every (re)connect: capabilities and status online, so a controller that lost
+        track of us (a broker restarted without persistence, a controller restarted) has us
+        back. Results of jobs still waiting here go out again once reconnected."""
+        self.publish_capabilities()
+        self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
 
     def publish_capabilities(self) -> None:
         facts = host_facts()
@@ -214,19 +255,20 @@ class Agent:
             )
             return
         with self._plan_lock:
-            newest = max(
-                (
-                    e
-                    for e in (self.plan_epoch, self._pending_plan and self._pending_plan.epoch)
-                    if e is not None
-                ),
-                default=None,
+            held = self._pending_plan
+            source = (
+                (held.controller_id, held.incarnation) if held is not None else self.plan_source
             )
-            if newest is not None and plan.epoch < newest:
+            newest = held.epoch if held is not None else self.plan_epoch
+            takeover = (plan.controller_id, plan.incarnation) != source
+            if newest is not None and plan.epoch < newest and not takeover:
                 self._event(
                     "rejected", f"plan epoch {plan.epoch} is older than {newest}", inbound.topic
                 )
                 return
+            # A plan of another controller incarnation (a restart, a standby taking over) is
+            # taken whatever its epoch: an epoch from a broken or foreign controller cannot
+            # wedge the agent.
             self._pending_plan = plan
 
     def _on_job(self, inbound: Inbound[Job]) -> None:
@@ -238,11 +280,33 @@ class Agent:
             self._event("rejected", f"job {job.request_id}: {exc}", inbound.topic)
             self._fail(job, str(exc), received, load_s=0.0)
             return
-        try:
-            self._jobs.put_nowait(_QueuedJob(job, received))
-        except queue.Full:
-            capacity = self.settings.job_queue_capacity
-            self._fail(job, f"job queue full ({capacity} waiting)", received, load_s=0.0)
+        age_s = now_s() - job.issued_s
+        if age_s > job.timeout_s + CLOCK_SLACK_S:
+            log.info("job %s on %s expired in the broker's queue", job.request_id, job.expert_id)
+            return
+        item = _QueuedJob(job, received)
+        with self._jobs_lock:
+            if item.key in self._live:
+                return  # the same job again, still queued or running: it answers once
+            done = self._results.get(item.key)
+            if done is None:
+                try:
+                    self._jobs.put_nowait(item)
+                except queue.Full:
+                    capacity = self.settings.job_queue_capacity
+                    reason = f"job queue full ({capacity} waiting)"
+                    self._fail(job, reason, received, load_s=0.0, keep=False)
+                    return
+                self._live[item.key] = item
+        if done is not None:  # finished already: its result again, not a second run
+            self.bus.publish(topics.AGENT_RESULTS, done, agent_id=self.agent_id)
+
+    def _on_cancel(self, inbound: Inbound[Cancel]) -> None:
+        cancel = inbound.message
+        with self._jobs_lock:
+            for key, item in self._live.items():
+                if key[0] == cancel.request_id and cancel.expert_id in (None, key[1]):
+                    item.cancel.set()
 
     # -- work ---------------------------------------------------------------------------
 
@@ -262,6 +326,7 @@ class Agent:
                 failed.append(expert_id)
                 self._event("load_failed", f"expert {expert_id}: {exc}")
         self.plan_epoch = plan.epoch
+        self.plan_source = (plan.controller_id, plan.incarnation)
         loaded = ", ".join(self.pool.loaded_ids) or "none"
         self._event("plan_applied", f"epoch {plan.epoch}: loaded {loaded}")
         self.publish_capabilities()  # memory and quantisation are known once loaded
@@ -276,9 +341,14 @@ class Agent:
                 continue
             self._busy = True
             try:
-                self._run(item)
+                if item.cancel.is_set():
+                    log.debug("job %s on %s cancelled before it ran", *item.key)
+                else:
+                    self._run(item)
             finally:
                 self._busy = False
+                with self._jobs_lock:
+                    self._live.pop(item.key, None)
 
     def _run(self, item: _QueuedJob) -> None:
         job, received = item.job, item.received
@@ -293,10 +363,16 @@ class Agent:
         try:
             with meter as energy:
                 backend, load_s = self.pool.get(job.expert_id)
-                first, fields = self._infer(backend, job, received, deadline)
+                first, fields = self._infer(backend, job, received, deadline, item.cancel)
         except Exception as exc:
+            if item.cancel.is_set():
+                log.debug("job %s on %s cancelled while running", *item.key)
+                return  # nobody waits for it: no result
             self._event("job_failed", f"job {job.request_id} on {job.expert_id}: {exc}")
             self._fail(job, f"{type(exc).__name__}: {exc}", received, load_s)
+            return
+        if item.cancel.is_set():
+            log.debug("job %s on %s cancelled while running", *item.key)
             return
         total = time.monotonic() - received
         result = JobResult(
@@ -314,10 +390,24 @@ class Agent:
         )
         self.jobs_done += 1
         self.last_latency_s = total
+        self._publish_result(result)
+
+    def _publish_result(self, result: JobResult) -> None:
+        with self._jobs_lock:
+            key = (result.request_id, result.expert_id)
+            self._results[key] = result
+            self._results.move_to_end(key)
+            while len(self._results) > RESULTS_KEPT:
+                self._results.popitem(last=False)
         self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
 
     def _infer(
-        self, backend: Backend, job: Job, received: float, deadline: float
+        self,
+        backend: Backend,
+        job: Job,
+        received: float,
+        deadline: float,
+        cancel: threading.Event | None = None,
     ) -> tuple[float | None, dict[str, Any]]:
         """Score the choices or generate; the first-token time (from receipt) and the result's
         output fields."""
@@ -325,14 +415,16 @@ class Agent:
         if job.choices is not None:
             template = self.pool.configs[job.expert_id].template
             rendered = choice_prompt(template, job.prompt, job.question, job.choices)
-            scores = backend.score_choices(rendered.prefix, rendered.continuations)
+            scores = backend.score_choices(
+                rendered.prefix, rendered.continuations, deadline_s=deadline, cancel=cancel
+            )
             return start - received + scores.first_score_s, dict(
                 choice_logprobs=scores.logprobs,
                 choice_probs=scores.probs,
                 finish_reason="scored",
                 prompt_tokens=scores.prompt_tokens,
             )
-        gen = backend.generate(job.prompt, job.max_tokens, deadline)
+        gen = backend.generate(job.prompt, job.max_tokens, deadline, cancel=cancel)
         first = None if gen.first_token_s is None else start - received + gen.first_token_s
         return first, dict(
             text=gen.text,
@@ -341,7 +433,11 @@ class Agent:
             completion_tokens=gen.completion_tokens,
         )
 
-    def _fail(self, job: Job, error: str, received: float, load_s: float) -> None:
+    def _fail(
+        self, job: Job, error: str, received: float, load_s: float, keep: bool = True
+    ) -> None:
+        """A failed result; ``keep``: the answer to this job if it comes again (a full queue
+        is not: the job may fit when it comes again)."""
         now = time.monotonic()
         self.jobs_failed += 1
         result = JobResult(
@@ -352,7 +448,10 @@ class Agent:
             error=error,
             latency=LatencyBreakdown(queue_s=0.0, load_s=load_s, total_s=now - received),
         )
-        self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
+        if keep:
+            self._publish_result(result)
+        else:
+            self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
 
     def _report(self) -> None:
         """Telemetry every ``telemetry_interval_s``, and the systemd watchdog petted from the

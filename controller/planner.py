@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from messages.base import now_s
+from messages.base import MAX_PLAN_EPOCH, now_s
 from messages.controller import FleetPlan
 from messages.plan import ActivationPlan
 
@@ -13,16 +13,24 @@ from messages.plan import ActivationPlan
 class Planner:
     """Keeps the current assignment and hands out a new epoch whenever it changes.
 
-    Epochs are milliseconds since the epoch (and always above the previous one), so a restarted
-    controller's plans are never older than those the agents already hold.
+    Epochs are milliseconds since the epoch, above the previous one and above every fleet plan
+    seen on the bus (``observe``), so plans stay monotone across restarts and takeovers. Plans
+    carry the controller's id and incarnation: an agent takes any plan of a new incarnation,
+    so a stray epoch cannot wedge it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, controller_id: str | None = None, incarnation: int | None = None) -> None:
         self.epoch = 0
+        self.controller_id = controller_id
+        self.incarnation = incarnation
         self.assignments: dict[str, list[str]] = {}
 
+    def observe(self, epoch: int) -> None:
+        """A plan epoch seen on the bus (the retained fleet plan of an earlier controller)."""
+        self.epoch = max(self.epoch, epoch)
+
     def _next_epoch(self) -> int:
-        self.epoch = max(self.epoch + 1, int(time.time() * 1000))
+        self.epoch = min(MAX_PLAN_EPOCH, max(self.epoch + 1, int(time.time() * 1000)))
         return self.epoch
 
     def replan(
@@ -34,8 +42,9 @@ class Planner:
         """The fleet plan and the per-agent plans that changed, or None when nothing changed.
 
         ``wanted`` maps every online agent to the experts it must hold loaded (every expert it
-        has, until a selection says otherwise). ``force`` hands out a new epoch even when the
-        sets did not change (new budgets were accepted); ``summary`` goes into the fleet plan.
+        has, until a selection says otherwise). ``force`` hands out a new epoch and plans for
+        every agent even when the sets did not change (new budgets, a takeover);
+        ``summary`` goes into the fleet plan.
         """
         wanted = {agent: sorted(experts) for agent, experts in wanted.items()}
         if wanted == self.assignments and not force:
@@ -43,12 +52,26 @@ class Planner:
         changed = [a for a, e in wanted.items() if self.assignments.get(a) != e or force]
         self.assignments = wanted
         epoch = self._next_epoch()
-        fleet = FleetPlan(epoch=epoch, time_s=now_s(), assignments=wanted, **summary)
+        ids = dict(controller_id=self.controller_id, incarnation=self.incarnation)
+        fleet = FleetPlan(epoch=epoch, time_s=now_s(), assignments=wanted, **ids, **summary)
         per_agent = [
-            ActivationPlan(agent_id=a, epoch=epoch, experts=wanted[a], time_s=now_s())
+            ActivationPlan(agent_id=a, epoch=epoch, experts=wanted[a], time_s=now_s(), **ids)
             for a in sorted(changed)
         ]
         return fleet, per_agent
+
+    def plan_for(self, agent_id: str) -> ActivationPlan | None:
+        """The current plan of one agent again (it reconnected and may have missed it)."""
+        if agent_id not in self.assignments:
+            return None
+        return ActivationPlan(
+            agent_id=agent_id,
+            epoch=self.epoch,
+            experts=self.assignments[agent_id],
+            time_s=now_s(),
+            controller_id=self.controller_id,
+            incarnation=self.incarnation,
+        )
 
     def active(self, online: dict[str, list[str]]) -> list[tuple[str, str]]:
         """(agent_id, expert_id) pairs that are planned and on an online agent."""

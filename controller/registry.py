@@ -66,6 +66,11 @@ class FleetRegistry:
             return Change(status.agent_id, now, status.reason or status.state)
         return None
 
+    def forget(self, agent_id: str) -> bool:
+        """Drop an agent whose retained status was cleared (``moe2 fleet --forget``)."""
+        with self._lock:
+            return self._agents.pop(agent_id, None) is not None
+
     def on_capabilities(self, caps: AgentCapabilities) -> None:
         with self._lock:
             self._record(caps.agent_id).capabilities = caps

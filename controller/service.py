@@ -1,18 +1,28 @@
-"""The controller process: fleet registry, activation plans, and prompts in, answers out."""
+"""The controller process: MQTT in and out around the fleet registry, the planner, the
+dispatcher and the ledger.
+
+Decisions live elsewhere: who leads (``leadership``), which experts each agent holds
+(``planning``), when a prompt is dispatched, answered or failed over (``dispatch`` and
+``decisions``). This module receives messages, calls those, and publishes what they decide.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from controller import __version__
-from controller.aggregate import Arrival, combine
+from controller.decisions import one_replica_each
+from controller.dispatch import Actions, Dispatcher, Refused, Route
+from controller.identity import ControllerIdentity, claim, default_state_root
+from controller.leadership import should_lead
+from controller.ledger import Entry, Ledger, ReplyRoute
 from controller.planner import Planner
+from controller.planning import cache_plan_problem, tighter, wanted_experts
 from controller.registry import Change, FleetRegistry
 from controller.selection.live import BudgetError, LiveSelection
 from controller.selection.solver import SelectionResult
@@ -24,8 +34,7 @@ from messages.budgets import Budgets
 from messages.bus import Bus, Inbound
 from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
-from messages.controller import ControllerEvent, ControllerStatus
-from messages.jobs import Job
+from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.prompts import Prompt
 from messages.results import JobResult
 from messages.status import AgentStatus
@@ -35,58 +44,59 @@ from messages.topics import Topic
 log = logging.getLogger(__name__)
 
 
-class _Refused(Exception):
-    """A prompt that will not be dispatched; it is answered ``failed`` with the reason."""
-
-    def __init__(
-        self, reason: str, failed: list[ExpertFailure] | None = None, rejected: bool = False
-    ) -> None:
-        super().__init__(reason)
-        self.reason, self.failed, self.rejected = reason, failed or [], rejected
-
-
-@dataclass(frozen=True)
-class ReplyRoute:
-    topic: str
-    correlation_data: bytes | None = None
-
-
-@dataclass
-class PendingRequest:
-    request_id: str
-    prompt: Prompt
-    received: float  # time.monotonic()
-    dispatched: dict[tuple[str, str], float]  # (agent_id, expert_id) -> monotonic dispatch time
-    replies: list[ReplyRoute]
-    failed: list[ExpertFailure]
-    weights: dict[str, float] | None = None  # gate weights by expert@agent; None: uniform
-    budgets: Budgets | None = None
-    arrivals: dict[tuple[str, str], Arrival] = field(default_factory=dict)
-    timer: threading.Timer | None = None
+def fingerprint(prompt: Prompt, routes: list[ReplyRoute]) -> str:
+    """What makes two deliveries the same prompt: its content and where it wants the answer."""
+    digest = hashlib.sha256(prompt.model_dump_json().encode())
+    for route in routes:
+        digest.update(b"\0" + route.topic.encode() + b"\0" + (route.correlation_data or b""))
+    return digest.hexdigest()
 
 
 class Controller:
-    def __init__(self, settings: ControllerSettings) -> None:
+    def __init__(
+        self, settings: ControllerSettings, identity: ControllerIdentity | None = None
+    ) -> None:
         self.settings = settings
+        self.identity = identity or claim(
+            settings.state_dir or default_state_root(), settings.fleet, settings.controller_id
+        )
+        self.controller_id = self.identity.controller_id
+        self.incarnation = int(time.time() * 1000)
+        self.since_s = now_s()
         self.registry = FleetRegistry(settings.silence_factor)
-        self.planner = Planner()
+        self.planner = Planner(self.controller_id, self.incarnation)
+        self.ledger = Ledger(self.identity.state_dir / "ledger.jsonl")
+        self.dispatcher = Dispatcher(
+            self._route,
+            self._replicas,
+            self._capacity,
+            settings.max_queued_prompts,
+            settings.busy_retry_after_s,
+        )
         self.bus = Bus(
             settings.endpoint,
             settings.fleet,
-            client_id=f"moe2-controller-{uuid.uuid4().hex[:8]}",
+            client_id=f"moe2-{settings.fleet}-controller-{self.controller_id}",
             keepalive_s=settings.keepalive_s,
             on_reject=self._on_reject,
+            persistent=True,
+            session_expiry_s=settings.session_expiry_s,
+            reconnect_max_s=settings.reconnect_max_s,
+            on_connected=[self._on_connected],
         )
         self._lock = threading.RLock()
-        self._pending: dict[str, PendingRequest] = {}
+        self.active = False
+        self._peers: dict[str, ControllerStatus] = {}
+        self._connected_at: float | None = None
         self.selection: LiveSelection | None = None
         self.cache_plan: CachePlan | None = None
         self.last_selection: SelectionResult | None = None
-        self.budgets = Budgets(
+        self.configured_budgets = Budgets(
             energy_j=settings.energy_budget_j,
             delay_s=dict(settings.delay_budget_s),
             top_k=settings.top_k,
         )
+        self.budgets = self.configured_budgets
         if settings.profile is not None and settings.gate is not None:
             from controller.selection.from_profile import load_gated_profile  # needs torch
 
@@ -97,73 +107,184 @@ class Controller:
             self.selection.gated.profile.check_fleet(settings.fleet)
             self.selection.check(self.budgets)
         self.rejected: Counter[str] = Counter()
-        self.answered = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    @property
+    def answered(self) -> int:
+        return self.dispatcher.answered
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def _status(self, state: str) -> ControllerStatus:
+        queued, pending = self.dispatcher.counts()
         return ControllerStatus(
+            controller_id=self.controller_id,
             state=state,  # type: ignore[arg-type]
+            role="active" if self.active and state == "online" else "standby",
+            since_s=self.since_s,
+            incarnation=self.incarnation,
             version=__version__,
             time_s=now_s(),
             agents_online=len(self.registry.online_experts()),
             requests_answered=self.answered,
+            queued=queued,
+            pending=pending,
+            late_results=self.dispatcher.late_results,
             rejected=dict(self.rejected),
         )
 
-    def start(self) -> None:
-        self.bus.set_will(topics.CONTROLLER_STATUS, self._status("offline"))
-        self.bus.subscribe(topics.AGENT_STATUS, self._on_status)
+    def start(self, wait_s: float = 0.0) -> None:
+        """Subscribe and connect (retrying an unreachable broker in the background); with
+        ``wait_s``, wait that long for the first connection."""
+        me = {"controller_id": self.controller_id}
+        self.bus.set_will(topics.CONTROLLER_STATUS, self._status("offline"), **me)
+        self.bus.subscribe(topics.AGENT_STATUS, self._on_status, on_empty=self._on_forget)
         self.bus.subscribe(topics.AGENT_CAPABILITIES, self._on_capabilities)
         self.bus.subscribe(topics.AGENT_TELEMETRY, self._on_telemetry)
         self.bus.subscribe(topics.AGENT_RESULTS, self._on_result)
         self.bus.subscribe(topics.PROMPTS, self._on_prompt)
         self.bus.subscribe(topics.PROMPTS_TEXT, self._on_text_prompt)
-        self.bus.subscribe(topics.CONTROLLER_BUDGETS, self._on_budgets)
-        self.bus.subscribe(topics.CONTROLLER_CACHE_PLAN, self._on_cache_plan)
-        self.bus.connect()
-        self.publish_status()
+        self.bus.subscribe(topics.ANSWERS, self._on_answer)
+        self.bus.subscribe(topics.CONTROLLER_STATUS, self._on_peer)
+        self.bus.subscribe(topics.CONTROLLER_PLAN, self._on_fleet_plan)
+        self.bus.subscribe(
+            topics.CONTROLLER_BUDGETS, self._on_budgets, on_empty=self._on_budgets_cleared
+        )
+        self.bus.subscribe(
+            topics.CONTROLLER_CACHE_PLAN, self._on_cache_plan, on_empty=self._on_cache_plan_lifted
+        )
+        self.bus.start()
         thread = threading.Thread(target=self._watch, name="controller-watch", daemon=True)
         thread.start()
         self._threads.append(thread)
         log.info(
-            "controller online at %s, fleet %s", self.settings.endpoint.url, self.settings.fleet
+            "controller %s started for fleet %s on %s (ledger %s)",
+            self.controller_id,
+            self.settings.fleet,
+            self.settings.endpoint.url,
+            self.ledger.path,
         )
+        if wait_s > 0 and not self.bus.wait_connected(wait_s):
+            log.warning("broker %s not reachable yet; retrying", self.settings.endpoint.url)
 
     def stop(self) -> None:
+        """Stop for good. Prompts in flight stay in the ledger: a restart of this controller,
+        or the standby taking over, answers them."""
         if self._stop.is_set():
             return
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
         with self._lock:
-            pending = list(self._pending)
-        for request_id in pending:
-            self._finish(request_id, "controller shutting down")
-        self.bus.publish(topics.CONTROLLER_STATUS, self._status("offline")).wait_for_publish(2)
+            self.active = False
+        if self.bus.connected:
+            me = {"controller_id": self.controller_id}
+            self.bus.publish(
+                topics.CONTROLLER_STATUS, self._status("offline"), **me
+            ).wait_for_publish(2)
         self.bus.close()
+        self.ledger.close()
+        self.identity.release()
 
     def wait(self) -> None:
         self._stop.wait()
 
     def publish_status(self) -> None:
-        self.bus.publish(topics.CONTROLLER_STATUS, self._status("online"))
+        me = {"controller_id": self.controller_id}
+        self.bus.publish(topics.CONTROLLER_STATUS, self._status("online"), **me)
+
+    def _on_connected(self, session_present: bool) -> None:
+        """Every (re)connect: say we are here; as the active controller, push the plans and the
+        outstanding jobs again (a broker without persistence forgot them)."""
+        with self._lock:
+            self._connected_at = time.monotonic()
+        self.publish_status()
+        if self.active:
+            self.replan(force=True)
+            self._execute(self.dispatcher.resend())
 
     def _watch(self) -> None:
         last_status = time.monotonic()
-        while not self._stop.wait(0.25):
-            for change in self.registry.sweep():
-                self._on_change(change)
-            if time.monotonic() - last_status >= self.settings.status_interval_s:
-                last_status = time.monotonic()
-                self.publish_status()
+        while not self._stop.wait(0.1):
+            try:
+                self._elect()
+                for change in self.registry.sweep():
+                    self._on_change(change)
+                if self.active:
+                    self._execute(self.dispatcher.tick(time.monotonic()))
+                else:
+                    self.ledger.expire()
+                if time.monotonic() - last_status >= self.settings.status_interval_s:
+                    last_status = time.monotonic()
+                    if self.bus.connected:
+                        self.publish_status()
+            except Exception:  # the watch loop must outlive any one bad step
+                log.exception("controller watch step failed")
 
-    # -- events and plans ---------------------------------------------------------------
+    # -- leadership ---------------------------------------------------------------------
+
+    def _on_peer(self, inbound: Inbound[ControllerStatus]) -> None:
+        status = inbound.message
+        if inbound.params.get("controller_id") != status.controller_id:
+            self._on_reject(topics.CONTROLLER_STATUS, inbound.topic, "payload names another id")
+            return
+        if status.controller_id != self.controller_id:
+            with self._lock:
+                self._peers[status.controller_id] = status
+
+    def _elect(self) -> None:
+        with self._lock:
+            if self._connected_at is None or not self.bus.connected:
+                return
+            if time.monotonic() - self._connected_at < self.settings.election_grace_s:
+                return  # hear the retained statuses of the others first
+            lead = should_lead(self._status("online"), list(self._peers.values()))
+            if lead == self.active:
+                return
+            self.active = lead
+        self.publish_status()
+        if lead:
+            self._take_over()
+        else:
+            log.warning(
+                "controller %s steps down: another controller is active", self.controller_id
+            )
+            self.dispatcher.drop_all()
+
+    def _take_over(self) -> None:
+        """Become the active controller: plans under our incarnation, then every prompt the
+        ledger holds unanswered (ours from before a restart, or the old active one's)."""
+        waiting = [
+            e for e in self.ledger.entries.values() if self.dispatcher.holds(e.request_id) is None
+        ]
+        self._event(
+            "takeover",
+            f"controller {self.controller_id} is active; {len(waiting)} prompts to answer",
+        )
+        log.info(
+            "controller %s active; %d prompts from the ledger", self.controller_id, len(waiting)
+        )
+        self.replan(force=True)
+        for entry in sorted(waiting, key=lambda e: e.received_s):
+            self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
+
+    # -- executing decisions ------------------------------------------------------------
+
+    def _execute(self, actions: Actions) -> None:
+        for agent_id, job in actions.jobs:
+            self.bus.publish(topics.AGENT_JOBS, job, agent_id=agent_id)
+        for agent_id, cancel in actions.cancels:
+            self.bus.publish(topics.AGENT_CANCEL, cancel, agent_id=agent_id)
+        for event in actions.events:
+            self._event(**event)
+        for answer, routes in actions.answers:
+            self._send(answer, routes)
 
     def _event(self, kind: str, reason: str, **fields: Any) -> None:
         log.info("event %s: %s", kind, reason)
+        if not self.active:
+            return  # a standby stays quiet: the active controller reports
         event = ControllerEvent(time_s=now_s(), kind=kind, reason=reason, **fields)  # type: ignore[arg-type]
         self.bus.publish(topics.CONTROLLER_EVENTS, event)
 
@@ -172,47 +293,39 @@ class Controller:
             self.rejected[topic.pattern] += 1
         self._event("rejected", reason, topic=name)
 
+    def _send(self, answer: Answer, routes: list[ReplyRoute], public: bool = True) -> None:
+        """An answer to ``answers/{request_id}`` (unless not ``public``) and every reply route;
+        the ledger forgets the prompt and remembers the answer (not a busy one: that asks for
+        a retry)."""
+        if public:
+            self.ledger.done(answer.request_id, None if answer.status == "busy" else answer)
+            self.bus.publish(topics.ANSWERS, answer, request_id=answer.request_id)
+        for route in routes:
+            self.bus.publish_to(
+                route.topic,
+                answer,
+                qos=topics.ANSWERS.qos,
+                correlation_data=route.correlation_data,
+            )
+
+    # -- plans, budgets, cache plans ----------------------------------------------------
+
     def _on_change(self, change: Change) -> None:
         kind = "agent_online" if change.online else "agent_offline"
         self._event(kind, f"agent {change.agent_id}: {change.reason}", agent_id=change.agent_id)
+        if self.active and not change.online:
+            reason = f"agent {change.agent_id} went offline ({change.reason})"
+            self._execute(self.dispatcher.on_agent_down(change.agent_id, reason, time.monotonic()))
         self.replan()
 
-    def _wanted(self, budgets: Budgets) -> tuple[dict[str, list[str]], dict[str, Any]]:
-        """Experts each online agent must hold: all of them, or the optimal set under budgets.
-        Raises BudgetError when no set fits (the caller keeps the plan it has)."""
-        online = self.registry.online_experts()
-        if self.cache_plan is not None:
-            placement = self.cache_plan.placement
-            wanted = {a: [e for e in placement.get(a, []) if e in online[a]] for a in online}
-            summary = dict(
-                algorithm=f"cache:{self.cache_plan.algorithm}",
-                loss=None,
-                energy_j=None,
-                delay_s={},
-            )
-            return wanted, summary
-        if self.selection is None:
-            return self._fitting(online), {}
-        keys = {f"{e}@{a}" for a, experts in online.items() for e in experts}
-        result = self.selection.solve(budgets, keys)
-        wanted: dict[str, list[str]] = {agent: [] for agent in online}
-        for key in result.selected:
-            expert, _, agent = key.partition("@")
-            wanted[agent].append(expert)
-        self.last_selection = result
-        summary = dict(
-            algorithm=result.algorithm,
-            loss=result.loss,
-            energy_j=result.energy_j,
-            delay_s=result.delay_s,
-        )
-        return wanted, summary
-
     def replan(self, budgets: Budgets | None = None, force: bool = False) -> None:
-        """Re-solve and push plans; with new ``budgets``, adopt them only if a set fits."""
+        """Re-solve and, as the active controller, push plans; with new ``budgets``, adopt them
+        only if a set fits (BudgetError otherwise)."""
         with self._lock:
             try:
-                wanted, summary = self._wanted(budgets or self.budgets)
+                wanted, summary, result = wanted_experts(
+                    self.registry, self.selection, self.cache_plan, budgets or self.budgets
+                )
             except BudgetError as exc:
                 if budgets is not None:
                     raise
@@ -221,6 +334,10 @@ class Controller:
                 return
             if budgets is not None:
                 self.budgets = budgets
+            if result is not None:
+                self.last_selection = result
+            if not self.active:
+                return
             planned = self.planner.replan(wanted, force=force or budgets is not None, **summary)
         if planned is None:
             return
@@ -228,10 +345,11 @@ class Controller:
         for plan in agent_plans:
             self.bus.publish(topics.AGENT_PLAN, plan, agent_id=plan.agent_id)
         self.bus.publish(topics.CONTROLLER_PLAN, fleet_plan)
-        summary = "; ".join(
-            f"{a}: {', '.join(e) or '-'}" for a, e in fleet_plan.assignments.items()
-        )
-        self._event("replan", f"epoch {fleet_plan.epoch}: {summary or 'no agent online'}")
+        text = "; ".join(f"{a}: {', '.join(e) or '-'}" for a, e in fleet_plan.assignments.items())
+        self._event("replan", f"epoch {fleet_plan.epoch}: {text or 'no agent online'}")
+
+    def _on_fleet_plan(self, inbound: Inbound[FleetPlan]) -> None:
+        self.planner.observe(inbound.message.epoch)
 
     def _on_budgets(self, inbound: Inbound[Budgets]) -> None:
         if inbound.message == self.budgets:
@@ -250,17 +368,24 @@ class Controller:
                 topics.CONTROLLER_BUDGETS, inbound.topic, f"{exc}; keeping the last good plan"
             )
 
+    def _on_budgets_cleared(self, params: dict[str, str]) -> None:
+        """``moe2 budgets --clear``: back to the budgets this controller was started with."""
+        if self.budgets == self.configured_budgets:
+            return
+        self._event("replan", "budgets cleared: back to the configured budgets")
+        try:
+            self.replan(self.configured_budgets)
+        except BudgetError as exc:
+            self._event("replan", f"configured budgets do not fit: {exc}")
+
     def _on_cache_plan(self, inbound: Inbound[CachePlan]) -> None:
         plan = inbound.message
         if plan == self.cache_plan:
             return  # our own retained plan, seen again
         if not plan.placement:
-            if self.cache_plan is not None:
-                self.cache_plan = None
-                self._event("replan", "cache plan lifted")
-                self.replan(force=True)
+            self._on_cache_plan_lifted({})
             return
-        problem = self._cache_plan_problem(plan)
+        problem = cache_plan_problem(self.registry, plan)
         if problem is not None:
             self._on_reject(
                 topics.CONTROLLER_CACHE_PLAN, inbound.topic, f"{problem}; keeping the current plan"
@@ -269,46 +394,11 @@ class Controller:
         self.cache_plan = plan
         self.replan(force=True)
 
-    def _fitting(self, online: dict[str, list[str]]) -> dict[str, list[str]]:
-        """Every expert of each agent, in its configured order, as far as its memory budget
-        allows (agents without a budget get them all)."""
-        records = {r.agent_id: r for r in self.registry.agents()}
-        wanted = {}
-        for agent_id, experts in online.items():
-            caps = records[agent_id].capabilities
-            budget = caps.expert_memory_budget_bytes if caps else None
-            if caps is None or budget is None:
-                wanted[agent_id] = experts
-                continue
-            infos = {e.expert_id: e for e in caps.experts}
-            kept, used = [], 0
-            for expert in experts:
-                size = infos[expert].memory_bytes or infos[expert].file_size_bytes
-                if used + size <= budget:
-                    kept.append(expert)
-                    used += size
-            wanted[agent_id] = kept
-        return wanted
-
-    def _cache_plan_problem(self, plan: CachePlan) -> str | None:
-        """Why a cache plan cannot be applied: unknown agents or experts, or over a budget."""
-        records = {r.agent_id: r for r in self.registry.agents()}
-        for agent_id, expert_ids in plan.placement.items():
-            record = records.get(agent_id)
-            if record is None or record.capabilities is None:
-                return f"unknown agent {agent_id!r}"
-            infos = {e.expert_id: e for e in record.capabilities.experts}
-            unknown = sorted(set(expert_ids) - set(infos))
-            if unknown:
-                return f"agent {agent_id} has no experts {unknown}"
-            budget = record.capabilities.expert_memory_budget_bytes
-            need = sum(infos[e].memory_bytes or infos[e].file_size_bytes for e in expert_ids)
-            if budget is not None and need > budget:
-                return (
-                    f"agent {agent_id} would hold {need / 1e6:.0f} MB of experts, over its "
-                    f"budget of {budget / 1e6:.0f} MB"
-                )
-        return None
+    def _on_cache_plan_lifted(self, params: dict[str, str]) -> None:
+        if self.cache_plan is not None:
+            self.cache_plan = None
+            self._event("replan", "cache plan lifted")
+            self.replan(force=True)
 
     # -- fleet topics -------------------------------------------------------------------
 
@@ -321,11 +411,28 @@ class Controller:
         return False
 
     def _on_status(self, inbound: Inbound[AgentStatus]) -> None:
-        if not self._agent_matches_topic(inbound, inbound.message.agent_id):
+        status = inbound.message
+        if not self._agent_matches_topic(inbound, status.agent_id):
             return
-        change = self.registry.on_status(inbound.message)
+        change = self.registry.on_status(status)
         if change is not None:
             self._on_change(change)
+        elif status.state == "online" and self.active:
+            # An agent announces itself at every connect: it may have missed its plan and jobs.
+            plan = self.planner.plan_for(status.agent_id)
+            if plan is not None:
+                self.bus.publish(topics.AGENT_PLAN, plan, agent_id=status.agent_id)
+        if status.state == "online" and self.active:
+            self._execute(self.dispatcher.resend(status.agent_id))
+
+    def _on_forget(self, params: dict[str, str]) -> None:
+        agent_id = params.get("agent_id")
+        if agent_id and self.registry.forget(agent_id):
+            self._event("agent_offline", f"agent {agent_id} forgotten", agent_id=agent_id)
+            if self.active:
+                reason = f"agent {agent_id} was forgotten"
+                self._execute(self.dispatcher.on_agent_down(agent_id, reason, time.monotonic()))
+            self.replan()
 
     def _on_capabilities(self, inbound: Inbound[AgentCapabilities]) -> None:
         if not self._agent_matches_topic(inbound, inbound.message.agent_id):
@@ -339,6 +446,28 @@ class Controller:
         change = self.registry.on_telemetry(inbound.message)
         if change is not None:
             self._on_change(change)
+
+    def _on_result(self, inbound: Inbound[JobResult]) -> None:
+        result = inbound.message
+        if not self._agent_matches_topic(inbound, result.agent_id):
+            return
+        if not self.active:
+            return
+        actions, refusal = self.dispatcher.on_result(result, time.monotonic())
+        if refusal is not None:
+            self._on_reject(topics.AGENT_RESULTS, inbound.topic, refusal)
+        self._execute(actions)
+
+    def _capacity(self, agent_id: str) -> int:
+        window = self.settings.agent_job_window
+        for record in self.registry.agents():
+            if record.agent_id == agent_id and record.capabilities is not None:
+                return min(window, record.capabilities.job_queue_capacity)
+        return window
+
+    def _replicas(self, expert_id: str) -> list[str]:
+        active = self.planner.active(self.registry.online_experts())
+        return [agent for agent, expert in active if expert == expert_id]
 
     # -- prompts ------------------------------------------------------------------------
 
@@ -356,31 +485,111 @@ class Controller:
                     topics.PROMPTS, inbound.topic, f"reply topic {topic!r} is a fleet control topic"
                 )
                 continue
-            routes.append(ReplyRoute(topic, inbound.correlation_data))
+            route = ReplyRoute(topic, inbound.correlation_data)
+            if route not in routes:
+                routes.append(route)
         return routes
 
     def _on_prompt(self, inbound: Inbound[Prompt]) -> None:
-        self.handle_prompt(inbound.message, self._reply_routes(inbound, inbound.message.reply_to))
+        self.accept(inbound.message, self._reply_routes(inbound, inbound.message.reply_to))
 
     def _on_text_prompt(self, inbound: Inbound[str]) -> None:
-        replies = self._reply_routes(inbound, None)
-        self.handle_prompt(
-            Prompt(prompt=inbound.message, timeout_s=self.settings.default_timeout_s), replies
-        )
+        prompt = Prompt(prompt=inbound.message, timeout_s=self.settings.default_timeout_s)
+        self.accept(prompt, self._reply_routes(inbound, None))
 
-    def _targets(self, prompt: Prompt) -> tuple[list[tuple[str, str]], list[ExpertFailure]]:
-        """Active (agent, expert) pairs to ask, and the named ones that cannot be asked."""
+    def accept(self, prompt: Prompt, routes: list[ReplyRoute]) -> str:
+        """Take a prompt into the ledger and, as the active controller, into the dispatcher.
+
+        The same prompt delivered again (same content and reply routes: an MQTT redelivery, an
+        asker re-sending after a reconnect) joins the one in flight, or gets the answer already
+        sent; a prompt without a request id gets one derived from its content for that reason.
+        A different prompt under a request id in flight is refused to its own routes only.
+        """
+        mark = fingerprint(prompt, routes)
+        request_id = prompt.request_id or f"p{mark[:15]}"
+        with self._lock:
+            held = self.ledger.entries.get(request_id)
+            if held is not None:
+                if held.fingerprint == mark:
+                    held.add_routes(routes)
+                    return request_id
+                if self.active:
+                    self.rejected[topics.PROMPTS.pattern] += 1
+                    reason = f"request id {request_id!r} is already in use by another prompt"
+                    self._event("rejected", reason, topic="prompts", request_id=request_id)
+                    self._send(_refusal(request_id, reason), routes, public=False)
+                return request_id
+            if self.active:
+                earlier = self.ledger.answered(request_id, mark)
+                if earlier is not None:
+                    self._send(earlier, routes)
+                    return request_id
+            entry = Entry(
+                request_id=request_id,
+                prompt=prompt.model_copy(update={"request_id": request_id}),
+                routes=routes,
+                received_s=now_s(),
+                fingerprint=mark,
+            )
+            self.ledger.add(entry)
+            if not self.active:
+                return request_id  # a standby's shadow: answered by the active controller
+        self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
+        return request_id
+
+    def _on_answer(self, inbound: Inbound[Answer]) -> None:
+        """Answers on the bus: a standby forgets the prompts the active controller answered."""
+        answer = inbound.message
+        if not self.active:
+            self.ledger.done(answer.request_id, None if answer.status == "busy" else answer)
+
+    def _route(self, prompt: Prompt, load: dict[str, int]) -> Route:
+        """Who answers a prompt: named experts, the gate's choice among the active set under
+        the budgets, or (without a gate) one replica of each active expert, least loaded."""
         active = self.planner.active(self.registry.online_experts())
-        if prompt.experts is None:
-            return active, []
+        failed: list[ExpertFailure] = []
+        if prompt.experts is not None:
+            targets, failed = self._named(prompt.experts, active)
+        else:
+            targets = active if self.selection is not None else one_replica_each(active, load)
+        if not targets:
+            raise Refused("no active expert can answer", failed=failed)
+        if self.selection is None:
+            if prompt.budgets is not None:
+                raise Refused(
+                    "this controller has no profile and gate, so it cannot honour budgets",
+                    failed=failed,
+                    rejected=True,
+                )
+            return Route(targets, failed, None, None)
+        try:
+            dispatch = self.selection.dispatch(
+                prompt.prompt,
+                [f"{e}@{a}" for a, e in targets],
+                self.budgets.top_k,
+                prompt.budgets,
+                prompt.category,
+            )
+        except BudgetError as exc:
+            raise Refused(str(exc), failed=failed, rejected=True) from None
+        if not dispatch.keys:
+            raise Refused("no active expert fits the budgets", failed=failed)
+        chosen = [(k.partition("@")[2], k.partition("@")[0]) for k in dispatch.keys]
+        return Route(chosen, failed, dict(dispatch.weights), tighter(self.budgets, prompt.budgets))
+
+    def _named(
+        self, names: list[str], active: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], list[ExpertFailure]]:
+        """The pairs a prompt names (``expert`` or ``expert@agent``) that are active, and those
+        that are not. Raises Refused (rejected) for a name no agent ever served."""
         known = self.registry.known_experts()
         chosen: list[tuple[str, str]] = []
         failed: list[ExpertFailure] = []
-        for name in prompt.experts:
+        for name in names:
             expert, _, agent = name.partition("@")
             matches = sorted((a, e) for a, e in known if e == expert and (not agent or a == agent))
             if not matches:
-                raise ValueError(f"unknown expert {name!r}")
+                raise Refused(f"unknown expert {name!r}", rejected=True)
             for pair in matches:
                 if pair in active and pair not in chosen:
                     chosen.append(pair)
@@ -394,214 +603,13 @@ class Controller:
                     )
         return chosen, failed
 
-    def _route(
-        self, prompt: Prompt
-    ) -> tuple[list[tuple[str, str]], list[ExpertFailure], dict[str, float] | None, Budgets | None]:
-        """Who answers a prompt: the (agent, expert) pairs, the named experts that cannot, the
-        gate weights (None: uniform) and the budgets in force. Raises _Refused."""
-        try:
-            targets, failed = self._targets(prompt)
-        except ValueError as exc:
-            raise _Refused(str(exc), rejected=True) from None
-        if not targets:
-            raise _Refused("no active expert can answer", failed=failed)
-        if self.selection is None:
-            if prompt.budgets is not None:
-                raise _Refused(
-                    "this controller has no profile and gate, so it cannot honour budgets",
-                    failed=failed,
-                    rejected=True,
-                )
-            return targets, failed, None, None
-        try:
-            dispatch = self.selection.dispatch(
-                prompt.prompt,
-                [f"{e}@{a}" for a, e in targets],
-                self.budgets.top_k,
-                prompt.budgets,
-                prompt.category,
-            )
-        except BudgetError as exc:
-            raise _Refused(str(exc), failed=failed, rejected=True) from None
-        if not dispatch.keys:
-            raise _Refused("no active expert fits the budgets", failed=failed)
-        chosen = [(k.partition("@")[2], k.partition("@")[0]) for k in dispatch.keys]
-        return chosen, failed, dispatch.weights, _tighter(self.budgets, prompt.budgets)
 
-    def handle_prompt(self, prompt: Prompt, replies: list[ReplyRoute]) -> str:
-        received = time.monotonic()
-        request_id = prompt.request_id or uuid.uuid4().hex[:16]
-        with self._lock:
-            if request_id in self._pending:
-                self._event(
-                    "rejected", f"request id {request_id!r} is already in use", topic="prompts"
-                )
-                self.rejected[topics.PROMPTS.pattern] += 1
-                return request_id
-            if len(self._pending) >= self.settings.max_pending_requests:
-                self._answer_failure(
-                    request_id, replies, received, "controller busy: too many pending requests"
-                )
-                return request_id
-            try:
-                targets, failed, weights, budgets = self._route(prompt)
-            except _Refused as refusal:
-                if refusal.rejected:
-                    self.rejected[topics.PROMPTS.pattern] += 1
-                    self._event(
-                        "rejected",
-                        f"request {request_id}: {refusal.reason}",
-                        topic="prompts",
-                        request_id=request_id,
-                    )
-                self._answer_failure(request_id, replies, received, refusal.reason, refusal.failed)
-                return request_id
-            pending = PendingRequest(
-                request_id, prompt, received, {}, replies, failed, weights=weights, budgets=budgets
-            )
-            self._pending[request_id] = pending
-            # Agents get a little less time than the asker, so late tokens still make it back.
-            job_timeout = max(0.05, prompt.timeout_s - min(1.0, 0.1 * prompt.timeout_s))
-            for agent_id, expert_id in targets:
-                job = Job(
-                    request_id=request_id,
-                    expert_id=expert_id,
-                    prompt=prompt.prompt,
-                    choices=prompt.choices,
-                    question=prompt.question,
-                    max_tokens=prompt.max_tokens,
-                    timeout_s=job_timeout,
-                    issued_s=now_s(),
-                )
-                pending.dispatched[(agent_id, expert_id)] = time.monotonic()
-                self.bus.publish(topics.AGENT_JOBS, job, agent_id=agent_id)
-            pending.timer = threading.Timer(
-                prompt.timeout_s, self._finish, args=(request_id, "deadline")
-            )
-            pending.timer.daemon = True
-            pending.timer.start()
-        return request_id
-
-    def _on_result(self, inbound: Inbound[JobResult]) -> None:
-        result = inbound.message
-        if not self._agent_matches_topic(inbound, result.agent_id):
-            return
-        key = (result.agent_id, result.expert_id)
-        with self._lock:
-            pending = self._pending.get(result.request_id)
-            if pending is None:
-                self._event(
-                    "late_result",
-                    f"result from {result.expert_id}@{result.agent_id} for request "
-                    f"{result.request_id}, which is not pending (late or unknown)",
-                    request_id=result.request_id,
-                    agent_id=result.agent_id,
-                )
-                return
-            if key not in pending.dispatched or key in pending.arrivals:
-                self._on_reject(
-                    topics.AGENT_RESULTS,
-                    inbound.topic,
-                    f"request {result.request_id} did not ask {result.expert_id}@{result.agent_id}"
-                    + (" again" if key in pending.arrivals else ""),
-                )
-                return
-            pending.arrivals[key] = Arrival(result, time.monotonic() - pending.dispatched[key])
-            complete = len(pending.arrivals) == len(pending.dispatched)
-        if complete:
-            self._finish(result.request_id, "complete")
-
-    def _finish(self, request_id: str, why: str) -> None:
-        with self._lock:
-            pending = self._pending.pop(request_id, None)
-        if pending is None:
-            return  # finished already (all results in, then the timer fired)
-        if pending.timer is not None:
-            pending.timer.cancel()
-        missing = [
-            ExpertFailure(
-                agent_id=agent,
-                expert_id=expert,
-                reason=(
-                    f"no result within {pending.prompt.timeout_s:g} s" if why == "deadline" else why
-                ),
-            )
-            for (agent, expert) in pending.dispatched
-            if (agent, expert) not in pending.arrivals
-        ]
-        combined = combine(
-            pending.prompt.choices,
-            list(pending.arrivals.values()),
-            pending.failed + missing,
-            weights=pending.weights,
-        )
-        status = "ok" if not combined.failed else ("partial" if combined.experts else "failed")
-        answer = Answer(
-            request_id=request_id,
-            status=status,
-            answer=combined.answer,
-            choice_index=combined.choice_index,
-            choice_probs=combined.choice_probs,
-            experts=combined.experts,
-            failed=combined.failed,
-            error=None if combined.experts else "no expert answered",
-            latency_s=time.monotonic() - pending.received,
-            energy_j=combined.energy_j,
-            energy_estimated=any(e.energy_source == "estimate" for e in combined.experts),
-            budgets=pending.budgets,
-        )
-        if status == "failed":
-            self._event(
-                "request_failed", f"request {request_id}: no expert answered", request_id=request_id
-            )
-        self._send(answer, pending.replies)
-
-    def _answer_failure(
-        self,
-        request_id: str,
-        replies: list[ReplyRoute],
-        received: float,
-        error: str,
-        failed: list[ExpertFailure] | None = None,
-    ) -> None:
-        self._event("request_failed", f"request {request_id}: {error}", request_id=request_id)
-        answer = Answer(
-            request_id=request_id,
-            status="failed",
-            answer=None,
-            experts=[],
-            failed=failed or [],
-            error=error,
-            latency_s=time.monotonic() - received,
-        )
-        self._send(answer, replies)
-
-    def _send(self, answer: Answer, replies: list[ReplyRoute]) -> None:
-        with self._lock:
-            self.answered += 1
-        self.bus.publish(topics.ANSWERS, answer, request_id=answer.request_id)
-        for route in replies:
-            self.bus.publish_to(
-                route.topic,
-                answer,
-                qos=topics.ANSWERS.qos,
-                correlation_data=route.correlation_data,
-            )
-
-
-def _tighter(fleet: Budgets, prompt: Budgets | None) -> Budgets:
-    """The budgets a prompt is answered under: its own where tighter than the fleet's."""
-    if prompt is None:
-        return fleet
-
-    def least(a: float | int | None, b: float | int | None) -> float | int | None:
-        return b if a is None else a if b is None else min(a, b)
-
-    delay = dict(fleet.delay_s)
-    for category, limit in prompt.delay_s.items():
-        delay[category] = min(limit, delay.get(category, limit))
-    return Budgets(
-        energy_j=least(fleet.energy_j, prompt.energy_j),
-        delay_s=delay,
-        top_k=least(fleet.top_k, prompt.top_k),  # type: ignore[arg-type]
+def _refusal(request_id: str, reason: str) -> Answer:
+    return Answer(
+        request_id=request_id,
+        status="rejected",
+        answer=None,
+        experts=[],
+        error=reason,
+        latency_s=0.0,
     )

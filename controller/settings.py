@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from messages.base import TOPIC_LEVEL_PATTERN
 from messages.settings import FleetSettings
 
 
@@ -19,7 +20,36 @@ class ControllerSettings(FleetSettings):
         ge=1.5,
         description="An agent is offline after this many telemetry intervals without a message",
     )
-    max_pending_requests: int = Field(default=256, ge=1)
+    controller_id: str | None = Field(
+        default=None,
+        pattern=TOPIC_LEVEL_PATTERN,
+        description="Stable id (MQTT session, ledger); default: the host name, then {host}-2...",
+    )
+    state_dir: Path | None = Field(
+        default=None,
+        description="Where the ledger of accepted prompts lives; default $XDG_STATE_HOME/moe2",
+    )
+    max_queued_prompts: int = Field(
+        default=1024,
+        ge=0,
+        le=1_000_000,
+        description="Prompts waiting for room on the fleet; beyond this they are answered busy",
+    )
+    agent_job_window: int = Field(
+        default=4,
+        ge=1,
+        le=10_000,
+        description="Jobs outstanding per agent at most (and at most its job queue capacity)",
+    )
+    busy_retry_after_s: float = Field(
+        default=2.0, gt=0, le=3600, description="The retry hint of a busy answer, s"
+    )
+    election_grace_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="After (re)connecting, seconds to hear the other controllers before leading",
+    )
     profile: Path | None = Field(
         default=None, description="Fleet profile (moe2 profile); with gate, enables selection"
     )

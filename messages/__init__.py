@@ -4,6 +4,7 @@ from messages.answers import Answer, ExpertFailure, ExpertOutput
 from messages.base import SCHEMA_VERSION, Message
 from messages.budgets import Budgets
 from messages.cache_plan import CachePlan
+from messages.cancel import Cancel
 from messages.capabilities import AgentCapabilities, ExpertInfo
 from messages.codec import MAX_PAYLOAD_BYTES, PayloadError, decode, encode
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
@@ -27,6 +28,7 @@ __all__ = [
     "Answer",
     "Budgets",
     "CachePlan",
+    "Cancel",
     "ControllerEvent",
     "ControllerStatus",
     "EnergyReading",

@@ -6,7 +6,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from messages.base import Message, NonNegativeFloat, Probability, TopicLevel
+from messages.base import (
+    DurationS,
+    EnergyJ,
+    Message,
+    Probability,
+    TokenCount,
+    TopicLevel,
+    TotalEnergyJ,
+)
 from messages.budgets import Budgets
 
 
@@ -16,13 +24,13 @@ class ExpertOutput(Message):
     weight: Probability
     text: str | None = None
     choice_probs: list[Probability] | None = None
-    latency_s: NonNegativeFloat = Field(description="Controller dispatch to result")
-    agent_latency_s: NonNegativeFloat = Field(description="Receipt to result on the agent")
-    compute_s: NonNegativeFloat = Field(
+    latency_s: DurationS = Field(description="Controller dispatch to result")
+    agent_latency_s: DurationS = Field(description="Receipt to result on the agent")
+    compute_s: DurationS = Field(
         description="Time the agent spent on the job (loading and inference, not queueing)"
     )
-    completion_tokens: int = Field(ge=0)
-    energy_j: NonNegativeFloat | None = None
+    completion_tokens: TokenCount
+    energy_j: EnergyJ | None = None
     energy_source: str | None = None
 
 
@@ -34,15 +42,24 @@ class ExpertFailure(Message):
 
 class Answer(Message):
     request_id: TopicLevel
-    status: Literal["ok", "partial", "failed"]
+    status: Literal["ok", "partial", "failed", "busy", "rejected"] = Field(
+        description="ok: every expert asked counted (or the outcome was decided without the "
+        "rest, see left_out); partial: some failed; failed: none answered; busy: the fleet's "
+        "queue is full, retry after retry_after_s; rejected: the prompt itself was refused"
+    )
     answer: str | None
-    choice_index: int | None = None
+    choice_index: int | None = Field(default=None, ge=0, le=25)
     choice_probs: list[Probability] | None = None
     experts: list[ExpertOutput]
     failed: list[ExpertFailure] = Field(default_factory=list)
+    left_out: list[ExpertFailure] = Field(
+        default_factory=list,
+        description="Experts not waited for: the outcome was decided without them",
+    )
     error: str | None = None
-    latency_s: NonNegativeFloat = Field(description="Controller receipt of the prompt to answer")
-    energy_j: NonNegativeFloat | None = Field(
+    retry_after_s: DurationS | None = Field(default=None, description="With busy: when to retry")
+    latency_s: DurationS = Field(description="Controller receipt of the prompt to answer")
+    energy_j: TotalEnergyJ | None = Field(
         default=None, description="Sum over experts, only when every one reported energy"
     )
     energy_estimated: bool = Field(

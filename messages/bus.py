@@ -7,7 +7,9 @@ handler, and a handler that raises is logged without stopping the network loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -89,21 +91,38 @@ class _Subscription:
     topic: Topic[Any]
     filter: str
     handler: Callable[[Inbound[Any]], None]
+    on_empty: Callable[[dict[str, str]], None] | None = None
+
+
+# MQTT 5 reason code of a DISCONNECT sent because another client connected with our client id.
+SESSION_TAKEN_OVER = 142
 
 
 @dataclass
 class Bus:
-    """One MQTT client bound to one fleet."""
+    """One MQTT client bound to one fleet.
+
+    A one-shot client (``moe2 ask``) calls ``connect``, which fails fast. A service calls
+    ``start``: it keeps trying the broker with a bounded backoff and reconnects for ever; with
+    ``persistent`` its session (subscriptions and QoS 1 messages sent while it is away) outlives
+    a dropped connection for ``session_expiry_s``. Every (re)connect resubscribes and then calls
+    the ``on_connected`` hooks, so a service re-announces itself each time.
+    """
 
     endpoint: BrokerEndpoint
     fleet: str
     client_id: str
     keepalive_s: int = 10
     on_reject: RejectHandler | None = None
+    persistent: bool = False
+    session_expiry_s: int = 3600
+    reconnect_max_s: float = 2.0
+    on_connected: list[Callable[[bool], None]] = field(default_factory=list)
     _subs: list[_Subscription] = field(default_factory=list, init=False)
     _connected: threading.Event = field(default_factory=threading.Event, init=False)
     _connect_error: str | None = field(default=None, init=False)
     _tls_ready: bool = field(default=False, init=False)
+    connects: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         check_level("fleet", self.fleet)
@@ -112,11 +131,50 @@ class Bus:
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=protocol,
+            # MQTT 3.1.1 only (MQTT 5 sets clean start per CONNECT)
+            clean_session=None if protocol == mqtt.MQTTv5 else not self.persistent,
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_socket_open = _no_delay
+        self.client.reconnect_delay_set(1, max(1, round(self.reconnect_max_s)))
         if self.endpoint.username is not None:
             self.client.username_pw_set(self.endpoint.username, self.endpoint.password)
+
+    def _connect_args(self) -> dict[str, Any]:
+        if not self.mqtt5:
+            return {}
+        if not self.persistent:
+            return {"clean_start": True}
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.session_expiry_s
+        return {"clean_start": False, "properties": properties}
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float | None = None) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def start(self) -> None:
+        """Connect in the background and keep connected: a broker that is down or restarting
+        is retried with a backoff of 1 s doubling to ``reconnect_max_s``, each failure logged."""
+        if self.endpoint.tls and not self._tls_ready:
+            self._use_tls()
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.connect_async(
+            self.endpoint.host,
+            self.endpoint.port,
+            keepalive=self.keepalive_s,
+            **self._connect_args(),
+        )
+        self.client.loop_start()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        log.warning(
+            "broker %s unreachable; retrying within %.0f s", self.endpoint.url, self.reconnect_max_s
+        )
 
     @property
     def mqtt5(self) -> bool:
@@ -134,7 +192,12 @@ class Bus:
         if self.endpoint.tls and not self._tls_ready:
             self._use_tls()
         try:
-            self.client.connect(self.endpoint.host, self.endpoint.port, keepalive=self.keepalive_s)
+            self.client.connect(
+                self.endpoint.host,
+                self.endpoint.port,
+                keepalive=self.keepalive_s,
+                **self._connect_args(),
+            )
         except OSError as exc:
             raise ConnectionError(f"cannot reach broker {self.endpoint.url}: {exc}") from None
         self.client.loop_start()
@@ -161,10 +224,16 @@ class Bus:
         self.client.loop_stop()
 
     def subscribe(
-        self, topic: Topic[Any], handler: Callable[[Inbound[Any]], None], **params: str
+        self,
+        topic: Topic[Any],
+        handler: Callable[[Inbound[Any]], None],
+        on_empty: Callable[[dict[str, str]], None] | None = None,
+        **params: str,
     ) -> None:
-        """Handle every message on ``topic``; parameters not given are wildcards."""
-        sub = _Subscription(topic, topic.filter(self.fleet, **params), handler)
+        """Handle every message on ``topic``; parameters not given are wildcards. ``on_empty``
+        hears an empty payload (a retained message being cleared) with the topic's parameters;
+        without it an empty payload is ignored."""
+        sub = _Subscription(topic, topic.filter(self.fleet, **params), handler, on_empty)
         self._subs.append(sub)
         self.client.message_callback_add(sub.filter, self._dispatcher(sub))
         if self._connected.is_set():
@@ -226,22 +295,40 @@ class Bus:
             return
         for sub in self._subs:
             client.subscribe(sub.filter, qos=sub.topic.qos)
+        self.connects += 1
+        if self.connects > 1:
+            log.info(
+                "reconnected to %s (session %s)",
+                self.endpoint.url,
+                "resumed" if getattr(flags, "session_present", False) else "new",
+            )
         self._connected.set()
+        for hook in self.on_connected:
+            self._guard(hook, bool(getattr(flags, "session_present", False)))
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self._connected.clear()
-        if reason.is_failure:
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
+            log.error(
+                "broker %s dropped us: another client connected with client id %r",
+                self.endpoint.url,
+                self.client_id,
+            )
+        elif reason.is_failure:
             log.warning("disconnected from %s: %s; reconnecting", self.endpoint.url, reason)
 
     def _dispatcher(
         self, sub: _Subscription
     ) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
         def dispatch(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-            if msg.retain and not msg.payload:
-                return  # a cleared retained message
             params = sub.topic.match(self.fleet, msg.topic) or {}
+            if not msg.payload and (sub.on_empty is not None or msg.retain):
+                # a retained message being cleared: heard by on_empty, else ignored
+                if sub.on_empty is not None:
+                    self._guard(sub.on_empty, params)
+                return
             try:
                 if sub.topic.message is None:
                     decoded: Any = decode_text(msg.payload)
@@ -273,3 +360,9 @@ class Bus:
             fn(*args)
         except Exception:  # a bad handler must not stop the network loop
             log.exception("handler %s failed", getattr(fn, "__qualname__", fn))
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY: a small MQTT packet goes out at once, not after the peer's delayed ACK."""
+    with contextlib.suppress(OSError, AttributeError):  # a socket without TCP (a proxy)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

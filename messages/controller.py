@@ -6,29 +6,53 @@ from typing import Literal
 
 from pydantic import Field
 
-from messages.base import Message, NonNegativeFloat, TopicLevel
+from messages.base import (
+    Count,
+    DurationS,
+    FiniteFloat,
+    Message,
+    PlanEpoch,
+    TimestampS,
+    TopicLevel,
+    TotalEnergyJ,
+)
 
 
 class ControllerStatus(Message):
+    """One controller's retained liveness on ``controllers/{controller_id}/status``; its MQTT will
+    sets it offline. Of the online controllers of a fleet, the one online longest (lowest
+    ``since_s``, then lowest id) is active; the others wait as hot standbys."""
+
+    controller_id: TopicLevel
     state: Literal["online", "offline"]
+    role: Literal["active", "standby"] = "standby"
+    since_s: TimestampS = Field(description="When this incarnation came online")
+    incarnation: PlanEpoch = Field(description="Start time in ms: tells a restart apart")
     version: str
-    time_s: NonNegativeFloat
-    agents_online: int = Field(ge=0)
-    requests_answered: int = Field(ge=0)
-    rejected: dict[str, int] = Field(
+    time_s: TimestampS
+    agents_online: Count
+    requests_answered: Count
+    queued: Count = Field(default=0, description="Prompts waiting for room on the fleet")
+    pending: Count = Field(default=0, description="Prompts dispatched, not yet answered")
+    late_results: Count = Field(
+        default=0, description="Results that came after their prompt was answered (not waited for)"
+    )
+    rejected: dict[str, Count] = Field(
         default_factory=dict, description="Rejected payloads per topic pattern"
     )
 
 
 class FleetPlan(Message):
-    epoch: int = Field(ge=0)
-    time_s: NonNegativeFloat
+    epoch: PlanEpoch
+    controller_id: TopicLevel | None = Field(default=None, description="Who made the plan")
+    incarnation: PlanEpoch | None = None
+    time_s: TimestampS
     algorithm: str = Field(default="all", description="How the active set was chosen")
-    loss: float | None = Field(default=None, description="Validation loss of the chosen set")
-    energy_j: NonNegativeFloat | None = Field(
+    loss: FiniteFloat | None = Field(default=None, description="Validation loss of the chosen set")
+    energy_j: TotalEnergyJ | None = Field(
         default=None, description="Expected energy per query of the chosen set"
     )
-    delay_s: dict[str, NonNegativeFloat] = Field(
+    delay_s: dict[str, DurationS] = Field(
         default_factory=dict, description="Expected delay per category of the chosen set"
     )
     assignments: dict[TopicLevel, list[TopicLevel]] = Field(
@@ -37,9 +61,17 @@ class FleetPlan(Message):
 
 
 class ControllerEvent(Message):
-    time_s: NonNegativeFloat
+    time_s: TimestampS
     kind: Literal[
-        "rejected", "agent_online", "agent_offline", "replan", "request_failed", "late_result"
+        "rejected",
+        "agent_online",
+        "agent_offline",
+        "replan",
+        "request_failed",
+        "late_result",
+        "failover",
+        "takeover",
+        "busy",
     ]
     topic: str | None = None
     reason: str

@@ -44,6 +44,19 @@ class FleetSettings(BaseSettings):
     mqtt_version: MqttVersion = Field(default="5", description='"5" or "3.1.1"')
     fleet: str = Field(default="default", pattern=TOPIC_LEVEL_PATTERN)
     keepalive_s: int = Field(default=10, ge=2, le=3600, description="MQTT keepalive")
+    session_expiry_s: int = Field(
+        default=3600,
+        ge=0,
+        le=7 * 86400,
+        description="How long the broker keeps a service's session (subscriptions and QoS 1 "
+        "messages) while it is away; MQTT 3.1.1 brokers keep it until they choose",
+    )
+    reconnect_max_s: float = Field(
+        default=2.0,
+        ge=1,
+        le=300,
+        description="Longest wait between two tries of an unreachable broker (backoff from 1 s)",
+    )
     username: str | None = Field(default=None, min_length=1, description="MQTT username")
     password: SecretStr | None = Field(default=None, description="MQTT password")
     password_file: Path | None = Field(

@@ -13,6 +13,7 @@ from messages.answers import Answer
 from messages.base import TOPIC_LEVEL_RE, Message
 from messages.budgets import Budgets
 from messages.cache_plan import CachePlan
+from messages.cancel import Cancel
 from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.events import AgentEvent
@@ -120,6 +121,13 @@ AGENT_PLAN = Topic(
     "experts the agent must hold loaded, with the plan epoch",
 )
 AGENT_JOBS = Topic("agents/{agent_id}/jobs", Job, 1, False, "one inference job for one expert")
+AGENT_CANCEL = Topic(
+    "agents/{agent_id}/cancel",
+    Cancel,
+    1,
+    False,
+    "a job no longer wanted (answered without it, deadline passed): dropped or stopped",
+)
 AGENT_RESULTS = Topic(
     "agents/{agent_id}/results",
     JobResult,
@@ -169,7 +177,11 @@ CONTROLLER_CACHE_PLAN = Topic(
     "the experts each agent keeps loaded (SlimCaching); the controller turns it into plans",
 )
 CONTROLLER_STATUS = Topic(
-    "controller/status", ControllerStatus, 1, True, "controller liveness and counters"
+    "controllers/{controller_id}/status",
+    ControllerStatus,
+    1,
+    True,
+    "one controller's liveness, role (active or standby) and counters; its will sets offline",
 )
 CONTROLLER_PLAN = Topic("controller/plan", FleetPlan, 1, True, "the fleet-wide activation plan")
 CONTROLLER_EVENTS = Topic(
@@ -186,6 +198,7 @@ TOPICS: tuple[Topic, ...] = (
     AGENT_TELEMETRY,
     AGENT_PLAN,
     AGENT_JOBS,
+    AGENT_CANCEL,
     AGENT_RESULTS,
     AGENT_EVENTS,
     PROMPTS,

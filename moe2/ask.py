@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from messages import topics
 from messages.answers import Answer
@@ -23,11 +25,18 @@ class Asker:
 
     Over MQTT 5 the prompt carries a response topic and correlation data; over 3.1.1 its
     ``reply_to`` field names the same per-client reply topic.
+
+    A prompt is published again after every reconnect and every ``resend_s`` while its answer
+    is awaited: the controller takes the same prompt (same request id, content and reply topic)
+    once, and answers a repeat of an answered one with the same answer, so a prompt or an
+    answer lost with a restarting broker is not lost for the asker.
     """
 
     endpoint: BrokerEndpoint
     fleet: str
     client_id: str = ""
+    resend_s: float = 5.0
+    _sent: dict[str, tuple[str, bytes, str | None]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         # With credentials the reply topic's client level is the username: the broker's ACL
@@ -38,9 +47,11 @@ class Asker:
         mqtt_id = f"{user}-{uuid.uuid4().hex[:8]}" if user else self.client_id
         self._answers: dict[str, Answer] = {}
         self._arrived = threading.Condition()
-        self._controller: ControllerStatus | None = None
+        self._controllers: dict[str, ControllerStatus] = {}
         self._controller_seen = threading.Event()
-        self.bus = Bus(self.endpoint, self.fleet, client_id=mqtt_id)
+        self.bus = Bus(
+            self.endpoint, self.fleet, client_id=mqtt_id, on_connected=[self._resend_all]
+        )
         self.bus.subscribe(topics.REPLIES, self._on_answer, client_id=self.client_id)
         self.bus.subscribe(topics.CONTROLLER_STATUS, self._on_controller)
 
@@ -57,19 +68,21 @@ class Asker:
             self._arrived.notify_all()
 
     def _on_controller(self, inbound: Inbound[ControllerStatus]) -> None:
-        self._controller = inbound.message
+        self._controllers[inbound.message.controller_id] = inbound.message
         self._controller_seen.set()
 
     def require_controller(self, wait_s: float = 3.0) -> None:
         """Fail fast, with a clear reason, when no controller serves this fleet."""
         self._controller_seen.wait(wait_s)
-        if self._controller is None:
+        time.sleep(0.1)  # the other controllers' retained statuses come right after
+        if not self._controllers:
             raise AskError(
                 f"no controller has ever served fleet {self.fleet!r} on {self.endpoint.url} "
                 "(start one with `moe2 controller run`)"
             )
-        if self._controller.state != "online":
-            raise AskError(f"the controller of fleet {self.fleet!r} is offline")
+        if not any(s.state == "online" for s in self._controllers.values()):
+            names = ", ".join(sorted(self._controllers))
+            raise AskError(f"every controller of fleet {self.fleet!r} is offline ({names})")
 
     def send(self, prompt: Prompt) -> str:
         """Publish a prompt; returns its request id."""
@@ -79,19 +92,42 @@ class Asker:
         if not self.bus.mqtt5:
             fields["reply_to"] = reply
         prompt = prompt.model_copy(update=fields)
-        self.bus.publish_to(
-            topics.PROMPTS.name(self.fleet),
-            prompt,
-            qos=topics.PROMPTS.qos,
-            response_topic=reply if self.bus.mqtt5 else None,
-            correlation_data=request_id.encode() if self.bus.mqtt5 else None,
-        ).wait_for_publish(5)
+        self._sent[request_id] = (
+            prompt.model_dump_json(),
+            request_id.encode(),
+            reply if self.bus.mqtt5 else None,
+        )
+        self._publish(request_id).wait_for_publish(5)
         return request_id
 
+    def _publish(self, request_id: str) -> Any:
+        payload, correlation, response_topic = self._sent[request_id]
+        return self.bus.publish_to(
+            topics.PROMPTS.name(self.fleet),
+            payload,
+            qos=topics.PROMPTS.qos,
+            response_topic=response_topic,
+            correlation_data=correlation if response_topic else None,
+        )
+
+    def _resend_all(self, session_present: bool) -> None:
+        for request_id in list(self._sent):
+            self._publish(request_id)
+
     def wait(self, request_id: str, timeout_s: float) -> Answer:
+        deadline = time.monotonic() + timeout_s
         with self._arrived:
-            if not self._arrived.wait_for(lambda: request_id in self._answers, timeout_s):
-                raise AskError(f"no answer to request {request_id} within {timeout_s:g} s")
+            while request_id not in self._answers:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._sent.pop(request_id, None)
+                    raise AskError(f"no answer to request {request_id} within {timeout_s:g} s")
+                arrived = self._arrived.wait_for(
+                    lambda: request_id in self._answers, min(left, self.resend_s)
+                )
+                if not arrived and request_id in self._sent and self.bus.connected:
+                    self._publish(request_id)
+            self._sent.pop(request_id, None)
             return self._answers.pop(request_id)
 
     def ask(self, prompt: Prompt, grace_s: float = 5.0) -> Answer:

@@ -11,7 +11,7 @@ from controller.registry import FleetRegistry
 from messages import topics
 from messages.base import Message
 from messages.bus import BrokerEndpoint, Bus, Inbound
-from messages.controller import ControllerEvent, FleetPlan
+from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.topics import Topic
 
 
@@ -39,6 +39,47 @@ class PlanRefused(RuntimeError):
     """The controller refused what was asked, or no new plan came."""
 
 
+def _require_active(statuses: list[ControllerStatus], fleet: str) -> None:
+    """Refuse to leave a retained control message that no controller is there to take."""
+    latest = {s.controller_id: s for s in statuses}
+    if not any(s.state == "online" and s.role == "active" for s in latest.values()):
+        raise PlanRefused(
+            f"no active controller serves fleet {fleet!r}: nothing was published (a retained "
+            "message would be applied by whichever controller starts next); start one with "
+            "`moe2 controller run`"
+        )
+
+
+def clear_retained(
+    endpoint: BrokerEndpoint, fleet: str, clears: list[tuple[Topic[Any], dict[str, str]]]
+) -> None:
+    """Clear retained messages (budgets, a cache plan, a forgotten agent's state)."""
+    bus = Bus(endpoint, fleet, client_id=f"clear-{uuid.uuid4().hex[:10]}")
+    bus.connect()
+    try:
+        for topic, params in clears:
+            bus.client.publish(
+                topic.name(fleet, **params), b"", qos=1, retain=True
+            ).wait_for_publish(5)
+    finally:
+        bus.close()
+
+
+def agent_online(endpoint: BrokerEndpoint, fleet: str, agent_id: str, wait_s: float = 1.0) -> bool:
+    """Whether the agent's retained status says online."""
+    seen: list[bool] = []
+    bus = Bus(endpoint, fleet, client_id=f"read-{uuid.uuid4().hex[:10]}")
+    bus.subscribe(
+        topics.AGENT_STATUS, lambda i: seen.append(i.message.state == "online"), agent_id=agent_id
+    )
+    bus.connect()
+    try:
+        time.sleep(wait_s)
+    finally:
+        bus.close()
+    return bool(seen and seen[-1])
+
+
 def request_plan(
     endpoint: BrokerEndpoint, fleet: str, topic: Topic[Any], message: Message, wait_s: float
 ) -> FleetPlan:
@@ -52,12 +93,15 @@ def request_plan(
         if inbound.message.kind == "rejected" and inbound.message.topic == name:
             refusals.append(inbound.message)
 
+    statuses: list[ControllerStatus] = []
     bus = Bus(endpoint, fleet, client_id=f"ask-plan-{uuid.uuid4().hex[:10]}")
     bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
     bus.subscribe(topics.CONTROLLER_EVENTS, refused)
+    bus.subscribe(topics.CONTROLLER_STATUS, lambda i: statuses.append(i.message))
     bus.connect()
     try:
         time.sleep(0.5)  # the retained plan arrives first: its epoch is the one to beat
+        _require_active(statuses, fleet)
         before = plans[-1].epoch if plans else -1
         bus.publish(topic, message).wait_for_publish(5)
         deadline = time.monotonic() + wait_s
@@ -71,3 +115,25 @@ def request_plan(
     finally:
         bus.close()
     raise PlanRefused(f"no new plan within {wait_s:g} s: is a controller running?")
+
+
+def fleets_with_agents(endpoint: BrokerEndpoint, wait_s: float = 1.0) -> set[str]:
+    """The fleets with an agent status retained on this broker (whatever they are named): what
+    ``moe2 fleet`` suggests when the fleet it was asked about has none. Raises ConnectionError
+    when the broker cannot be reached."""
+    fleets: set[str] = set()
+    pattern = f"{topics.PREFIX}/+/agents/+/status"
+
+    def seen(client: Any, userdata: Any, msg: Any) -> None:
+        if msg.payload:  # an empty retained payload is a cleared status
+            fleets.add(msg.topic.split("/")[1])
+
+    bus = Bus(endpoint, "any", client_id=f"read-{uuid.uuid4().hex[:10]}")
+    bus.client.message_callback_add(pattern, seen)
+    bus.connect()
+    try:
+        bus.client.subscribe(pattern, qos=0)
+        time.sleep(wait_s)  # retained messages come at once after the SUBACK
+    finally:
+        bus.close()
+    return fleets

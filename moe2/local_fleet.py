@@ -88,9 +88,13 @@ class LocalFleet:
         )
         return self._spawn(spec.agent_id, ["agent", "run", "--config", str(config)])
 
-    def start_controller(self) -> subprocess.Popen[bytes]:
+    def start_controller(
+        self, name: str = "controller", extra: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A controller whose id is ``name`` and whose ledger lives in the fleet's folder, so a
+        restart under the same name resumes its MQTT session and its ledger."""
         return self._spawn(
-            "controller",
+            name,
             [
                 "controller",
                 "run",
@@ -100,6 +104,11 @@ class LocalFleet:
                 self.endpoint.mqtt_version,
                 "--fleet",
                 self.fleet,
+                "--controller-id",
+                name,
+                "--state-dir",
+                str(self.workdir / "state"),
+                *(extra or []),
             ],
         )
 
@@ -107,13 +116,16 @@ class LocalFleet:
         """Until the controller is online and every agent has loaded exactly its planned experts
         (the controller's plan: every expert, or what fits its memory budget)."""
         registry = FleetRegistry()
-        controller: list[ControllerStatus] = []
+        controllers: dict[str, ControllerStatus] = {}
         plans: list[FleetPlan] = []
         bus = Bus(self.endpoint, self.fleet, client_id=f"ready-{os.getpid()}-{time.monotonic_ns()}")
         bus.subscribe(topics.AGENT_STATUS, lambda i: registry.on_status(i.message))
         bus.subscribe(topics.AGENT_CAPABILITIES, lambda i: registry.on_capabilities(i.message))
         bus.subscribe(topics.AGENT_TELEMETRY, lambda i: registry.on_telemetry(i.message))
-        bus.subscribe(topics.CONTROLLER_STATUS, lambda i: controller.append(i.message))
+        bus.subscribe(
+            topics.CONTROLLER_STATUS,
+            lambda i: controllers.__setitem__(i.message.controller_id, i.message),
+        )
         bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
         bus.connect()
         deadline = time.monotonic() + timeout_s
@@ -134,7 +146,10 @@ class LocalFleet:
                     and r.agent_id in assigned
                     and set(r.telemetry.loaded_experts) == set(assigned[r.agent_id])
                 }
-                if controller and controller[-1].state == "online" and set(agents) <= ready:
+                active = any(
+                    s.state == "online" and s.role == "active" for s in controllers.values()
+                )
+                if active and set(agents) <= ready:
                     return
                 time.sleep(0.2)
             raise FleetError(f"fleet not ready within {timeout_s:g} s (ready: {sorted(ready)})")

@@ -31,3 +31,18 @@ def smollm2_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = Path(tmp_path_factory.mktemp("onnx")) / "smollm2-135m"
     export_onnx("smollm2-135m", out, say=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Controllers keep their ledgers under $XDG_STATE_HOME: a fresh one for the test session
+    (children inherit it), never the user's own."""
+    import os
+
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old

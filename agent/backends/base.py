@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,6 +39,17 @@ class PromptTooLong(ValueError):
     """The prompt does not fit the expert's context window."""
 
 
+class DeadlineExceeded(TimeoutError):
+    """Choice scoring passed its deadline (or was cancelled) before every choice was scored."""
+
+
+def past(deadline_s: float | None, stop: threading.Event | None) -> bool:
+    """Whether work with this monotonic deadline and cancel event must stop now."""
+    if stop is not None and stop.is_set():
+        return True
+    return deadline_s is not None and time.monotonic() >= deadline_s
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Log-probabilities over the last axis."""
     top = logits.max(axis=-1, keepdims=True)
@@ -54,10 +66,12 @@ def greedy_generation(
     is_eog: Callable[[int], bool],
     detokenize: Callable[[list[int]], str],
     stop: tuple[str, ...] = (),
+    cancel: threading.Event | None = None,
 ) -> Generation:
     """Take tokens from a backend's greedy ``stream`` (the prompt's decoding happens before its
-    first token) until an end-of-generation token, a stop string, ``budget`` tokens or the
-    deadline; the text is cut at the first stop string."""
+    first token) until an end-of-generation token, a stop string, ``budget`` tokens, the
+    deadline or ``cancel`` (both finish ``deadline``); the text is cut at the first stop
+    string."""
     out: list[int] = []
     finish: Literal["stop", "length", "deadline"] = "length"
     first_token_s: float | None = None
@@ -74,7 +88,7 @@ def greedy_generation(
             break
         if len(out) >= budget:
             break
-        if time.monotonic() >= deadline_s:
+        if past(deadline_s, cancel):
             finish = "deadline"
             break
     text = detokenize(out)
@@ -120,13 +134,26 @@ class Backend(Protocol):
     def providers(self) -> list[str] | None:
         """ONNX Runtime: the execution providers the session really runs on; else None."""
 
-    def generate(self, prompt: str, max_tokens: int, deadline_s: float) -> Generation:
-        """Greedy generation; stops at ``max_tokens`` or when ``time.monotonic()`` passes
-        ``deadline_s`` (finish_reason ``deadline``)."""
+    def generate(
+        self,
+        prompt: str,
+        max_tokens: int,
+        deadline_s: float,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        """Greedy generation; stops at ``max_tokens``, or when ``time.monotonic()`` passes
+        ``deadline_s`` or ``cancel`` is set (finish_reason ``deadline``)."""
 
-    def score_choices(self, prefix: str, continuations: list[str]) -> ChoiceScores:
+    def score_choices(
+        self,
+        prefix: str,
+        continuations: list[str],
+        deadline_s: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ChoiceScores:
         """Score each continuation after ``prefix`` (see agent.templates); the prefix is decoded
-        once, not once per continuation."""
+        once, not once per continuation. Raises DeadlineExceeded when the deadline passes or
+        ``cancel`` is set before the last choice is scored."""
 
     def close(self) -> None:
         """Free the model."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,13 @@ import numpy as np
 
 from agent.backends.base import (
     ChoiceScores,
+    DeadlineExceeded,
     Generation,
     PromptTooLong,
     greedy_generation,
     log_softmax,
     normalise_logprobs,
+    past,
 )
 from agent.models import quantisation_name
 
@@ -105,7 +108,13 @@ class LlamaCppBackend:
             return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
 
-    def generate(self, prompt: str, max_tokens: int, deadline_s: float) -> Generation:
+    def generate(
+        self,
+        prompt: str,
+        max_tokens: int,
+        deadline_s: float,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
         tokens = self._prompt_tokens(prompt)
         room = self.llm.n_ctx() - len(tokens)
         if room < 1:
@@ -118,12 +127,24 @@ class LlamaCppBackend:
             prompt_tokens=len(tokens),
             budget=min(max_tokens, room),
             deadline_s=deadline_s,
+            cancel=cancel,
             is_eog=lambda token: bool(self._lib.llama_vocab_is_eog(vocab, token)),
             detokenize=lambda ids: self.llm.detokenize(ids).decode("utf-8", errors="replace"),
             stop=self.options.stop,
         )
 
-    def score_choices(self, prefix_text: str, continuations_text: list[str]) -> ChoiceScores:
+    def _abandon_scoring(self, prefix_len: int) -> None:
+        """Leave the context holding the prefix only, as a finished scoring does."""
+        self.llm._ctx.kv_cache_seq_rm(-1, prefix_len, -1)
+        self.llm.n_tokens = prefix_len
+
+    def score_choices(
+        self,
+        prefix_text: str,
+        continuations_text: list[str],
+        deadline_s: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ChoiceScores:
         """Sum of log-probabilities of each continuation's tokens after the prefix.
 
         The prefix is decoded once (reusing whatever prefix the context already holds); each
@@ -148,6 +169,11 @@ class LlamaCppBackend:
         first_logprobs = log_softmax(last_logits)
         logprobs: list[float] = []
         for tokens in continuations:
+            if past(deadline_s, cancel):
+                self._abandon_scoring(len(prefix))
+                raise DeadlineExceeded(
+                    f"scored {len(logprobs)} of {len(continuations)} choices before the deadline"
+                )
             total = float(first_logprobs[tokens[0]])
             if len(tokens) > 1:
                 self.llm._ctx.kv_cache_seq_rm(-1, len(prefix), -1)  # drop the previous choice

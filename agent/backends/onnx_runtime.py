@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ import numpy as np
 from agent.backends.base import (
     BackendUnavailable,
     ChoiceScores,
+    DeadlineExceeded,
     Generation,
     PromptTooLong,
     greedy_generation,
     log_softmax,
     normalise_logprobs,
+    past,
 )
 from agent.models import ModelNotFound
 from agent.onnx.artifact import (
@@ -233,7 +236,13 @@ class OnnxBackend:
 
     # -- inference ----------------------------------------------------------------------
 
-    def generate(self, prompt: str, max_tokens: int, deadline_s: float) -> Generation:
+    def generate(
+        self,
+        prompt: str,
+        max_tokens: int,
+        deadline_s: float,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
         tokens = self._prompt_tokens(prompt)
         room = self._n_ctx - len(tokens)
         if room < 1:
@@ -246,6 +255,7 @@ class OnnxBackend:
             prompt_tokens=len(tokens),
             budget=min(max_tokens, room),
             deadline_s=deadline_s,
+            cancel=cancel,
             is_eog=eog.__contains__,
             detokenize=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False),
             stop=self.options.stop,
@@ -261,7 +271,16 @@ class OnnxBackend:
             rows, cache = self._step([token], cache)
             logits = rows[-1]
 
-    def score_choices(self, prefix_text: str, continuations_text: list[str]) -> ChoiceScores:
+    def _abandon_scoring(self, prefix_len: int) -> None:
+        """Nothing to undo: choices are decoded on a copy of the prefix's cache."""
+
+    def score_choices(
+        self,
+        prefix_text: str,
+        continuations_text: list[str],
+        deadline_s: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ChoiceScores:
         """Sum of log-probabilities of each continuation's tokens after the prefix, which is
         decoded once; each continuation is decoded on the prefix's cache."""
         start = time.monotonic()
@@ -280,6 +299,11 @@ class OnnxBackend:
         first_logprobs = log_softmax(last)
         logprobs: list[float] = []
         for tokens in continuations:
+            if past(deadline_s, cancel):
+                self._abandon_scoring(len(prefix))
+                raise DeadlineExceeded(
+                    f"scored {len(logprobs)} of {len(continuations)} choices before the deadline"
+                )
             total = float(first_logprobs[tokens[0]])
             if len(tokens) > 1:
                 rows, _ = self._step(tokens[:-1], cache)

@@ -17,6 +17,7 @@ from messages import (
     Answer,
     Budgets,
     CachePlan,
+    Cancel,
     ControllerEvent,
     ControllerStatus,
     EnergyReading,
@@ -171,8 +172,13 @@ SAMPLES: list[Message] = [
         latency_s=2.0,
         energy_j=3.25,
     ),
+    Cancel(request_id="r-17", expert_id="smol", reason="decided", time_s=T0),
     ControllerStatus(
+        controller_id="laptop",
         state="online",
+        role="active",
+        since_s=T0,
+        incarnation=1_700_000_000_000,
         version="0.1.0",
         time_s=T0,
         agents_online=2,
@@ -196,7 +202,7 @@ def test_samples_cover_every_exported_message_model() -> None:
         for obj in vars(messages).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
     }
-    assert len(exported) == 19
+    assert len(exported) == 20
     assert {type(m) for m in SAMPLES} == exported
 
 

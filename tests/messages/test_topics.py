@@ -29,7 +29,8 @@ def test_parameterless_and_multi_parameter_names() -> None:
 def test_params_are_read_from_the_pattern() -> None:
     assert topics.AGENT_STATUS.params == ("agent_id",)
     assert topics.REPLIES.params == ("client_id", "request_id")
-    assert topics.CONTROLLER_STATUS.params == ()
+    assert topics.CONTROLLER_STATUS.params == ("controller_id",)
+    assert topics.AGENT_CANCEL.params == ("agent_id",)
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,8 @@ def test_match_inverts_name_for_every_topic() -> None:
         (topics.PROMPTS, "moe2/lab/prompts/text"),  # prompts is not a prefix of prompts/text
         (topics.PROMPTS_TEXT, "moe2/lab/prompts"),
         (topics.ANSWERS, "moe2/lab/replies/c/r"),
-        (topics.CONTROLLER_STATUS, "moe2/labx/controller/status"),
+        (topics.CONTROLLER_STATUS, "moe2/labx/controllers/c1/status"),
+        (topics.CONTROLLER_STATUS, "moe2/lab/controller/status"),
     ],
 )
 def test_match_rejects_other_names(topic: Topic[Message], name: str) -> None:
@@ -150,7 +152,7 @@ def test_every_pattern_is_unique() -> None:
 def test_registry_holds_every_topic_declared_in_the_module() -> None:
     declared = {id(v) for v in vars(topics).values() if isinstance(v, Topic)}
     assert declared == {id(t) for t in TOPICS}
-    assert len(TOPICS) == 16
+    assert len(TOPICS) == 17
 
 
 def test_every_topic_has_a_message_type_except_bare_text_prompts() -> None:
@@ -169,7 +171,7 @@ def test_qos_and_retain_flags() -> None:
         "agents/{agent_id}/status",
         "agents/{agent_id}/capabilities",
         "agents/{agent_id}/plan",
-        "controller/status",
+        "controllers/{controller_id}/status",
         "controller/plan",
         "controller/budgets",
         "controller/cache-plan",

@@ -1,0 +1,80 @@
+"""Pure decisions of the dispatcher: when an answer is decided, and which replica runs a job.
+
+No I/O and no clock: each function takes what it needs and returns the decision, so the rules
+are tested directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from controller.aggregate import normalised_weights, uniform_weights
+from messages.results import JobResult
+
+# The leading choice must beat the runner-up by more than the weight still out, plus this.
+MARGIN = 1e-9
+
+
+def key(agent_id: str, expert_id: str) -> str:
+    """How the gate and the answer name an expert on an agent."""
+    return f"{expert_id}@{agent_id}"
+
+
+def _usable(result: JobResult, choices: list[str] | None) -> bool:
+    if not result.ok:
+        return False
+    if choices is not None:
+        return result.choice_probs is not None and len(result.choice_probs) == len(choices)
+    return bool((result.text or "").strip())
+
+
+def decided(
+    choices: list[str] | None,
+    arrived: Mapping[str, JobResult],
+    outstanding: Iterable[str],
+    weights: Mapping[str, float] | None,
+) -> bool:
+    """Whether the experts still out (by key) can no longer change the answer.
+
+    Choices: the mixture so far (each arrived expert's probabilities times its weight among
+    every expert that can still count) leads by more than the outstanding experts' total
+    weight, so whatever they say, the winning choice stays. Free text: an arrived non-empty
+    text weighs at least as much as any expert still out (ties go to the earlier answer).
+    With nothing out the answer is complete, hence decided.
+    """
+    out = list(outstanding)
+    if not out:
+        return True
+    usable = [k for k, r in arrived.items() if _usable(r, choices)]
+    if not usable:
+        return False
+    live = usable + out
+    norm = normalised_weights(live, dict(weights)) if weights else uniform_weights(live)
+    if choices is None:
+        return max(norm[k] for k in usable) >= max(norm[k] for k in out)
+    mixture = [
+        sum(norm[k] * (arrived[k].choice_probs or [])[i] for k in usable)
+        for i in range(len(choices))
+    ]
+    ranked = sorted(mixture, reverse=True)
+    return ranked[0] - ranked[1] > sum(norm[k] for k in out) + MARGIN
+
+
+def least_loaded(agents: Iterable[str], load: Mapping[str, int]) -> str | None:
+    """The agent with the fewest jobs outstanding (then the lowest id), or None."""
+    return min(agents, key=lambda a: (load.get(a, 0), a), default=None)
+
+
+def one_replica_each(
+    active: Iterable[tuple[str, str]], load: Mapping[str, int]
+) -> list[tuple[str, str]]:
+    """(agent, expert) pairs: for each distinct expert id, its least loaded active replica."""
+    replicas: dict[str, list[str]] = {}
+    for agent, expert in active:
+        replicas.setdefault(expert, []).append(agent)
+    chosen = []
+    for expert in sorted(replicas):
+        agent = least_loaded(replicas[expert], load)
+        if agent is not None:
+            chosen.append((agent, expert))
+    return chosen

@@ -1,0 +1,414 @@
+"""Prompts from acceptance to answer: a bounded queue (oldest first), jobs sent only where an
+agent has room, answers as soon as they are decided, failover when an agent goes away.
+
+The dispatcher does no I/O. Each call returns the ``Actions`` to carry out (jobs and cancels to
+publish, answers to send, events to report); the controller service publishes them. Time comes
+in as ``now`` (``time.monotonic()``), so every rule can be driven step by step in a test.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.aggregate import Arrival, combine
+from controller.decisions import decided, key, least_loaded
+from controller.ledger import Entry, ReplyRoute
+from messages.answers import Answer, ExpertFailure
+from messages.base import now_s
+from messages.budgets import Budgets
+from messages.cancel import Cancel
+from messages.jobs import Job
+from messages.prompts import Prompt
+from messages.results import JobResult
+
+Pair = tuple[str, str]  # (agent_id, expert_id)
+
+
+class Refused(Exception):
+    """A prompt that will not be dispatched, with the reason it is answered with."""
+
+    def __init__(
+        self, reason: str, failed: list[ExpertFailure] | None = None, rejected: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.reason, self.failed, self.rejected = reason, failed or [], rejected
+
+
+@dataclass(frozen=True)
+class Route:
+    """Who answers a prompt: the pairs, the named experts that cannot, gate weights (None:
+    uniform) and the budgets it is answered under."""
+
+    targets: list[Pair]
+    failed: list[ExpertFailure]
+    weights: dict[str, float] | None
+    budgets: Budgets | None
+
+
+Router = Callable[[Prompt, dict[str, int]], Route]  # raises Refused
+Replicas = Callable[[str], list[str]]  # expert id -> online agents where it is active
+Capacity = Callable[[str], int]  # agent id -> jobs it may hold at once
+
+
+@dataclass
+class Actions:
+    jobs: list[tuple[str, Job]] = field(default_factory=list)
+    cancels: list[tuple[str, Cancel]] = field(default_factory=list)
+    answers: list[tuple[Answer, list[ReplyRoute]]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def extend(self, other: Actions) -> Actions:
+        self.jobs += other.jobs
+        self.cancels += other.cancels
+        self.answers += other.answers
+        self.events += other.events
+        return self
+
+    def event(self, kind: str, reason: str, **fields: Any) -> None:
+        self.events.append({"kind": kind, "reason": reason, **fields})
+
+
+@dataclass
+class Pending:
+    entry: Entry
+    received: float  # monotonic
+    deadline: float  # monotonic
+    jobs: dict[Pair, float] = field(default_factory=dict)  # outstanding: pair -> dispatch time
+    sent: dict[Pair, Job] = field(default_factory=dict)
+    arrivals: dict[Pair, Arrival] = field(default_factory=dict)
+    failed: list[ExpertFailure] = field(default_factory=list)
+    weights: dict[str, float] | None = None
+    budgets: Budgets | None = None
+
+    @property
+    def prompt(self) -> Prompt:
+        return self.entry.prompt
+
+
+@dataclass
+class _Queued:
+    entry: Entry
+    received: float
+    deadline: float
+
+
+class Dispatcher:
+    """Thread-safe; every public method returns what to publish."""
+
+    def __init__(
+        self,
+        router: Router,
+        replicas: Replicas,
+        capacity: Capacity,
+        max_queued: int,
+        retry_after_s: float = 1.0,
+    ) -> None:
+        self.router, self.replicas, self.capacity = router, replicas, capacity
+        self.max_queued = max_queued
+        self.retry_after_s = retry_after_s
+        self.pending: dict[str, Pending] = {}
+        self.queue: deque[_Queued] = deque()
+        self.load: dict[str, int] = {}  # agent -> jobs outstanding
+        self.late_results = 0
+        self.answered = 0
+        self._lock = threading.RLock()
+
+    # -- admission ----------------------------------------------------------------------
+
+    def holds(self, request_id: str) -> Entry | None:
+        with self._lock:
+            if request_id in self.pending:
+                return self.pending[request_id].entry
+            return next((q.entry for q in self.queue if q.entry.request_id == request_id), None)
+
+    def admit(self, entry: Entry, now: float, wall_now: float) -> Actions:
+        """Queue an accepted prompt (its deadline counts from ``entry.received_s``), or answer
+        ``busy`` at once when the queue is full."""
+        received = now - max(0.0, wall_now - entry.received_s)
+        item = _Queued(entry, received, received + entry.prompt.timeout_s)
+        with self._lock:
+            if len(self.queue) >= self.max_queued:
+                actions = Actions()
+                reason = (
+                    f"fleet busy: {len(self.queue)} prompts already wait for room; retry in "
+                    f"{self.retry_after_s:g} s"
+                )
+                actions.event("busy", f"request {entry.request_id}: {reason}")
+                self._answer(actions, entry, received, now, "busy", reason)
+                return actions
+            self.queue.append(item)
+            return self.pump(now)
+
+    def pump(self, now: float) -> Actions:
+        """Dispatch queued prompts, oldest first, while their agents have room."""
+        actions = Actions()
+        with self._lock:
+            while self.queue:
+                head = self.queue[0]
+                if now >= head.deadline:
+                    self.queue.popleft()
+                    why = f"deadline of {head.entry.prompt.timeout_s:g} s passed in the queue"
+                    self._answer(actions, head.entry, head.received, now, "failed", why)
+                    continue
+                try:
+                    route = self.router(head.entry.prompt, dict(self.load))
+                except Refused as refusal:
+                    self.queue.popleft()
+                    if refusal.rejected:
+                        actions.event(
+                            "rejected",
+                            f"request {head.entry.request_id}: {refusal.reason}",
+                            topic="prompts",
+                            request_id=head.entry.request_id,
+                        )
+                    status = "rejected" if refusal.rejected else "failed"
+                    self._answer(
+                        actions,
+                        head.entry,
+                        head.received,
+                        now,
+                        status,
+                        refusal.reason,
+                        refusal.failed,
+                    )
+                    continue
+                if any(self.load.get(a, 0) >= self.capacity(a) for a, _ in route.targets):
+                    break  # the oldest waits for room; the rest wait behind it
+                self.queue.popleft()
+                pending = Pending(
+                    head.entry,
+                    head.received,
+                    head.deadline,
+                    failed=list(route.failed),
+                    weights=route.weights,
+                    budgets=route.budgets,
+                )
+                self.pending[head.entry.request_id] = pending
+                for agent, expert in route.targets:
+                    self._send(actions, pending, agent, expert, now)
+        return actions
+
+    def _send(
+        self, actions: Actions, pending: Pending, agent: str, expert: str, now: float
+    ) -> None:
+        prompt = pending.prompt
+        remaining = pending.deadline - now
+        # Agents get a little less time than the asker, so late tokens still make it back.
+        timeout = max(0.05, remaining - min(1.0, 0.1 * remaining))
+        job = Job(
+            request_id=pending.entry.request_id,
+            expert_id=expert,
+            prompt=prompt.prompt,
+            choices=prompt.choices,
+            question=prompt.question,
+            max_tokens=prompt.max_tokens,
+            timeout_s=min(timeout, 3600.0),
+            issued_s=now_s(),
+        )
+        pending.jobs[(agent, expert)] = now
+        pending.sent[(agent, expert)] = job
+        self.load[agent] = self.load.get(agent, 0) + 1
+        actions.jobs.append((agent, job))
+
+    def _release(self, pending: Pending, pair: Pair) -> None:
+        if pending.jobs.pop(pair, None) is not None:
+            self.load[pair[0]] = max(0, self.load.get(pair[0], 0) - 1)
+
+    # -- results and failures -----------------------------------------------------------
+
+    def on_result(self, result: JobResult, now: float) -> tuple[Actions, str | None]:
+        """Take a result; the second value is why it was refused (None when taken or late)."""
+        actions = Actions()
+        pair = (result.agent_id, result.expert_id)
+        with self._lock:
+            pending = self.pending.get(result.request_id)
+            if pending is None:
+                self.late_results += 1
+                return actions, None
+            if pair in pending.arrivals:
+                return actions, None  # the same result again (a re-sent job): already counted
+            if pair not in pending.jobs:
+                if pair in pending.sent:  # failed over or left out, then answered after all
+                    self.late_results += 1
+                    return actions, None
+                return actions, (
+                    f"request {result.request_id} did not ask {result.expert_id}@{result.agent_id}"
+                )
+            pending.arrivals[pair] = Arrival(result, now - pending.jobs[pair])
+            self._release(pending, pair)
+            self._settle(actions, pending, now)
+            actions.extend(self.pump(now))
+        return actions, None
+
+    def _settle(self, actions: Actions, pending: Pending, now: float) -> None:
+        """Answer the request if what is still out can no longer change the answer."""
+        arrived = {key(a, e): arr.result for (a, e), arr in pending.arrivals.items()}
+        outstanding = [key(a, e) for a, e in pending.jobs]
+        if decided(pending.prompt.choices, arrived, outstanding, pending.weights):
+            self._finish(actions, pending, now, "decided")
+
+    def on_agent_down(self, agent_id: str, reason: str, now: float) -> Actions:
+        """Every job outstanding on the agent goes to another active replica of its expert
+        (least loaded), or is counted failed, and the request answered if that decides it."""
+        actions = Actions()
+        with self._lock:
+            self.load.pop(agent_id, None)
+            for pending in list(self.pending.values()):
+                for pair in [p for p in pending.jobs if p[0] == agent_id]:
+                    pending.jobs.pop(pair)
+                    expert = pair[1]
+                    spare = [
+                        a
+                        for a in self.replicas(expert)
+                        if a != agent_id and (a, expert) not in pending.sent
+                    ]
+                    target = least_loaded(spare, self.load)
+                    if target is None:
+                        pending.failed.append(
+                            ExpertFailure(agent_id=agent_id, expert_id=expert, reason=reason)
+                        )
+                        continue
+                    if pending.weights is not None:
+                        pending.weights[key(target, expert)] = pending.weights.pop(
+                            key(agent_id, expert), 0.0
+                        )
+                    actions.event(
+                        "failover",
+                        f"request {pending.entry.request_id}: {expert} moved from {agent_id} "
+                        f"({reason}) to {target}",
+                        request_id=pending.entry.request_id,
+                        agent_id=agent_id,
+                    )
+                    self._send(actions, pending, target, expert, now)
+                if pending.entry.request_id in self.pending:
+                    self._settle(actions, pending, now)
+            actions.extend(self.pump(now))
+        return actions
+
+    def resend(self, agent_id: str | None = None) -> Actions:
+        """The jobs outstanding (on one agent, or everywhere) again: after a reconnect, a job or
+        its result may have been lost with a broker that kept no session. Agents answer a job
+        they have seen once only (a finished one by re-sending its result)."""
+        actions = Actions()
+        with self._lock:
+            for pending in self.pending.values():
+                for pair in pending.jobs:
+                    if agent_id is None or pair[0] == agent_id:
+                        actions.jobs.append((pair[0], pending.sent[pair]))
+        return actions
+
+    def tick(self, now: float) -> Actions:
+        """Answer what passed its deadline, then dispatch what now fits."""
+        actions = Actions()
+        with self._lock:
+            for pending in [p for p in self.pending.values() if now >= p.deadline]:
+                self._finish(actions, pending, now, "deadline")
+            actions.extend(self.pump(now))
+        return actions
+
+    # -- answers ------------------------------------------------------------------------
+
+    def _finish(self, actions: Actions, pending: Pending, now: float, why: str) -> None:
+        request_id = pending.entry.request_id
+        self.pending.pop(request_id, None)
+        left_out = []
+        for agent, expert in list(pending.jobs):
+            self._release(pending, (agent, expert))
+            reason = (
+                f"no result within {pending.prompt.timeout_s:g} s"
+                if why == "deadline"
+                else "outcome decided without it"
+            )
+            (pending.failed if why == "deadline" else left_out).append(
+                ExpertFailure(agent_id=agent, expert_id=expert, reason=reason)
+            )
+            actions.cancels.append(
+                (
+                    agent,
+                    Cancel(request_id=request_id, expert_id=expert, reason=why, time_s=now_s()),
+                )
+            )
+        combined = combine(
+            pending.prompt.choices,
+            list(pending.arrivals.values()),
+            pending.failed,
+            weights=pending.weights,
+        )
+        status = "ok" if not combined.failed else ("partial" if combined.experts else "failed")
+        answer = Answer(
+            request_id=request_id,
+            status=status,
+            answer=combined.answer,
+            choice_index=combined.choice_index,
+            choice_probs=combined.choice_probs,
+            experts=combined.experts,
+            failed=combined.failed,
+            left_out=left_out,
+            error=None if combined.experts else "no expert answered",
+            latency_s=min(max(0.0, now - pending.received), 1e6),
+            energy_j=combined.energy_j,
+            energy_estimated=any(e.energy_source == "estimate" for e in combined.experts),
+            budgets=pending.budgets,
+        )
+        if status == "failed":
+            actions.event(
+                "request_failed",
+                f"request {request_id}: no expert answered",
+                request_id=request_id,
+            )
+        self.answered += 1
+        actions.answers.append((answer, pending.entry.routes))
+
+    def _answer(
+        self,
+        actions: Actions,
+        entry: Entry,
+        received: float,
+        now: float,
+        status: str,
+        error: str,
+        failed: list[ExpertFailure] | None = None,
+    ) -> None:
+        if status in ("failed", "rejected"):
+            actions.event(
+                "request_failed",
+                f"request {entry.request_id}: {error}",
+                request_id=entry.request_id,
+            )
+        self.answered += 1
+        actions.answers.append(
+            (
+                Answer(
+                    request_id=entry.request_id,
+                    status=status,  # type: ignore[arg-type]
+                    answer=None,
+                    experts=[],
+                    failed=failed or [],
+                    error=error,
+                    latency_s=min(max(0.0, now - received), 1e6),
+                    retry_after_s=self.retry_after_s if status == "busy" else None,
+                ),
+                entry.routes,
+            )
+        )
+
+    def counts(self) -> tuple[int, int]:
+        """(queued, pending)."""
+        with self._lock:
+            return len(self.queue), len(self.pending)
+
+    def drop_all(self) -> None:
+        """Forget every prompt (a controller stepping down: the active one takes them over)."""
+        with self._lock:
+            self.pending.clear()
+            self.queue.clear()
+            self.load.clear()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]

@@ -1,0 +1,164 @@
+"""Prompts accepted and not yet answered, kept on disk so that a controller killed with prompts
+in flight answers them after it restarts, and recent answers, so that a prompt delivered twice
+(an MQTT redelivery, an asker re-sending after a reconnect) is answered once.
+
+The journal is JSON lines: ``{"op": "add", ...}`` when a prompt is accepted, ``{"op": "done",
+"request_id": ...}`` when it is answered. It is flushed at every line (a killed process loses
+nothing; a power cut of the controller's host may lose the last lines) and compacted at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from messages.answers import Answer
+from messages.base import now_s
+from messages.prompts import Prompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplyRoute:
+    """Where an asker wants the answer besides ``answers/{request_id}``."""
+
+    topic: str
+    correlation_data: bytes | None = None
+
+    def dump(self) -> dict[str, Any]:
+        data = None if self.correlation_data is None else self.correlation_data.hex()
+        return {"topic": self.topic, "correlation_data": data}
+
+    @classmethod
+    def load(cls, raw: dict[str, Any]) -> ReplyRoute:
+        data = raw.get("correlation_data")
+        return cls(str(raw["topic"]), None if data is None else bytes.fromhex(data))
+
+
+@dataclass
+class Entry:
+    """An accepted prompt: what was asked, by whom, when (wall clock), and its fingerprint."""
+
+    request_id: str
+    prompt: Prompt
+    routes: list[ReplyRoute]
+    received_s: float
+    fingerprint: str
+
+    @property
+    def deadline_s(self) -> float:
+        return self.received_s + self.prompt.timeout_s
+
+    def add_routes(self, routes: list[ReplyRoute]) -> None:
+        for route in routes:
+            if route not in self.routes:
+                self.routes.append(route)
+
+
+class Ledger:
+    """Accepted prompts by request id (journalled when ``path`` is given), and an LRU of the
+    last ``remember`` answers with the fingerprint of the prompt each answered."""
+
+    def __init__(self, path: Path | None, remember: int = 2048) -> None:
+        self.path = path
+        self.entries: dict[str, Entry] = {}
+        self._answers: OrderedDict[str, tuple[str, Answer]] = OrderedDict()
+        self._remember = remember
+        self._file: IO[str] | None = None
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                try:
+                    self._replay(json.loads(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("ledger %s line %d unreadable, skipped: %s", path, number, exc)
+        # Keep what is still worth answering: an expired prompt is answered at once on takeover.
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as out:
+            for entry in self.entries.values():
+                out.write(json.dumps(_dump(entry)) + "\n")
+        os.replace(tmp, path)
+        self._file = path.open("a")
+        if self.entries:
+            log.info("ledger %s: %d prompts accepted and not answered", path, len(self.entries))
+
+    def _replay(self, record: dict[str, Any]) -> None:
+        if record["op"] == "add":
+            entry = Entry(
+                request_id=record["request_id"],
+                prompt=Prompt.model_validate_json(record["prompt"]),
+                routes=[ReplyRoute.load(r) for r in record["routes"]],
+                received_s=float(record["received_s"]),
+                fingerprint=record["fingerprint"],
+            )
+            self.entries[entry.request_id] = entry
+        elif record["op"] == "done":
+            self.entries.pop(record["request_id"], None)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as exc:  # a full disk must not stop the answers
+            log.error("ledger %s: cannot write: %s", self.path, exc)
+
+    def add(self, entry: Entry) -> None:
+        self.entries[entry.request_id] = entry
+        self._write(_dump(entry))
+
+    def done(self, request_id: str, answer: Answer | None = None) -> None:
+        entry = self.entries.pop(request_id, None)
+        if entry is not None:
+            self._write({"op": "done", "request_id": request_id})
+        if answer is not None and entry is not None:
+            self._answers[request_id] = (entry.fingerprint, answer)
+            self._answers.move_to_end(request_id)
+            while len(self._answers) > self._remember:
+                self._answers.popitem(last=False)
+
+    def answered(self, request_id: str, fingerprint: str) -> Answer | None:
+        """The answer already sent for this very prompt (same id and fingerprint), if recent."""
+        found = self._answers.get(request_id)
+        return found[1] if found is not None and found[0] == fingerprint else None
+
+    def was_answered(self, request_id: str) -> bool:
+        return request_id in self._answers
+
+    def expire(self, grace_s: float = 60.0) -> list[Entry]:
+        """Forget entries whose deadline passed ``grace_s`` ago (a standby's shadow of prompts
+        the active controller answered while the standby could not see it)."""
+        cutoff = now_s() - grace_s
+        gone = [e for e in self.entries.values() if e.deadline_s < cutoff]
+        for entry in gone:
+            self.done(entry.request_id)
+        return gone
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _dump(entry: Entry) -> dict[str, Any]:
+    return {
+        "op": "add",
+        "request_id": entry.request_id,
+        "prompt": entry.prompt.model_dump_json(),
+        "routes": [r.dump() for r in entry.routes],
+        "received_s": entry.received_s,
+        "fingerprint": entry.fingerprint,
+        "written_s": time.time(),
+    }

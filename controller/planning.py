@@ -1,0 +1,109 @@
+"""Which experts each agent must hold loaded: every one that fits, the SlimCaching placement
+in force, or the MoE² optimal set under the budgets. Pure functions of the fleet as the
+registry sees it; the controller service publishes what they decide."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.registry import FleetRegistry
+from controller.selection.live import LiveSelection
+from controller.selection.solver import SelectionResult
+from messages.budgets import Budgets
+from messages.cache_plan import CachePlan
+
+Wanted = dict[str, list[str]]
+
+
+def fitting(registry: FleetRegistry, online: Wanted) -> Wanted:
+    """Every expert of each agent, in its configured order, as far as its memory budget
+    allows (agents without a budget get them all)."""
+    records = {r.agent_id: r for r in registry.agents()}
+    wanted = {}
+    for agent_id, experts in online.items():
+        caps = records[agent_id].capabilities
+        budget = caps.expert_memory_budget_bytes if caps else None
+        if caps is None or budget is None:
+            wanted[agent_id] = experts
+            continue
+        infos = {e.expert_id: e for e in caps.experts}
+        kept, used = [], 0
+        for expert in experts:
+            size = infos[expert].memory_bytes or infos[expert].file_size_bytes
+            if used + size <= budget:
+                kept.append(expert)
+                used += size
+        wanted[agent_id] = kept
+    return wanted
+
+
+def cache_plan_problem(registry: FleetRegistry, plan: CachePlan) -> str | None:
+    """Why a cache plan cannot be applied: unknown agents or experts, or over a budget."""
+    records = {r.agent_id: r for r in registry.agents()}
+    for agent_id, expert_ids in plan.placement.items():
+        record = records.get(agent_id)
+        if record is None or record.capabilities is None:
+            return f"unknown agent {agent_id!r}"
+        infos = {e.expert_id: e for e in record.capabilities.experts}
+        unknown = sorted(set(expert_ids) - set(infos))
+        if unknown:
+            return f"agent {agent_id} has no experts {unknown}"
+        budget = record.capabilities.expert_memory_budget_bytes
+        need = sum(infos[e].memory_bytes or infos[e].file_size_bytes for e in expert_ids)
+        if budget is not None and need > budget:
+            return (
+                f"agent {agent_id} would hold {need / 1e6:.0f} MB of experts, over its "
+                f"budget of {budget / 1e6:.0f} MB"
+            )
+    return None
+
+
+def wanted_experts(
+    registry: FleetRegistry,
+    selection: LiveSelection | None,
+    cache_plan: CachePlan | None,
+    budgets: Budgets,
+) -> tuple[Wanted, dict[str, Any], SelectionResult | None]:
+    """Experts each online agent must hold, the plan's summary, and the selection result when
+    one was solved. Raises BudgetError when no set fits (the caller keeps the plan it has)."""
+    online = registry.online_experts()
+    if cache_plan is not None:
+        placement = cache_plan.placement
+        wanted = {a: [e for e in placement.get(a, []) if e in online[a]] for a in online}
+        summary = dict(
+            algorithm=f"cache:{cache_plan.algorithm}", loss=None, energy_j=None, delay_s={}
+        )
+        return wanted, summary, None
+    if selection is None:
+        return fitting(registry, online), {}, None
+    keys = {f"{e}@{a}" for a, experts in online.items() for e in experts}
+    result = selection.solve(budgets, keys)
+    wanted = {agent: [] for agent in online}
+    for chosen in result.selected:
+        expert, _, agent = chosen.partition("@")
+        wanted[agent].append(expert)
+    summary = dict(
+        algorithm=result.algorithm,
+        loss=result.loss,
+        energy_j=result.energy_j,
+        delay_s=result.delay_s,
+    )
+    return wanted, summary, result
+
+
+def tighter(fleet: Budgets, prompt: Budgets | None) -> Budgets:
+    """The budgets a prompt is answered under: its own where tighter than the fleet's."""
+    if prompt is None:
+        return fleet
+
+    def least(a: float | int | None, b: float | int | None) -> float | int | None:
+        return b if a is None else a if b is None else min(a, b)
+
+    delay = dict(fleet.delay_s)
+    for category, limit in prompt.delay_s.items():
+        delay[category] = min(limit, delay.get(category, limit))
+    return Budgets(
+        energy_j=least(fleet.energy_j, prompt.energy_j),
+        delay_s=delay,
+        top_k=least(fleet.top_k, prompt.top_k),  # type: ignore[arg-type]
+    )
