@@ -1,4 +1,4 @@
-"""The SlimCaching instance (DESIGN.md sections 4 and 6): servers, users, layers, activations.
+"""The SlimCaching instance (docs/design.md sections 4 and 6): servers, users, layers, activations.
 
 Everything a caching solver needs is in one JSON object, so a user can hand the solver an instance
 without a running fleet. Validation is strict: unknown fields, negative or non-finite capacities,
@@ -6,7 +6,9 @@ sizes, weights and latencies, a fallback latency below one of the user's server 
 without a latency for some server (or with one for a server that does not exist), activation
 probabilities that are negative or do not sum to 1 per user and layer, activated sets that are
 empty, larger than ``top_k``, repeat an expert or name an unknown one, activations of an unknown
-user and duplicate ids are all refused with a message that says where.
+user and duplicate ids are all refused with a message that says where. Probabilities that sum to
+1 within ``PROB_SUM_TOL`` (written with rounded numbers by another tool) are accepted and
+renormalised to sum to 1 exactly.
 
 An instance where nothing fits anywhere (every capacity below every size) is valid: every expert
 then falls back, and the solvers return an empty placement.
@@ -21,13 +23,14 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.instance_json import MAX_LISTED_ERRORS, join_problems, load_model, parse_model
 
-# How far the activation probabilities of one user and layer may sum from 1.
-PROB_SUM_TOL = 1e-6
-# At most this many problems are listed in one error message.
+# How far the activation probabilities of one user and layer may sum from 1 and still be taken
+# for a distribution written with rounded numbers (then renormalised): probabilities rounded to
+# three decimals, such as 0.333 three times, are the coarsest accepted.
+PROB_SUM_TOL = 1e-3
 
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Id = Annotated[str, Field(min_length=1, max_length=256)]
@@ -83,9 +86,22 @@ class CachingLayer(_Model):
         description="user id -> activated sets with probabilities summing to 1"
     )
 
+    @field_validator("activations")
+    @classmethod
+    def _renormalise(cls, activations: dict[str, list[Activation]]) -> dict[str, list[Activation]]:
+        """Each user's probabilities within PROB_SUM_TOL of 1 are scaled to sum to 1; the
+        instance's own check then refuses the rest with their original sums."""
+        scaled = {}
+        for user, sets in activations.items():
+            total = math.fsum(a.prob for a in sets)
+            if total > 0 and abs(total - 1.0) <= PROB_SUM_TOL:
+                sets = [a.model_copy(update={"prob": a.prob / total}) for a in sets]
+            scaled[user] = sets
+        return scaled
+
 
 class CachingInstance(_Model):
-    """A SlimCaching expert-placement problem (DESIGN.md sections 4 and 6)."""
+    """A SlimCaching expert-placement problem (docs/design.md sections 4 and 6)."""
 
     top_k: Annotated[int, Field(ge=1)]
     servers: list[CachingServer] = Field(min_length=1)

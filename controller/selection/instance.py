@@ -1,9 +1,13 @@
-"""The MoE² selection instance (DESIGN.md section 6): experts, budgets and the measured samples.
+"""The MoE² selection instance (docs/design.md section 6): experts, budgets, measured samples.
 
 Everything a solver needs is in one JSON object, so a user can hand the solver an instance without
 a running fleet. Validation is strict: unknown fields, non-finite or negative costs and budgets,
 missing delay categories, duplicate ids, probability rows that are not distributions and every
 shape mismatch are refused with a message that says where.
+
+A row of choice probabilities that sums to 1 within ``PROB_SUM_TOL`` is a distribution written
+with rounded numbers (another tool's six or three decimals): it is accepted and renormalised to
+sum to 1 exactly. A row further off (logits, percentages, a dropped choice) is refused.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.instance_json import MAX_LISTED_ERRORS, join_problems, load_model, parse_model
 
-# How far a row of choice probabilities may sum from 1.
-PROB_SUM_TOL = 1e-6
-# At most this many problems are listed in one error message.
+# How far a row of choice probabilities may sum from 1 and still be taken for a distribution
+# written with rounded numbers (then renormalised): rows rounded to three decimals, such as
+# [0.333, 0.333, 0.333], are the coarsest accepted.
+PROB_SUM_TOL = 1e-3
 
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -58,9 +63,16 @@ class SelectionSamples(_Model):
     )
     gate_logits: list[list[FiniteFloat]] = Field(description="[sample][expert]")
 
+    @field_validator("choice_probs")
+    @classmethod
+    def _renormalise(cls, probs: list[list[list[float]]]) -> list[list[list[float]]]:
+        """Rows within PROB_SUM_TOL of 1 are scaled to sum to 1; the instance's own check then
+        refuses the rest with their original sums."""
+        return [[renormalised(row) for row in sample] for sample in probs]
+
 
 class SelectionInstance(_Model):
-    """A MoE² expert-selection problem (DESIGN.md sections 3 and 6)."""
+    """A MoE² expert-selection problem (docs/design.md sections 3 and 6)."""
 
     experts: list[SelectionExpert] = Field(min_length=1)
     budgets: SelectionBudgets
@@ -143,6 +155,14 @@ class SelectionInstance(_Model):
     def categories(self) -> list[str]:
         """The delay categories under a budget, in the order of ``budgets.delay_s``."""
         return list(self.budgets.delay_s)
+
+
+def renormalised(row: list[float]) -> list[float]:
+    """``row`` scaled to sum to 1 when it is a distribution up to rounding, else unchanged."""
+    total = math.fsum(row)
+    if row and min(row) >= 0 and total > 0 and abs(total - 1.0) <= PROB_SUM_TOL:
+        return [p / total for p in row]
+    return row
 
 
 def parse_instance(data: str | bytes | dict[str, Any]) -> SelectionInstance:
