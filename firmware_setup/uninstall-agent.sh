@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --purge) purge=1; shift ;;
     --user) user=${2:?--user needs a name}; shift 2 ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done

@@ -47,7 +47,10 @@ def test_shellcheck_is_clean(script: Path) -> None:
 
 def test_every_script_takes_root_and_dry_run() -> None:
     for script in SCRIPTS:
-        if script.parent.name == "broker" or script.name == "common.sh":
+        if script.name == "common.sh":
+            continue
+        if script.parent.name == "broker":  # writes only into --out: no --root to take
+            assert "--dry-run) dry_run=1" in script.read_text()
             continue
         text = script.read_text()
         assert "common_args" in text and "set -euo pipefail" in text, script
@@ -138,6 +141,36 @@ def test_install_builds_a_working_venv(installed: Path) -> None:
     # Idempotent with the venv too: a second run finds the venv and rewrites nothing else.
     again = sh("install-agent.sh", "--root", str(installed), "--platform", "cpu", "--no-start")
     assert "python3 -m venv" not in again.stdout and f"unchanged {installed}/{UNIT}" in again.stdout
+
+
+def test_staged_venv_is_relocatable(installed: Path) -> None:
+    """The staged tree is meant to be copied to a device: no script may name the staging path,
+    and the venv's moe2 runs from a copy elsewhere."""
+    venv = installed / "opt/moe2/venv"
+    naming = [
+        p.name
+        for p in (venv / "bin").iterdir()
+        if p.is_file() and not p.is_symlink() and str(installed).encode() in p.read_bytes()
+    ]
+    assert naming == []
+    assert 'VIRTUAL_ENV="/opt/moe2/venv"' in (venv / "bin/activate").read_text()
+    moved = venv.with_name("venv-moved")  # the staging path no longer exists while it runs
+    venv.rename(moved)
+    try:
+        done = subprocess.run(
+            [str(moved / "bin/moe2"), "agent", "probe", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        pip = subprocess.run(
+            [str(moved / "bin/pip"), "--version"], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        moved.rename(venv)
+    assert done.returncode == 0, done.stderr
+    assert "source" in json.loads(done.stdout)
+    assert pip.returncode == 0 and str(moved) in pip.stdout, pip.stdout + pip.stderr
 
 
 def test_systemd_analyze_accepts_the_unit(installed: Path) -> None:
@@ -235,12 +268,62 @@ def test_uninstall_removes_service_keeps_config_unless_purged(staged: Path) -> N
 
 
 def test_prepare_scripts_refuse_the_wrong_platform(tmp_path: Path) -> None:
-    jetson = sh("prepare-jetson.sh", "--root", str(tmp_path), "--dry-run", check=False)
+    jetson = sh("prepare-jetson.sh", "--root", str(tmp_path), check=False)
     assert jetson.returncode == 1 and "wrong platform: not a Jetson" in jetson.stderr
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.0\n")
-    rtx = sh("prepare-rtx.sh", "--root", str(tmp_path), "--dry-run", check=False)
+    rtx = sh("prepare-rtx.sh", "--root", str(tmp_path), check=False)
     assert rtx.returncode == 1 and "this is a Jetson" in rtx.stderr
+
+
+def test_dry_run_previews_on_the_wrong_platform(tmp_path: Path) -> None:
+    """--dry-run previews anywhere: the wrong platform is a warning, and the plan is printed."""
+    jetson = sh("prepare-jetson.sh", "--root", str(tmp_path), "--dry-run", "--clocks")
+    assert "warning: wrong platform: not a Jetson" in jetson.stdout
+    assert "+ nvpmodel -m 0" in jetson.stdout and "+ jetson_clocks" in jetson.stdout
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.0\n")
+    rtx = sh("prepare-rtx.sh", "--root", str(tmp_path), "--dry-run", "--power-limit", "350")
+    assert "warning: wrong platform: this is a Jetson" in rtx.stdout
+    assert "+ nvidia-smi -pl 350" in rtx.stdout
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["nv_tegra_release"]
+
+
+@pytest.mark.skipif(os.uname().machine == "aarch64", reason="checks the preview on a non-Jetson")
+def test_live_dry_run_previews_a_jetson_install_on_this_machine() -> None:
+    """Without --root, on this x86 machine: it is not a Jetson, yet --dry-run shows the plan."""
+    agent = sh("install-agent.sh", "--dry-run", "--platform", "jetson")
+    assert "needs an aarch64 Jetson" in agent.stdout and "CMAKE_ARGS=-DGGML_CUDA=on" in agent.stdout
+    assert "+ systemctl enable moe2-agent.service" in agent.stdout
+    jetson = sh("prepare-jetson.sh", "--dry-run", "--power-mode", "0")
+    assert "wrong platform" in jetson.stdout and "+ nvpmodel -m 0" in jetson.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(SETUP)))
+def test_help_is_the_scripts_header(script: Path) -> None:
+    if script.name == "common.sh":
+        return
+    done = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    text = done.stdout + done.stderr
+    header = {line.strip("# ") for line in script.read_text().splitlines()[1:] if line[:1] == "#"}
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    assert lines and script.name in text, text
+    assert all(line in header for line in lines), text  # no line of code, nothing invented
+
+
+def test_setup_broker_dry_run_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "broker"
+    done = subprocess.run(
+        ["bash", str(SETUP / "broker/setup-broker.sh"), "--out", str(out), "--fleet", "lab"]
+        + ["--agent", "orin-1", "--client", "alice", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nothing written" in done.stdout and "agents: orin-1" in done.stdout
+    assert "clients: alice" in done.stdout and "mosquitto.conf" in done.stdout
+    assert not out.exists()
 
 
 def test_prepare_jetson_staged(tmp_path: Path) -> None:
