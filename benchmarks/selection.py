@@ -14,7 +14,15 @@ loss moe2 evaluated (target <= 0.05), checking each result against exhaustive se
 median time of moe2 at N = 24 over 3 instances (target <= 2 s) beside the median exhaustive time
 at N = 14 measured in this run, and their ratio; (c) loss and accuracy of every algorithm against
 the optimum on a few instances with 200 samples; (d) beyond the targets, a stress case with loose
-budgets, where far more sets are feasible and the bound, not the budgets, has to do the pruning.
+budgets, where far more sets are feasible and the bound, not the budgets, has to do the pruning;
+(e) the scaling table: N = 16 ... 128 x tight, moderate and loose budgets (``scaling_instance``:
+250 samples, 4 choices, 1-3 delay categories, delays leaving 40-60 % of the experts usable
+alone, an energy budget of about 2, 6 or 12 times the median usable expert's energy): moe2
+under a 2 s limit (time to the proven optimum, or the proven gap), subsets evaluated, and its
+loss against greedy and against the solver before the anytime search (``legacy.py``, given
+``--legacy-s`` seconds) in the same run; (f) which bounds pay, on a few of those instances.
+
+    .venv/bin/python benchmarks/selection.py --only-scaling [--quick]
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.selection import ALGORITHMS, SelectionInstance, parse_instance, solve  # noqa: E402
+from controller.selection.legacy import legacy_moe2  # noqa: E402
+from controller.selection.loss import Evaluator  # noqa: E402
+from controller.selection.search import AnytimeSearch  # noqa: E402
 
 CATEGORIES = ("math", "science", "chat")
 
@@ -238,21 +249,183 @@ def stress(seed: int, n_samples: int) -> None:
     )
 
 
+SET_SIZE = {"tight": 2.0, "moderate": 6.0, "loose": 12.0}
+SCALING_N = (16, 24, 32, 48, 64, 96, 128)
+
+
+def scaling_instance(
+    rng: np.random.Generator, n_experts: int, budget: str, n_samples: int = 250
+) -> SelectionInstance:
+    """(e): 4 choices, 1-3 categories; the energy budget holds about SET_SIZE[budget] experts.
+
+    Energies, delays, skills and logits as in ``random_instance`` (vectorised); delays leave
+    40-60 % of the experts usable alone; the energy budget is SET_SIZE[budget] times the median
+    energy of those, +-10 %.
+    """
+    n, n_choices = n_experts, 4
+    categories = CATEGORIES[: int(rng.integers(1, 4))]
+    n_cat = len(categories)
+    energy = np.exp(rng.uniform(math.log(0.5), math.log(10.0), n))
+    compute = 0.15 * energy * rng.lognormal(0.0, 0.3, n)
+    delay = compute[:, None] * rng.lognormal(0.0, 0.3, (n, n_cat)) + rng.uniform(0.02, 0.3, (n, 1))
+    aggregation_s = 0.005
+    base = np.clip(0.35 + 0.04 * energy + rng.normal(0.0, 0.12, n), 0.1, 0.95)
+    category = rng.integers(0, n_cat, n_samples)
+    skill = np.clip(base[:, None] + rng.normal(0.0, 0.12, (n, n_cat)), 0.05, 0.97)
+    sharpness = rng.uniform(1.0, 6.0, n)
+    labels = rng.integers(0, n_choices, n_samples)
+    knows = rng.random((n_samples, n)) < skill[:, category].T
+    target = np.where(knows, labels[:, None], rng.integers(0, n_choices, (n_samples, n)))
+    alpha = np.full((n_samples, n, n_choices), 0.4)
+    np.put_along_axis(alpha, target[:, :, None], (0.4 + sharpness)[None, :, None], axis=2)
+    draws = rng.gamma(alpha)
+    probs = np.maximum(draws / draws.sum(axis=2, keepdims=True), 1e-9)
+    probs = probs / probs.sum(axis=2, keepdims=True)
+    logits = rng.normal(rng.normal(0.0, 0.7, n), 1.0, (n_samples, n))
+    usable = max(2, round(rng.uniform(0.4, 0.6) * n))
+    median = np.median(delay, axis=0)
+    score = (delay / median).max(axis=1)
+    threshold = np.sort(score)[usable - 1]
+    delay_budget = threshold * median + aggregation_s
+    passing = energy[score <= threshold]
+    energy_budget = float(SET_SIZE[budget] * np.median(passing) * rng.uniform(0.9, 1.1))
+    data: dict[str, Any] = {
+        "experts": [
+            {
+                "id": f"expert-{i:03d}",
+                "energy_j": float(energy[i]),
+                "delay_s": {c: float(delay[i, j]) for j, c in enumerate(categories)},
+            }
+            for i in range(n)
+        ],
+        "budgets": {
+            "energy_j": energy_budget,
+            "delay_s": {c: float(delay_budget[j]) for j, c in enumerate(categories)},
+        },
+        "aggregation_delay_s": aggregation_s,
+        "samples": {
+            "labels": labels.tolist(),
+            "choice_probs": probs.tolist(),
+            "gate_logits": logits.tolist(),
+        },
+    }
+    return parse_instance(data)
+
+
+def scaling(seed: int, per_cell: int, limit_s: float, legacy_s: float) -> None:
+    """(e): the scaling table, and the targets checked on it."""
+    print(
+        f"(e) scaling: {per_cell} instances per cell, moe2 limit {limit_s:g} s, legacy (the"
+        f" solver before the anytime search) given {legacy_s:g} s"
+    )
+    print(
+        f"    {'N':>4} {'budget':<9} {'optimal':>7} {'median s':>8} {'max s':>6}"
+        f" {'max gap':>8} {'evaluated (median)':>18} {'vs greedy (min/max)':>20}"
+        f" {'vs legacy':>10} {'legacy done':>11} {'legacy s':>8}"
+    )
+    verdicts: list[str] = []
+    for n in SCALING_N:
+        for budget in SET_SIZE:
+            rng = np.random.default_rng([seed, n, list(SET_SIZE).index(budget)])
+            times, gaps, evaluated, vs_greedy, vs_legacy, legacy_times = [], [], [], [], [], []
+            optimal = 0
+            for _ in range(per_cell):
+                instance = scaling_instance(rng, n, budget)
+                result = solve(instance, "moe2", time_limit_s=limit_s)
+                greedy = solve(instance, "greedy")
+                assert result.loss is not None and greedy.loss is not None
+                assert result.gap is not None
+                times.append(result.runtime_s)
+                gaps.append(result.gap)
+                evaluated.append(result.subsets_evaluated)
+                optimal += result.optimal
+                vs_greedy.append(result.loss - greedy.loss)
+                old = legacy_moe2(instance, time.perf_counter() + legacy_s)
+                if old is not None:
+                    legacy_times.append(old.runtime_s)
+                    vs_legacy.append(result.loss - old.loss)
+                    if result.optimal:  # same optimum, same tie-breaking
+                        assert old.selected == result.selected, (n, budget, old, result)
+            legacy_col = f"{max(vs_legacy, key=abs):+.1e}" if vs_legacy else "-"
+            legacy_t = f"{statistics.median(legacy_times):.2f}" if legacy_times else "-"
+            print(
+                f"    {n:>4} {budget:<9} {optimal:>3}/{per_cell:<3}"
+                f" {statistics.median(times):>8.3f}"
+                f" {max(times):>6.2f} {max(gaps):>8.4f} {statistics.median(evaluated):>18.0f}"
+                f" {min(vs_greedy):>+10.4f}/{max(vs_greedy):>+8.4f} {legacy_col:>10}"
+                f" {len(legacy_times):>5}/{per_cell:<5} {legacy_t:>8}"
+            )
+            if n <= 32:
+                ok = optimal == per_cell and statistics.median(times) <= 1.0
+                verdicts.append(
+                    f"N = {n} {budget}: proven optimal {optimal}/{per_cell}, median"
+                    f" {statistics.median(times):.3f} s: {'holds' if ok else 'MISSED'}"
+                )
+            if n == 64 and budget == "moderate":
+                ok = all(g <= 0.01 for g in gaps) and all(t <= limit_s + 0.2 for t in times)
+                ok = ok and max(vs_greedy) <= 1e-12
+                verdicts.append(
+                    f"N = 64 moderate: largest gap {max(gaps):.4f}, slowest {max(times):.2f} s,"
+                    f" worst vs greedy {max(vs_greedy):+.4f}: {'holds' if ok else 'MISSED'}"
+                )
+    print("    targets: N <= 32 proven optimal, median <= 1 s; N = 64 moderate gap <= 1 % in 2 s")
+    for line in verdicts:
+        print(f"      {line}")
+
+
+def bounds_ablation(seed: int) -> None:
+    """(f): which bounds pay: total time and nodes expanded to the proven optimum."""
+    cases = [(32, "moderate", i) for i in range(3)] + [(32, "loose", i) for i in range(2)]
+    cases += [(40, "moderate", i) for i in range(2)]
+    instances = []
+    for n, budget, i in cases:
+        rng = np.random.default_rng([seed, 1000 + n, list(SET_SIZE).index(budget), i])
+        instances.append(Evaluator(scaling_instance(rng, n, budget)))
+    configs = {
+        "prefix only": dict(energy_bound=False, modular_bound=False, tangent_bound=False),
+        "prefix + energy per sample": dict(energy_bound=True, modular_bound=False),
+        "prefix + set-level modular (kept)": dict(),
+        "prefix + tangent (2 rounds)": dict(modular_bound=False, tangent_bound=True),
+        "prefix + modular + tangent": dict(tangent_bound=True),
+    }
+    print(f"(f) bounds: {len(cases)} instances (N = 32, 40), time and nodes to the proven optimum")
+    for name, flags in configs.items():
+        total_s, nodes = 0.0, 0
+        for ev in instances:
+            started = time.perf_counter()
+            search = AnytimeSearch(ev)
+            search.run(started)  # the incumbent only; then set the bounds and search on
+            assert search.bnb is not None
+            for key, value in flags.items():
+                setattr(search.bnb, key, value)
+            assert search.run(None)
+            total_s += time.perf_counter() - started
+            nodes += search.bnb.nodes_expanded
+        print(f"    {name:<34} {total_s:>6.2f} s {nodes:>7} nodes expanded")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=300, help="samples per instance in (a), (b)")
     parser.add_argument("--no-stress", action="store_true", help="skip (d), the loose budgets")
+    parser.add_argument("--only-scaling", action="store_true", help="only (e) and (f)")
+    parser.add_argument("--quick", action="store_true", help="(e) with 2 instances per cell")
+    parser.add_argument("--limit-s", type=float, default=2.0, help="moe2's time limit in (e)")
+    parser.add_argument("--legacy-s", type=float, default=3.0, help="the old solver's time in (e)")
     args = parser.parse_args()
     print(
         f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()},"
         f" seed {args.seed}, {args.samples} samples"
     )
-    _, exhaustive_s = lattice_share(args.seed, args.samples)
-    timing(args.seed, args.samples, exhaustive_s)
-    baselines(args.seed)
-    if not args.no_stress:
-        stress(args.seed, args.samples)
+    if not args.only_scaling:
+        _, exhaustive_s = lattice_share(args.seed, args.samples)
+        timing(args.seed, args.samples, exhaustive_s)
+        baselines(args.seed)
+        if not args.no_stress:
+            stress(args.seed, args.samples)
+    scaling(args.seed, 2 if args.quick else 5, args.limit_s, args.legacy_s)
+    bounds_ablation(args.seed)
 
 
 if __name__ == "__main__":
