@@ -107,9 +107,11 @@ class Dispatcher:
         capacity: Capacity,
         max_queued: int,
         retry_after_s: float = 1.0,
+        early_answers: bool = True,
     ) -> None:
         self.router, self.replicas, self.capacity = router, replicas, capacity
         self.max_queued = max_queued
+        self.early_answers = early_answers
         self.retry_after_s = retry_after_s
         self.pending: dict[str, Pending] = {}
         self.queue: deque[_Queued] = deque()
@@ -249,6 +251,8 @@ class Dispatcher:
         """Answer the request if what is still out can no longer change the answer."""
         arrived = {key(a, e): arr.result for (a, e), arr in pending.arrivals.items()}
         outstanding = [key(a, e) for a, e in pending.jobs]
+        if not self.early_answers and outstanding:
+            return
         if decided(pending.prompt.choices, arrived, outstanding, pending.weights):
             self._finish(actions, pending, now, "decided")
 

@@ -24,6 +24,7 @@ class Planner:
         self.controller_id = controller_id
         self.incarnation = incarnation
         self.assignments: dict[str, list[str]] = {}
+        self.agent_epochs: dict[str, int] = {}  # the epoch of the plan each agent was sent
 
     def observe(self, epoch: int) -> None:
         """A plan epoch seen on the bus (the retained fleet plan of an earlier controller)."""
@@ -58,6 +59,7 @@ class Planner:
             ActivationPlan(agent_id=a, epoch=epoch, experts=wanted[a], time_s=now_s(), **ids)
             for a in sorted(changed)
         ]
+        self.agent_epochs.update({a: epoch for a in changed})
         return fleet, per_agent
 
     def plan_for(self, agent_id: str) -> ActivationPlan | None:
@@ -66,7 +68,7 @@ class Planner:
             return None
         return ActivationPlan(
             agent_id=agent_id,
-            epoch=self.epoch,
+            epoch=self.agent_epochs.get(agent_id, self.epoch),
             experts=self.assignments[agent_id],
             time_s=now_s(),
             controller_id=self.controller_id,

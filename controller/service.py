@@ -43,6 +43,9 @@ from messages.topics import Topic
 
 log = logging.getLogger(__name__)
 
+# An agent whose telemetry shows another plan than it was sent gets it again, at most this often.
+RESYNC_S = 5.0
+
 
 def fingerprint(prompt: Prompt, routes: list[ReplyRoute]) -> str:
     """What makes two deliveries the same prompt: its content and where it wants the answer."""
@@ -72,6 +75,7 @@ class Controller:
             self._capacity,
             settings.max_queued_prompts,
             settings.busy_retry_after_s,
+            settings.early_answers,
         )
         self.bus = Bus(
             settings.endpoint,
@@ -87,6 +91,7 @@ class Controller:
         self._lock = threading.RLock()
         self.active = False
         self._peers: dict[str, ControllerStatus] = {}
+        self._resynced: dict[str, float] = {}
         self._connected_at: float | None = None
         self.selection: LiveSelection | None = None
         self.cache_plan: CachePlan | None = None
@@ -441,11 +446,35 @@ class Controller:
         self.replan()
 
     def _on_telemetry(self, inbound: Inbound[Telemetry]) -> None:
-        if not self._agent_matches_topic(inbound, inbound.message.agent_id):
+        telemetry = inbound.message
+        if not self._agent_matches_topic(inbound, telemetry.agent_id):
             return
-        change = self.registry.on_telemetry(inbound.message)
+        change = self.registry.on_telemetry(telemetry)
         if change is not None:
             self._on_change(change)
+        if self.active:
+            self._resync_plan(telemetry)
+
+    def _resync_plan(self, telemetry: Telemetry) -> None:
+        """An agent that holds another plan than the one it was sent (a forged or stray plan,
+        one lost with a broker) gets its plan again, at most every RESYNC_S."""
+        agent = telemetry.agent_id
+        sent = self.planner.agent_epochs.get(agent)
+        if sent is None or telemetry.plan_epoch == sent:
+            return
+        now = time.monotonic()
+        if now - self._resynced.get(agent, -RESYNC_S) < RESYNC_S:
+            return
+        self._resynced[agent] = now
+        plan = self.planner.plan_for(agent)
+        if plan is not None:
+            log.info(
+                "agent %s holds plan epoch %s, not %s: sent again",
+                agent,
+                telemetry.plan_epoch,
+                sent,
+            )
+            self.bus.publish(topics.AGENT_PLAN, plan, agent_id=agent)
 
     def _on_result(self, inbound: Inbound[JobResult]) -> None:
         result = inbound.message

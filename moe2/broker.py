@@ -69,30 +69,52 @@ class LocalBroker:
         self.stop()
 
 
-def mosquitto_config(port: int) -> str:
+def mosquitto_config(port: int, persistence_dir: Path | None = None) -> str:
+    """An open broker on loopback only (anyone on this machine may publish anything: see
+    docs/security.md); with ``persistence_dir`` it keeps sessions, queued QoS 1 messages and
+    retained messages across a restart."""
+    persistence = (
+        ["persistence true", f"persistence_location {persistence_dir}/", "autosave_interval 1"]
+        if persistence_dir is not None
+        else ["persistence false"]
+    )
     return "\n".join(
         [
             f"listener {port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence false",
+            *persistence,
             "log_dest stderr",
             "log_type error",
             "log_type warning",
             "max_packet_size 1048576",
+            "set_tcp_nodelay true",
             "",
         ]
     )
 
 
-def start_mosquitto(port: int | None = None, log_file: Path | None = None) -> LocalBroker:
+def _writable_by_mosquitto(folder: Path) -> None:
+    """Mosquitto started as root drops to the mosquitto user: let it write its database."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.chown(folder, "mosquitto")
+    except (LookupError, PermissionError, OSError):
+        folder.chmod(0o777)
+
+
+def start_mosquitto(
+    port: int | None = None, log_file: Path | None = None, persistence_dir: Path | None = None
+) -> LocalBroker:
     binary = shutil.which("mosquitto")
     if binary is None:
         raise FileNotFoundError("mosquitto is not on PATH (Debian: apt-get install mosquitto)")
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="moe2-mosquitto-"))
     workdir.chmod(0o755)  # run as root, mosquitto drops to its own user
+    if persistence_dir is not None:
+        _writable_by_mosquitto(persistence_dir)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_config(port))
+    conf.write_text(mosquitto_config(port, persistence_dir))
     conf.chmod(0o644)
     err = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=err, stderr=err)

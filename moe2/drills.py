@@ -1,0 +1,419 @@
+"""Fault drills: a real local fleet (Mosquitto, agents serving SmolLM2, controllers, all
+separate processes), prompts flowing from a client that counts what comes back, and the
+faults a fleet meets in the field: a broker restarted, a controller or an agent killed or
+frozen, a burst. ``tests/moe2/test_faults.py`` asserts on the reports; ``benchmarks/faults.py``
+prints them.
+
+The client behaves as the contract asks of one: each prompt has its own request id and is
+published again after a reconnect and every ``resend_s`` until answered (the controller takes
+the same prompt once). A prompt is *lost* when no answer ever comes; *duplicated* when two
+different answers come for one request id.
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from messages import topics
+from messages.answers import Answer
+from messages.bus import BrokerEndpoint, Bus, Inbound
+from messages.prompts import Prompt
+from moe2.broker import LocalBroker, free_port, start_mosquitto
+from moe2.local_fleet import AgentSpec, LocalFleet
+
+SMOLLM2 = {"id": "smollm2", "model": "smollm2-135m", "n_ctx": 512, "n_threads": 1}
+GEMMA3 = {"id": "gemma3", "model": "gemma3-270m", "n_ctx": 512, "n_threads": 1, "stop": ["\n"]}
+CHOICE = ("The capital of France is", ["Paris", "Rome"])
+
+
+@dataclass
+class _Asked:
+    prompt: Prompt
+    sent_at: float
+    answers: list[Answer] = field(default_factory=list)
+    answered_at: float | None = None
+
+
+@dataclass
+class Report:
+    """What one drill counted."""
+
+    name: str
+    asked: int
+    answered: int
+    lost: int
+    duplicated: int
+    statuses: dict[str, int]
+    latencies_s: list[float]
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def p(self, q: float) -> float:
+        if not self.latencies_s:
+            return float("nan")
+        ranked = sorted(self.latencies_s)
+        return ranked[min(len(ranked) - 1, int(q * len(ranked)))]
+
+    @property
+    def p50_s(self) -> float:
+        return statistics.median(self.latencies_s) if self.latencies_s else float("nan")
+
+    def line(self) -> str:
+        extra = " ".join(f"{k}={v:.2f}" for k, v in self.figures.items())
+        return (
+            f"{self.name}: asked {self.asked}, answered {self.answered}, lost {self.lost}, "
+            f"duplicated {self.duplicated}, statuses {dict(self.statuses)}, "
+            f"p50 {self.p50_s:.2f} s, p99 {self.p(0.99):.2f} s {extra}".rstrip()
+        )
+
+
+class Traffic:
+    """A client asking the fleet over its own reply topic, counting every answer."""
+
+    def __init__(self, endpoint: BrokerEndpoint, fleet: str, resend_s: float = 3.0) -> None:
+        self.fleet = fleet
+        self.name = f"drill-{uuid.uuid4().hex[:8]}"
+        self.resend_s = resend_s
+        self.asked: dict[str, _Asked] = {}
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self.bus = Bus(
+            endpoint, fleet, client_id=f"moe2-{self.name}", on_connected=[self._resend_all]
+        )
+        self.bus.subscribe(topics.REPLIES, self._on_answer, client_id=self.name)
+        self._resender = threading.Thread(target=self._resend_loop, daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self.bus.start()
+        if not self.bus.wait_connected(10):
+            raise ConnectionError("drill client cannot reach the broker")
+        time.sleep(0.2)
+        self._resender.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.bus.close()
+
+    def send(self, prompt: Prompt) -> str:
+        request_id = prompt.request_id or uuid.uuid4().hex[:16]
+        reply = topics.REPLIES.name(self.fleet, client_id=self.name, request_id=request_id)
+        fields: dict[str, Any] = {"request_id": request_id}
+        if not self.bus.mqtt5:
+            fields["reply_to"] = reply
+        prompt = prompt.model_copy(update=fields)
+        with self._lock:
+            self.asked[request_id] = _Asked(prompt, time.monotonic())
+        self._publish(request_id)
+        return request_id
+
+    def _publish(self, request_id: str) -> None:
+        prompt = self.asked[request_id].prompt
+        reply = topics.REPLIES.name(self.fleet, client_id=self.name, request_id=request_id)
+        self.bus.publish_to(
+            topics.PROMPTS.name(self.fleet),
+            prompt,
+            qos=1,
+            response_topic=reply if self.bus.mqtt5 else None,
+            correlation_data=request_id.encode() if self.bus.mqtt5 else None,
+        )
+
+    def _unanswered(self) -> list[str]:
+        with self._lock:
+            return [r for r, a in self.asked.items() if not a.answers]
+
+    def _resend_all(self, session_present: bool) -> None:
+        for request_id in self._unanswered():
+            self._publish(request_id)
+
+    def _resend_loop(self) -> None:
+        while not self._stop.wait(self.resend_s):
+            if self.bus.connected:
+                self._resend_all(False)
+
+    def _on_answer(self, inbound: Inbound[Answer]) -> None:
+        answer = inbound.message
+        with self._lock:
+            asked = self.asked.get(answer.request_id)
+            if asked is None:
+                return
+            if all(a != answer for a in asked.answers):
+                asked.answers.append(answer)
+            if asked.answered_at is None:
+                asked.answered_at = time.monotonic()
+            self._lock.notify_all()
+
+    def wait_all(self, timeout_s: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: all(a.answers for a in self.asked.values()), timeout_s
+            )
+
+    def first_answer_after(self, moment: float) -> float | None:
+        """Seconds from ``moment`` to the first answer that came after it."""
+        with self._lock:
+            times = [a.answered_at for a in self.asked.values() if a.answered_at is not None]
+        later = [t for t in times if t >= moment]
+        return min(later) - moment if later else None
+
+    def report(self, name: str, **figures: float) -> Report:
+        with self._lock:
+            items = list(self.asked.values())
+        statuses = Counter(a.answers[0].status for a in items if a.answers)
+        return Report(
+            name=name,
+            asked=len(items),
+            answered=sum(1 for a in items if a.answers),
+            lost=sum(1 for a in items if not a.answers),
+            duplicated=sum(1 for a in items if len(a.answers) > 1),
+            statuses=dict(statuses),
+            latencies_s=[a.answered_at - a.sent_at for a in items if a.answered_at is not None],
+            figures=dict(figures),
+        )
+
+
+def choice_prompt(timeout_s: float = 60.0) -> Prompt:
+    text, choices = CHOICE
+    return Prompt(prompt=text, choices=choices, timeout_s=timeout_s)
+
+
+def text_prompt(max_tokens: int = 16, timeout_s: float = 60.0) -> Prompt:
+    return Prompt(prompt="Name three colours.", max_tokens=max_tokens, timeout_s=timeout_s)
+
+
+def flow(traffic: Traffic, make: Callable[[], Prompt], every_s: float, for_s: float) -> None:
+    """Send one prompt every ``every_s`` for ``for_s`` seconds."""
+    end = time.monotonic() + for_s
+    while time.monotonic() < end:
+        traffic.send(make())
+        time.sleep(every_s)
+
+
+@dataclass
+class Drill:
+    """A broker on a fixed port (so it can be restarted), a fleet on it, and its folder."""
+
+    workdir: Path
+    persistence: bool = False
+    port: int = field(default_factory=free_port)
+    broker: LocalBroker | None = None
+    fleet: LocalFleet | None = None
+
+    def start_broker(self) -> LocalBroker:
+        data = self.workdir / "broker-data" if self.persistence else None
+        self.broker = start_mosquitto(
+            self.port, log_file=self.workdir / "mosquitto.log", persistence_dir=data
+        )
+        return self.broker
+
+    def stop_broker(self) -> None:
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def start_fleet(
+        self,
+        name: str,
+        agents: list[AgentSpec],
+        controllers: tuple[str, ...] = ("c1",),
+        controller_args: list[str] | None = None,
+        keepalive_s: int = 4,
+    ) -> LocalFleet:
+        assert self.broker is not None
+        self.fleet = LocalFleet(
+            self.broker.endpoint, name, self.workdir, keepalive_s, telemetry_interval_s=0.5
+        )
+        for controller in controllers:
+            self.fleet.start_controller(controller, controller_args)
+        for spec in agents:
+            self.fleet.start_agent(spec)
+        self.fleet.wait_ready([s.agent_id for s in agents], timeout_s=180)
+        return self.fleet
+
+    def traffic(self) -> Traffic:
+        assert self.fleet is not None
+        return Traffic(self.fleet.endpoint, self.fleet.fleet)
+
+    def close(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+        self.stop_broker()
+
+
+def _agents(*ids: str, model: dict[str, Any] = SMOLLM2) -> list[AgentSpec]:
+    return [AgentSpec(agent_id, [model]) for agent_id in ids]
+
+
+# -- the scenarios --------------------------------------------------------------------------
+
+
+def broker_restarts(workdir: Path, persistence: bool, restarts: int = 2) -> Report:
+    """Prompts every 0.5 s while the broker is stopped (SIGTERM) and started again twice."""
+    drill = Drill(workdir, persistence)
+    drill.start_broker()
+    recoveries = []
+    try:
+        drill.start_fleet("drill-broker", _agents("b-a", "b-b"))
+        with drill.traffic() as traffic:
+            sender = threading.Thread(
+                target=flow, args=(traffic, choice_prompt, 0.5, 6.0 * restarts + 4.0)
+            )
+            sender.start()
+            for _ in range(restarts):
+                time.sleep(2.0)
+                drill.stop_broker()
+                time.sleep(2.0)
+                drill.start_broker()
+                back = time.monotonic()
+                time.sleep(2.0)
+                recoveries.append(back)
+            sender.join()
+            traffic.wait_all(90)
+            waits = [traffic.first_answer_after(b) for b in recoveries]
+            recovery = max((w for w in waits if w is not None), default=float("nan"))
+            name = f"broker restarts ({'persistent' if persistence else 'no persistence'})"
+            return traffic.report(name, recovery_s=recovery)
+    finally:
+        drill.close()
+
+
+def controller_killed(workdir: Path, down_s: float = 5.0) -> Report:
+    """The controller SIGKILLed with prompts in flight, started again ``down_s`` later; prompts
+    keep coming while it is down."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-ctl", _agents("c-a"))
+        with drill.traffic() as traffic:
+            for _ in range(6):
+                traffic.send(text_prompt(max_tokens=24))
+            time.sleep(0.3)
+            fleet.kill("c1", signal.SIGKILL)
+            flow(traffic, choice_prompt, 0.5, down_s)
+            fleet.start_controller("c1")
+            back = time.monotonic()
+            traffic.wait_all(90)
+            return traffic.report(
+                "controller killed and restarted",
+                recovery_s=traffic.first_answer_after(back) or float("nan"),
+            )
+    finally:
+        drill.close()
+
+
+def standby_takeover(workdir: Path) -> tuple[Report, Report]:
+    """Two controllers: every prompt answered once; then the active one SIGKILLed."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-ha", _agents("h-a"), controllers=("c1",))
+        fleet.start_controller("c2")
+        time.sleep(2.0)  # c2 hears c1 active and waits as the standby
+        with drill.traffic() as traffic:
+            flow(traffic, choice_prompt, 0.2, 4.0)
+            traffic.wait_all(60)
+            both = traffic.report("two controllers")
+        with drill.traffic() as traffic:
+            for _ in range(5):
+                traffic.send(text_prompt(max_tokens=24))
+            time.sleep(0.3)
+            killed = time.monotonic()
+            fleet.kill("c1", signal.SIGKILL)
+            flow(traffic, choice_prompt, 0.5, 4.0)
+            traffic.wait_all(90)
+            takeover = traffic.report(
+                "active controller killed",
+                takeover_s=traffic.first_answer_after(killed) or float("nan"),
+            )
+        return both, takeover
+    finally:
+        drill.close()
+
+
+def agent_killed(workdir: Path) -> Report:
+    """Two agents serving the same expert, 20 prompts in flight, one SIGKILLed."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-agent", _agents("r-a", "r-b"))
+        with drill.traffic() as traffic:
+            for _ in range(20):
+                traffic.send(text_prompt(max_tokens=16))
+            time.sleep(1.0)
+            fleet.kill("r-b", signal.SIGKILL)
+            traffic.wait_all(120)
+            return traffic.report("agent killed (replica survives)")
+    finally:
+        drill.close()
+
+
+def agent_frozen(workdir: Path, keepalive_s: int = 4) -> Report:
+    """Two replicas, one SIGSTOPped with jobs on it: its jobs fail over when it is found gone
+    (keepalive or telemetry silence), far before the prompts' deadline."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-frozen", _agents("f-a", "f-b"), keepalive_s=keepalive_s)
+        with drill.traffic() as traffic:
+            frozen = fleet.processes["f-b"]
+            frozen.send_signal(signal.SIGSTOP)
+            try:
+                for _ in range(8):
+                    traffic.send(choice_prompt(timeout_s=60.0))
+                traffic.wait_all(60)
+            finally:
+                frozen.send_signal(signal.SIGCONT)
+            return traffic.report(
+                "agent frozen (SIGSTOP)", silence_limit_s=max(3 * 0.5, 1.5 * keepalive_s)
+            )
+    finally:
+        drill.close()
+
+
+def burst(workdir: Path, prompts: int = 200, max_queued: int | None = None) -> Report:
+    """``prompts`` published back to back to two agents; with ``max_queued`` the controller
+    holds at most that many waiting."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    args = None if max_queued is None else ["--max-queued", str(max_queued)]
+    try:
+        drill.start_fleet("drill-burst", _agents("u-a", "u-b"), controller_args=args)
+        with drill.traffic() as traffic:
+            for _ in range(prompts):
+                traffic.send(choice_prompt(timeout_s=300.0))
+            traffic.wait_all(360)
+            name = f"burst of {prompts}" + (f" (queue bound {max_queued})" if max_queued else "")
+            return traffic.report(name)
+    finally:
+        drill.close()
+
+
+def early_against_waiting(workdir: Path, prompts: int = 12) -> tuple[Report, Report]:
+    """The same free-text prompts to SmolLM2 and Gemma 3, answered as soon as decided, and
+    waiting for every expert, in one run."""
+    reports = []
+    for early in (True, False):
+        drill = Drill(workdir / ("early" if early else "wait-all"))
+        drill.workdir.mkdir(parents=True, exist_ok=True)
+        drill.start_broker()
+        args = None if early else ["--no-early-answers"]
+        try:
+            specs = [AgentSpec("e-a", [SMOLLM2]), AgentSpec("e-b", [GEMMA3])]
+            drill.start_fleet("drill-early", specs, controller_args=args)
+            with drill.traffic() as traffic:
+                for _ in range(prompts):
+                    traffic.send(text_prompt(max_tokens=24))
+                    traffic.wait_all(120)
+                name = "early answers" if early else "waiting for every expert"
+                reports.append(traffic.report(name))
+        finally:
+            drill.close()
+    return reports[0], reports[1]

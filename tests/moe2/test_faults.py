@@ -1,0 +1,68 @@
+"""Fault drills on real processes: a real Mosquitto (restarted), agents serving SmolLM2,
+controllers killed, frozen and doubled, a burst. Each counts prompts asked, answered, lost and
+answered twice (moe2/drills.py); benchmarks/faults.py prints the same figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moe2 import drills
+
+
+def _whole(report: drills.Report) -> None:
+    assert report.asked > 0, report.line()
+    assert report.lost == 0, report.line()
+    assert report.duplicated == 0, report.line()
+
+
+@pytest.mark.parametrize("persistence", [True, False], ids=["persistent", "no-persistence"])
+def test_broker_restarts_lose_no_prompt(tmp_path: Path, persistence: bool) -> None:
+    report = drills.broker_restarts(tmp_path, persistence)
+    _whole(report)
+    assert report.statuses == {"ok": report.asked}, report.line()
+    # The fleet serves again within 5 s of the broker's return, with no agent restarted.
+    assert report.figures["recovery_s"] <= 5.0, report.line()
+
+
+def test_controller_killed_and_restarted_answers_everything(tmp_path: Path) -> None:
+    report = drills.controller_killed(tmp_path)
+    _whole(report)
+    assert report.statuses == {"ok": report.asked}, report.line()
+
+
+def test_standby_answers_once_and_takes_over(tmp_path: Path) -> None:
+    both, takeover = drills.standby_takeover(tmp_path)
+    _whole(both)  # two controllers on one fleet: each prompt answered exactly once
+    assert both.statuses == {"ok": both.asked}, both.line()
+    _whole(takeover)
+    assert takeover.statuses == {"ok": takeover.asked}, takeover.line()
+    assert takeover.figures["takeover_s"] <= 5.0, takeover.line()
+
+
+def test_killed_agent_replica_answers_every_prompt(tmp_path: Path) -> None:
+    report = drills.agent_killed(tmp_path)
+    _whole(report)
+    assert report.statuses == {"ok": 20}, report.line()
+
+
+def test_frozen_agent_does_not_hold_answers_to_their_deadline(tmp_path: Path) -> None:
+    report = drills.agent_frozen(tmp_path)
+    _whole(report)
+    assert report.statuses == {"ok": report.asked}, report.line()
+    # Its jobs moved to the replica once it was found gone, not at the 60 s deadline.
+    assert max(report.latencies_s) < report.figures["silence_limit_s"] + 15, report.line()
+
+
+def test_burst_waits_for_room_instead_of_failing(tmp_path: Path) -> None:
+    report = drills.burst(tmp_path, prompts=200)
+    _whole(report)
+    assert report.statuses == {"ok": 200}, report.line()
+
+
+def test_burst_beyond_the_queue_bound_is_refused_busy_at_once(tmp_path: Path) -> None:
+    report = drills.burst(tmp_path, prompts=60, max_queued=5)
+    _whole(report)  # none silently lost: every prompt has its answer, ok or busy
+    assert set(report.statuses) == {"ok", "busy"}, report.line()
+    assert report.statuses["busy"] > 0 and report.statuses["ok"] >= 5, report.line()
