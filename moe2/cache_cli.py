@@ -1,9 +1,10 @@
-"""``moe2 cache-plan``: which experts each edge server caches (SlimCaching, DESIGN.md section 6).
+"""``moe2 cache-plan``: which experts each edge server caches (SlimCaching; docs/design.md
+section 6).
 
 Reads a caching instance (``--instance FILE``), runs one algorithm and prints the result object
 (``--json``) or a table. Exit status: 0 with a placement (an empty one when nothing fits anywhere),
 2 for a bad instance file or an unknown or inapplicable algorithm (an ``error:`` line on stderr,
-never a traceback).
+never a traceback), 1 when the broker cannot be reached or the controller refuses ``--apply``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from moe2.options import (
+    EXIT_FAILURE,
     BrokerOpt,
     CaFileOpt,
     ConfigOpt,
@@ -64,7 +66,7 @@ def plan_from_file(path: Path, algorithm: str | None, seed: int) -> CachingResul
 def cache_plan(
     instance: Annotated[
         Path | None,
-        typer.Option("--instance", help="Caching instance, JSON (DESIGN.md section 6)"),
+        typer.Option("--instance", help="Caching instance, JSON (docs/design.md section 6)"),
     ] = None,
     algorithm: Annotated[
         str | None,
@@ -161,7 +163,7 @@ def _plan_fleet(  # type: ignore[no-untyped-def]
     ) as exc:
         fail(str(exc))
     except ConnectionError as exc:
-        fail(str(exc))
+        fail(str(exc), code=EXIT_FAILURE)
     if excluded:
         Console(stderr=True).print(
             f"left out (not on every agent with a budget): {', '.join(excluded)}", soft_wrap=True
@@ -177,7 +179,7 @@ def _apply(settings: FleetSettings, result: CachingResult) -> None:
     try:
         plan = apply_cache_plan(settings.endpoint, settings.fleet, message)
     except (PlanRefused, ConnectionError) as exc:
-        fail(str(exc), code=1)
+        fail(str(exc), code=EXIT_FAILURE)
     Console(stderr=True).print(
         f"applied: plan epoch {plan.epoch}: "
         + "; ".join(f"{a}: {', '.join(e) or '-'}" for a, e in plan.assignments.items()),

@@ -8,13 +8,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperArgument, TyperGroup
 
 from moe2.options import (
+    EXIT_FAILURE,
     BrokerOpt,
     CaFileOpt,
     ConfigOpt,
@@ -32,13 +35,97 @@ from moe2.options import (
     load_settings,
 )
 
+
+class HelpGroup(TyperGroup):
+    """The command tree with help that says what it means. Typer's rich help reads every help
+    string as rich markup, so "[@AGENT]" or "[default: ...]" vanished: help strings are escaped
+    here (none uses markup). And Typer names each value by its Python type ("<str>",
+    "<list[str]>", "<bool>" beside a flag that takes no value): values get click's names
+    (TEXT, INTEGER, FLOAT, PATH, a choice's values), flags none, arguments their own name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        tidy_help(self)
+
+
+# The names click gives values, by Python type.
+VALUE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "bool": "BOOLEAN"}
+
+
+def tidy_help(command: Any) -> None:
+    """Escape every help string and set every metavar of ``command`` and its subcommands."""
+    if command.help:
+        command.help = escape(command.help)
+    help_option = _help_option(command)
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+        if param.metavar is None:
+            param.metavar = value_name(param)
+        if isinstance(param, TyperArgument):  # its name says it: no "<str>" beside it
+            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
+
+
+def _help_option(command: Any) -> Any:
+    """The command's --help option, made now (the command keeps it) so that it can be tidied
+    like the others; None where there is none."""
+    try:
+        return command.get_help_option(command.context_class(command))
+    except Exception:  # noqa: BLE001 - an older Typer or click without it: help still works
+        return None
+
+
+def value_name(param: Any) -> str:
+    """What a parameter's value is called in help: an argument by its name, a flag by nothing,
+    a choice by its values, any other value by click's name of its type."""
+    if isinstance(param, TyperArgument):
+        return (param.name or "value").upper()
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return ""
+    desc = getattr(param, "type_descriptor", None)
+    if desc is None:  # a Typer built on click: click's parameter type has the name
+        return str(param.type.name).upper()
+    if desc.is_choice:
+        return "|".join(str(c) for c in desc.choices or ())
+    annotation = get_args(desc.annotation)[0] if desc.is_list else desc.annotation
+    name = getattr(annotation, "__name__", str(annotation))
+    return VALUE_NAMES.get(name, name.upper())
+
+
 app = typer.Typer(
+    cls=HelpGroup,
     name="moe2",
-    help="Mixture-of-Edge-Experts: a fleet of edge LLMs answering prompts over MQTT.",
+    help="Mixture-of-Edge-Experts: a fleet of edge LLMs answering prompts over MQTT.\n\n"
+    "Exit status: 0 ok; 1 a runtime failure (broker unreachable, no answer, refused); "
+    "2 bad usage, config or input; 3 (select) no expert fits the budgets.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"moe2 {version('moe2')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 agent_app = typer.Typer(help="Run or inspect the agent on this device.", no_args_is_help=True)
 controller_app = typer.Typer(help="Run the fleet controller.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
@@ -81,15 +168,27 @@ def agent_run(
     username: UsernameOpt = None,
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
-    agent_id: Annotated[str | None, typer.Option("--agent-id")] = None,
+    agent_id: Annotated[
+        str | None,
+        typer.Option("--agent-id", help="This agent's id in topics [default: host name]"),
+    ] = None,
     expert: Annotated[
         list[str] | None,
         typer.Option(
-            "--expert", help="ID=MODEL; MODEL is smollm2-135m, gemma3-270m or a .gguf path"
+            "--expert",
+            help="ID=MODEL (repeat); MODEL is smollm2-135m, gemma3-270m, a .gguf path or a "
+            "moe2 export-onnx folder",
         ),
     ] = None,
-    keepalive_s: Annotated[int | None, typer.Option("--keepalive-s")] = None,
-    telemetry_interval_s: Annotated[float | None, typer.Option("--telemetry-interval-s")] = None,
+    keepalive_s: Annotated[
+        int | None, typer.Option("--keepalive-s", help="MQTT keepalive, s [default: 10]")
+    ] = None,
+    telemetry_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--telemetry-interval-s", help="Seconds between telemetry messages [default: 2]"
+        ),
+    ] = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Serve this device's experts to the fleet."""
@@ -206,7 +305,7 @@ def budgets(
             settings.endpoint, settings.fleet, topics.CONTROLLER_BUDGETS, wanted, wait
         )
     except (PlanRefused, ConnectionError) as exc:
-        fail(str(exc), code=1)
+        fail(str(exc), code=EXIT_FAILURE)
     out.print(f"plan epoch {plan.epoch} ({plan.algorithm}):")
     for agent, experts in plan.assignments.items():
         out.print(f"  {agent}: {', '.join(experts) or '-'}")
@@ -250,9 +349,12 @@ def ask(
         list[str] | None, typer.Option("--choice", help="An answer choice (repeat, 2-26)")
     ] = None,
     expert: Annotated[
-        list[str] | None, typer.Option("--expert", help="Only these experts (EXPERT[@AGENT])")
+        list[str] | None,
+        typer.Option("--expert", help="Only this expert, EXPERT or EXPERT@AGENT (repeat)"),
     ] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 64,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", help="Most tokens to generate (free-text prompts)")
+    ] = 64,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the answer")
     ] = 60.0,
@@ -284,7 +386,7 @@ def ask(
             asker.require_controller()
             answer = asker.ask(request)
     except (AskError, ConnectionError) as exc:
-        fail(str(exc), code=1)
+        fail(str(exc), code=EXIT_FAILURE)
     if as_json:
         print(answer.model_dump_json(indent=2))
     else:
@@ -306,7 +408,7 @@ def fleet(
     ca_file: CaFileOpt = None,
     config: ConfigOpt = None,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to listen for telemetry")] = 3.0,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the agents as JSON")] = False,
 ) -> None:
     """Agents, their experts, state, last power and latency."""
     from moe2.fleet_reader import read_fleet
@@ -317,10 +419,13 @@ def fleet(
     try:
         registry, _ = read_fleet(settings.endpoint, settings.fleet, wait)
     except ConnectionError as exc:
-        fail(str(exc), code=1)
+        fail(str(exc), code=EXIT_FAILURE)
     rows = registry.snapshot()
     if as_json:
         print(json.dumps(rows, indent=2))
+    if not rows:
+        _no_agents(settings, wait)
+    if as_json:
         return
     table = Table(title=f"fleet {settings.fleet} on {settings.endpoint.url}")
     for col in ("agent", "state", "experts", "loaded", "power W", "last latency s", "queue"):
@@ -339,6 +444,31 @@ def fleet(
             "-" if r["queue_depth"] is None else str(r["queue_depth"]),
         )
     out.print(table)
+
+
+def _no_agents(settings: Any, wait: float) -> None:
+    """Nothing retained under this fleet: say so, name the fleets that do have agents on this
+    broker, and exit 1."""
+    from moe2.fleet_reader import fleets_with_agents
+
+    prefix = f"moe2/{settings.fleet}/agents/"
+    message = (
+        f"no agent under {prefix} on {settings.endpoint.url} within {wait:g} s: nothing is "
+        f"retained there, so no agent of fleet {settings.fleet!r} has announced itself to this "
+        "broker since it started"
+    )
+    try:
+        others = sorted(fleets_with_agents(settings.endpoint) - {settings.fleet})
+    except ConnectionError:
+        others = []
+    if others:
+        message += f"; agents are retained under fleet(s) {', '.join(others)}: wrong --fleet?"
+    else:
+        message += (
+            "; none under any fleet either: are the agents running, and started with this "
+            "--broker? (Mosquitto without a config listens on 127.0.0.1 only)"
+        )
+    fail(message, code=EXIT_FAILURE)
 
 
 @app.command()
@@ -372,7 +502,7 @@ def demo(
     try:
         run_demo(out, prefer_mosquitto=not embedded_broker)
     except DemoError as exc:
-        fail(str(exc), code=1)
+        fail(str(exc), code=EXIT_FAILURE)
 
 
 # Commands that live in their own modules.

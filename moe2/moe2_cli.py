@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moe2.options import (
+    EXIT_FAILURE,
     BrokerOpt,
     CaFileOpt,
     ConfigOpt,
@@ -32,7 +33,9 @@ gate_app = typer.Typer(help="Train and check the MoE² gate.", no_args_is_help=T
 
 def profile(
     out_path: Annotated[Path, typer.Option("--out", help="Profile file (resumed if it exists)")],
-    suite: Annotated[Path | None, typer.Option("--suite", help="Suite JSONL")] = None,
+    suite: Annotated[
+        Path | None, typer.Option("--suite", help="Suite JSONL [default: data/suite.jsonl]")
+    ] = None,
     broker: BrokerOpt = None,
     fleet: FleetOpt = None,
     mqtt_version: VersionOpt = None,
@@ -67,7 +70,7 @@ def profile(
             settings.endpoint, settings.fleet, items, out_path, digest=digest, window=window
         )
     except (ProfileError, AskError, ConnectionError) as exc:
-        fail(str(exc), code=1)
+        fail(str(exc), code=EXIT_FAILURE)  # no controller, no active expert: the fleet's state
     complete = len(run.profile.complete_items())
     out.print(
         f"asked {run.asked} prompts, stored {run.measured} measurements ({run.failed} failed); "
@@ -78,10 +81,10 @@ def profile(
 
 @gate_app.command("train")
 def gate_train(
-    profile_path: Annotated[Path, typer.Option("--profile")],
+    profile_path: Annotated[Path, typer.Option("--profile", help="Fleet profile (moe2 profile)")],
     out_path: Annotated[Path, typer.Option("--out", help="Gate checkpoint to write")],
-    hidden: Annotated[int, typer.Option("--hidden")] = 64,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    hidden: Annotated[int, typer.Option("--hidden", help="Hidden units of the gate network")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation and training")] = 0,
 ) -> None:
     """Train the gate once on every expert of the profile."""
     from controller.gate.dataset import GateData
@@ -100,6 +103,7 @@ def gate_train(
     )
     gate = Gate(net, data.expert_keys, profile.fleet, file_sha256(profile_path))
     gate.save(out_path)
+    _warn_small_training(data.splits["train"])
     table = Table(title=f"gate over {len(data.expert_keys)} experts -> {out_path}")
     for col in ("split", "items", "gate loss", "gate acc", "uniform loss", "uniform acc"):
         table.add_column(col)
@@ -117,14 +121,14 @@ def gate_train(
 
 @gate_app.command("preservation")
 def gate_preservation(
-    profile_path: Annotated[Path, typer.Option("--profile")],
-    gate_path: Annotated[Path, typer.Option("--gate")],
-    subsets: Annotated[int, typer.Option("--subsets")] = 20,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    profile_path: Annotated[Path, typer.Option("--profile", help="Fleet profile (moe2 profile)")],
+    gate_path: Annotated[Path, typer.Option("--gate", help="Gate checkpoint (moe2 gate train)")],
+    subsets: Annotated[int, typer.Option("--subsets", help="Random subsets S to compare")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the subsets and training")] = 0,
     markdown: Annotated[
         Path | None, typer.Option("--markdown", help="Write the table here")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON")] = False,
 ) -> None:
     """Show optimality preservation: a gate trained on S alone against the full gate on S."""
     from controller.gate.dataset import GateData
@@ -151,6 +155,9 @@ def gate_preservation(
     table = Table(title="full gate restricted to S vs gate trained on S alone (test split)")
     for col in ("S", "loss restricted", "loss trained", "gap", "acc restricted", "acc trained"):
         table.add_column(col)
+    table.caption = "S lists expert numbers: " + ", ".join(
+        f"{n} {key}" for n, key in enumerate(data.expert_keys)
+    )
     for r in rows:
         table.add_row(
             ",".join(map(str, r.subset)),
@@ -164,11 +171,11 @@ def gate_preservation(
 
 
 def sweep(
-    profile_path: Annotated[Path, typer.Option("--profile")],
-    gate_path: Annotated[Path, typer.Option("--gate")],
+    profile_path: Annotated[Path, typer.Option("--profile", help="Fleet profile (moe2 profile)")],
+    gate_path: Annotated[Path, typer.Option("--gate", help="Gate checkpoint (moe2 gate train)")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the CSV and PNG plots")],
-    points: Annotated[int, typer.Option("--points", min=2, max=50)] = 10,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    points: Annotated[int, typer.Option("--points", min=2, max=50, help="Budgets per axis")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random baseline")] = 0,
 ) -> None:
     """Test accuracy against the energy and the delay budget: MoE² beside every baseline."""
     from controller.gate.errors import GateError
@@ -190,11 +197,12 @@ def sweep(
     estimated = any(c.energy_estimated for c in gated.costs.values())
     pngs = plot(rows, out_dir, estimated)
     table = Table(title="test accuracy (chosen on validation)")
-    table.add_column("axis")
-    table.add_column("budget")
+    table.add_column("axis", no_wrap=True)
+    table.add_column("budget", no_wrap=True)
     algorithms = sorted({r.algorithm for r in rows}, key=lambda a: a != "moe2")
     for a in algorithms:
         table.add_column(a)
+    units = {"energy": "J per query", "delay": "× slowest expert"}  # as in sweep.md
     for axis in ("energy", "delay"):
         budgets = sorted({r.budget for r in rows if r.axis == axis})
         for budget in budgets:
@@ -205,9 +213,24 @@ def sweep(
                 ]
                 acc = hit[0].test_accuracy if hit and hit[0].feasible else None
                 cells.append("-" if acc is None else f"{acc:.3f}")
-            table.add_row(axis, f"{budget:.3f}", *cells)
+            table.add_row(axis, f"{budget:.3g} {units[axis]}", *cells)
     out.print(table)
     out.print(
         f"wrote {out_dir / 'sweep.csv'}, {out_dir / 'sweep.md'} and "
         + ", ".join(str(p) for p in pngs)
     )
+
+
+def _warn_small_training(train: Any) -> None:
+    """Say so when the gate was trained on too few prompts to mean much: with no more training
+    prompts than the prompt embedding has dimensions, the gate's first layer alone can fit any
+    answers to them."""
+    dims = train.embeddings.shape[1]
+    if len(train) <= dims:
+        err.print(
+            f"[yellow]warning:[/] the gate was trained on {len(train)} prompts, no more than the "
+            f"{dims} dimensions of the prompt embedding: it can fit any answers to so few, so "
+            "expect it to overfit. Profile more of the suite (moe2 profile without --limit; "
+            "data/profile-lab.json has every suite prompt).",
+            soft_wrap=True,
+        )

@@ -9,11 +9,18 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+# Exit status of every command (README, "Command line"): 0 ok; EXIT_FAILURE when something at
+# run time failed (a one-shot command cannot reach the broker, no answer came, the controller
+# refused); EXIT_BAD_INPUT for bad usage, a bad config or a bad input file (click's own usage
+# errors are 2 too); 3 from ``moe2 select`` when no expert fits the budgets. The services
+# (``agent run``, ``controller run``) retry an unreachable broker instead of exiting.
+EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    """Every command's clean error: one ``error:`` line on stderr and an exit status."""
+    """Every command's clean error: one ``error:`` line on stderr and an exit status
+    (EXIT_BAD_INPUT unless the caller says EXIT_FAILURE)."""
     Console(stderr=True).print(
         f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
     )

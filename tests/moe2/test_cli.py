@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from messages.prompts import Prompt
+from moe2.broker import LocalBroker
 
 
 def moe2(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -74,3 +82,81 @@ def test_schema_writes_one_file_per_message_and_the_topic_table(tmp_path: Path) 
     assert {"Answer.schema.json", "Job.schema.json", "JobResult.schema.json"} <= names
     listing = moe2("schema")
     assert json.loads(listing.stdout) == table
+
+
+# -- help, version, exit status ------------------------------------------------------------
+
+
+def _walk(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _walk(sub, (*path, name))
+
+
+def test_version() -> None:
+    run = moe2("--version")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"moe2 {version('moe2')}"
+
+
+def test_every_option_and_argument_has_help() -> None:
+    from typer.main import get_command
+
+    from moe2.cli import app
+
+    missing = [
+        f"moe2 {' '.join(path)} {param.name}"
+        for path, command in _walk(get_command(app))
+        for param in command.params
+        if not getattr(param, "help", None)
+    ]
+    assert missing == []
+
+
+def test_help_keeps_brackets_and_names_values_plainly() -> None:
+    """Rich markup used to eat "[...]" in help strings, and Typer printed Python types
+    ("<bool>" beside a flag, "<list[str]>")."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from moe2.cli import app
+
+    runner = CliRunner()
+    paths = [p for p, c in _walk(get_command(app)) if p and not getattr(c, "commands", None)]
+    assert len(paths) >= 15
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (path, result.output)
+        for python_type in ("<bool>", "<str>", "<int>", "<float>", "<list[str]>", "<path>"):
+            assert python_type not in result.output, (path, result.output)
+    agent = runner.invoke(app, ["agent", "run", "--help"], env={"COLUMNS": "200"}).output
+    assert "[default: host name]" in agent and "--agent-id  " in agent
+    assert re.search(r"--max-tokens\s+INTEGER", runner.invoke(app, ["ask", "--help"]).output)
+    cache = runner.invoke(app, ["cache-plan", "--help"], env={"COLUMNS": "200"}).output
+    assert "[default: 2 x the slowest agent]" in cache
+
+
+def test_one_shot_commands_exit_1_on_an_unreachable_broker() -> None:
+    for args in (("fleet", "--wait", "0"), ("budgets", "--energy-j", "3"), ("ask", "q")):
+        run = moe2(*args, "--broker", "mqtt://127.0.0.1:1")
+        _clean_error(run, 1, "cannot reach broker mqtt://127.0.0.1:1")
+
+
+def test_fleet_with_no_agents_says_so_and_names_fleets_that_have_some(
+    mosquitto: LocalBroker,
+) -> None:
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    topic = "moe2/hint-lab/agents/a1/status"
+    client.publish(topic, b'{"seen": true}', qos=1, retain=True).wait_for_publish(5)
+    try:
+        run = moe2("fleet", "--broker", mosquitto.url, "--fleet", "hint-nobody", "--wait", "0.2")
+        _clean_error(run, 1, "no agent under moe2/hint-nobody/agents/", "nothing is retained")
+        assert "hint-lab" in run.stderr and "wrong --fleet?" in run.stderr
+        as_json = moe2("fleet", "--broker", mosquitto.url, "--fleet", "hint-nobody", "--json")
+        assert as_json.returncode == 1 and json.loads(as_json.stdout) == []
+    finally:
+        client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+        client.loop_stop()
+        client.disconnect()

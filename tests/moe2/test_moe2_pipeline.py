@@ -69,6 +69,14 @@ def test_profile_gate_select_sweep(
     trained = moe2("gate", "train", "--profile", str(profile), "--out", str(gate))
     assert trained.returncode == 0, trained.stderr
     assert gate.is_file() and "gate over 2 experts" in trained.stdout
+    # 6 training prompts: far too few, and it says so (the lab profile's 831 are not)
+    assert "warning: the gate was trained on 6 prompts" in trained.stderr
+    assert "384 dimensions of the prompt embedding" in trained.stderr
+    kept = moe2("gate", "preservation", "--profile", str(profile), "--gate", str(gate))
+    assert kept.returncode == 0, kept.stderr
+    assert "S lists expert numbers: 0 smol-cloze@p-a, 1 smol-letter@p-a" in " ".join(
+        kept.stdout.split()
+    )
 
     selected = moe2(
         "select", "--profile", str(profile), "--gate", str(gate), "--energy-j", "1000", "--json"
@@ -90,6 +98,7 @@ def test_profile_gate_select_sweep(
     rows = (out / "sweep.csv").read_text().splitlines()
     assert rows[0].startswith("axis,budget,algorithm") and len(rows) == 1 + 2 * 3 * 5
     assert "| budget | algorithm |" in (out / "sweep.md").read_text()
+    assert "J per query" in swept.stdout and "× slowest expert" in swept.stdout  # units
 
 
 def test_bad_profiles_and_gates_are_clear_errors(tmp_path: Path) -> None:
