@@ -58,14 +58,21 @@ def cache_plan_problem(registry: FleetRegistry, plan: CachePlan) -> str | None:
     return None
 
 
+def online_keys(registry: FleetRegistry) -> set[str]:
+    """``expert@agent`` of every expert on an online agent: what a selection chooses from."""
+    return {f"{e}@{a}" for a, experts in registry.online_experts().items() for e in experts}
+
+
 def wanted_experts(
     registry: FleetRegistry,
     selection: LiveSelection | None,
     cache_plan: CachePlan | None,
     budgets: Budgets,
+    solved: SelectionResult | None = None,
 ) -> tuple[Wanted, dict[str, Any], SelectionResult | None]:
     """Experts each online agent must hold, the plan's summary, and the selection result when
-    one was solved. Raises BudgetError when no set fits (the caller keeps the plan it has)."""
+    one was solved (``solved``: a result found already, by a background improvement). Raises
+    BudgetError when no set fits (the caller keeps the plan it has)."""
     online = registry.online_experts()
     if cache_plan is not None:
         placement = cache_plan.placement
@@ -76,17 +83,19 @@ def wanted_experts(
         return wanted, summary, None
     if selection is None:
         return fitting(registry, online), {}, None
-    keys = {f"{e}@{a}" for a, experts in online.items() for e in experts}
-    result = selection.solve(budgets, keys)
+    result = solved or selection.solve(budgets, online_keys(registry))
     wanted = {agent: [] for agent in online}
     for chosen in result.selected:
         expert, _, agent = chosen.partition("@")
-        wanted[agent].append(expert)
+        if agent in wanted:
+            wanted[agent].append(expert)
     summary = dict(
         algorithm=result.algorithm,
         loss=result.loss,
         energy_j=result.energy_j,
         delay_s=result.delay_s,
+        optimal=result.optimal,
+        gap=result.gap,
     )
     return wanted, summary, result
 

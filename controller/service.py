@@ -22,7 +22,7 @@ from controller.identity import ControllerIdentity, claim, default_state_root
 from controller.leadership import should_lead
 from controller.ledger import Entry, Ledger, ReplyRoute
 from controller.planner import Planner
-from controller.planning import cache_plan_problem, tighter, wanted_experts
+from controller.planning import cache_plan_problem, online_keys, tighter, wanted_experts
 from controller.registry import Change, FleetRegistry
 from controller.selection.live import BudgetError, LiveSelection
 from controller.selection.solver import SelectionResult
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # An agent whose telemetry shows another plan than it was sent gets it again, at most this often.
 RESYNC_S = 5.0
+# A time-limited selection is improved in the background in slices of this length, this many.
+IMPROVE_SLICE_S = 1.0
+IMPROVE_SLICES = 120
 
 
 def fingerprint(prompt: Prompt, routes: list[ReplyRoute]) -> str:
@@ -92,6 +95,7 @@ class Controller:
         self.active = False
         self._peers: dict[str, ControllerStatus] = {}
         self._resynced: dict[str, float] = {}
+        self._improver: threading.Thread | None = None
         self._connected_at: float | None = None
         self.selection: LiveSelection | None = None
         self.cache_plan: CachePlan | None = None
@@ -108,6 +112,7 @@ class Controller:
             self.selection = LiveSelection(
                 load_gated_profile(settings.profile, settings.gate),
                 aggregation_delay_s=settings.aggregation_delay_s,
+                time_limit_s=settings.selection_time_limit_s,
             )
             self.selection.gated.profile.check_fleet(settings.fleet)
             self.selection.check(self.budgets)
@@ -323,13 +328,23 @@ class Controller:
             self._execute(self.dispatcher.on_agent_down(change.agent_id, reason, time.monotonic()))
         self.replan()
 
-    def replan(self, budgets: Budgets | None = None, force: bool = False) -> None:
+    def replan(
+        self,
+        budgets: Budgets | None = None,
+        force: bool = False,
+        solved: SelectionResult | None = None,
+    ) -> None:
         """Re-solve and, as the active controller, push plans; with new ``budgets``, adopt them
-        only if a set fits (BudgetError otherwise)."""
+        only if a set fits (BudgetError otherwise). A selection that hit its time limit is
+        published with its gap and improved in the background (``solved``: a better one)."""
         with self._lock:
             try:
                 wanted, summary, result = wanted_experts(
-                    self.registry, self.selection, self.cache_plan, budgets or self.budgets
+                    self.registry,
+                    self.selection,
+                    self.cache_plan,
+                    budgets or self.budgets,
+                    solved,
                 )
             except BudgetError as exc:
                 if budgets is not None:
@@ -344,6 +359,8 @@ class Controller:
             if not self.active:
                 return
             planned = self.planner.replan(wanted, force=force or budgets is not None, **summary)
+        if result is not None and not result.optimal and solved is None:
+            self._improve(result)
         if planned is None:
             return
         fleet_plan, agent_plans = planned
@@ -352,6 +369,35 @@ class Controller:
         self.bus.publish(topics.CONTROLLER_PLAN, fleet_plan)
         text = "; ".join(f"{a}: {', '.join(e) or '-'}" for a, e in fleet_plan.assignments.items())
         self._event("replan", f"epoch {fleet_plan.epoch}: {text or 'no agent online'}")
+
+    def _improve(self, first: SelectionResult) -> None:
+        """Keep searching, in time slices, for a better set than a re-plan's time-limited one,
+        and publish each better one; stop when it is proven optimal, after IMPROVE_SLICES, or
+        when the fleet or the budgets change (the next re-plan starts again)."""
+        if self._improver is not None and self._improver.is_alive():
+            return
+        selection, budgets, keys = self.selection, self.budgets, online_keys(self.registry)
+        assert selection is not None
+
+        def run() -> None:
+            best = first
+            for _ in range(IMPROVE_SLICES):
+                if self._stop.is_set() or not self.active:
+                    return
+                if self.budgets != budgets or online_keys(self.registry) != keys:
+                    return
+                better = selection.improve(budgets, keys, best, time_limit_s=IMPROVE_SLICE_S)
+                if better is None:
+                    continue
+                best = better
+                gap = "optimal" if best.optimal else f"gap {best.gap:.3f}"
+                log.info("selection improved in the background: loss %.4f, %s", best.loss, gap)
+                self.replan(solved=best)
+                if best.optimal:
+                    return
+
+        self._improver = threading.Thread(target=run, name="selection-improver", daemon=True)
+        self._improver.start()
 
     def _on_fleet_plan(self, inbound: Inbound[FleetPlan]) -> None:
         self.planner.observe(inbound.message.epoch)

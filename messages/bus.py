@@ -324,8 +324,8 @@ class Bus:
     ) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
         def dispatch(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
             params = sub.topic.match(self.fleet, msg.topic) or {}
-            if not msg.payload and (sub.on_empty is not None or msg.retain):
-                # a retained message being cleared: heard by on_empty, else ignored
+            if not msg.payload:
+                # how MQTT clears a retained message, never a message: heard by on_empty only
                 if sub.on_empty is not None:
                     self._guard(sub.on_empty, params)
                 return

@@ -49,6 +49,12 @@ class FleetPlan(Message):
     time_s: TimestampS
     algorithm: str = Field(default="all", description="How the active set was chosen")
     loss: FiniteFloat | None = Field(default=None, description="Validation loss of the chosen set")
+    optimal: bool | None = Field(
+        default=None, description="Whether the selection proved the set optimal in its time limit"
+    )
+    gap: FiniteFloat | None = Field(
+        default=None, description="(loss - proven lower bound) / loss when not proven optimal"
+    )
     energy_j: TotalEnergyJ | None = Field(
         default=None, description="Expected energy per query of the chosen set"
     )

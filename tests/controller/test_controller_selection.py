@@ -91,7 +91,7 @@ def estimated(job: Job, agent: str, energy_j: float, probs: list[float]) -> JobR
 
 @pytest.fixture
 def fleet(
-    mosquitto: LocalBroker, gated: tuple[Path, Path]
+    mosquitto: LocalBroker, gated: tuple[Path, Path], tmp_path: Path
 ) -> Iterator[tuple[Controller, dict[str, ScriptedAgent], Recorder]]:
     fleet_name = "sel"  # the profile's fleet; retained topics are cleared after each test
     profile_path, gate_path = gated
@@ -102,6 +102,7 @@ def fleet(
         profile=profile_path,
         gate=gate_path,
         energy_budget_j=2.0,
+        state_dir=tmp_path / "state",  # a fresh ledger: the fleet name is reused by every test
     )
     controller = Controller(settings)
     controller.start()
@@ -124,8 +125,9 @@ def fleet(
 
     cleaner = Bus(mosquitto.endpoint, fleet_name, client_id=f"clean-{uuid.uuid4().hex[:6]}")
     cleaner.connect()
-    for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN, topics.CONTROLLER_STATUS):
+    for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN):
         cleaner.clear_retained(topic)
+    cleaner.clear_retained(topics.CONTROLLER_STATUS, controller_id=controller.controller_id)
     for agent_id in agents:
         for topic in (topics.AGENT_PLAN, topics.AGENT_STATUS, topics.AGENT_CAPABILITIES):
             cleaner.clear_retained(topic, agent_id=agent_id)
@@ -180,6 +182,22 @@ def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[
     _publish_budgets(mosquitto, name, Budgets(energy_j=10.0))
     rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.assignments.get("a2") == ["e2"])
     text = "The capital of Italy is"
+    # The gate trusts e1 enough that its 0.7 decides the choice alone: answered early, e2 (slow
+    # this time) is left out, not waited for.
+    prompt_e2 = agents["a2"].behaviour
+    agents["a2"].behaviour = lambda job: (time.sleep(1.0), prompt_e2(job))[1]
+    _ask(
+        mosquitto,
+        name,
+        Prompt(prompt=text, request_id="e", choices=["Rome", "Oslo", "Lima", "Bern"]),
+    )
+    early = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "e")
+    assert early.answer == "Rome" and early.status == "ok"
+    assert [(e.expert_id, e.agent_id) for e in early.experts] == [("e1", "a1")]
+    assert [(f.expert_id, f.agent_id) for f in early.left_out] == [("e2", "a2")]
+    agents["a2"].behaviour = prompt_e2
+    # Waiting for every expert shows the whole mixture with the gate's weights.
+    controller.dispatcher.early_answers = False
     _ask(
         mosquitto,
         name,
