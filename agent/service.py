@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import __version__, systemd
-from agent.backends.base import Backend
+from agent.backends.base import Backend, Sampling
 from agent.experts import ExpertPool, UnknownExpert
 from agent.host import HostLoadReader, accelerator_name, host_facts
 from agent.power import PowerSampler, detect_sensor
@@ -28,6 +28,7 @@ from messages.jobs import Job
 from messages.plan import ActivationPlan
 from messages.results import JobResult, LatencyBreakdown
 from messages.status import AgentStatus
+from messages.stream import StreamChunk
 from messages.telemetry import Telemetry
 from messages.topics import Topic
 
@@ -43,6 +44,43 @@ RESULTS_KEPT = 1024
 CLOCK_SLACK_S = 30.0
 
 JobKey = tuple[str, str]  # (request_id, expert_id)
+
+# A streamed job's text goes out at most this often (a few tokens a message, QoS 0).
+STREAM_FLUSH_S = 0.05
+
+
+class _StreamOut:
+    """The pieces of one streamed generation, batched a little and published in order."""
+
+    def __init__(self, agent: Agent, job: Job) -> None:
+        self.agent, self.job = agent, job
+        self.seq = 0
+        self.held: list[str] = []
+        self.flushed = time.monotonic()
+
+    def __call__(self, piece: str) -> None:
+        self.held.append(piece)
+        if time.monotonic() - self.flushed >= STREAM_FLUSH_S:
+            self.flush()
+
+    def flush(self, finish_reason: str | None = None) -> None:
+        done = finish_reason is not None
+        if not self.held and not done:
+            return
+        chunk = StreamChunk(
+            request_id=self.job.request_id,
+            expert_id=self.job.expert_id,
+            agent_id=self.agent.agent_id,
+            seq=self.seq,
+            text="".join(self.held),
+            done=done,
+            finish_reason=finish_reason,  # type: ignore[arg-type]
+            time_s=now_s(),
+        )
+        self.agent.bus.publish(topics.AGENT_STREAM, chunk, agent_id=self.agent.agent_id)
+        self.seq += 1
+        self.held.clear()
+        self.flushed = time.monotonic()
 
 
 @dataclass
@@ -424,7 +462,24 @@ class Agent:
                 finish_reason="scored",
                 prompt_tokens=scores.prompt_tokens,
             )
-        gen = backend.generate(job.prompt, job.max_tokens, deadline, cancel=cancel)
+        stream = _StreamOut(self, job) if job.stream else None
+        gen = backend.generate(
+            job.prompt,
+            job.max_tokens,
+            deadline,
+            cancel=cancel,
+            messages=None if job.messages is None else [m.model_dump() for m in job.messages],
+            sampling=Sampling(
+                temperature=job.temperature,
+                top_p=job.top_p,
+                top_k=job.top_k,
+                seed=job.seed,
+                stop=tuple(job.stop or ()),
+            ),
+            on_text=stream,
+        )
+        if stream is not None and not (cancel is not None and cancel.is_set()):
+            stream.flush(gen.finish_reason)
         first = None if gen.first_token_s is None else start - received + gen.first_token_s
         return first, dict(
             text=gen.text,

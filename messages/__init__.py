@@ -11,9 +11,10 @@ from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.events import AgentEvent
 from messages.jobs import Job
 from messages.plan import ActivationPlan
-from messages.prompts import Prompt
+from messages.prompts import ChatMessage, Prompt
 from messages.results import EnergyReading, JobResult, LatencyBreakdown
 from messages.status import AgentStatus
+from messages.stream import StreamChunk
 from messages.telemetry import Telemetry
 from messages.topics import TOPICS, Topic
 
@@ -29,6 +30,7 @@ __all__ = [
     "Budgets",
     "CachePlan",
     "Cancel",
+    "ChatMessage",
     "ControllerEvent",
     "ControllerStatus",
     "EnergyReading",
@@ -42,6 +44,7 @@ __all__ = [
     "Message",
     "PayloadError",
     "Prompt",
+    "StreamChunk",
     "Telemetry",
     "Topic",
     "decode",

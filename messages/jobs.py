@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from messages.base import Message, TimestampS, TopicLevel
+from messages.base import TimestampS, TopicLevel
+from messages.prompts import GenerationOptions
 
 
-class Job(Message):
+class Job(GenerationOptions):
+    """``messages``, when given, are what the model sees (``prompt`` is then their last user
+    turn); the sampling fields default to greedy decoding."""
+
     request_id: TopicLevel
     expert_id: TopicLevel
     prompt: str = Field(min_length=1)
@@ -25,4 +29,6 @@ class Job(Message):
     def _choices_are_nonempty(self) -> Job:
         if self.choices is not None and any(not c.strip() for c in self.choices):
             raise ValueError("choices must be non-empty strings")
+        if self.choices is not None and self.messages is not None:
+            raise ValueError("choices are scored after a bare prompt, not after messages")
         return self

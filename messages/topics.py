@@ -22,6 +22,7 @@ from messages.plan import ActivationPlan
 from messages.prompts import Prompt
 from messages.results import JobResult
 from messages.status import AgentStatus
+from messages.stream import StreamChunk
 from messages.telemetry import Telemetry
 
 M = TypeVar("M", bound=Message)
@@ -135,6 +136,13 @@ AGENT_RESULTS = Topic(
     False,
     "text or choice probabilities, tokens, latency breakdown, energy",
 )
+AGENT_STREAM = Topic(
+    "agents/{agent_id}/stream",
+    StreamChunk,
+    0,
+    False,
+    "tokens of a job that asked to stream, a few at a time, as they come",
+)
 AGENT_EVENTS = Topic(
     "agents/{agent_id}/events", AgentEvent, 1, False, "payloads the agent rejected, load failures"
 )
@@ -147,6 +155,22 @@ PROMPTS = Topic(
 )
 PROMPTS_TEXT = Topic(
     "prompts/text", None, 1, False, "a bare UTF-8 prompt; the answer goes to answers/{request_id}"
+)
+CLIENT_PROMPTS = Topic(
+    "clients/{client_id}/prompts",
+    Prompt,
+    1,
+    False,
+    "a prompt from the login {client_id} (the secure broker lets only it publish here); its "
+    "answer goes to replies/{client_id}/... only",
+)
+CLIENT_PROMPTS_TEXT = Topic(
+    "clients/{client_id}/prompts/text",
+    None,
+    1,
+    False,
+    "a bare UTF-8 prompt from the login {client_id}; the answer goes to "
+    "replies/{client_id}/{request_id}",
 )
 ANSWERS = Topic(
     "answers/{request_id}",
@@ -161,6 +185,20 @@ REPLIES = Topic(
     1,
     False,
     "where `moe2 ask` asks for its answer (MQTT 5 response topic, or reply_to on 3.1.1)",
+)
+ANSWER_STREAM = Topic(
+    "answers/{request_id}/stream",
+    StreamChunk,
+    0,
+    False,
+    "the leading expert's tokens of a streamed prompt, before its answer",
+)
+REPLIES_STREAM = Topic(
+    "replies/{client_id}/{request_id}/stream",
+    StreamChunk,
+    0,
+    False,
+    "the same stream on a reply route (the route's topic + /stream)",
 )
 CONTROLLER_BUDGETS = Topic(
     "controller/budgets",
@@ -201,10 +239,15 @@ TOPICS: tuple[Topic, ...] = (
     AGENT_CANCEL,
     AGENT_RESULTS,
     AGENT_EVENTS,
+    AGENT_STREAM,
     PROMPTS,
     PROMPTS_TEXT,
+    CLIENT_PROMPTS,
+    CLIENT_PROMPTS_TEXT,
     ANSWERS,
     REPLIES,
+    ANSWER_STREAM,
+    REPLIES_STREAM,
     CONTROLLER_BUDGETS,
     CONTROLLER_CACHE_PLAN,
     CONTROLLER_STATUS,

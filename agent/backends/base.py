@@ -22,6 +22,81 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How the next token is drawn. ``temperature`` 0 is greedy (the default): the most likely
+    token, and ``top_p``, ``top_k`` and ``seed`` do not matter. Otherwise the logits are divided
+    by the temperature, cut to the ``top_k`` most likely (0: no cut) and to the smallest set
+    holding ``top_p`` of the mass, and drawn from; the same ``seed`` draws the same tokens.
+    ``stop`` strings end the text (and are cut from it), beside the expert's own."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+GREEDY = Sampling()
+
+# Called with each new piece of generated text, in order (a streamed job's tokens).
+TextSink = Callable[[str], None]
+Turns = list[dict[str, str]]  # chat messages as {"role": ..., "content": ...}
+
+
+def plain_transcript(messages: Turns) -> str:
+    """Chat turns for a model without a chat template: one "role: content" line each, then the
+    assistant's cue."""
+    lines = [f"{m['role'].capitalize()}: {m['content'].strip()}" for m in messages]
+    return "\n".join([*lines, "Assistant:"])
+
+
+def sample_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    """One token from a row of logits under ``sampling`` (argmax when greedy)."""
+    if sampling.greedy:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / sampling.temperature
+    order = np.argsort(-scaled, kind="stable")
+    if 0 < sampling.top_k < len(order):
+        order = order[: sampling.top_k]
+    kept = scaled[order]
+    probs = np.exp(kept - kept.max())
+    probs /= probs.sum()
+    if sampling.top_p < 1.0:
+        cut = int(np.searchsorted(np.cumsum(probs), sampling.top_p)) + 1
+        order, probs = order[:cut], probs[:cut] / probs[:cut].sum()
+    return int(order[rng.choice(len(order), p=probs)])
+
+
+class _Streamer:
+    """Turns a growing generation into text pieces for a sink: held back while a stop string
+    may be forming or a character is split across tokens, leading and trailing whitespace
+    withheld as the final text strips it, so that the pieces add up to the final text."""
+
+    def __init__(self, sink: TextSink | None, stop: tuple[str, ...]) -> None:
+        self.sink = sink
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.sent = ""
+
+    def update(self, text: str) -> None:
+        if self.sink is None or text.endswith("\ufffd"):
+            return
+        body = text.lstrip()
+        safe = body[: len(body) - self.hold].rstrip() if self.hold else body.rstrip()
+        if len(safe) > len(self.sent) and safe.startswith(self.sent):
+            piece, self.sent = safe[len(self.sent) :], safe
+            self.sink(piece)
+
+    def finish(self, final: str) -> None:
+        if self.sink is not None and final.startswith(self.sent) and len(final) > len(self.sent):
+            piece, self.sent = final[len(self.sent) :], final
+            self.sink(piece)
+
+
+@dataclass(frozen=True)
 class ChoiceScores:
     """Log-probability of each choice's continuation after the prompt, and their softmax."""
 
@@ -67,15 +142,17 @@ def greedy_generation(
     detokenize: Callable[[list[int]], str],
     stop: tuple[str, ...] = (),
     cancel: threading.Event | None = None,
+    on_text: TextSink | None = None,
 ) -> Generation:
-    """Take tokens from a backend's greedy ``stream`` (the prompt's decoding happens before its
+    """Take tokens from a backend's token ``stream`` (the prompt's decoding happens before its
     first token) until an end-of-generation token, a stop string, ``budget`` tokens, the
     deadline or ``cancel`` (both finish ``deadline``); the text is cut at the first stop
-    string."""
+    string. ``on_text`` gets the text as it grows, piece by piece."""
     out: list[int] = []
     finish: Literal["stop", "length", "deadline"] = "length"
     first_token_s: float | None = None
     start = time.monotonic()
+    streamer = _Streamer(on_text, stop)
     for token in stream:
         if first_token_s is None:
             first_token_s = time.monotonic() - start
@@ -86,6 +163,8 @@ def greedy_generation(
         if stop and any(s in detokenize(out[-16:]) for s in stop):
             finish = "stop"
             break
+        if on_text is not None:
+            streamer.update(detokenize(out))
         if len(out) >= budget:
             break
         if past(deadline_s, cancel):
@@ -94,6 +173,7 @@ def greedy_generation(
     text = detokenize(out)
     for s in stop:
         text = text.split(s, 1)[0]
+    streamer.finish(text.strip())
     return Generation(
         text=text.strip(),
         prompt_tokens=prompt_tokens,
@@ -140,9 +220,16 @@ class Backend(Protocol):
         max_tokens: int,
         deadline_s: float,
         cancel: threading.Event | None = None,
+        *,
+        messages: Turns | None = None,
+        sampling: Sampling = GREEDY,
+        on_text: TextSink | None = None,
     ) -> Generation:
-        """Greedy generation; stops at ``max_tokens``, or when ``time.monotonic()`` passes
-        ``deadline_s`` or ``cancel`` is set (finish_reason ``deadline``)."""
+        """Generation (greedy unless ``sampling`` says otherwise) after ``prompt``, or after
+        the chat ``messages`` rendered with the model's chat template when given; stops at
+        ``max_tokens``, a stop string, or when ``time.monotonic()`` passes ``deadline_s`` or
+        ``cancel`` is set (finish_reason ``deadline``). ``on_text`` gets the text as it
+        grows."""
 
     def score_choices(
         self,

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from agent.backends.base import (
+    GREEDY,
     ChoiceScores,
     DeadlineExceeded,
     Generation,
     PromptTooLong,
+    Sampling,
+    TextSink,
+    Turns,
     greedy_generation,
     log_softmax,
     normalise_logprobs,
     past,
+    plain_transcript,
 )
 from agent.models import quantisation_name
 
@@ -102,11 +109,36 @@ class LlamaCppBackend:
 
     # -- inference ----------------------------------------------------------------------
 
-    def _prompt_tokens(self, prompt: str) -> list[int]:
+    def _prompt_tokens(self, prompt: str, messages: Turns | None = None) -> list[int]:
+        """The prompt, or the chat turns, through the model's chat template (llama.cpp's own
+        Jinja2 formatter, as its chat completion does); without a template, the prompt as it
+        is, or the turns as a plain transcript."""
+        turns = messages or [{"role": "user", "content": prompt}]
         if self._formatter is not None:
-            text = self._formatter(messages=[{"role": "user", "content": prompt}]).prompt
+            text = self._formatter(messages=turns).prompt
             return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        text = prompt if messages is None else plain_transcript(messages)
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+
+    def _tokens(self, tokens: list[int], sampling: Sampling) -> Iterator[int]:
+        if sampling.greedy:
+            return self.llm.generate(tokens, temp=0.0, top_k=1, repeat_penalty=1.0)
+        # A fresh seed for every unseeded draw: llama.cpp would otherwise reuse the last one.
+        seed = sampling.seed if sampling.seed is not None else random.getrandbits(31)
+        if sampling.seed is not None:
+            # The prompt decoded from scratch: logits of a reused prefix differ in the last
+            # bits, enough to tip a seeded draw, and the same seed must draw the same text.
+            self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            self.llm.n_tokens = 0
+        self.llm.set_seed(seed)
+        return self.llm.generate(
+            tokens,
+            temp=sampling.temperature,
+            top_k=sampling.top_k,  # 0: the whole vocabulary
+            top_p=sampling.top_p,
+            min_p=0.0,
+            repeat_penalty=1.0,
+        )
 
     def generate(
         self,
@@ -114,8 +146,12 @@ class LlamaCppBackend:
         max_tokens: int,
         deadline_s: float,
         cancel: threading.Event | None = None,
+        *,
+        messages: Turns | None = None,
+        sampling: Sampling = GREEDY,
+        on_text: TextSink | None = None,
     ) -> Generation:
-        tokens = self._prompt_tokens(prompt)
+        tokens = self._prompt_tokens(prompt, messages)
         room = self.llm.n_ctx() - len(tokens)
         if room < 1:
             raise PromptTooLong(
@@ -123,14 +159,15 @@ class LlamaCppBackend:
             )
         vocab = self.llm._model.vocab
         return greedy_generation(
-            self.llm.generate(tokens, temp=0.0, top_k=1, repeat_penalty=1.0),
+            self._tokens(tokens, sampling),
             prompt_tokens=len(tokens),
             budget=min(max_tokens, room),
             deadline_s=deadline_s,
             cancel=cancel,
             is_eog=lambda token: bool(self._lib.llama_vocab_is_eog(vocab, token)),
             detokenize=lambda ids: self.llm.detokenize(ids).decode("utf-8", errors="replace"),
-            stop=self.options.stop,
+            stop=(*self.options.stop, *sampling.stop),
+            on_text=on_text,
         )
 
     def _abandon_scoring(self, prefix_len: int) -> None:

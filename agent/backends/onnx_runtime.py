@@ -23,15 +23,21 @@ from typing import Any
 import numpy as np
 
 from agent.backends.base import (
+    GREEDY,
     BackendUnavailable,
     ChoiceScores,
     DeadlineExceeded,
     Generation,
     PromptTooLong,
+    Sampling,
+    TextSink,
+    Turns,
     greedy_generation,
     log_softmax,
     normalise_logprobs,
     past,
+    plain_transcript,
+    sample_token,
 )
 from agent.models import ModelNotFound
 from agent.onnx.artifact import (
@@ -223,10 +229,14 @@ class OnnxBackend:
             ids = [a.bos_token_id, *ids]
         return ids
 
-    def _prompt_tokens(self, prompt: str) -> list[int]:
+    def _prompt_tokens(self, prompt: str, messages: Turns | None = None) -> list[int]:
+        """The prompt, or the chat turns, through the model's chat template; without one, the
+        prompt as it is, or the turns as a plain transcript."""
+        if self._formatter is None and messages is not None:
+            return self._encode(plain_transcript(messages), special=False, bos=True)
         if self._formatter is not None:
             text = self._formatter.render(
-                messages=[{"role": "user", "content": prompt}],
+                messages=messages or [{"role": "user", "content": prompt}],
                 add_generation_prompt=True,
                 bos_token=self.artifact.bos_token or "",
                 eos_token=self.artifact.eos_token or "",
@@ -242,8 +252,12 @@ class OnnxBackend:
         max_tokens: int,
         deadline_s: float,
         cancel: threading.Event | None = None,
+        *,
+        messages: Turns | None = None,
+        sampling: Sampling = GREEDY,
+        on_text: TextSink | None = None,
     ) -> Generation:
-        tokens = self._prompt_tokens(prompt)
+        tokens = self._prompt_tokens(prompt, messages)
         room = self._n_ctx - len(tokens)
         if room < 1:
             raise PromptTooLong(
@@ -251,22 +265,25 @@ class OnnxBackend:
             )
         eog = set(self.artifact.eog_token_ids)
         return greedy_generation(
-            self._greedy(tokens),
+            self._sampled(tokens, sampling),
             prompt_tokens=len(tokens),
             budget=min(max_tokens, room),
             deadline_s=deadline_s,
             cancel=cancel,
             is_eog=eog.__contains__,
             detokenize=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False),
-            stop=self.options.stop,
+            stop=(*self.options.stop, *sampling.stop),
+            on_text=on_text,
         )
 
-    def _greedy(self, tokens: list[int]) -> Iterator[int]:
-        """The most likely next token, step after step; nothing is decoded past the last one
-        the caller takes."""
+    def _sampled(self, tokens: list[int], sampling: Sampling) -> Iterator[int]:
+        """The next token, step after step: the most likely one (greedy), or one drawn under
+        ``sampling`` (a fresh random draw without a seed); nothing is decoded past the last
+        one the caller takes."""
+        rng = np.random.default_rng(sampling.seed)
         logits, cache = self._prefix(tokens)
         while True:
-            token = int(np.argmax(logits))
+            token = sample_token(logits, sampling, rng)
             yield token
             rows, cache = self._step([token], cache)
             logits = rows[-1]

@@ -18,6 +18,7 @@ from messages import (
     Budgets,
     CachePlan,
     Cancel,
+    ChatMessage,
     ControllerEvent,
     ControllerStatus,
     EnergyReading,
@@ -31,6 +32,7 @@ from messages import (
     Message,
     PayloadError,
     Prompt,
+    StreamChunk,
     Telemetry,
     decode,
     encode,
@@ -158,6 +160,17 @@ SAMPLES: list[Message] = [
         experts=["smol", "gemma@pi-5"],
         reply_to="moe2/lab/replies/ask-7/r-1",
     ),
+    ChatMessage(role="system", content="Answer in one word."),
+    StreamChunk(
+        request_id="r-2",
+        expert_id="smol",
+        agent_id="orin-1",
+        seq=3,
+        text=" Jupiter",
+        done=True,
+        finish_reason="stop",
+        time_s=T0,
+    ),
     EXPERT_OUTPUT,
     EXPERT_FAILURE,
     Answer(
@@ -202,7 +215,7 @@ def test_samples_cover_every_exported_message_model() -> None:
         for obj in vars(messages).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
     }
-    assert len(exported) == 20
+    assert len(exported) == 22
     assert {type(m) for m in SAMPLES} == exported
 
 
