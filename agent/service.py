@@ -158,6 +158,7 @@ class Agent:
         self.bus.subscribe(topics.AGENT_PLAN, self._on_plan, agent_id=self.agent_id)
         self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=self.agent_id)
         self.bus.subscribe(topics.AGENT_CANCEL, self._on_cancel, agent_id=self.agent_id)
+        self.bus.subscribe(topics.AGENT_STATUS, self._on_own_status, agent_id=self.agent_id)
         if self.sampler is not None:
             self.sampler.start()
         self.bus.start()
@@ -339,6 +340,13 @@ class Agent:
         if done is not None:  # finished already: its result again, not a second run
             self.bus.publish(topics.AGENT_RESULTS, done, agent_id=self.agent_id)
 
+    def _on_own_status(self, inbound: Inbound[AgentStatus]) -> None:
+        """A retained status that says this running agent is offline (its will from a dropped
+        connection, or forged) is put right at once."""
+        if inbound.message.state != "online" and not self._stop.is_set():
+            log.warning("status topic says offline (%s): announcing again", inbound.message.reason)
+            self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
+
     def _on_cancel(self, inbound: Inbound[Cancel]) -> None:
         cancel = inbound.message
         with self._jobs_lock:
@@ -468,7 +476,11 @@ class Agent:
             job.max_tokens,
             deadline,
             cancel=cancel,
-            messages=None if job.messages is None else [m.model_dump() for m in job.messages],
+            messages=(
+                None
+                if job.messages is None
+                else [{"role": m.role, "content": m.content} for m in job.messages]
+            ),
             sampling=Sampling(
                 temperature=job.temperature,
                 top_p=job.top_p,

@@ -9,6 +9,7 @@ Decisions live elsewhere: who leads (``leadership``), which experts each agent h
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -29,14 +30,16 @@ from controller.selection.solver import SelectionResult
 from controller.settings import ControllerSettings
 from messages import topics
 from messages.answers import Answer, ExpertFailure
-from messages.base import now_s
+from messages.base import TOPIC_LEVEL_RE, now_s
 from messages.budgets import Budgets
-from messages.bus import Bus, Inbound
+from messages.bus import Bus, Inbound, PublishRefused
 from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
+from messages.codec import MAX_PAYLOAD_BYTES, encode
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.prompts import Prompt
 from messages.results import JobResult
+from messages.routes import RouteError, check_reply_route
 from messages.status import AgentStatus
 from messages.telemetry import Telemetry
 from messages.topics import Topic
@@ -48,6 +51,8 @@ RESYNC_S = 5.0
 # A time-limited selection is improved in the background in slices of this length, this many.
 IMPROVE_SLICE_S = 1.0
 IMPROVE_SLICES = 120
+# A job carries the prompt and a few fields more than the prompt's own JSON.
+JOB_OVERHEAD_BYTES = 1024
 
 
 def fingerprint(prompt: Prompt, routes: list[ReplyRoute]) -> str:
@@ -153,8 +158,10 @@ class Controller:
         self.bus.subscribe(topics.AGENT_CAPABILITIES, self._on_capabilities)
         self.bus.subscribe(topics.AGENT_TELEMETRY, self._on_telemetry)
         self.bus.subscribe(topics.AGENT_RESULTS, self._on_result)
-        self.bus.subscribe(topics.PROMPTS, self._on_prompt)
-        self.bus.subscribe(topics.PROMPTS_TEXT, self._on_text_prompt)
+        for prompt_topic in (topics.PROMPTS, topics.CLIENT_PROMPTS):
+            self.bus.subscribe(prompt_topic, self._on_prompt, on_invalid=self._on_invalid_prompt)
+        for text_topic in (topics.PROMPTS_TEXT, topics.CLIENT_PROMPTS_TEXT):
+            self.bus.subscribe(text_topic, self._on_text_prompt)
         self.bus.subscribe(topics.ANSWERS, self._on_answer)
         self.bus.subscribe(topics.CONTROLLER_STATUS, self._on_peer)
         self.bus.subscribe(topics.CONTROLLER_PLAN, self._on_fleet_plan)
@@ -283,9 +290,9 @@ class Controller:
 
     def _execute(self, actions: Actions) -> None:
         for agent_id, job in actions.jobs:
-            self.bus.publish(topics.AGENT_JOBS, job, agent_id=agent_id)
+            self._publish(topics.AGENT_JOBS, job, agent_id=agent_id)
         for agent_id, cancel in actions.cancels:
-            self.bus.publish(topics.AGENT_CANCEL, cancel, agent_id=agent_id)
+            self._publish(topics.AGENT_CANCEL, cancel, agent_id=agent_id)
         for event in actions.events:
             self._event(**event)
         for answer, routes in actions.answers:
@@ -303,20 +310,35 @@ class Controller:
             self.rejected[topic.pattern] += 1
         self._event("rejected", reason, topic=name)
 
+    def _publish(self, topic: Topic[Any], message: Any, **params: str) -> bool:
+        """Publish, or drop with an event what the broker would refuse (it would disconnect
+        us, again at every retry)."""
+        try:
+            self.bus.publish(topic, message, **params)
+        except PublishRefused as exc:
+            self._event("rejected", f"not published on {topic.pattern}: {exc}")
+            return False
+        return True
+
     def _send(self, answer: Answer, routes: list[ReplyRoute], public: bool = True) -> None:
         """An answer to ``answers/{request_id}`` (unless not ``public``) and every reply route;
         the ledger forgets the prompt and remembers the answer (not a busy one: that asks for
-        a retry)."""
+        a retry). An answer too large to publish goes out as a failed one saying so."""
         if public:
             self.ledger.done(answer.request_id, None if answer.status == "busy" else answer)
-            self.bus.publish(topics.ANSWERS, answer, request_id=answer.request_id)
+            if not self._publish(topics.ANSWERS, answer, request_id=answer.request_id):
+                answer = _too_large(answer)
+                self._publish(topics.ANSWERS, answer, request_id=answer.request_id)
         for route in routes:
-            self.bus.publish_to(
-                route.topic,
-                answer,
-                qos=topics.ANSWERS.qos,
-                correlation_data=route.correlation_data,
-            )
+            try:
+                self.bus.publish_to(
+                    route.topic,
+                    answer,
+                    qos=topics.ANSWERS.qos,
+                    correlation_data=route.correlation_data,
+                )
+            except PublishRefused as exc:
+                self._event("rejected", f"answer {answer.request_id} not sent to a route: {exc}")
 
     # -- plans, budgets, cache plans ----------------------------------------------------
 
@@ -386,6 +408,8 @@ class Controller:
                     return
                 if self.budgets != budgets or online_keys(self.registry) != keys:
                     return
+                if self.selection is not selection:
+                    return  # costs or the gate changed: the next re-plan starts again
                 better = selection.improve(budgets, keys, best, time_limit_s=IMPROVE_SLICE_S)
                 if better is None:
                     continue
@@ -546,42 +570,93 @@ class Controller:
 
     # -- prompts ------------------------------------------------------------------------
 
-    def _reply_routes(self, inbound: Inbound[Any], reply_to: str | None) -> list[ReplyRoute]:
-        """Where the asker wants the answer, refusing the fleet's own control topics: an answer
-        published on, say, an agent's plan topic would be noise at best."""
-        own = topics.PREFIX + f"/{self.settings.fleet}/"
-        allowed = (own + "replies/", own + "answers/")
-        routes = []
+    def _reply_routes(
+        self, inbound: Inbound[Any], reply_to: str | None, owner: str | None
+    ) -> tuple[list[ReplyRoute], list[str]]:
+        """Where the asker wants the answer (MQTT 5 response topic, ``reply_to``), each checked
+        as a topic the broker takes and, in this fleet, only under ``replies/`` or ``answers/``
+        (for a login's own prompt topic: only under ``replies/{login}/``); and why the refused
+        ones were refused."""
+        routes: list[ReplyRoute] = []
+        refused: list[str] = []
         for topic in (inbound.response_topic, reply_to):
             if not topic:
                 continue
-            if topic.startswith(own) and not topic.startswith(allowed):
-                self._on_reject(
-                    topics.PROMPTS, inbound.topic, f"reply topic {topic!r} is a fleet control topic"
-                )
+            try:
+                check_reply_route(topic, self.settings.fleet, owner)
+            except RouteError as exc:
+                refused.append(str(exc))
+                self._on_reject(topics.PROMPTS, inbound.topic, str(exc))
                 continue
             route = ReplyRoute(topic, inbound.correlation_data)
             if route not in routes:
                 routes.append(route)
-        return routes
+        return routes, refused
 
     def _on_prompt(self, inbound: Inbound[Prompt]) -> None:
-        self.accept(inbound.message, self._reply_routes(inbound, inbound.message.reply_to))
+        owner = inbound.params.get("client_id")
+        routes, refused = self._reply_routes(inbound, inbound.message.reply_to, owner)
+        self.accept(inbound.message, routes, owner=owner, refused=refused)
 
     def _on_text_prompt(self, inbound: Inbound[str]) -> None:
+        owner = inbound.params.get("client_id")
         prompt = Prompt(prompt=inbound.message, timeout_s=self.settings.default_timeout_s)
-        self.accept(prompt, self._reply_routes(inbound, None))
+        routes, refused = self._reply_routes(inbound, None, owner)
+        self.accept(prompt, routes, owner=owner, refused=refused)
 
-    def accept(self, prompt: Prompt, routes: list[ReplyRoute]) -> str:
+    def _on_invalid_prompt(self, inbound: Inbound[bytes], reason: str) -> None:
+        """A prompt that failed validation: its sender hears why on whatever route it gave
+        that passes the checks (the MQTT 5 response topic, a readable ``reply_to``, and
+        ``answers/{request_id}`` for a valid request id)."""
+        if not self.active:
+            return
+        owner = inbound.params.get("client_id")
+        raw = _loose_json(inbound.message)
+        reply_to = raw.get("reply_to") if isinstance(raw.get("reply_to"), str) else None
+        routes, _ = self._reply_routes(inbound, reply_to, owner)
+        request_id = raw.get("request_id")
+        valid_id = isinstance(request_id, str) and TOPIC_LEVEL_RE.fullmatch(request_id)
+        answer = _refusal(request_id if valid_id else "invalid", f"invalid prompt: {reason}")
+        if owner is not None and valid_id:
+            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=request_id)
+            routes.append(ReplyRoute(name, inbound.correlation_data))
+        self._send(
+            answer, routes, public=bool(valid_id) and not self.ledger.entries.get(request_id)
+        )
+
+    def accept(
+        self,
+        prompt: Prompt,
+        routes: list[ReplyRoute],
+        owner: str | None = None,
+        refused: list[str] | None = None,
+    ) -> str:
         """Take a prompt into the ledger and, as the active controller, into the dispatcher.
 
         The same prompt delivered again (same content and reply routes: an MQTT redelivery, an
         asker re-sending after a reconnect) joins the one in flight, or gets the answer already
         sent; a prompt without a request id gets one derived from its content for that reason.
-        A different prompt under a request id in flight is refused to its own routes only.
+        A different prompt under a request id in flight is refused to its own routes only. A
+        prompt from a login's own topic (``owner``) is answered under ``replies/{owner}/``
+        when it names no route; one whose route was ``refused``, or too large to hand to an
+        agent, is answered ``rejected`` with the reason.
         """
         mark = fingerprint(prompt, routes)
         request_id = prompt.request_id or f"p{mark[:15]}"
+        if owner is not None and not routes:
+            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=request_id)
+            routes = [ReplyRoute(name)]
+        problem = "; ".join(refused or []) or _too_big_for_agents(prompt)
+        if problem:
+            if self.active:
+                self.rejected[topics.PROMPTS.pattern] += 1
+                self._event("rejected", f"request {request_id}: {problem}", topic="prompts")
+                self._send(
+                    _refusal(request_id, problem),
+                    routes,
+                    public=request_id not in self.ledger.entries,
+                )
+            return request_id
         with self._lock:
             held = self.ledger.entries.get(request_id)
             if held is not None:
@@ -679,12 +754,37 @@ class Controller:
         return chosen, failed
 
 
-def _refusal(request_id: str, reason: str) -> Answer:
+def _too_big_for_agents(prompt: Prompt) -> str | None:
+    """Why a prompt cannot become a job an agent will take (the job's JSON over the payload
+    limit: escaping can make a text six times its size), or None."""
+    size = len(encode(prompt)) + JOB_OVERHEAD_BYTES
+    if size > MAX_PAYLOAD_BYTES:
+        return (
+            f"the prompt takes {size} bytes as a job, over the {MAX_PAYLOAD_BYTES}-byte limit "
+            "of a message (control characters count six bytes each once escaped)"
+        )
+    return None
+
+
+def _loose_json(payload: bytes) -> dict[str, Any]:
+    """The fields of a payload that failed validation, if it is a JSON object at all."""
+    try:
+        raw = json.loads(payload[:MAX_PAYLOAD_BYTES])
+    except (ValueError, RecursionError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _too_large(answer: Answer) -> Answer:
+    return _refusal(answer.request_id, "the answer is too large to publish", status="failed")
+
+
+def _refusal(request_id: str, reason: str, status: str = "rejected") -> Answer:
     return Answer(
         request_id=request_id,
-        status="rejected",
+        status=status,  # type: ignore[arg-type]
         answer=None,
         experts=[],
-        error=reason,
+        error=reason[:2000],
         latency_s=0.0,
     )

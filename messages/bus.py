@@ -25,6 +25,7 @@ from paho.mqtt.properties import Properties
 
 from messages.base import Message
 from messages.codec import PayloadError, decode, decode_text, encode
+from messages.routes import BROKER_MAX_PACKET_BYTES, PacketTooLargeError, RouteError, check_publish
 from messages.topics import Topic, check_level
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ MqttVersion = Literal["5", "3.1.1"]
 
 class BrokerUrlError(ValueError):
     """A broker URL that cannot be used."""
+
+
+class PublishRefused(ValueError):
+    """A publish the broker would refuse (and disconnect us for): not sent."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class _Subscription:
     filter: str
     handler: Callable[[Inbound[Any]], None]
     on_empty: Callable[[dict[str, str]], None] | None = None
+    on_invalid: Callable[[Inbound[bytes], str], None] | None = None
 
 
 # MQTT 5 reason code of a DISCONNECT sent because another client connected with our client id.
@@ -118,6 +124,7 @@ class Bus:
     session_expiry_s: int = 3600
     reconnect_max_s: float = 2.0
     on_connected: list[Callable[[bool], None]] = field(default_factory=list)
+    max_packet_bytes: int = BROKER_MAX_PACKET_BYTES
     _subs: list[_Subscription] = field(default_factory=list, init=False)
     _connected: threading.Event = field(default_factory=threading.Event, init=False)
     _connect_error: str | None = field(default=None, init=False)
@@ -142,13 +149,15 @@ class Bus:
             self.client.username_pw_set(self.endpoint.username, self.endpoint.password)
 
     def _connect_args(self) -> dict[str, Any]:
+        """MQTT 5: the broker sends us no packet over ``max_packet_bytes`` (an oversized
+        payload is dropped there, never read here), and the session's lifetime."""
         if not self.mqtt5:
             return {}
-        if not self.persistent:
-            return {"clean_start": True}
         properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.session_expiry_s
-        return {"clean_start": False, "properties": properties}
+        properties.MaximumPacketSize = self.max_packet_bytes
+        if self.persistent:
+            properties.SessionExpiryInterval = self.session_expiry_s
+        return {"clean_start": not self.persistent, "properties": properties}
 
     @property
     def connected(self) -> bool:
@@ -228,12 +237,17 @@ class Bus:
         topic: Topic[Any],
         handler: Callable[[Inbound[Any]], None],
         on_empty: Callable[[dict[str, str]], None] | None = None,
+        on_invalid: Callable[[Inbound[bytes], str], None] | None = None,
         **params: str,
     ) -> None:
         """Handle every message on ``topic``; parameters not given are wildcards. ``on_empty``
         hears an empty payload (a retained message being cleared) with the topic's parameters;
-        without it an empty payload is ignored."""
-        sub = _Subscription(topic, topic.filter(self.fleet, **params), handler, on_empty)
+        without it an empty payload is ignored. ``on_invalid`` hears a payload that failed
+        validation (raw, with its reason and MQTT 5 response properties), after ``on_reject``:
+        to tell its sender."""
+        sub = _Subscription(
+            topic, topic.filter(self.fleet, **params), handler, on_empty, on_invalid
+        )
         self._subs.append(sub)
         self.client.message_callback_add(sub.filter, self._dispatcher(sub))
         if self._connected.is_set():
@@ -265,13 +279,26 @@ class Bus:
         correlation_data: bytes | None = None,
         response_topic: str | None = None,
     ) -> mqtt.MQTTMessageInfo:
-        """Publish on a concrete topic name (a reply topic, for instance)."""
+        """Publish on a concrete topic name (a reply topic, for instance). Raises PublishRefused,
+        sending nothing, for a topic or packet the broker would refuse: a client that
+        publishes one is disconnected, and would be again at every retry."""
         if isinstance(message, Message):
             payload = encode(message)
         elif isinstance(message, str):
             payload = message.encode("utf-8")
         else:
             payload = message
+        try:
+            check_publish(
+                name,
+                payload,
+                self.max_packet_bytes,
+                correlation_data=correlation_data if self.mqtt5 else None,
+                response_topic=response_topic if self.mqtt5 else None,
+            )
+        except (RouteError, PacketTooLargeError) as exc:
+            log.error("not published: %s", exc)
+            raise PublishRefused(str(exc)) from None
         properties = None
         if self.mqtt5 and (correlation_data is not None or response_topic is not None):
             properties = Properties(PacketTypes.PUBLISH)
@@ -338,21 +365,26 @@ class Bus:
                     check_level(key, value)
             except (PayloadError, ValueError) as exc:
                 reason = getattr(exc, "reason", str(exc))
-                log.warning("rejected payload on %s: %s", msg.topic, reason)
+                log.warning("rejected payload on %s: %.300s", msg.topic, reason)
                 if self.on_reject is not None:
                     self._guard(self.on_reject, sub.topic, msg.topic, reason)
+                if sub.on_invalid is not None:
+                    self._guard(sub.on_invalid, self._inbound(msg, params, msg.payload), reason)
                 return
-            props = getattr(msg, "properties", None)
-            inbound = Inbound(
-                topic=msg.topic,
-                params=params,
-                message=decoded,
-                response_topic=getattr(props, "ResponseTopic", None) if props else None,
-                correlation_data=getattr(props, "CorrelationData", None) if props else None,
-            )
-            self._guard(sub.handler, inbound)
+            self._guard(sub.handler, self._inbound(msg, params, decoded))
 
         return dispatch
+
+    @staticmethod
+    def _inbound(msg: mqtt.MQTTMessage, params: dict[str, str], message: Any) -> Inbound[Any]:
+        props = getattr(msg, "properties", None)
+        return Inbound(
+            topic=msg.topic,
+            params=params,
+            message=message,
+            response_topic=getattr(props, "ResponseTopic", None) if props else None,
+            correlation_data=getattr(props, "CorrelationData", None) if props else None,
+        )
 
     @staticmethod
     def _guard(fn: Callable[..., None], *args: Any) -> None:

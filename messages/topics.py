@@ -156,6 +156,22 @@ PROMPTS = Topic(
 PROMPTS_TEXT = Topic(
     "prompts/text", None, 1, False, "a bare UTF-8 prompt; the answer goes to answers/{request_id}"
 )
+CLIENT_PROMPTS = Topic(
+    "clients/{client_id}/prompts",
+    Prompt,
+    1,
+    False,
+    "a prompt from the login {client_id} (the secure broker lets only it publish here); its "
+    "answer goes to replies/{client_id}/... only",
+)
+CLIENT_PROMPTS_TEXT = Topic(
+    "clients/{client_id}/prompts/text",
+    None,
+    1,
+    False,
+    "a bare UTF-8 prompt from the login {client_id}; the answer goes to "
+    "replies/{client_id}/{request_id}",
+)
 ANSWERS = Topic(
     "answers/{request_id}",
     Answer,
@@ -226,6 +242,8 @@ TOPICS: tuple[Topic, ...] = (
     AGENT_STREAM,
     PROMPTS,
     PROMPTS_TEXT,
+    CLIENT_PROMPTS,
+    CLIENT_PROMPTS_TEXT,
     ANSWERS,
     REPLIES,
     ANSWER_STREAM,

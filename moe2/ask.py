@@ -43,8 +43,16 @@ class Asker:
         # lets each client read replies under its own username only.
         user = self.endpoint.username
         self.client_id = user or self.client_id or f"ask-{uuid.uuid4().hex[:10]}"
-        # The MQTT client id stays unique, so that two asks by one user do not evict each other.
-        mqtt_id = f"{user}-{uuid.uuid4().hex[:8]}" if user else self.client_id
+        # The MQTT client id stays unique, so that two asks by one user do not evict each other;
+        # the secure broker takes client ids that start with moe2- only.
+        mqtt_id = f"moe2-{user}-{uuid.uuid4().hex[:8]}" if user else f"moe2-{self.client_id}"
+        # With a login, prompts go to the login's own prompt topic: the controller then knows
+        # who asks, and answers under replies/{login}/ only.
+        self.prompt_topic = (
+            topics.CLIENT_PROMPTS.name(self.fleet, client_id=user)
+            if user
+            else topics.PROMPTS.name(self.fleet)
+        )
         self._answers: dict[str, Answer] = {}
         self._arrived = threading.Condition()
         self._controllers: dict[str, ControllerStatus] = {}
@@ -103,7 +111,7 @@ class Asker:
     def _publish(self, request_id: str) -> Any:
         payload, correlation, response_topic = self._sent[request_id]
         return self.bus.publish_to(
-            topics.PROMPTS.name(self.fleet),
+            self.prompt_topic,
             payload,
             qos=topics.PROMPTS.qos,
             response_topic=response_topic,

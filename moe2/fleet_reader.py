@@ -22,7 +22,7 @@ def read_fleet(
     Raises ConnectionError when the broker cannot be reached."""
     registry = FleetRegistry()
     plans: list[FleetPlan] = []
-    bus = Bus(endpoint, fleet, client_id=f"read-{uuid.uuid4().hex[:10]}")
+    bus = Bus(endpoint, fleet, client_id=f"moe2-read-{uuid.uuid4().hex[:10]}")
     bus.subscribe(topics.AGENT_STATUS, lambda i: registry.on_status(i.message))
     bus.subscribe(topics.AGENT_CAPABILITIES, lambda i: registry.on_capabilities(i.message))
     bus.subscribe(topics.AGENT_TELEMETRY, lambda i: registry.on_telemetry(i.message))
@@ -54,7 +54,7 @@ def clear_retained(
     endpoint: BrokerEndpoint, fleet: str, clears: list[tuple[Topic[Any], dict[str, str]]]
 ) -> None:
     """Clear retained messages (budgets, a cache plan, a forgotten agent's state)."""
-    bus = Bus(endpoint, fleet, client_id=f"clear-{uuid.uuid4().hex[:10]}")
+    bus = Bus(endpoint, fleet, client_id=f"moe2-clear-{uuid.uuid4().hex[:10]}")
     bus.connect()
     try:
         for topic, params in clears:
@@ -68,7 +68,7 @@ def clear_retained(
 def agent_online(endpoint: BrokerEndpoint, fleet: str, agent_id: str, wait_s: float = 1.0) -> bool:
     """Whether the agent's retained status says online."""
     seen: list[bool] = []
-    bus = Bus(endpoint, fleet, client_id=f"read-{uuid.uuid4().hex[:10]}")
+    bus = Bus(endpoint, fleet, client_id=f"moe2-read-{uuid.uuid4().hex[:10]}")
     bus.subscribe(
         topics.AGENT_STATUS, lambda i: seen.append(i.message.state == "online"), agent_id=agent_id
     )
@@ -94,7 +94,7 @@ def request_plan(
             refusals.append(inbound.message)
 
     statuses: list[ControllerStatus] = []
-    bus = Bus(endpoint, fleet, client_id=f"ask-plan-{uuid.uuid4().hex[:10]}")
+    bus = Bus(endpoint, fleet, client_id=f"moe2-ask-plan-{uuid.uuid4().hex[:10]}")
     bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
     bus.subscribe(topics.CONTROLLER_EVENTS, refused)
     bus.subscribe(topics.CONTROLLER_STATUS, lambda i: statuses.append(i.message))
@@ -128,7 +128,7 @@ def fleets_with_agents(endpoint: BrokerEndpoint, wait_s: float = 1.0) -> set[str
         if msg.payload:  # an empty retained payload is a cleared status
             fleets.add(msg.topic.split("/")[1])
 
-    bus = Bus(endpoint, "any", client_id=f"read-{uuid.uuid4().hex[:10]}")
+    bus = Bus(endpoint, "any", client_id=f"moe2-read-{uuid.uuid4().hex[:10]}")
     bus.client.message_callback_add(pattern, seen)
     bus.connect()
     try:

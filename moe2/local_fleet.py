@@ -118,7 +118,8 @@ class LocalFleet:
         registry = FleetRegistry()
         controllers: dict[str, ControllerStatus] = {}
         plans: list[FleetPlan] = []
-        bus = Bus(self.endpoint, self.fleet, client_id=f"ready-{os.getpid()}-{time.monotonic_ns()}")
+        ready_id = f"moe2-ready-{os.getpid()}-{time.monotonic_ns()}"
+        bus = Bus(self.endpoint, self.fleet, client_id=ready_id)
         bus.subscribe(topics.AGENT_STATUS, lambda i: registry.on_status(i.message))
         bus.subscribe(topics.AGENT_CAPABILITIES, lambda i: registry.on_capabilities(i.message))
         bus.subscribe(topics.AGENT_TELEMETRY, lambda i: registry.on_telemetry(i.message))

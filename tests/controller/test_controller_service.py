@@ -284,10 +284,11 @@ def test_reply_topics_may_not_be_fleet_control_topics(
 ) -> None:
     plan_topic = topics.AGENT_PLAN.name(fleet_name, agent_id="a1")
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="evil", reply_to=plan_topic))
-    event = watch.wait_for(lambda m: isinstance(m, ControllerEvent) and "control topic" in m.reason)
+    event = watch.wait_for(lambda m: isinstance(m, ControllerEvent) and "fleet topic" in m.reason)
     assert event.kind == "rejected"
     answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "evil")
-    assert answer.status == "ok"  # still answered on answers/{request_id}
+    # The asker hears why on answers/{request_id}; the prompt is not run.
+    assert answer.status == "rejected" and "only moe2/" in (answer.error or "")
     time.sleep(0.3)
     assert agents["a1"].rejected == []  # nothing was published on its plan topic
 

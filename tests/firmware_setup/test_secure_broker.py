@@ -255,9 +255,14 @@ def test_client_cannot_publish_a_plan_or_jobs(clients: Any) -> None:
     c1 = clients("clients:c1")
     c1.publish(topic("agents/a1/plan"), b"evil plan")
     c1.publish(topic("agents/a1/jobs"), b"evil job")
-    c1.publish(topic("prompts/text"), b"a fair question")
+    c1.publish(topic("clients/c1/prompts/text"), b"a fair question")
+    # The shared prompt topics are not a client's: there, a prompt could name any reply route.
+    c1.publish(topic("prompts"), b'{"prompt": "q", "reply_to": "moe2/s1/replies/c2/q1"}')
+    c1.publish(topic("prompts/text"), b"anonymous question")
     time.sleep(0.5)
-    assert topic("prompts/text") in controller.topics()  # the path works
+    assert topic("clients/c1/prompts/text") in controller.topics()  # the path works
+    assert topic("prompts") not in controller.topics()
+    assert topic("prompts/text") not in controller.topics()
     assert not a1.received
     assert topic("agents/a1/plan") not in controller.topics()
     assert topic("agents/a1/jobs") not in controller.topics()
@@ -317,7 +322,7 @@ def test_no_other_login_can_take_over_the_controllers_session(
     broker: SecureBroker, clients: Any
 ) -> None:
     controller = clients("controller", client_id="moe2-controller-1234").subscribe(
-        topic("prompts/text")
+        topic("clients/c1/prompts/text")
     )
     assert controller.accepted
     # A hot-standby controller has a login of its own, so it connects beside the active one.
@@ -328,10 +333,10 @@ def test_no_other_login_can_take_over_the_controllers_session(
     # An operator tool with the controller's login connects on the client port beside it.
     tool = clients("controller", client_id="moe2-controller-1234", port=broker.client_port)
     assert tool.accepted
-    clients("clients:c1").publish(topic("prompts/text"), b"still there?")
+    clients("clients:c1").publish(topic("clients/c1/prompts/text"), b"still there?")
     time.sleep(0.5)
     assert controller.disconnects == [] and tool.disconnects == [] and standby.disconnects == []
-    assert controller.topics() == [topic("prompts/text")]
+    assert controller.topics() == [topic("clients/c1/prompts/text")]
 
 
 def test_one_client_login_may_hold_many_connections(clients: Any) -> None:

@@ -152,12 +152,12 @@ def test_every_pattern_is_unique() -> None:
 def test_registry_holds_every_topic_declared_in_the_module() -> None:
     declared = {id(v) for v in vars(topics).values() if isinstance(v, Topic)}
     assert declared == {id(t) for t in TOPICS}
-    assert len(TOPICS) == 20
+    assert len(TOPICS) == 22
 
 
 def test_every_topic_has_a_message_type_except_bare_text_prompts() -> None:
     untyped = [t.pattern for t in TOPICS if t.message is None]
-    assert untyped == ["prompts/text"]
+    assert untyped == ["prompts/text", "clients/{client_id}/prompts/text"]
     for topic in TOPICS:
         if topic.message is not None:
             assert issubclass(topic.message, Message), topic.pattern
