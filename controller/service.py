@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 from controller import __version__
+from controller.adapt import Adaptation
 from controller.decisions import one_replica_each
 from controller.dispatch import Actions, Dispatcher, Refused, Route
 from controller.identity import ControllerIdentity, claim, default_state_root
@@ -124,6 +125,7 @@ class Controller:
         self.rejected: Counter[str] = Counter()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.adaptation = Adaptation(self)  # live costs, drift, newcomers (controller/adapt.py)
 
     @property
     def answered(self) -> int:
@@ -147,6 +149,7 @@ class Controller:
             pending=pending,
             late_results=self.dispatcher.late_results,
             rejected=dict(self.rejected),
+            plan_problem=self.adaptation.problem if state == "online" else None,
         )
 
     def start(self, wait_s: float = 0.0) -> None:
@@ -175,6 +178,7 @@ class Controller:
         thread = threading.Thread(target=self._watch, name="controller-watch", daemon=True)
         thread.start()
         self._threads.append(thread)
+        self._threads.append(self.adaptation.start())
         log.info(
             "controller %s started for fleet %s on %s (ledger %s)",
             self.controller_id,
@@ -360,6 +364,8 @@ class Controller:
         only if a set fits (BudgetError otherwise). A selection that hit its time limit is
         published with its gap and improved in the background (``solved``: a better one)."""
         with self._lock:
+            if solved is None:
+                self.adaptation.before_replan()  # solve with the costs learnt so far
             try:
                 wanted, summary, result = wanted_experts(
                     self.registry,
@@ -552,6 +558,8 @@ class Controller:
             return
         if not self.active:
             return
+        if self.adaptation.on_result(result, time.monotonic()):
+            return  # a probe of the live cost model, not a prompt's job
         actions, refusal = self.dispatcher.on_result(result, time.monotonic())
         if refusal is not None:
             self._on_reject(topics.AGENT_RESULTS, inbound.topic, refusal)
@@ -703,7 +711,7 @@ class Controller:
         else:
             targets = active if self.selection is not None else one_replica_each(active, load)
         if not targets:
-            raise Refused("no active expert can answer", failed=failed)
+            raise Refused(self.adaptation.no_expert_reason(), failed=failed)
         if self.selection is None:
             if prompt.budgets is not None:
                 raise Refused(

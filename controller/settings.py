@@ -72,6 +72,39 @@ class ControllerSettings(FleetSettings):
         "is used with its proven gap, and the search goes on in the background",
     )
 
+    # -- the live loop (controller/adapt.py) --
+    suite: Path | None = Field(
+        default=None,
+        description="Suite (JSONL) that newcomers to the gate are profiled on; default: the "
+        "bundled data/suite.jsonl",
+    )
+    drift_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=100,
+        description="Re-plan when an expert's energy or delay moves by more than this fraction "
+        "(either way, as a log ratio) from the costs the plan was solved with",
+    )
+    drift_cooldown_s: float = Field(
+        default=10.0, ge=0, le=86_400, description="Cost re-plans are at least this far apart, s"
+    )
+    cost_window: int = Field(
+        default=16, ge=3, le=10_000, description="Results in each expert's rolling median"
+    )
+    probe_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=86_400,
+        description="An online expert with no cost sample for this long (e.g. one the plan "
+        "left out) gets one profile prompt; 0: never",
+    )
+    probe_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="A probe unanswered this long counts this long"
+    )
+    newcomer_rate_hz: float = Field(
+        default=2.0, gt=0, le=1000, description="Profiling prompts per second for newcomers"
+    )
+
     @model_validator(mode="after")
     def _profile_and_gate_together(self) -> ControllerSettings:
         if (self.profile is None) != (self.gate is None):

@@ -8,6 +8,7 @@ from messages.cancel import Cancel
 from messages.capabilities import AgentCapabilities, ExpertInfo
 from messages.codec import MAX_PAYLOAD_BYTES, PayloadError, decode, encode
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.costs import CostTable, ExpertCostRow
 from messages.events import AgentEvent
 from messages.jobs import Job
 from messages.plan import ActivationPlan
@@ -33,10 +34,12 @@ __all__ = [
     "ChatMessage",
     "ControllerEvent",
     "ControllerStatus",
+    "CostTable",
     "EnergyReading",
     "ExpertFailure",
     "ExpertInfo",
     "ExpertOutput",
+    "ExpertCostRow",
     "FleetPlan",
     "Job",
     "JobResult",

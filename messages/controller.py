@@ -40,6 +40,11 @@ class ControllerStatus(Message):
     rejected: dict[str, Count] = Field(
         default_factory=dict, description="Rejected payloads per topic pattern"
     )
+    plan_problem: str | None = Field(
+        default=None,
+        description="Why no online expert fits the budgets (each one's cost against them), when "
+        "none does",
+    )
 
 
 class FleetPlan(Message):
@@ -78,6 +83,8 @@ class ControllerEvent(Message):
         "failover",
         "takeover",
         "busy",
+        "drift",
+        "profiling",
     ]
     topic: str | None = None
     reason: str

@@ -16,6 +16,7 @@ from messages.cache_plan import CachePlan
 from messages.cancel import Cancel
 from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.costs import CostTable
 from messages.events import AgentEvent
 from messages.jobs import Job
 from messages.plan import ActivationPlan
@@ -229,6 +230,13 @@ CONTROLLER_EVENTS = Topic(
     False,
     "rejected payloads, agents on/offline, re-plans, failed requests",
 )
+CONTROLLER_COSTS = Topic(
+    "controller/costs",
+    CostTable,
+    1,
+    True,
+    "each expert's current energy and delays (learnt from results), next to the budgets",
+)
 
 TOPICS: tuple[Topic, ...] = (
     AGENT_STATUS,
@@ -253,4 +261,5 @@ TOPICS: tuple[Topic, ...] = (
     CONTROLLER_STATUS,
     CONTROLLER_PLAN,
     CONTROLLER_EVENTS,
+    CONTROLLER_COSTS,
 )

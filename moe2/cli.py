@@ -230,6 +230,22 @@ def controller_run(
     energy_j: EnergyOpt = None,
     delay_s: DelayOpt = None,
     top_k: TopKOpt = None,
+    suite: Annotated[
+        Path | None,
+        typer.Option(
+            "--suite",
+            help="Suite (JSONL) that experts new to the gate are profiled on before the gate is "
+            "retrained [default: the bundled data/suite.jsonl]",
+        ),
+    ] = None,
+    drift_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--drift-threshold",
+            help="Re-plan when an expert's learnt energy or delay moves by more than this "
+            "fraction from the costs of the plan in force [default: 0.5]",
+        ),
+    ] = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Track the fleet, push activation plans and answer prompts."""
@@ -249,6 +265,8 @@ def controller_run(
         energy_budget_j=energy_j,
         delay_budget_s=parse_delays(delay_s) if delay_s else None,
         top_k=top_k,
+        suite=suite,
+        drift_threshold=drift_threshold,
     )
     try:
         service = Controller(settings)
@@ -509,6 +527,7 @@ def demo(
 from agent.onnx.export_cli import export_onnx_command  # noqa: E402
 from agent.probe_cli import probe  # noqa: E402
 from moe2.cache_cli import cache_plan  # noqa: E402
+from moe2.costs_cli import costs  # noqa: E402
 from moe2.moe2_cli import gate_app, profile, sweep  # noqa: E402
 from moe2.select_cli import select  # noqa: E402
 
@@ -516,6 +535,7 @@ app.command("profile")(profile)
 app.command("sweep")(sweep)
 app.command("select")(select)
 app.command("cache-plan")(cache_plan)
+app.command("costs")(costs)
 app.command("export-onnx")(export_onnx_command)
 app.add_typer(gate_app, name="gate")
 agent_app.command("probe")(probe)

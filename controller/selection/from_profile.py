@@ -129,7 +129,9 @@ def load_gated_profile(profile_path: Path, gate_path: Path) -> GatedProfile:
     unknown = [k for k in gate.expert_keys if k not in profile.experts]
     if unknown:
         raise ProfileError(f"the gate knows experts the profile lacks: {', '.join(unknown)}")
+    from controller.gate.cache import CachedEncoder
+
     encoder = PromptEncoder()
-    gate.encoder = encoder
-    data = GateData.from_profile(profile, encoder, keys=gate.expert_keys)
+    gate.encoder = encoder  # live prompts are not cached: only the profile's
+    data = GateData.from_profile(profile, CachedEncoder(encoder), keys=gate.expert_keys)
     return GatedProfile(profile, gate, data, expert_costs(profile, gate.expert_keys))

@@ -96,7 +96,11 @@ class LiveSelection:
             result = search_result(search, "moe2", started, deadline)
             self._search, self._search_key = search, key
         if not result.feasible:
-            raise BudgetError("no online expert fits the budgets")
+            from controller.explain import infeasible
+
+            keys = [e.id for e in instance.experts]
+            why = infeasible(self.gated.costs, budgets, keys, self.aggregation_delay_s)
+            raise BudgetError(why or "no online expert fits the budgets")
         return result
 
     def improve(

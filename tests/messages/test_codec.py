@@ -38,6 +38,7 @@ from messages import (
     encode,
 )
 from messages.codec import check_size, decode_text
+from messages.costs import CostTable, ExpertCostRow
 
 T0 = 1_760_000_000.25
 
@@ -206,6 +207,29 @@ SAMPLES: list[Message] = [
         reason="no message for 6.0 s",
         agent_id="pi-5",
     ),
+    ExpertCostRow(
+        key="gemma@orin-1",
+        online=True,
+        planned=True,
+        in_gate=True,
+        energy_j=2.5,
+        energy_source="estimate",
+        delay_s={"math": 0.53},
+        origin="live",
+        delay_samples=16,
+        energy_samples=16,
+        delay_ratio=1.2,
+    ),
+    CostTable(
+        controller_id="ctl-1",
+        time_s=T0,
+        budgets=Budgets(energy_j=1.0),
+        feasible=False,
+        problem="no online expert fits the budgets (energy 1 J): gemma@orin-1: energy 2.5 J > 1 J",
+        drift_threshold=0.5,
+        window=16,
+        experts=[],
+    ),
 ]
 
 
@@ -215,7 +239,7 @@ def test_samples_cover_every_exported_message_model() -> None:
         for obj in vars(messages).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
     }
-    assert len(exported) == 22
+    assert len(exported) == 24
     assert {type(m) for m in SAMPLES} == exported
 
 

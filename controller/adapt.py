@@ -1,0 +1,456 @@
+"""MoE² as a live loop inside the controller: costs learnt from results, re-plans on drift,
+newcomers profiled and gated, the cost table published on ``controller/costs``.
+
+The controller service calls ``before_replan`` at every re-plan (the selection then uses the
+current costs), ``on_result`` with every result (True: one of ours, not the dispatcher's), and
+runs ``loop`` in a thread. Only the active controller sends probes, re-plans and publishes; a
+standby learns nothing (it has no dispatch times) and starts from the costs it saved.
+
+Probes: an online expert of the gate with no cost sample for ``probe_interval_s`` (one that the
+plan leaves out gets no user prompts) is sent one training prompt of the profile, rotating
+through the categories, when its agent has no user job out: this is how a slowed expert that
+was planned away is seen to recover. A probe unanswered after ``probe_timeout_s`` counts as a
+delay of that long.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from controller.costs import CostModel, seeds_from_profile
+from controller.drift import DriftDetector, Move
+from controller.explain import infeasible
+from controller.selection.live import LiveSelection
+from messages import topics
+from messages.base import now_s
+from messages.costs import CostTable, ExpertCostRow
+from messages.jobs import Job
+from messages.results import JobResult
+
+if TYPE_CHECKING:
+    from controller.newcomers import NewcomerQueue
+    from controller.profile import Profile
+    from controller.selection.from_profile import ExpertCost, GatedProfile
+    from controller.service import Controller
+    from controller.suite import SuiteItem
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25
+PUBLISH_S = 2.0
+SAVE_S = 10.0
+
+
+@dataclass
+class _Probe:
+    key: str
+    item: SuiteItem
+    sent: float  # monotonic
+    newcomer: bool
+
+
+class Adaptation:
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+        s = controller.settings
+        self.path = controller.identity.state_dir / "costs.json"
+        self.drift = DriftDetector(s.drift_threshold, s.drift_cooldown_s)
+        self.model: CostModel | None = None
+        self.probes: dict[str, _Probe] = {}
+        self.last_sample: dict[str, float] = {}
+        self.problem: str | None = None
+        self.newcomers: NewcomerQueue | None = None
+        self._probe_turn = 0
+        self._lock = threading.RLock()
+        self._retraining = False
+        self._working: Profile | None = None
+        if controller.selection is None:
+            return
+        self._adopt_extended()
+        gated = controller.selection.gated
+        self.model = CostModel(
+            seeds_from_profile(gated.profile, gated.gate.expert_keys), window=s.cost_window
+        )
+        loaded = self.model.load(self.path)
+        if loaded:
+            log.info("live costs of %d experts restored from %s", loaded, self.path)
+        self.drift.adopt(self._gate_costs())
+
+    # -- the selection's costs ----------------------------------------------------------
+
+    def _adopt_extended(self) -> None:
+        """A gate extended for newcomers by an earlier run, when it is whole and of this fleet."""
+        from controller.newcomers import extended_pair
+        from controller.selection.from_profile import load_gated_profile
+
+        pair = extended_pair(self.c.identity.state_dir, self.c.settings.fleet)
+        selection = self.c.selection
+        if pair is None or selection is None:
+            return
+        try:
+            gated = load_gated_profile(*pair)
+        except Exception as exc:  # a damaged extension: the configured profile stands
+            log.warning("ignoring the extended profile in %s: %s", pair[0].parent, exc)
+            return
+        if set(selection.expert_keys) <= set(gated.gate.expert_keys):
+            log.info("using the gate extended for newcomers: %s", pair[1])
+            self._swap(gated)
+
+    def _gate_costs(self) -> dict[str, ExpertCost]:
+        assert self.model is not None
+        selection = self.c.selection
+        keys = set(selection.expert_keys) if selection else set()
+        return {k: v for k, v in self.model.costs().items() if k in keys}
+
+    def _swap(self, gated: GatedProfile) -> None:
+        old = self.c.selection
+        assert old is not None
+        self.c.selection = LiveSelection(
+            gated, aggregation_delay_s=old.aggregation_delay_s, time_limit_s=old.time_limit_s
+        )
+
+    def before_replan(self) -> None:
+        """Every re-plan solves with the current costs, and they become the drift reference."""
+        selection = self.c.selection
+        if self.model is None or selection is None:
+            return
+        with self._lock:
+            current = self._gate_costs()
+            costs = {**selection.gated.costs, **current}
+            if costs != selection.gated.costs:
+                self._swap(replace(selection.gated, costs=costs))  # type: ignore[arg-type]
+            self.drift.adopt(current, time.monotonic())
+
+    # -- results ------------------------------------------------------------------------
+
+    def on_result(self, result: JobResult, now: float) -> bool:
+        """Learn from a result; True when it answered one of our probes."""
+        if self.model is None:
+            return False
+        key = f"{result.expert_id}@{result.agent_id}"
+        probe = self.probes.pop(result.request_id, None)
+        if probe is not None:
+            if probe.key != key:
+                return True
+            self._learn(result, key, probe.item.category, now - probe.sent, now)
+            if probe.newcomer:
+                self._measured(probe, result, now - probe.sent)
+            return True
+        pending = self.c.dispatcher.pending.get(result.request_id)
+        if pending is None:
+            return False
+        sent = pending.jobs.get((result.agent_id, result.expert_id))
+        if sent is not None:
+            self._learn(result, key, pending.prompt.category, now - sent, now)
+        return False
+
+    def _learn(
+        self, result: JobResult, key: str, category: str | None, round_trip: float, now: float
+    ) -> None:
+        assert self.model is not None
+        if not result.ok:
+            return
+        lat = result.latency
+        delay = max(0.0, round_trip - lat.queue_s - lat.load_s)
+        energy = result.energy
+        use_energy = energy is not None and lat.load_s < 0.05  # loading is no query's cost
+        learnt = self.model.observe(
+            key,
+            category,
+            delay,
+            energy.energy_j if use_energy and energy else None,
+            energy.source if energy else None,
+            energy.estimated if energy else True,
+        )
+        if learnt:
+            self.last_sample[key] = now
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.loop, name="controller-adapt", daemon=True)
+        thread.start()
+        return thread
+
+    def loop(self) -> None:
+        last_publish = last_save = 0.0
+        while not self.c._stop.wait(TICK_S):
+            try:
+                now = time.monotonic()
+                if self.model is None or not self.c.active:
+                    continue
+                self._probe(now)
+                self._newcomers(now)
+                moves = self.drift.due(self._gate_costs(), now, self._online_keys())
+                if moves:
+                    self._replan_for(moves)
+                if now - last_publish >= PUBLISH_S:
+                    last_publish = now
+                    self.publish()
+                if now - last_save >= SAVE_S:
+                    last_save = now
+                    self.model.save(self.path)
+            except Exception:  # the loop must outlive any one bad step
+                log.exception("adaptation step failed")
+        if self.model is not None:
+            self.model.save(self.path)
+
+    def _online_keys(self) -> set[str]:
+        return {
+            f"{e}@{a}" for a, experts in self.c.registry.online_experts().items() for e in experts
+        }
+
+    def _replan_for(self, moves: list[Move]) -> None:
+        text = "; ".join(str(m) for m in moves[:6])
+        more = f" (+{len(moves) - 6} more)" if len(moves) > 6 else ""
+        self.c._event("drift", f"costs moved past ±{self.drift.threshold:.0%}: {text}{more}")
+        self.c.replan(force=True)
+        self.publish()
+
+    def _probe(self, now: float) -> None:
+        assert self.model is not None
+        interval = self.c.settings.probe_interval_s
+        timeout = self.c.settings.probe_timeout_s
+        for request_id, probe in list(self.probes.items()):
+            if now - probe.sent > timeout:
+                self.probes.pop(request_id, None)
+                if not probe.newcomer:  # no answer in that long: that long is its delay
+                    self.model.observe(probe.key, probe.item.category, now - probe.sent)
+                    self.last_sample[probe.key] = now
+                else:
+                    self._measured(probe, None, now - probe.sent)
+        if interval <= 0 or self.c.selection is None:
+            return
+        out = {p.key for p in self.probes.values()}
+        load = self.c.dispatcher.load
+        items = [i for i in self.c.selection.gated.profile.items if i.split == "train"]
+        if not items:
+            return
+        for key in sorted(self._online_keys() & set(self.model.seeds)):
+            agent = key.partition("@")[2]
+            if key in out or load.get(agent, 0) > 0:
+                continue
+            if now - self.last_sample.setdefault(key, now) < interval:
+                continue
+            self._probe_turn += 1
+            categories = sorted({i.category for i in items})
+            category = categories[self._probe_turn % len(categories)]
+            in_cat = [i for i in items if i.category == category]
+            item = in_cat[(self._probe_turn // len(categories)) % len(in_cat)]
+            self._send(key, item, now, newcomer=False)
+
+    def _send(self, key: str, item: SuiteItem, now: float, newcomer: bool) -> None:
+        expert, _, agent = key.partition("@")
+        request_id = f"probe-{uuid.uuid4().hex[:12]}"
+        job = Job(
+            request_id=request_id,
+            expert_id=expert,
+            prompt=item.prompt,
+            choices=item.choices,
+            question=item.question,
+            timeout_s=self.c.settings.probe_timeout_s,
+            issued_s=now_s(),
+        )
+        self.probes[request_id] = _Probe(key, item, now, newcomer)
+        self.c.bus.publish(topics.AGENT_JOBS, job, agent_id=agent)
+
+    # -- newcomers ----------------------------------------------------------------------
+
+    def _newcomers(self, now: float) -> None:
+        from controller.newcomers import NewcomerQueue, add_expert, add_items
+
+        selection = self.c.selection
+        if selection is None or self._retraining:
+            return
+        known = set(selection.expert_keys)
+        online = self._online_keys()
+        if self.newcomers is None:
+            if not online - known:
+                return
+            from controller.suite import DEFAULT_SUITE, load_suite
+
+            suite = load_suite(self.c.settings.suite or DEFAULT_SUITE)
+            items = [i for i in suite if i.split in ("train", "val")]
+            self.newcomers = NewcomerQueue(items, rate_hz=self.c.settings.newcomer_rate_hz)
+            self._working = selection.gated.profile.model_copy(deep=True)
+            add_items(self._working, items)
+        queue = self.newcomers
+        infos = {
+            (r.agent_id, e.expert_id): e
+            for r in self.c.registry.agents()
+            if r.capabilities
+            for e in r.capabilities.experts
+        }
+        for key in sorted(online - known):
+            if key not in queue.progress:
+                expert, _, agent = key.partition("@")
+                info = infos.get((agent, expert))
+                if info is None:
+                    continue
+                add_expert(self._working, key, info.model, info.template)
+                queue.add(key, self._working)
+                self.c._event(
+                    "profiling",
+                    f"{key} is new to the gate: profiling it on "
+                    f"{queue.progress[key].total} suite prompts",
+                    agent_id=agent,
+                )
+        for key in list(queue.progress):
+            if key not in online and queue.progress[key].phase == "profiling":
+                queue.forget(key)
+        busy = {p.key for p in self.probes.values() if p.newcomer}
+        load = self.c.dispatcher.load
+        busy |= {k for k in queue.progress if load.get(k.partition("@")[2], 0) > 0}
+        nxt = queue.next(now, busy)
+        if nxt is not None:
+            self._send(nxt[0], nxt[1], now, newcomer=True)
+        done = queue.finished()
+        if done:
+            for key in done:
+                queue.progress[key].phase = "training"
+            self._retraining = True
+            threading.Thread(
+                target=self._retrain, args=(done,), name="gate-retrain", daemon=True
+            ).start()
+
+    def _measured(self, probe: _Probe, result: JobResult | None, round_trip: float) -> None:
+        from controller.newcomers import store
+        from controller.profile import Measurement
+
+        queue = self.newcomers
+        if queue is None:
+            return
+        ok = result is not None and result.ok and result.choice_probs is not None
+        if ok and result is not None:
+            total = result.latency.total_s
+            energy = result.energy
+            store(
+                self._working,
+                probe.item.id,
+                probe.key,
+                Measurement(
+                    choice_probs=result.choice_probs or [],
+                    compute_s=max(0.0, total - result.latency.queue_s - result.latency.load_s),
+                    transmission_s=max(0.0, round_trip - total),
+                    energy_j=energy.energy_j if energy else None,
+                    energy_source=energy.source if energy else None,
+                ),
+            )
+        queue.record(probe.key, ok)
+        prog = queue.progress.get(probe.key)
+        if prog is not None and (prog.measured + prog.failed) % 10 == 0:
+            self.c._event("profiling", f"{probe.key}: {prog}")
+
+    def _retrain(self, keys: list[str]) -> None:
+        from controller.gate.cache import CachedEncoder
+        from controller.newcomers import extend_gate, write_extended
+
+        queue = self.newcomers
+        selection = self.c.selection
+        assert queue is not None and selection is not None and self.model is not None
+        try:
+            started = time.perf_counter()
+            encoder = CachedEncoder(selection.gated.gate._encoder())
+            gated, loss = extend_gate(selection.gated, self._working, keys, encoder)
+            seconds = time.perf_counter() - started
+            write_extended(gated, self.c.identity.state_dir)
+            self.model.reseed({**self.model.seeds, **seeds_from_profile(gated.profile, keys)})
+            with self._lock:
+                self._swap(gated)
+            for key in keys:
+                queue.progress[key].phase = "done"
+            self.c._event(
+                "profiling",
+                f"gate retrained with {', '.join(keys)} in {seconds:.1f} s "
+                f"(validation loss {loss:.3f}); re-planning",
+            )
+            self.c.replan(force=True)
+        except Exception as exc:
+            log.exception("retraining the gate failed")
+            for key in keys:
+                queue.progress[key].phase = "failed"
+            self.c._event("profiling", f"retraining the gate for {', '.join(keys)} failed: {exc}")
+        finally:
+            self._retraining = False
+            self.publish()
+
+    def no_expert_reason(self) -> str:
+        """Why a prompt finds no active expert: the budgets, when they fit no online expert."""
+        if self.problem:
+            return f"no active expert can answer: {self.problem}"
+        return "no active expert can answer"
+
+    # -- the cost table -----------------------------------------------------------------
+
+    def table(self) -> CostTable | None:
+        if self.model is None or self.c.selection is None:
+            return None
+        online = self._online_keys()
+        planned = {f"{e}@{a}" for a, experts in self.c.planner.assignments.items() for e in experts}
+        gate_keys = set(self.c.selection.expert_keys)
+        rows = []
+        for key in sorted(set(self.model.seeds) | online):
+            live = self.model.current(key)
+            progress = self.newcomers.progress.get(key) if self.newcomers else None
+            if live is None:
+                rows.append(
+                    ExpertCostRow(
+                        key=key,
+                        online=key in online,
+                        planned=key in planned,
+                        in_gate=key in gate_keys,
+                        origin="unknown",
+                        profiling=str(progress) if progress else "waiting to be profiled",
+                    )
+                )
+                continue
+            rows.append(
+                ExpertCostRow(
+                    key=key,
+                    online=key in online,
+                    planned=key in planned,
+                    in_gate=key in gate_keys,
+                    energy_j=live.cost.energy_j,
+                    energy_estimated=live.cost.energy_estimated,
+                    energy_source=live.energy_source,
+                    delay_s=live.cost.delay_s,
+                    origin=live.origin,  # type: ignore[arg-type]
+                    delay_samples=live.delay_samples,
+                    energy_samples=live.energy_samples,
+                    delay_ratio=live.delay_ratio,
+                    energy_ratio=live.energy_ratio,
+                    profiling=str(progress) if progress else None,
+                )
+            )
+        budgets = self.c.budgets
+        self.problem = infeasible(
+            self._gate_costs(),  # type: ignore[arg-type]
+            budgets,
+            sorted(online & gate_keys),
+            self.c.selection.aggregation_delay_s,
+        )
+        return CostTable(
+            controller_id=self.c.controller_id,
+            time_s=now_s(),
+            budgets=budgets,
+            feasible=self.problem is None,
+            problem=self.problem,
+            drift_threshold=self.drift.threshold,
+            window=self.model.window,
+            experts=rows,
+        )
+
+    def publish(self) -> None:
+        table = self.table()
+        if table is not None and self.c.active and self.c.bus.connected:
+            self.c.bus.publish(topics.CONTROLLER_COSTS, table)
+
+
+def state_costs_path(state_dir: Path) -> Path:
+    return state_dir / "costs.json"
