@@ -118,6 +118,7 @@ class Agent:
         self._pending_plan: ActivationPlan | None = None
         self.plan_epoch: int | None = None
         self.plan_source: tuple[str | None, int | None] = (None, None)
+        self.load_failures: dict[str, str] = {}  # expert -> why it did not load
         self._stop = threading.Event()
         self._busy = False
         self.jobs_done = 0
@@ -138,6 +139,14 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------------
 
     def _status(self, state: str, reason: str | None = None) -> AgentStatus:
+        failed = dict(self.load_failures)
+        if (
+            state == "online"
+            and reason is None
+            and failed
+            and set(failed) >= set(self.pool.configs)
+        ):
+            reason = f"no usable expert: all {len(failed)} failed to load"
         return AgentStatus(
             agent_id=self.agent_id,
             state=state,  # type: ignore[arg-type]
@@ -146,6 +155,7 @@ class Agent:
             keepalive_s=self.settings.keepalive_s,
             telemetry_interval_s=self.settings.telemetry_interval_s,
             reason=reason,
+            failed_experts=failed,
         )
 
     def start(self, wait_s: float = 0.0) -> None:
@@ -364,13 +374,16 @@ class Agent:
         wanted = set(plan.experts)
         for expert_id in set(self.pool.loaded_ids) - wanted:
             self.pool.unload(expert_id)
-        failed = []
+        before = dict(self.load_failures)
         for expert_id in sorted(wanted):
             try:
                 self.pool.get(expert_id)
+                self.load_failures.pop(expert_id, None)
             except Exception as exc:  # a model that will not load must not stop the agent
-                failed.append(expert_id)
+                self.load_failures[expert_id] = f"{type(exc).__name__}: {exc}"[:300]
                 self._event("load_failed", f"expert {expert_id}: {exc}")
+        if self.load_failures != before:  # say it where `moe2 fleet` and the controller look
+            self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
         self.plan_epoch = plan.epoch
         self.plan_source = (plan.controller_id, plan.incarnation)
         loaded = ", ".join(self.pool.loaded_ids) or "none"

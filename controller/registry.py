@@ -124,6 +124,8 @@ class FleetRegistry:
                         "telemetry silence" if r.silent else (r.status.reason if r.status else None)
                     ),
                     "version": r.status.version if r.status else None,
+                    "failed_experts": dict(r.status.failed_experts) if r.status else {},
+                    "warning": r.status.reason if r.online and r.status else None,
                     "hostname": r.capabilities.hostname if r.capabilities else None,
                     "experts": r.expert_ids,
                     "loaded_experts": t.loaded_experts if t else [],

@@ -129,6 +129,7 @@ class Bus:
     _connected: threading.Event = field(default_factory=threading.Event, init=False)
     _connect_error: str | None = field(default=None, init=False)
     _tls_ready: bool = field(default=False, init=False)
+    _one_shot: bool = field(default=False, init=False)
     connects: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -196,8 +197,11 @@ class Bus:
         )
 
     def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect and start the network loop; raise ConnectionError when the broker refuses."""
+        """Connect and start the network loop; raise ConnectionError, in one line that says
+        what to do, when the broker cannot be reached, refuses the login, or closes the
+        connection before answering (a TLS port asked in plain MQTT)."""
         self._connect_error = None
+        self._one_shot = True
         if self.endpoint.tls and not self._tls_ready:
             self._use_tls()
         try:
@@ -216,7 +220,7 @@ class Bus:
                 self.client.disconnect()
                 self.client.loop_stop()
                 reason = self._connect_error or f"no CONNACK within {timeout_s:.0f} s"
-                raise ConnectionError(f"broker {self.endpoint.url} did not accept us: {reason}")
+                raise ConnectionError(f"broker {self.endpoint.url} {reason}")
 
     def _use_tls(self) -> None:
         ca = self.endpoint.ca_file
@@ -317,8 +321,9 @@ class Bus:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
-            self._connect_error = str(reason)
-            log.error("broker %s refused connection: %s", self.endpoint.url, reason)
+            self._connect_error = _refusal_hint(str(reason), self.endpoint)
+            if not self._one_shot:  # a one-shot client says it once, in its ConnectionError
+                log.error("broker %s %s", self.endpoint.url, self._connect_error)
             return
         for sub in self._subs:
             client.subscribe(sub.filter, qos=sub.topic.qos)
@@ -336,6 +341,18 @@ class Bus:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        if self._one_shot and not self._connected.is_set():
+            if self._connect_error is not None:
+                return  # refused: connect() says why, once
+            self._connect_error = (
+                "closed the connection before answering"
+                + (
+                    ": if it speaks TLS on this port, use mqtts:// (and --ca-file)"
+                    if not self.endpoint.tls
+                    else ": check that this port speaks TLS and that --ca-file is its CA"
+                )
+            )
+            return
         self._connected.clear()
         if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
             log.error(
@@ -392,6 +409,20 @@ class Bus:
             fn(*args)
         except Exception:  # a bad handler must not stop the network loop
             log.exception("handler %s failed", getattr(fn, "__qualname__", fn))
+
+
+def _refusal_hint(reason: str, endpoint: BrokerEndpoint) -> str:
+    """The broker's CONNACK refusal, with what to do about it."""
+    lowered = reason.lower()
+    if "user name" in lowered or "password" in lowered or "authori" in lowered:
+        who = f"login {endpoint.username!r}" if endpoint.username else "an anonymous login"
+        return (
+            f"refused {who} ({reason}): check --username and --password-file (or "
+            "MOE2_USERNAME / MOE2_PASSWORD_FILE)"
+        )
+    if "identifier" in lowered:
+        return f"refused the client id ({reason}): ids on the secure broker start with moe2-"
+    return f"refused the connection ({reason})"
 
 
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

@@ -17,3 +17,8 @@ class AgentStatus(Message):
     keepalive_s: int = Field(ge=1, le=65535)
     telemetry_interval_s: DurationS
     reason: str | None = None
+    failed_experts: dict[TopicLevel, str] = Field(
+        default_factory=dict,
+        description="Experts that failed to load, with the error: an agent whose every expert "
+        "is here is online but cannot answer",
+    )

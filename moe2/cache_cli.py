@@ -104,10 +104,25 @@ def cache_plan(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result object as JSON")
     ] = False,
+    lift: Annotated[
+        bool,
+        typer.Option(
+            "--lift",
+            help="Lift the cache plan in force on --fleet: the controller plans without it",
+        ),
+    ] = False,
 ) -> None:
     """Decide which experts each edge server caches under its storage capacity (SlimCaching)."""
     from controller.caching import CachingAlgorithmError, CachingInstanceError
 
+    if lift:
+        if fleet is None or instance is not None or apply:
+            fail("--lift goes with --fleet NAME alone")
+        settings = load_settings(
+            config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
+        )
+        _lift(settings)
+        return
     if (instance is None) == (fleet is None):
         fail("give --instance FILE, or --fleet NAME with --profile FILE --gate FILE")
         return
@@ -169,6 +184,19 @@ def _plan_fleet(  # type: ignore[no-untyped-def]
             f"left out (not on every agent with a budget): {', '.join(excluded)}", soft_wrap=True
         )
     return result
+
+
+def _lift(settings: FleetSettings) -> None:
+    from messages import topics
+    from moe2.fleet_reader import clear_retained
+
+    try:
+        clear_retained(settings.endpoint, settings.fleet, [(topics.CONTROLLER_CACHE_PLAN, {})])
+    except ConnectionError as exc:
+        fail(str(exc), code=EXIT_FAILURE)
+    Console(stderr=True).print(
+        f"cache plan of fleet {settings.fleet} lifted: the controller plans without it"
+    )
 
 
 def _apply(settings: FleetSettings, result: CachingResult) -> None:

@@ -147,9 +147,10 @@ def _logging(level: str) -> None:
 
 
 def _serve(service: Any) -> None:
-    """Start a service and run until SIGINT or SIGTERM; connection errors are clean failures."""
+    """Start a service and run until SIGINT or SIGTERM. An unreachable broker is retried in the
+    background (logged); a bad CA file is a clean failure."""
     try:
-        service.start()
+        service.start(wait_s=5.0)
     except ConnectionError as exc:
         fail(str(exc))
     stop = threading.Event()
@@ -230,6 +231,36 @@ def controller_run(
     energy_j: EnergyOpt = None,
     delay_s: DelayOpt = None,
     top_k: TopKOpt = None,
+    controller_id: Annotated[
+        str | None,
+        typer.Option(
+            "--controller-id",
+            help="Stable id of this controller (its MQTT session and ledger); default: the "
+            "host name, or HOST-2, HOST-3 when one already runs here",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir", help="Where the ledger of accepted prompts lives (default: "
+            "$XDG_STATE_HOME/moe2, else ~/.local/state/moe2)"
+        ),
+    ] = None,
+    max_queued: Annotated[
+        int | None,
+        typer.Option(
+            "--max-queued", help="Prompts that may wait for room on the fleet; more are "
+            "answered busy at once"
+        ),
+    ] = None,
+    early_answers: Annotated[
+        bool | None,
+        typer.Option(
+            "--early-answers/--no-early-answers",
+            help="Answer as soon as the experts still out cannot change the answer (default), "
+            "or wait for every expert",
+        ),
+    ] = None,
     suite: Annotated[
         Path | None,
         typer.Option(
@@ -248,8 +279,12 @@ def controller_run(
     ] = None,
     log_level: LogOpt = "info",
 ) -> None:
-    """Track the fleet, push activation plans and answer prompts."""
+    """Track the fleet, push activation plans and answer prompts.
+
+    Several controllers may run on one fleet: one is active, the others wait as hot standbys
+    and one takes over within seconds when the active one goes away."""
     from controller.gate.errors import GateError
+    from controller.identity import IdentityError
     from controller.profile import ProfileError
     from controller.selection.live import BudgetError
     from controller.service import Controller
@@ -265,12 +300,16 @@ def controller_run(
         energy_budget_j=energy_j,
         delay_budget_s=parse_delays(delay_s) if delay_s else None,
         top_k=top_k,
+        controller_id=controller_id,
+        state_dir=state_dir,
+        max_queued_prompts=max_queued,
+        early_answers=early_answers,
         suite=suite,
         drift_threshold=drift_threshold,
     )
     try:
         service = Controller(settings)
-    except (ProfileError, GateError, BudgetError) as exc:
+    except (ProfileError, GateError, BudgetError, IdentityError) as exc:
         fail(str(exc))
     _serve(service)
 
@@ -303,17 +342,34 @@ def budgets(
     delay_s: DelayOpt = None,
     top_k: TopKOpt = None,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the new plan")] = 10.0,
+    clear: Annotated[
+        bool,
+        typer.Option(
+            "--clear",
+            help="Remove the budgets set at run time: the controller goes back to those it was "
+            "started with",
+        ),
+    ] = False,
 ) -> None:
     """Set the fleet's budgets at run time: the controller re-solves and pushes a new plan."""
     from pydantic import ValidationError
 
     from messages import topics
     from messages.budgets import Budgets
-    from moe2.fleet_reader import PlanRefused, request_plan
+    from moe2.fleet_reader import PlanRefused, clear_retained, request_plan
 
     settings = load_settings(
         config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
     )
+    if clear:
+        if energy_j is not None or delay_s or top_k is not None:
+            fail("--clear takes no budgets")
+        try:
+            clear_retained(settings.endpoint, settings.fleet, [(topics.CONTROLLER_BUDGETS, {})])
+        except ConnectionError as exc:
+            fail(str(exc), code=EXIT_FAILURE)
+        out.print(f"budgets of fleet {settings.fleet} cleared: the controller's own are in force")
+        return
     try:
         wanted = Budgets(energy_j=energy_j, delay_s=parse_delays(delay_s or []), top_k=top_k)
     except ValidationError as exc:
@@ -350,6 +406,8 @@ def answer_table(answer: Any, choices: list[str] | None) -> Table:
         )
     for f in answer.failed:
         table.add_row(f"{f.expert_id}@{f.agent_id}", "-", f"[red]failed: {f.reason}[/]", "-", "-")
+    for f in answer.left_out:
+        table.add_row(f"{f.expert_id}@{f.agent_id}", "-", f"[dim]left out: {f.reason}[/]", "-", "-")
     return table
 
 
@@ -416,6 +474,33 @@ def ask(
     raise typer.Exit(0 if answer.status != "failed" else 1)
 
 
+def _forget(settings: Any, agent_id: str) -> None:
+    from messages import topics
+    from messages.topics import TopicError, check_level
+    from moe2.fleet_reader import agent_online, clear_retained
+
+    try:
+        check_level("agent id", agent_id)
+    except TopicError as exc:
+        fail(str(exc))
+    try:
+        if agent_online(settings.endpoint, settings.fleet, agent_id):
+            fail(
+                f"agent {agent_id} is online: stop it first (a running agent announces itself "
+                "again at once)",
+                code=EXIT_FAILURE,
+            )
+        who = {"agent_id": agent_id}
+        clear_retained(
+            settings.endpoint,
+            settings.fleet,
+            [(t, who) for t in (topics.AGENT_STATUS, topics.AGENT_CAPABILITIES, topics.AGENT_PLAN)],
+        )
+    except ConnectionError as exc:
+        fail(str(exc), code=EXIT_FAILURE)
+    out.print(f"agent {agent_id} forgotten in fleet {settings.fleet}")
+
+
 @app.command()
 def fleet(
     broker: BrokerOpt = None,
@@ -427,6 +512,15 @@ def fleet(
     config: ConfigOpt = None,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to listen for telemetry")] = 3.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the agents as JSON")] = False,
+    forget: Annotated[
+        str | None,
+        typer.Option(
+            "--forget",
+            metavar="AGENT",
+            help="Clear what the broker retains of an agent that is gone for good (its status, "
+            "capabilities and plan)",
+        ),
+    ] = None,
 ) -> None:
     """Agents, their experts, state, last power and latency."""
     from moe2.fleet_reader import read_fleet
@@ -434,6 +528,9 @@ def fleet(
     settings = load_settings(
         config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
     )
+    if forget is not None:
+        _forget(settings, forget)
+        return
     try:
         registry, _ = read_fleet(settings.endpoint, settings.fleet, wait)
     except ConnectionError as exc:
@@ -452,6 +549,10 @@ def fleet(
         state = (
             "[green]online[/]" if r["state"] == "online" else f"[red]offline[/] {r['reason'] or ''}"
         )
+        if r["state"] == "online" and r["warning"]:
+            state = f"[yellow]online: {escape(r['warning'])}[/]"
+        for expert, why in r["failed_experts"].items():
+            err.print(f"{r['agent_id']}: expert {expert} failed to load: {why}", markup=False)
         table.add_row(
             r["agent_id"],
             state,

@@ -479,8 +479,22 @@ def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None
         bad = subprocess.run(
             [sys.executable, "-m", "moe2", "ask", "hi"], env=env, capture_output=True, text=True
         )
-        assert bad.returncode != 0
-        assert "did not accept us" in bad.stderr and "Traceback" not in bad.stderr
+        assert bad.returncode == 1
+        assert "Traceback" not in bad.stderr
+        # One line that says what is wrong and what to do.
+        lines = [line for line in bad.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "refused login" in lines[0], bad.stderr
+        assert "--password-file" in lines[0]
+        # Plain MQTT against the TLS port: told to use mqtts://, at once, not after retries.
+        plain = moe2_env(broker, "clients:c1") | {
+            "MOE2_BROKER": f"mqtt://localhost:{broker.client_port}"
+        }
+        started = time.monotonic()
+        run = subprocess.run(
+            [sys.executable, "-m", "moe2", "ask", "hi"], env=plain, capture_output=True, text=True
+        )
+        assert run.returncode == 1 and "use mqtts://" in run.stderr, run.stderr
+        assert time.monotonic() - started < 9  # not the 10 s CONNACK time-out
     finally:
         for proc in procs.values():
             proc.terminate()

@@ -282,3 +282,32 @@ def test_env_keeps_working_without_controller(mosquitto: LocalBroker) -> None:
     assert "no controller has ever served fleet 'nobody-home'" in run.stderr
     assert "Traceback" not in run.stderr
     assert os.environ.get("MOE2_FLEET") is None
+
+
+def test_an_agent_whose_experts_all_fail_to_load_says_so(
+    mosquitto: LocalBroker, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a GGUF model at all" * 100)
+    endpoint = BrokerEndpoint("127.0.0.1", mosquitto.port, "5")
+    fleet = LocalFleet(endpoint, "e2ejunk", tmp_path, keepalive_s=5, telemetry_interval_s=0.5)
+    fleet.start_controller()
+    fleet.start_agent(AgentSpec("junk-a", [{"id": "junk", "model": str(junk)}]))
+    try:
+        row: dict[str, Any] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not row.get("failed_experts"):
+            row = _fleet_rows(mosquitto, "e2ejunk").get("junk-a", {})
+        assert row["state"] == "online" and "no usable expert" in (row["warning"] or "")
+        assert list(row["failed_experts"]) == ["junk"]
+        run = subprocess.run(
+            [sys.executable, "-m", "moe2", "fleet", "--broker", mosquitto.url]
+            + ["--fleet", "e2ejunk", "--wait", "0.5"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, COLUMNS="200"),
+        )
+        assert "no usable expert" in run.stdout and "junk failed to load" in run.stderr
+    finally:
+        fleet.stop()

@@ -1,0 +1,75 @@
+"""Fault drills with figures: lost, duplicated, recovery seconds, and p50/p99 latency with
+answers as soon as decided against waiting for every expert, in the same run.
+
+    .venv/bin/python benchmarks/faults.py [--quick]
+
+Every scenario runs on real processes (Mosquitto, agents serving SmolLM2-135M or Gemma 3
+270M, controllers) through moe2/drills.py, the same code tests/moe2/test_faults.py asserts
+on. --quick leaves out the 200-prompt burst and shortens the early-answer comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from moe2 import drills  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(f"# {platform.node()} {platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
+    reports: list[drills.Report] = []
+    with tempfile.TemporaryDirectory(prefix="moe2-faults-") as tmp:
+        root = Path(tmp)
+
+        def run(name: str, fn, *a, **kw):  # type: ignore[no-untyped-def]
+            folder = root / name
+            folder.mkdir()
+            started = time.monotonic()
+            out = fn(folder, *a, **kw)
+            for report in out if isinstance(out, tuple) else (out,):
+                reports.append(report)
+                print(f"{report.line()}  [{time.monotonic() - started:.0f} s]", flush=True)
+            return out
+
+        run("restart-persistent", drills.broker_restarts, True)
+        run("restart-plain", drills.broker_restarts, False)
+        run("controller", drills.controller_killed)
+        run("standby", drills.standby_takeover)
+        run("agent-killed", drills.agent_killed)
+        run("agent-frozen", drills.agent_frozen)
+        if not args.quick:
+            run("burst", drills.burst, 200)
+        run("burst-bound", drills.burst, 60, 5)
+        early, waiting = run("early", drills.early_against_waiting, 6 if args.quick else 12)
+    print()
+    print("| scenario | asked | answered | lost | duplicated | statuses | p50 s | p99 s | figures")
+    print("|---|---|---|---|---|---|---|---|---")
+    for r in reports:
+        figures = ", ".join(f"{k} {v:.2f}" for k, v in r.figures.items()) or "-"
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
+        print(
+            f"| {r.name} | {r.asked} | {r.answered} | {r.lost} | {r.duplicated} | {statuses} "
+            f"| {r.p50_s:.2f} | {r.p(0.99):.2f} | {figures}"
+        )
+    lost = sum(r.lost for r in reports)
+    print()
+    print(f"lost in every scenario: {lost} (target 0)")
+    print(
+        f"early answers p50 {early.p50_s:.2f} s, p99 {early.p(0.99):.2f} s; waiting for every "
+        f"expert p50 {waiting.p50_s:.2f} s, p99 {waiting.p(0.99):.2f} s; "
+        f"ratio p50 {early.p50_s / waiting.p50_s:.2f} (target < 1)"
+    )
+
+
+if __name__ == "__main__":
+    main()
