@@ -160,7 +160,8 @@ def greedy_generation(
             finish = "stop"
             break
         out.append(token)
-        if stop and any(s in detokenize(out[-16:]) for s in stop):
+        recent = detokenize(out[-16:]) if stop else ""
+        if any(s in recent for s in stop) and _stopped(detokenize(out), stop):
             finish = "stop"
             break
         if on_text is not None:
@@ -170,7 +171,7 @@ def greedy_generation(
         if past(deadline_s, cancel):
             finish = "deadline"
             break
-    text = detokenize(out)
+    text = detokenize(out).lstrip()
     for s in stop:
         text = text.split(s, 1)[0]
     streamer.finish(text.strip())
@@ -181,6 +182,14 @@ def greedy_generation(
         first_token_s=first_token_s,
         finish_reason=finish,
     )
+
+
+def _stopped(text: str, stop: tuple[str, ...]) -> bool:
+    """Whether a stop string has come in the answer. Whitespace before the answer begins is
+    not the answer (it is stripped), so a stop string such as "\n" there does not count: chat
+    models often open their turn with a newline."""
+    body = text.lstrip()
+    return any(s in body for s in stop)
 
 
 def normalise_logprobs(logprobs: list[float]) -> list[float]:

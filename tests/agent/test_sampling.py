@@ -69,6 +69,22 @@ def test_streamed_pieces_add_up_to_the_text_and_never_show_a_stop_string() -> No
     assert streamer.sent == ""
 
 
+def test_a_stop_string_in_the_leading_whitespace_does_not_end_the_answer() -> None:
+    """Gemma's chat turn opens with a newline: stop = ["\n"] must end its first line, not
+    return nothing."""
+    vocab = ["\n", "\n", "Tokyo", ".", "\n", "More"]
+    gen = greedy_generation(
+        iter(range(len(vocab))),
+        prompt_tokens=3,
+        budget=10,
+        deadline_s=_later(),
+        is_eog=lambda t: False,
+        detokenize=lambda ids: "".join(vocab[i] for i in ids),
+        stop=("\n",),
+    )
+    assert gen.text == "Tokyo." and gen.finish_reason == "stop" and gen.completion_tokens == 5
+
+
 def test_seeded_sampling_repeats_and_unseeded_varies(smollm2: LlamaCppBackend) -> None:
     hot = Sampling(temperature=1.2, seed=1234)
     a = smollm2.generate("Tell me a story.", 24, _later(), sampling=hot)
