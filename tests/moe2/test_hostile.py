@@ -248,3 +248,45 @@ def test_8_oversized_and_overlong_input_leaves_no_traceback(
 def test_the_controller_log_names_the_refusals(fleet: LocalFleet) -> None:
     log = Path(fleet.workdir / "c1.log").read_text(errors="replace")
     assert "rejected payload" in log
+
+
+def test_a_long_choice_job_with_a_short_deadline_stops_at_its_deadline(
+    fleet: LocalFleet, mosquitto: LocalBroker
+) -> None:
+    spy = Raw(mosquitto, f"{PREFIX}/answers/#", f"{PREFIX}/agents/h-a/events")
+    choices = [
+        f"choice {c}: " + "a long continuation of many words " * 12
+        for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    ]
+    long_job = {"prompt": "Pick one.", "request_id": "long26", "choices": choices, "timeout_s": 2}
+    started = time.monotonic()
+    spy.publish(f"{PREFIX}/prompts", json.dumps(long_job))
+    answer = spy.answer(f"{PREFIX}/answers/long26", 10)
+    assert answer.status == "failed" and time.monotonic() - started < 5
+    with spy.cond:
+        assert spy.cond.wait_for(
+            lambda: any(b"before the deadline" in p for t, p in spy.got if t.endswith("/events")),
+            5,
+        ), "the agent did not stop scoring at the job's deadline"
+    spy.close()
+    _still_serving(fleet)  # the agent's CPU is free again: the next prompt is answered at once
+
+
+def test_budgets_with_no_controller_are_refused_and_leave_nothing_retained(
+    mosquitto: LocalBroker,
+) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "moe2", "budgets", "--broker", mosquitto.url]
+        + ["--fleet", "nobody-home", "--energy-j", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1 and "no active controller" in run.stderr, run.stderr
+    spy = Raw(mosquitto, "moe2/nobody-home/controller/budgets")
+    time.sleep(0.5)
+    assert spy.got == []  # nothing retained for a future controller to apply
+    spy.close()
