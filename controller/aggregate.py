@@ -128,6 +128,7 @@ def combine(
             agent_latency_s=a.result.latency.total_s,
             compute_s=_bounded(a.result.latency.total_s - a.result.latency.queue_s, MAX_SECONDS),
             completion_tokens=a.result.completion_tokens,
+            prompt_tokens=a.result.prompt_tokens,
             energy_j=a.result.energy.energy_j if a.result.energy else None,
             energy_source=a.result.energy.source if a.result.energy else None,
         )

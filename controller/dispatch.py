@@ -211,6 +211,9 @@ class Dispatcher:
             max_tokens=prompt.max_tokens,
             timeout_s=min(timeout, 3600.0),
             issued_s=now_s(),
+            messages=prompt.messages,
+            stream=prompt.stream,
+            **prompt.sampling,
         )
         pending.jobs[(agent, expert)] = now
         pending.sent[(agent, expert)] = job
@@ -400,6 +403,20 @@ class Dispatcher:
                 entry.routes,
             )
         )
+
+    def stream_leaders(self, request_id: str) -> tuple[list[Pair], list[ReplyRoute]] | None:
+        """For a pending prompt that asked to stream: the pairs with the highest gate weight
+        (every pair when weights are uniform) and the prompt's reply routes; else None."""
+        with self._lock:
+            pending = self.pending.get(request_id)
+            if pending is None or not pending.prompt.stream:
+                return None
+            pairs = list(pending.sent)
+            if pending.weights:
+                weight = {p: pending.weights.get(key(*p), 0.0) for p in pairs}
+                top = max(weight.values(), default=0.0)
+                pairs = [p for p in pairs if weight[p] >= top]
+            return pairs, list(pending.entry.routes)
 
     def counts(self) -> tuple[int, int]:
         """(queued, pending)."""

@@ -23,6 +23,7 @@ from controller.dispatch import Actions, Dispatcher, Refused, Route
 from controller.identity import ControllerIdentity, claim, default_state_root
 from controller.leadership import should_lead
 from controller.ledger import Entry, Ledger, ReplyRoute
+from controller.metrics import ControllerMetrics
 from controller.planner import Planner
 from controller.planning import cache_plan_problem, online_keys, tighter, wanted_experts
 from controller.registry import Change, FleetRegistry
@@ -42,6 +43,7 @@ from messages.prompts import Prompt
 from messages.results import JobResult
 from messages.routes import RouteError, check_reply_route
 from messages.status import AgentStatus
+from messages.stream import StreamChunk
 from messages.telemetry import Telemetry
 from messages.topics import Topic
 
@@ -126,6 +128,9 @@ class Controller:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.adaptation = Adaptation(self)  # live costs, drift, newcomers (controller/adapt.py)
+        self.metrics = ControllerMetrics(self)
+        self.metrics_listen: tuple[str, int] | None = None  # `--metrics HOST:PORT`
+        self._stream_leads: dict[str, tuple[str, str]] = {}  # request id -> the pair relayed
 
     @property
     def answered(self) -> int:
@@ -161,6 +166,7 @@ class Controller:
         self.bus.subscribe(topics.AGENT_CAPABILITIES, self._on_capabilities)
         self.bus.subscribe(topics.AGENT_TELEMETRY, self._on_telemetry)
         self.bus.subscribe(topics.AGENT_RESULTS, self._on_result)
+        self.bus.subscribe(topics.AGENT_STREAM, self._on_stream)
         for prompt_topic in (topics.PROMPTS, topics.CLIENT_PROMPTS):
             self.bus.subscribe(prompt_topic, self._on_prompt, on_invalid=self._on_invalid_prompt)
         for text_topic in (topics.PROMPTS_TEXT, topics.CLIENT_PROMPTS_TEXT):
@@ -174,6 +180,12 @@ class Controller:
         self.bus.subscribe(
             topics.CONTROLLER_CACHE_PLAN, self._on_cache_plan, on_empty=self._on_cache_plan_lifted
         )
+        if self.metrics_listen is not None:
+            host, port = self.metrics_listen
+            try:
+                self.metrics.serve(host, port)
+            except OSError as exc:
+                raise ConnectionError(f"cannot serve metrics on {host}:{port}: {exc}") from None
         self.bus.start()
         thread = threading.Thread(target=self._watch, name="controller-watch", daemon=True)
         thread.start()
@@ -207,6 +219,7 @@ class Controller:
         self.bus.close()
         self.ledger.close()
         self.identity.release()
+        self.metrics.close()
 
     def wait(self) -> None:
         self._stop.wait()
@@ -300,6 +313,8 @@ class Controller:
         for event in actions.events:
             self._event(**event)
         for answer, routes in actions.answers:
+            self.metrics.answered(answer)
+            self._stream_leads.pop(answer.request_id, None)
             self._send(answer, routes)
 
     def _event(self, kind: str, reason: str, **fields: Any) -> None:
@@ -560,10 +575,41 @@ class Controller:
             return
         if self.adaptation.on_result(result, time.monotonic()):
             return  # a probe of the live cost model, not a prompt's job
+        self.metrics.result(result)
         actions, refusal = self.dispatcher.on_result(result, time.monotonic())
         if refusal is not None:
             self._on_reject(topics.AGENT_RESULTS, inbound.topic, refusal)
         self._execute(actions)
+
+    def _on_stream(self, inbound: Inbound[StreamChunk]) -> None:
+        """Relay the tokens of the expert that leads a streamed prompt (the highest gate
+        weight; among equals, the first to stream) to answers/{request_id}/stream and to
+        each reply route's topic + /stream, while the prompt is pending."""
+        chunk = inbound.message
+        if not self._agent_matches_topic(inbound, chunk.agent_id) or not self.active:
+            return
+        leaders = self.dispatcher.stream_leaders(chunk.request_id)
+        if leaders is None:
+            return
+        pairs, routes = leaders
+        pair = (chunk.agent_id, chunk.expert_id)
+        with self._lock:
+            lead = self._stream_leads.get(chunk.request_id)
+            if (lead is None or lead not in pairs) and pair in pairs:
+                lead = self._stream_leads[chunk.request_id] = pair
+        if pair != lead:
+            return
+        self.bus.publish(topics.ANSWER_STREAM, chunk, request_id=chunk.request_id)
+        for route in routes:
+            try:
+                self.bus.publish_to(
+                    route.topic + "/stream",
+                    chunk,
+                    qos=topics.ANSWER_STREAM.qos,
+                    correlation_data=route.correlation_data,
+                )
+            except Exception as exc:  # a preview lost is not worth more than a log line
+                log.warning("stream of %s not relayed to %s: %s", chunk.request_id, route, exc)
 
     def _capacity(self, agent_id: str) -> int:
         window = self.settings.agent_job_window

@@ -30,6 +30,7 @@ class ExpertOutput(Message):
         description="Time the agent spent on the job (loading and inference, not queueing)"
     )
     completion_tokens: TokenCount
+    prompt_tokens: TokenCount = Field(default=0, description="Tokens of the prompt as rendered")
     energy_j: EnergyJ | None = None
     energy_source: str | None = None
 

@@ -277,6 +277,14 @@ def controller_run(
             "fraction from the costs of the plan in force [default: 0.5]",
         ),
     ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics (:PORT: every interface)",
+        ),
+    ] = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Track the fleet, push activation plans and answer prompts.
@@ -291,6 +299,12 @@ def controller_run(
     from controller.settings import ControllerSettings
 
     _logging(log_level)
+    from controller.metrics import ListenError, parse_listen
+
+    try:
+        metrics_listen = parse_listen(metrics) if metrics is not None else None
+    except ListenError as exc:
+        fail(f"--metrics {exc}")
     settings = load_settings(
         config,
         ControllerSettings,
@@ -311,6 +325,7 @@ def controller_run(
         service = Controller(settings)
     except (ProfileError, GateError, BudgetError, IdentityError) as exc:
         fail(str(exc))
+    service.metrics_listen = metrics_listen
     _serve(service)
 
 
@@ -521,8 +536,23 @@ def fleet(
             "capabilities and plan)",
         ),
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="A live table, refreshed from the bus until Ctrl-C"),
+    ] = False,
+    refresh: Annotated[
+        float, typer.Option("--refresh", help="With --watch: seconds between refreshes")
+    ] = 1.0,
+    age_out: Annotated[
+        float,
+        typer.Option("--age-out", help="With --watch: drop agents offline this many seconds"),
+    ] = 60.0,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", help="With --watch: stop after this many seconds"),
+    ] = None,
 ) -> None:
-    """Agents, their experts, state, last power and latency."""
+    """Agents, their experts, state, last power and latency (--watch: live)."""
     from moe2.fleet_reader import read_fleet
 
     settings = load_settings(
@@ -530,6 +560,16 @@ def fleet(
     )
     if forget is not None:
         _forget(settings, forget)
+        return
+    if watch:
+        from moe2.fleet_watch import FleetWatch
+
+        if refresh <= 0 or age_out < 0 or (duration is not None and duration < 0):
+            fail("--refresh must be > 0, --age-out and --duration >= 0")
+        try:
+            FleetWatch(settings.endpoint, settings.fleet, age_out).run(out, refresh, duration)
+        except ConnectionError as exc:
+            fail(str(exc), code=EXIT_FAILURE)
         return
     try:
         registry, _ = read_fleet(settings.endpoint, settings.fleet, wait)
@@ -629,6 +669,7 @@ from agent.onnx.export_cli import export_onnx_command  # noqa: E402
 from agent.probe_cli import probe  # noqa: E402
 from moe2.cache_cli import cache_plan  # noqa: E402
 from moe2.costs_cli import costs  # noqa: E402
+from moe2.gateway_cli import gateway  # noqa: E402
 from moe2.moe2_cli import gate_app, profile, sweep  # noqa: E402
 from moe2.select_cli import select  # noqa: E402
 
@@ -636,6 +677,7 @@ app.command("profile")(profile)
 app.command("sweep")(sweep)
 app.command("select")(select)
 app.command("cache-plan")(cache_plan)
+app.command("gateway")(gateway)
 app.command("costs")(costs)
 app.command("export-onnx")(export_onnx_command)
 app.add_typer(gate_app, name="gate")

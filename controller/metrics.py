@@ -1,0 +1,166 @@
+"""Prometheus metrics of a controller: prompts by status, end-to-end latency, per-expert latency
+and energy (by source), fleet power from telemetry, agents online, plan epoch, queue depth and
+rejected messages by topic. ``moe2 controller run --metrics HOST:PORT`` serves them.
+
+Counters and histograms are observed as answers and results pass; the fleet's state (power,
+agents, epoch, queue, rejections) is read from the controller at each scrape, so it is never
+stale and costs nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from messages.answers import Answer
+from messages.results import JobResult
+
+if TYPE_CHECKING:
+    from controller.service import Controller
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]*):(?P<port>\d{1,5})$")
+
+
+class ListenError(ValueError):
+    """A HOST:PORT that cannot be listened on."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``:PORT`` for every interface, ``[::1]:PORT`` for IPv6) as (host, port)."""
+    found = _LISTEN.match(text.strip())
+    port = int(found.group("port")) if found else -1
+    if found is None or not 0 < port < 65536:
+        raise ListenError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9100 or :9100)")
+    host = found.group("host").strip("[]") or "0.0.0.0"
+    return host, port
+
+
+class _FleetState(Collector):
+    """What the controller knows now, read at every scrape."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def collect(self) -> Iterator[Any]:
+        c = self.controller
+        online = [r for r in c.registry.agents() if r.online]
+        power = GaugeMetricFamily(
+            "moe2_agent_power_watts",
+            "Each online agent's last power reading from telemetry",
+            labels=["agent", "source"],
+        )
+        fleet_w = 0.0
+        measured = 0
+        queue = GaugeMetricFamily(
+            "moe2_agent_queue_depth", "Jobs waiting on each online agent", labels=["agent"]
+        )
+        for record in online:
+            t = record.telemetry
+            if t is None:
+                continue
+            queue.add_metric([record.agent_id], t.queue_depth)
+            if t.power_w is not None:
+                power.add_metric([record.agent_id, t.energy_source or "unknown"], t.power_w)
+                fleet_w += t.power_w
+                measured += 1
+        yield power
+        yield queue
+        yield GaugeMetricFamily(
+            "moe2_fleet_power_watts",
+            "Sum of the online agents' last power readings (agents without a reading left out)",
+            value=fleet_w,
+        )
+        yield GaugeMetricFamily(
+            "moe2_agents_power_reporting", "Online agents that report power", value=measured
+        )
+        yield GaugeMetricFamily("moe2_agents_online", "Agents online", value=len(online))
+        yield GaugeMetricFamily(
+            "moe2_plan_epoch", "Epoch of the controller's activation plan", value=c.planner.epoch
+        )
+        queued, pending = c.dispatcher.counts()
+        yield GaugeMetricFamily(
+            "moe2_queue_depth", "Prompts waiting for room on the fleet", value=queued
+        )
+        yield GaugeMetricFamily(
+            "moe2_pending_prompts", "Prompts dispatched and not yet answered", value=pending
+        )
+        yield GaugeMetricFamily(
+            "moe2_controller_active",
+            "1 on the active controller, 0 on a standby",
+            value=1 if c.active else 0,
+        )
+        rejected = CounterMetricFamily(
+            "moe2_rejected_messages", "Payloads rejected, by topic pattern", labels=["topic"]
+        )
+        for topic, count in sorted(dict(c.rejected).items()):
+            rejected.add_metric([topic], count)
+        yield rejected
+
+
+class ControllerMetrics:
+    """One controller's metrics in their own registry (several controllers in one process, as
+    in tests, do not collide)."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.prompts = Counter(
+            "moe2_prompts", "Prompts answered, by answer status", ["status"], registry=r
+        )
+        self.latency = Histogram(
+            "moe2_prompt_latency_seconds",
+            "Controller receipt of a prompt to its answer",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.expert_latency = Histogram(
+            "moe2_expert_result_latency_seconds",
+            "Agent receipt of a job to its result, per expert",
+            ["expert", "agent"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.expert_results = Counter(
+            "moe2_expert_results",
+            "Job results, per expert and outcome",
+            ["expert", "agent", "ok"],
+            registry=r,
+        )
+        self.expert_energy = Counter(
+            "moe2_expert_energy_joules",
+            "Energy the experts' jobs spent, by where the figure came from (a sensor or "
+            "'estimate', a declared power model)",
+            ["expert", "agent", "source"],
+            registry=r,
+        )
+        r.register(_FleetState(controller))
+        self.server: Any = None
+
+    def answered(self, answer: Answer) -> None:
+        self.prompts.labels(answer.status).inc()
+        if answer.status in ("ok", "partial", "failed"):
+            self.latency.observe(answer.latency_s)
+
+    def result(self, result: JobResult) -> None:
+        labels = (result.expert_id, result.agent_id)
+        self.expert_results.labels(*labels, "true" if result.ok else "false").inc()
+        if result.ok:
+            self.expert_latency.labels(*labels).observe(result.latency.total_s)
+        if result.energy is not None:
+            self.expert_energy.labels(*labels, result.energy.source).inc(result.energy.energy_j)
+
+    def serve(self, host: str, port: int) -> None:
+        """Serve ``/metrics`` (Prometheus text) on a background thread."""
+        self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

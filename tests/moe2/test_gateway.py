@@ -1,0 +1,386 @@
+"""The OpenAI-compatible gateway, streaming, sampling and metrics on a real fleet: Mosquitto, a
+SmolLM2 agent, a controller with --metrics and ``moe2 gateway``, all real processes; the
+official ``openai`` client and plain mosquitto_pub/sub as the askers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from messages import topics
+from messages.answers import Answer
+from messages.bus import BrokerEndpoint
+from messages.prompts import Prompt
+from messages.stream import StreamChunk
+from moe2.broker import LocalBroker, free_port
+from moe2.local_fleet import AgentSpec, LocalFleet, wait_until
+from tests.conftest import SMOLLM2
+from tests.helpers import Recorder
+
+FLEET = "gw"
+KEY = "sk-test-moe2"
+CHAT = [
+    {"role": "system", "content": "Answer in one short sentence."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+@dataclass
+class Gateway:
+    fleet: LocalFleet
+    url: str
+    metrics_url: str
+    mosquitto: LocalBroker
+
+    def client(self, key: str = KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=90)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except urllib.error.URLError:
+        return 0, ""  # not listening (yet)
+
+
+@pytest.fixture(scope="module")
+def gateway(mosquitto: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    endpoint = BrokerEndpoint("127.0.0.1", mosquitto.port, "5")
+    fleet = LocalFleet(endpoint, FLEET, tmp, telemetry_interval_s=0.5)
+    metrics_port, http_port = free_port(), free_port()
+    fleet.start_controller(extra=["--metrics", f"127.0.0.1:{metrics_port}"])
+    fleet.start_agent(AgentSpec("gw-a", [SMOLLM2]))
+    keys = tmp / "keys"
+    keys.write_text(f"# one key a line\n{KEY}\n")
+    try:
+        fleet.wait_ready(["gw-a"], timeout_s=120)
+        fleet._spawn(
+            "gateway",
+            [
+                "gateway",
+                "--broker",
+                mosquitto.url,
+                "--fleet",
+                FLEET,
+                "--listen",
+                f"127.0.0.1:{http_port}",
+                "--api-keys",
+                str(keys),
+                "--max-inflight",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+        )
+        url = f"http://127.0.0.1:{http_port}"
+        if not wait_until(lambda: _get(url + "/healthz")[0] == 200, 60, 0.3):
+            raise AssertionError(f"gateway not healthy:\n{fleet.log_tail('gateway')}")
+        yield Gateway(fleet, url, f"http://127.0.0.1:{metrics_port}/metrics", mosquitto)
+    finally:
+        fleet.stop()
+
+
+def test_chat_completion_with_the_openai_client(gateway: Gateway) -> None:
+    reply = gateway.client().chat.completions.create(
+        model="moe2",
+        messages=CHAT,
+        max_tokens=16,  # type: ignore[arg-type]
+    )
+    assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
+    assert reply.choices[0].message.role == "assistant"
+    assert "Paris" in (reply.choices[0].message.content or "")
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    extra = reply.model_extra["moe2"]  # type: ignore[index]
+    assert extra["status"] == "ok" and extra["experts"][0]["expert_id"] == "smollm2"
+    assert extra["experts"][0]["text"] == reply.choices[0].message.content
+    assert "energy_j" in extra and "energy_source" in extra
+
+
+def test_streamed_chat_arrives_in_chunks_before_the_end(gateway: Gateway) -> None:
+    started = time.monotonic()
+    stream = gateway.client().chat.completions.create(
+        model="moe2",
+        messages=[{"role": "user", "content": "Write a short poem about the sea."}],
+        max_tokens=48,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    arrivals: list[tuple[float, Any]] = [(time.monotonic() - started, c) for c in stream]
+    content = [(t, c) for t, c in arrivals if c.choices and c.choices[0].delta.content]
+    assert len(content) >= 3, arrivals
+    first_token_s, end_s = content[0][0], arrivals[-1][0]
+    assert first_token_s < end_s * 0.7, (first_token_s, end_s)  # tokens came before the end
+    text = "".join(c.choices[0].delta.content for _, c in content)
+    final = next(c for _, c in arrivals if c.choices and c.choices[0].finish_reason)
+    assert final.model_extra["moe2"]["answer"] == text and text
+    assert arrivals[-1][1].usage is not None and arrivals[-1][1].usage.completion_tokens > 0
+
+
+def test_curl_sees_server_sent_events(gateway: Gateway) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl missing")
+    body = {"model": "moe2", "stream": True, "max_tokens": 8, "messages": CHAT}
+    run = subprocess.run(
+        ["curl", "-sN", gateway.url + "/v1/chat/completions", "-H", f"Authorization: Bearer {KEY}",
+         "-H", "Content-Type: application/json", "-d", json.dumps(body)],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    events = [line for line in run.stdout.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and len(events) >= 3
+    assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_text_completion_and_model_list(gateway: Gateway) -> None:
+    client = gateway.client()
+    reply = client.completions.create(model="moe2", prompt="The capital of France is", max_tokens=8)
+    assert reply.object == "text_completion" and reply.choices[0].text
+    named = client.completions.create(model="smollm2", prompt="1, 2, 3,", max_tokens=4)
+    assert named.model_extra["moe2"]["experts"][0]["expert_id"] == "smollm2"  # type: ignore[index]
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["moe2", "smollm2"]
+
+
+def test_moe2_fields_ride_in_the_body(gateway: Gateway) -> None:
+    client = gateway.client()
+    reply = client.chat.completions.create(
+        model="moe2",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=8,
+        extra_body={"moe2": {"category": "geography", "experts": ["smollm2"], "timeout_s": 30}},
+    )
+    assert reply.model_extra["moe2"]["experts"][0]["agent_id"] == "gw-a"  # type: ignore[index]
+    # This controller runs without a profile and gate: budgets are refused, with the reason.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="moe2",
+            messages=CHAT,  # type: ignore[arg-type]
+            extra_body={"moe2": {"energy_j": 5, "category": "math"}},
+        )
+    assert refused.value.status_code == 400
+    assert "cannot honour budgets" in refused.value.message
+    assert refused.value.body["code"] == "prompt_rejected"  # type: ignore[index]
+
+
+def test_errors_have_openai_shape_and_status(gateway: Gateway) -> None:
+    client = gateway.client()
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="moe2", messages=CHAT, temperature=5)  # type: ignore[arg-type]
+    assert bad.value.status_code == 400 and "temperature" in bad.value.message
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.chat.completions.create(model="moe2", messages=[])
+    assert empty.value.body["param"] == "messages"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(model="gpt-4o", messages=CHAT)  # type: ignore[arg-type]
+    assert unknown.value.status_code == 404
+    assert unknown.value.body["code"] == "model_not_found"  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        gateway.client("sk-wrong").chat.completions.create(model="moe2", messages=CHAT)  # type: ignore[arg-type]
+    assert wrong.value.status_code == 401
+    assert wrong.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+    # A long prompt takes SmolLM2 longer to read than the 0.05 s deadline allows.
+    with pytest.raises(openai.APIStatusError) as late:
+        client.chat.completions.create(
+            model="moe2",
+            messages=[{"role": "user", "content": "Summarise: " + "the sea is calm. " * 80}],
+            max_tokens=8,
+            extra_body={"moe2": {"timeout_s": 0.05}},
+        )
+    assert late.value.status_code == 504 and late.value.body["type"] == "timeout"  # type: ignore[index]
+
+
+def test_a_busy_gateway_answers_429(gateway: Gateway) -> None:
+    client = gateway.client()
+    stream = client.chat.completions.create(
+        model="moe2",
+        messages=[{"role": "user", "content": "Write a long story."}],
+        max_tokens=96,
+        stream=True,
+    )
+    next(iter(stream))  # the first request holds the gateway's only slot (--max-inflight 1)
+    with pytest.raises(openai.RateLimitError) as busy:
+        client.chat.completions.create(model="moe2", messages=CHAT)  # type: ignore[arg-type]
+    assert busy.value.status_code == 429
+    assert busy.value.response.headers["retry-after"] == "1"
+    for _ in stream:
+        pass
+
+
+def test_sampling_with_a_seed_repeats_and_stop_cuts(gateway: Gateway) -> None:
+    client = gateway.client()
+
+    def ask(**extra: Any) -> str:
+        reply = client.chat.completions.create(
+            model="moe2",
+            messages=[{"role": "user", "content": "Tell me a story."}],
+            max_tokens=16,
+            **extra,
+        )
+        return reply.choices[0].message.content or ""
+
+    seeded = [ask(temperature=1.3, seed=42) for _ in range(2)]
+    assert seeded[0] == seeded[1] and seeded[0]
+    free = {ask(temperature=1.3) for _ in range(3)}
+    assert len(free) > 1  # without a seed, draws differ
+    greedy = ask()
+    word = greedy.split()[2]
+    cut = ask(stop=[word])
+    assert word not in cut and greedy.startswith(cut)
+
+
+def _mqtt_answer(gateway: Gateway, prompt: dict[str, Any], timeout: int = 90) -> dict[str, Any]:
+    port, rid = str(gateway.mosquitto.port), prompt["request_id"]
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-p", port, "-t", f"moe2/{FLEET}/answers/{rid}", "-C", "1", "-W", "90"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    subprocess.run(
+        ["mosquitto_pub", "-p", port, "-t", f"moe2/{FLEET}/prompts", "-m", json.dumps(prompt)],
+        check=True,
+    )
+    out, _ = sub.communicate(timeout=timeout)
+    return json.loads(out)
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients missing")
+def test_the_same_chat_over_plain_mqtt_gets_the_same_answer(gateway: Gateway) -> None:
+    reply = gateway.client().chat.completions.create(
+        model="moe2",
+        messages=CHAT,
+        max_tokens=16,  # type: ignore[arg-type]
+    )
+    answer = _mqtt_answer(
+        gateway, {"request_id": f"chat-{uuid.uuid4().hex[:8]}", "messages": CHAT, "max_tokens": 16}
+    )
+    assert answer["status"] == "ok"
+    assert answer["answer"] == reply.choices[0].message.content
+
+
+def test_a_streamed_prompt_over_mqtt_relays_tokens_before_the_answer(gateway: Gateway) -> None:
+    rid = f"s-{uuid.uuid4().hex[:8]}"
+    endpoint = gateway.mosquitto.endpoint
+    with (
+        Recorder(endpoint, FLEET)
+        .watch(topics.ANSWER_STREAM, request_id=rid)
+        .watch(topics.ANSWERS, request_id=rid) as rec
+    ):
+        recorder_bus = rec.bus
+        prompt = Prompt(
+            request_id=rid,
+            messages=[{"role": "user", "content": "Write a short poem."}],  # type: ignore[list-item]
+            max_tokens=32,
+            stream=True,
+        )
+        recorder_bus.publish(topics.PROMPTS, prompt)
+        answer = rec.wait_for(lambda m: isinstance(m, Answer), 90)
+        chunks = rec.messages(StreamChunk)
+    assert answer.status == "ok" and len(chunks) >= 2
+    order = [type(i.message) for i in rec.received]
+    assert order.index(Answer) > order.index(StreamChunk)  # tokens first, then the answer
+    assert [c.seq for c in chunks] == sorted(c.seq for c in chunks)
+    assert "".join(c.text for c in chunks) == answer.answer
+    assert chunks[-1].done and {c.expert_id for c in chunks} == {"smollm2"}
+
+
+def _series(url: str) -> dict[str, float]:
+    status, text = _get(url)
+    assert status == 200
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values
+
+
+def _total(series: dict[str, float], name: str) -> float:
+    return sum(v for k, v in series.items() if k.startswith(name + "{"))
+
+
+def test_metrics_exist_and_move(gateway: Gateway) -> None:
+    before = _series(gateway.metrics_url)
+    for name in (
+        "moe2_agents_online",
+        "moe2_plan_epoch",
+        "moe2_queue_depth",
+        "moe2_fleet_power_watts",
+    ):
+        assert name + "{}" in before, name
+    assert before["moe2_agents_online{}"] == 1 and before["moe2_plan_epoch{}"] > 0
+    gw_before = _series(gateway.url + "/metrics")
+    client = gateway.client()
+    for _ in range(2):
+        client.completions.create(model="moe2", prompt="Hello", max_tokens=4)
+    after = _series(gateway.metrics_url)
+    assert (
+        after["moe2_prompts_total{status=ok}"] >= before.get("moe2_prompts_total{status=ok}", 0) + 2
+    )
+    assert _total(after, "moe2_prompt_latency_seconds_count") >= 2 + _total(
+        before, "moe2_prompt_latency_seconds_count"
+    )
+    key = "moe2_expert_result_latency_seconds_count{agent=gw-a,expert=smollm2}"
+    assert after[key] >= before.get(key, 0) + 2
+    # a malformed prompt is counted as rejected, by topic
+    subprocess.run(
+        ["mosquitto_pub", "-p", str(gateway.mosquitto.port), "-t", f"moe2/{FLEET}/prompts",
+         "-m", "{not json"],
+        check=True,
+    )  # fmt: skip
+    assert wait_until(
+        lambda: (
+            _series(gateway.metrics_url).get("moe2_rejected_messages_total{topic=prompts}", 0)
+            >= before.get("moe2_rejected_messages_total{topic=prompts}", 0) + 1
+        ),
+        10,
+    )
+    gw_after = _series(gateway.url + "/metrics")
+    ok = "moe2_gateway_requests_total{code=200,endpoint=/v1/completions}"
+    assert gw_after[ok] >= gw_before.get(ok, 0) + 2
+
+
+def test_fleet_watch_shows_the_live_fleet(gateway: Gateway) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "moe2", "fleet", "--broker", gateway.mosquitto.url, "--fleet",
+         FLEET, "--watch", "--refresh", "0.5", "--duration", "2"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "gw-a" in run.stdout and "online" in run.stdout and "smollm2" in run.stdout
+    assert "plan epoch" in run.stdout
+
+
+def test_gateway_refuses_bad_flags(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "moe2", "gateway", "--listen", "nowhere"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+    empty = tmp_path / "keys"
+    empty.write_text("# nothing\n")
+    nokeys = subprocess.run(
+        [sys.executable, "-m", "moe2", "gateway", "--api-keys", str(empty)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert nokeys.returncode == 2 and "no API key" in nokeys.stderr
