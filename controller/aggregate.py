@@ -1,4 +1,4 @@
-"""Combining the experts' results into one answer (DESIGN.md section 3, the ensemble)."""
+"""Combining the experts' results into one answer (docs/design.md section 3, the ensemble)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 CpuCount = Annotated[int, Field(ge=1, le=MAX_CPUS)]
 PlanEpoch = Annotated[int, Field(ge=0, le=MAX_PLAN_EPOCH)]
 
-# Where an energy figure came from (DESIGN.md section 5). "estimate" is a declared power model.
+# Where an energy figure came from (docs/design.md section 5). "estimate" is a declared power model.
 EnergySource = Literal["ina3221", "jtop", "nvml", "rapl", "estimate"]
 
 

@@ -1,4 +1,4 @@
-"""SlimCaching: which experts each edge server caches under storage limits (DESIGN.md 4 and 6)."""
+"""SlimCaching: which experts each server caches under storage limits (docs/design.md sections 4, 6)."""
 
 from controller.caching.compiled import CompiledInstance, PlacementError, compile_instance
 from controller.caching.instance import (

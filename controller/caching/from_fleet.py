@@ -115,7 +115,7 @@ def fleet_instance(
     top_k: int,
     fallback_latency_s: float | None = None,
 ) -> dict[str, Any]:
-    """The caching instance (DESIGN.md section 6 format) as a plain dict."""
+    """The caching instance (docs/design.md section 6 format) as a plain dict."""
     try:
         latency = {r.agent_id: server_latency_s(profile, r.agent_id) for r in view.servers}
     except ProfileError as exc:

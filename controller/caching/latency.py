@@ -1,4 +1,4 @@
-"""The exact expected latency of a placement (DESIGN.md section 4), its saving and capacities.
+"""The exact expected latency of a placement (docs/design.md section 4), its saving and capacities.
 
 For a placement x (x_{m,l,e} = 1: server m caches expert e of layer l) the expected latency is the
 formula as written, with the user weights as given (they are NOT normalised: weights 2 and 2 give

@@ -1,4 +1,4 @@
-"""Decide which experts each edge server caches (DESIGN.md sections 4 and 6).
+"""Decide which experts each edge server caches (docs/design.md sections 4 and 6).
 
 ``solve(instance, algorithm)`` runs one of:
 
@@ -51,7 +51,7 @@ class CachingAlgorithmError(ValueError):
 
 
 class CachingResult(BaseModel):
-    """The result object of DESIGN.md section 6, plus the saving and the capacity used."""
+    """The result object of docs/design.md section 6, plus the saving and the capacity used."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 

@@ -13,7 +13,7 @@ Trace format (JSON lines, one record per line; both kinds may be mixed in one fi
 
 The order of the experts within a set does not matter. ``activation_probabilities`` turns the
 counts into pi_{u,l}(A) = count(u, l, A) / sum_A' count(u, l, A'), exactly the ``activations`` of a
-caching instance (DESIGN.md section 6). The gate's real routing over a profile's prompts is one
+caching instance (docs/design.md section 6). The gate's real routing over a profile's prompts is one
 source (one layer, whole-LLM experts: ``controller/caching/from_fleet.py``); the generator below is
 another.
 

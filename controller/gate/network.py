@@ -1,4 +1,4 @@
-"""The gate network and the mixture loss of DESIGN.md section 3."""
+"""The gate network and the mixture loss of docs/design.md section 3."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Optimality preservation, shown empirically (DESIGN.md section 3).
+"""Optimality preservation, shown empirically (docs/design.md section 3).
 
 Softmax restriction keeps the ratio of any two experts' weights whatever else is in S, so the
 gate trained once on every expert, restricted to S, should be about as good on S as a gate

@@ -1,4 +1,4 @@
-"""MoE² expert selection under energy and delay budgets (DESIGN.md sections 3 and 6)."""
+"""MoE² expert selection under energy and delay budgets (docs/design.md sections 3 and 6)."""
 
 from controller.selection.instance import (
     SelectionInstance,

@@ -2,7 +2,7 @@
 
 For a set S the gate is the softmax of the logits restricted to S, so the mixture's probability of
 the gold answer is a weighted average of the experts' gold probabilities q_n with weights
-w_n = exp(logit_n) (DESIGN.md section 3):
+w_n = exp(logit_n) (docs/design.md section 3):
 
     L(S) = mean_samples -log max(1e-12, sum_{n in S} w_n q_n / sum_{n in S} w_n)
 
@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from controller.selection.instance import SelectionInstance
 
-# The mixture probability is clipped here before the log (DESIGN.md section 6).
+# The mixture probability is clipped here before the log (docs/design.md section 6).
 MIN_PROB = 1e-12
 # Relative slack on budgets, so that 0.1 + 0.2 J fits a 0.3 J budget.
 BUDGET_RTOL = 1e-9

@@ -1,7 +1,7 @@
 """Optimality preservation on the measured lab fleet (data/profile-lab.json, data/gate-lab.pt).
 
 For 20 random subsets S, a gate trained on S alone is compared on the test split with the gate
-trained once on all six experts and restricted to S (DESIGN.md section 3).
+trained once on all six experts and restricted to S (docs/design.md section 3).
 
 Tolerances. Both gates are scored on the same 277 test prompts, so each gap is a paired
 difference. Measured on this profile (docs/moe2.md): mean gap +0.026 nats, largest +0.060 nats,
