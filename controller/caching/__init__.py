@@ -1,4 +1,4 @@
-"""SlimCaching: which experts each server caches under storage limits (docs/design.md sections 4, 6)."""
+"""SlimCaching: which experts each server caches under storage limits (docs/design.md 4, 6)."""
 
 from controller.caching.compiled import CompiledInstance, PlacementError, compile_instance
 from controller.caching.instance import (
