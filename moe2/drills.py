@@ -417,3 +417,32 @@ def early_against_waiting(workdir: Path, prompts: int = 12) -> tuple[Report, Rep
         finally:
             drill.close()
     return reports[0], reports[1]
+
+
+def broker_comes_late(workdir: Path, late_s: float = 4.0) -> Report:
+    """A controller and an agent started while the broker is down (a device that boots before
+    the broker's host): they keep trying, and serve once it is up."""
+    drill = Drill(workdir)
+    endpoint = BrokerEndpoint("127.0.0.1", drill.port, "5")
+    fleet = LocalFleet(endpoint, "drill-late", workdir, keepalive_s=4, telemetry_interval_s=0.5)
+    drill.fleet = fleet
+    try:
+        fleet.start_controller("c1")
+        fleet.start_agent(AgentSpec("l-a", [SMOLLM2]))
+        time.sleep(late_s)
+        for name, proc in fleet.processes.items():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited while the broker was down:\n{fleet.log_tail(name)}"
+                )
+        drill.start_broker()
+        up = time.monotonic()
+        fleet.wait_ready(["l-a"], timeout_s=120)
+        with drill.traffic() as traffic:
+            traffic.send(choice_prompt(timeout_s=30))
+            traffic.wait_all(30)
+            return traffic.report(
+                "services started before the broker", ready_s=time.monotonic() - up
+            )
+    finally:
+        drill.close()

@@ -66,3 +66,9 @@ def test_burst_beyond_the_queue_bound_is_refused_busy_at_once(tmp_path: Path) ->
     _whole(report)  # none silently lost: every prompt has its answer, ok or busy
     assert set(report.statuses) == {"ok", "busy"}, report.line()
     assert report.statuses["busy"] > 0 and report.statuses["ok"] >= 5, report.line()
+
+
+def test_services_started_before_the_broker_wait_for_it(tmp_path: Path) -> None:
+    report = drills.broker_comes_late(tmp_path)
+    _whole(report)
+    assert report.statuses == {"ok": 1}, report.line()
