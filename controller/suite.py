@@ -1,5 +1,10 @@
 """The evaluation suite: multiple-choice prompts with gold answers, categories and fixed splits.
 
+Multiple choice only: the gate learns from each expert's probability of the gold choice, which a
+free-text answer does not have, so free-text prompts cannot be profiled (the fleet still answers
+them). A user's own suite is a JSONL file of ``SuiteItem`` (JSON Schema: ``moe2 schema --out
+DIR`` writes ``SuiteItem.schema.json``; ``examples/suite-example.jsonl`` is a small one).
+
 The suite is built by ``scripts/build_suite.py`` from data that PyPI packages ship (see
 ``docs/suite.md`` for provenance and licences) and stored as JSON lines in ``data/suite.jsonl``.
 """
@@ -53,13 +58,26 @@ def load_suite(path: Path = DEFAULT_SUITE) -> list[SuiteItem]:
             continue
         try:
             item = SuiteItem.model_validate(json.loads(line))
-        except (json.JSONDecodeError, ValidationError) as exc:
-            raise SuiteError(f"{path}:{number}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            where = f"{path}:{number}: not valid JSON"
+            raise SuiteError(f"{where}: {exc.msg} (column {exc.colno})") from None
+        except ValidationError as exc:
+            raise SuiteError(f"{path}:{number}: {_one_line(exc)}") from None
         if item.id in seen:
             raise SuiteError(f"{path}:{number}: duplicate item id {item.id!r}")
         seen.add(item.id)
         items.append(item)
     return items
+
+
+def _one_line(exc: ValidationError) -> str:
+    """Every problem of one suite line, in one line: ``label: label 4 out of range...``."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "item"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts) + " (the format: `moe2 schema --out DIR` writes SuiteItem.schema.json)"
 
 
 def save_suite(items: list[SuiteItem], path: Path = DEFAULT_SUITE) -> None:

@@ -53,8 +53,8 @@ def read_costs(endpoint: BrokerEndpoint, fleet: str, wait_s: float) -> CostTable
 
 def budgets_line(table: CostTable) -> str:
     b = table.budgets
-    parts = [f"energy {b.energy_j:g} J" if b.energy_j is not None else "energy unlimited"]
-    parts += [f"{c} {s:g} s" for c, s in sorted(b.delay_s.items())]
+    parts = [f"energy {b.energy_j:.3g} J" if b.energy_j is not None else "energy unlimited"]
+    parts += [f"{c} {s:.3g} s" for c, s in sorted(b.delay_s.items())]
     if b.top_k is not None:
         parts.append(f"top-{b.top_k}")
     return ", ".join(parts)

@@ -1,30 +1,58 @@
-"""``moe2 demo``: a whole fleet on this machine answering a few prompts."""
+"""``moe2 demo``: the lab fleet on this machine, doing MoE²: two agents and six experts (as
+``examples/edge-a.toml`` and ``edge-b.toml``), the controller with the shipped profile and gate,
+prompts answered under two energy budgets (the optimal set, the gate weights, the estimated
+joules), and the budget changed at run time with the re-plan it causes.
+
+The budgets come from the costs the controller holds (the shipped profile's, then what it
+learns from this machine's answers), not from fixed numbers: the first fits one expert, the
+second most of them, wherever the demo runs.
+"""
 
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
+from messages import topics
+from messages.budgets import Budgets
+from messages.bus import BrokerEndpoint, Bus
+from messages.controller import ControllerEvent, FleetPlan
+from messages.costs import CostTable
 from messages.prompts import Prompt
 from moe2.ask import Asker, AskError
 from moe2.broker import start_local_broker
 from moe2.local_fleet import AgentSpec, FleetError, LocalFleet
 
-FLEET = "demo"
-AGENTS = [
-    AgentSpec("edge-a", [{"id": "smollm2", "model": "smollm2-135m", "n_ctx": 1024}]),
-    # Gemma 3 270M is a base model with no chat template: stop at the end of the first line.
-    AgentSpec("edge-b", [{"id": "gemma3", "model": "gemma3-270m", "n_ctx": 1024, "stop": ["\n"]}]),
-]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+FLEET = "lab"  # the shipped profile's fleet
+PROFILE = ROOT / "data" / "profile-lab.json"
+GATE = ROOT / "data" / "gate-lab.pt"
+EXAMPLES = [ROOT / "examples" / "edge-a.toml", ROOT / "examples" / "edge-b.toml"]
 PROMPTS = [
-    Prompt(prompt="The capital of France is", choices=["Berlin", "Paris", "Madrid", "Rome"]),
     Prompt(
-        prompt="The largest planet in the solar system is", choices=["Mars", "Jupiter", "Venus"]
+        prompt="The capital of France is",
+        question="What is the capital of France?",
+        choices=["Berlin", "Paris", "Madrid", "Rome"],
+        category="geography",
     ),
-    Prompt(prompt="Question: What is the capital of Japan?\nAnswer:", max_tokens=24),
+    Prompt(
+        prompt="The chemical symbol for gold is",
+        question="What is the chemical symbol for gold?",
+        choices=["Ag", "Au", "Fe", "Cu"],
+        category="science",
+    ),
 ]
 
 
@@ -32,38 +60,160 @@ class DemoError(RuntimeError):
     pass
 
 
-def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
+def lab_agents() -> list[AgentSpec]:
+    """The agents of examples/edge-a.toml and edge-b.toml: their experts and power model."""
+    specs = []
+    for path in EXAMPLES:
+        config = tomllib.loads(path.read_text())
+        settings = {"power_model_w": config["power_model_w"]}
+        specs.append(AgentSpec(config["agent_id"], list(config["experts"]), settings))
+    return specs
+
+
+class Watcher:
+    """The controller's plans, events and cost table as they arrive."""
+
+    def __init__(self, endpoint: BrokerEndpoint) -> None:
+        self.plans: list[FleetPlan] = []
+        self.events: list[ControllerEvent] = []
+        self.costs: list[CostTable] = []
+        self.bus = Bus(endpoint, FLEET, client_id=f"moe2-demo-{uuid.uuid4().hex[:8]}")
+        self.bus.subscribe(topics.CONTROLLER_PLAN, lambda i: self.plans.append(i.message))
+        self.bus.subscribe(topics.CONTROLLER_EVENTS, lambda i: self.events.append(i.message))
+        self.bus.subscribe(topics.CONTROLLER_COSTS, lambda i: self.costs.append(i.message))
+
+    def __enter__(self) -> Watcher:
+        self.bus.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bus.close()
+
+    def wait(self, what: Any, timeout_s: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = what()
+            if found:
+                return found
+            time.sleep(0.1)
+        raise DemoError(f"the controller did not answer within {timeout_s:g} s")
+
+
+def _energies(table: CostTable) -> dict[str, float]:
+    return {r.key: r.energy_j for r in table.experts if r.energy_j is not None and r.online}
+
+
+def show_plan(console: Console, plan: FleetPlan, budgets: Budgets) -> None:
+    chosen = [f"{e}@{a}" for a, experts in plan.assignments.items() for e in experts]
+    gap = "" if plan.optimal else f", gap {plan.gap:.3f}" if plan.gap is not None else ""
+    console.print(
+        f"[bold]plan epoch {plan.epoch}[/] under {budgets.energy_j:.2f} J per query: "
+        f"optimal set ({plan.algorithm}{gap}) = {', '.join(chosen) or 'none'}; expected "
+        f"{plan.energy_j:.2f} J per query (estimate: a 15 W power model, no sensor)"
+    )
+
+
+def ask_all(console: Console, asker: Asker, label: str) -> list[str]:
     from moe2.cli import answer_table
 
+    failures = []
+    for prompt in PROMPTS:
+        answer = asker.ask(prompt)
+        console.print(answer_table(answer, prompt.choices))
+        weights = ", ".join(f"{e.expert_id}@{e.agent_id} {e.weight:.3f}" for e in answer.experts)
+        energy = "n/a" if answer.energy_j is None else f"{answer.energy_j:.2f} J"
+        mark = " (estimate)" if answer.energy_estimated else ""
+        console.print(
+            f"[bold]answer:[/] {answer.answer}  gate weights: {weights or '-'}; energy "
+            f"{energy}{mark}; {answer.latency_s:.2f} s"
+        )
+        if answer.status != "ok":
+            failures.append(f"{label} {prompt.prompt!r}: {answer.status} {answer.error or ''}")
+    return failures
+
+
+def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
+    from controller.profile import load_profile
+    from controller.selection.from_profile import expert_costs
+    from moe2.costs_cli import costs_table
+    from moe2.fleet_reader import PlanRefused, request_plan
+
+    profile = load_profile(PROFILE)
+    seeds = expert_costs(profile, list(profile.experts))
+    first = round(1.25 * min(c.energy_j for c in seeds.values()), 2)  # one expert fits
     workdir = Path(tempfile.mkdtemp(prefix="moe2-demo-"))
+    failures: list[str] = []
     with start_local_broker(prefer_mosquitto) as broker:
         console.print(
             f"broker: {broker.kind} on {broker.url} (MQTT {broker.mqtt_version}); logs in {workdir}"
         )
         fleet = LocalFleet(broker.endpoint, FLEET, workdir)
+        agents = lab_agents()
         try:
-            fleet.start_controller()
-            for spec in AGENTS:
-                fleet.start_agent(spec)
-            with console.status("starting 2 agents and the controller, loading models..."):
-                fleet.wait_ready([a.agent_id for a in AGENTS])
-            failures = []
-            with Asker(broker.endpoint, FLEET) as asker:
-                asker.require_controller()
-                for prompt in PROMPTS:
-                    console.print(f"\n[bold]prompt:[/] {prompt.prompt!r}")
-                    answer = asker.ask(prompt)
-                    console.print(answer_table(answer, prompt.choices))
-                    console.print(f"[bold]answer:[/] {answer.answer}  ({answer.latency_s:.2f} s)")
-                    if answer.status != "ok" or len(answer.experts) != len(AGENTS):
-                        failures.append(f"{prompt.prompt!r}: {answer.status} {answer.error or ''}")
+            with Watcher(broker.endpoint) as watch:
+                fleet.start_controller(
+                    # every planned expert answers, so the gate's weights over the whole set show
+                    extra=[
+                        "--profile",
+                        str(PROFILE),
+                        "--gate",
+                        str(GATE),
+                        "--energy-j",
+                        f"{first:.2f}",
+                        "--no-early-answers",
+                    ]  # fmt: skip
+                )
+                for spec in agents:
+                    fleet.start_agent(spec)
+                with console.status(
+                    "starting the controller (profile, gate) and 2 agents with 6 experts..."
+                ):
+                    fleet.wait_ready([a.agent_id for a in agents])
+                console.print(
+                    "fleet lab: edge-a (SmolLM2-135M × cloze, qa, letter) and edge-b (Gemma 3 "
+                    "270M × cloze, qa, letter); profile data/profile-lab.json, gate "
+                    "data/gate-lab.pt\n"
+                )
+                budgets = Budgets(energy_j=first)
+                show_plan(console, watch.plans[-1], budgets)
+                with Asker(broker.endpoint, FLEET) as asker:
+                    asker.require_controller()
+                    failures += ask_all(console, asker, "first budget")
+                    asked = time.time()
+                    table = watch.wait(
+                        lambda: next((t for t in watch.costs[::-1] if t.time_s > asked), None)
+                    )  # a table that counts the answers just given
+                    console.print(costs_table(table))
+                    energies = _energies(table)
+                    second = round(0.8 * sum(energies.values()), 2)  # most of the experts fit
+                    console.print(
+                        f"\n[bold]budget changed at run time[/] to {second:.2f} J per query "
+                        "(as `moe2 budgets --energy-j` does):"
+                    )
+                    try:
+                        plan = request_plan(
+                            broker.endpoint,
+                            FLEET,
+                            topics.CONTROLLER_BUDGETS,
+                            Budgets(energy_j=second),
+                            30,
+                        )
+                    except PlanRefused as exc:
+                        raise DemoError(str(exc)) from None
+                    replans = [e for e in watch.events if e.kind == "replan"]
+                    if replans:
+                        console.print(f"controller/events: {replans[-1].reason}")
+                    show_plan(console, plan, Budgets(energy_j=second))
+                    fleet.wait_ready([a.agent_id for a in agents])
+                    failures += ask_all(console, asker, "second budget")
         except (FleetError, AskError, ConnectionError) as exc:
             raise DemoError(f"{exc}\n(logs in {workdir})") from None
         finally:
             fleet.stop()
     if failures:
-        raise DemoError(
-            "not every expert answered:\n" + "\n".join(failures) + f"\n(logs in {workdir})"
-        )
+        raise DemoError("not every prompt was answered:\n" + "\n".join(failures))
     shutil.rmtree(workdir, ignore_errors=True)
-    console.print("\n[green]demo fleet answered every prompt with both experts[/]")
+    console.print(
+        "\n[green]demo done:[/] the gate weighted the optimal set under each budget, and the "
+        "budget change re-planned the fleet. Energy is an estimate (a declared power model)."
+    )

@@ -29,6 +29,11 @@ def write_schemas(out_dir: Path) -> list[Path]:
         path = out_dir / f"{message.__name__}.schema.json"
         path.write_text(json.dumps(message.model_json_schema(mode="validation"), indent=2) + "\n")
         written.append(path)
+    from controller.suite import SuiteItem  # the suite format, for a user's own labelled data
+
+    suite = out_dir / "SuiteItem.schema.json"
+    suite.write_text(json.dumps(SuiteItem.model_json_schema(mode="validation"), indent=2) + "\n")
+    written.append(suite)
     table = out_dir / "topics.json"
     table.write_text(json.dumps(topic_table(), indent=2) + "\n")
     written.append(table)

@@ -1,14 +1,22 @@
-"""`moe2 demo`, the README's main job, with Mosquitto and with the embedded broker."""
+"""`moe2 demo`, the README's main job, with Mosquitto and with the embedded broker: the lab
+fleet answering under two energy budgets with the gate's weights, and a run-time re-plan."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+SET = re.compile(r"optimal set \((\S+?)(?:, gap [0-9.]+)?\) = (.+?); expected ([0-9.]+) J")
+ANSWER = re.compile(r"answer: (\S+)\s+gate weights: (.+?); energy ([0-9.]+) J \(estimate\)")
 
 
 def _path_without_mosquitto() -> str:
@@ -20,28 +28,55 @@ def _path_without_mosquitto() -> str:
     return os.pathsep.join(keep)
 
 
-def _demo(path: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PATH=path, COLUMNS="120")
-    return subprocess.run(
+def _demo(path: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    env = dict(os.environ, PATH=path, COLUMNS="200")
+    started = time.monotonic()
+    run = subprocess.run(
         [sys.executable, "-m", "moe2", "demo"], capture_output=True, text=True, env=env, timeout=300
     )
+    return run, time.monotonic() - started
+
+
+def _weights(text: str) -> dict[str, float]:
+    pairs = (w.rsplit(" ", 1) for w in text.split(", "))
+    return {key: float(value) for key, value in pairs}
 
 
 @pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto on PATH")
-def test_demo_on_mosquitto() -> None:
-    run = _demo(os.environ["PATH"])
+def test_demo_shows_budgets_gate_weights_and_a_replan() -> None:
+    run, seconds = _demo(os.environ["PATH"])
+    out = " ".join(run.stdout.split())  # rich wraps long lines
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "broker: mosquitto" in run.stdout and "(MQTT 5)" in run.stdout
-    assert run.stdout.count("answer:") == 3
-    assert "answer: Paris" in run.stdout
-    assert "smollm2@edge-a" in run.stdout and "gemma3@edge-b" in run.stdout
+    assert "broker: mosquitto" in out and "(MQTT 5)" in out
+    sets = SET.findall(out)
+    assert len(sets) == 2, out
+    first, second = (set(s[1].split(", ")) for s in sets)
+    assert first != second and len(second) > len(first)  # the optimal set follows the budget
+    assert "budget changed at run time" in out and "controller/events: epoch" in out
+    answers = ANSWER.findall(out)
+    assert len(answers) == 4, out  # two prompts under each budget, energy marked estimate
+    assert answers[0][0] == "Paris" and answers[2][0] == "Paris"
+    weights = _weights(answers[2][1])  # "The capital of France is" under the second budget
+    assert set(weights) <= second and len(weights) >= 2
+    assert len(set(weights.values())) > 1  # not uniform
+    # and they are the shipped gate's softmax over the experts that answered
+    from controller.gate.gate import Gate
+
+    gate = Gate.load(DATA / "gate-lab.pt")
+    logits = dict(zip(gate.expert_keys, gate.logits(["The capital of France is"])[0], strict=True))
+    top = max(logits[k] for k in weights)
+    raw = {k: math.exp(logits[k] - top) for k in weights}
+    expected = {k: v / sum(raw.values()) for k, v in raw.items()}
+    assert weights == pytest.approx(expected, abs=2e-3)
+    assert "est." in out  # the cost table marks estimated energy
+    assert seconds < 120, f"the demo took {seconds:.0f} s"
 
 
 def test_demo_without_mosquitto_uses_the_embedded_broker() -> None:
     path = _path_without_mosquitto()
     assert shutil.which("mosquitto", path=path) is None
-    run = _demo(path)
+    run, _ = _demo(path)
+    out = " ".join(run.stdout.split())
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "broker: embedded" in run.stdout and "(MQTT 3.1.1)" in run.stdout
-    assert run.stdout.count("answer:") == 3
-    assert "answer: Paris" in run.stdout
+    assert "broker: embedded" in out and "(MQTT 3.1.1)" in out
+    assert len(SET.findall(out)) == 2 and len(ANSWER.findall(out)) == 4
