@@ -26,4 +26,6 @@ def should_lead(me: ControllerStatus, others: Iterable[ControllerStatus]) -> boo
     actives = [s for s in online if s.role == "active"]
     if actives:
         return me.role == "active" and all(_key(me) < _key(s) for s in actives)
+    if me.role == "active":
+        return True  # sticky: an older standby coming back does not take over
     return all(_key(me) < _key(s) for s in online)

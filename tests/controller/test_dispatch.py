@@ -1,0 +1,122 @@
+"""The dispatcher driven step by step: queue and room, early answers, failover, deadlines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller.dispatch import Dispatcher, Route
+from controller.ledger import Entry, Ledger, ReplyRoute
+from messages.answers import Answer
+from messages.prompts import Prompt
+from messages.results import JobResult, LatencyBreakdown
+
+ACTIVE = [("a1", "smol"), ("a2", "smol")]  # two replicas of one expert
+
+
+def make(max_queued: int = 10, capacity: int = 1) -> Dispatcher:
+    def router(prompt: Prompt, load: dict[str, int]) -> Route:
+        agent = min(("a1", "a2"), key=lambda a: (load.get(a, 0), a))
+        return Route([(agent, "smol")], [], None, None)
+
+    def replicas(expert: str) -> list[str]:
+        return [a for a, e in ACTIVE if e == expert]
+
+    return Dispatcher(router, replicas, lambda agent: capacity, max_queued, retry_after_s=3.0)
+
+
+def entry(rid: str, timeout_s: float = 10.0) -> Entry:
+    prompt = Prompt(prompt="q", request_id=rid, timeout_s=timeout_s)
+    return Entry(rid, prompt, [ReplyRoute("inbox/x")], received_s=1000.0, fingerprint=rid)
+
+
+def done(job_agent: str, rid: str, text: str = "t") -> JobResult:
+    return JobResult(
+        request_id=rid,
+        expert_id="smol",
+        agent_id=job_agent,
+        ok=True,
+        text=text,
+        latency=LatencyBreakdown(queue_s=0, load_s=0, total_s=0.1),
+    )
+
+
+def test_jobs_go_only_where_there_is_room_and_the_rest_wait_oldest_first() -> None:
+    d = make(capacity=1)
+    sent = [d.admit(entry(r), 0.0, 1000.0).jobs for r in ("r1", "r2", "r3")]
+    assert [[(a, j.request_id) for a, j in s] for s in sent] == [[("a1", "r1")], [("a2", "r2")], []]
+    assert d.counts() == (1, 2)
+    actions, refusal = d.on_result(done("a1", "r1"), 0.5)
+    assert refusal is None
+    assert [a.request_id for a, _ in actions.answers] == ["r1"]
+    assert [(a, j.request_id) for a, j in actions.jobs] == [("a1", "r3")]  # r3 takes the slot
+
+
+def test_beyond_the_queue_bound_a_prompt_is_answered_busy_at_once() -> None:
+    d = make(max_queued=1, capacity=1)
+    for r in ("r1", "r2", "r3"):
+        d.admit(entry(r), 0.0, 1000.0)
+    actions = d.admit(entry("r4"), 0.0, 1000.0)
+    ((answer, routes),) = actions.answers
+    assert answer.status == "busy" and answer.retry_after_s == 3.0 and routes[0].topic == "inbox/x"
+
+
+def test_a_dead_agents_job_fails_over_to_the_other_replica() -> None:
+    d = make(capacity=4)
+    d.admit(entry("r1"), 0.0, 1000.0)
+    actions = d.on_agent_down("a1", "agent a1 went offline", 1.0)
+    assert [(a, j.request_id) for a, j in actions.jobs] == [("a2", "r1")]
+    assert actions.events[0]["kind"] == "failover"
+    late, _ = d.on_result(done("a1", "r1"), 1.5)  # the dead one's answer after all: late
+    assert not late.answers and d.late_results == 1
+    actions, _ = d.on_result(done("a2", "r1"), 2.0)
+    answer: Answer = actions.answers[0][0]
+    assert answer.status == "ok" and answer.experts[0].agent_id == "a2"
+
+
+def test_without_a_replica_the_answer_comes_at_once_without_it() -> None:
+    global ACTIVE
+    saved, ACTIVE = ACTIVE, [("a1", "smol")]
+    try:
+        d = make(capacity=4)
+        d.admit(entry("r1"), 0.0, 1000.0)
+        actions = d.on_agent_down("a1", "agent a1 went offline", 1.0)
+        answer = actions.answers[0][0]
+        assert answer.status == "failed" and "went offline" in answer.failed[0].reason
+    finally:
+        ACTIVE = saved
+
+
+def test_deadlines_answer_pending_and_queued_prompts_and_cancel_the_jobs() -> None:
+    d = make(capacity=1)
+    d.admit(entry("r1", timeout_s=2.0), 0.0, 1000.0)
+    d.admit(entry("r2", timeout_s=2.0), 0.0, 1000.0)
+    d.admit(entry("r3", timeout_s=2.0), 0.0, 1000.0)
+    actions = d.tick(2.5)
+    statuses = sorted((a.request_id, a.status) for a, _ in actions.answers)
+    assert statuses == [("r1", "failed"), ("r2", "failed"), ("r3", "failed")]
+    assert sorted(c.request_id for _, c in actions.cancels) == ["r1", "r2"]
+    assert d.counts() == (0, 0) and d.load == {"a1": 0, "a2": 0}
+
+
+def test_the_deadline_counts_from_the_first_receipt(tmp_path: Path) -> None:
+    # A prompt taken over from the ledger 8 s after it arrived has 2 s of its 10 left.
+    d = make(capacity=1)
+    ((agent, job),) = d.admit(entry("r1", timeout_s=10.0), 100.0, 1008.0).jobs
+    assert job.timeout_s < 2.0
+    assert d.tick(102.1).answers[0][0].status == "failed"
+
+
+def test_the_ledger_survives_a_restart_and_remembers_answers(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path)
+    ledger.add(entry("r1"))
+    ledger.add(entry("r2"))
+    answer = Answer(request_id="r1", status="ok", answer="x", experts=[], latency_s=0.1)
+    ledger.done("r1", answer)
+    assert ledger.answered("r1", "r1") == answer and ledger.answered("r1", "other") is None
+    ledger.close()
+    path.write_text(path.read_text() + "{not json\n")  # a torn last line is skipped
+    again = Ledger(path)
+    assert list(again.entries) == ["r2"] and again.entries["r2"].routes == [ReplyRoute("inbox/x")]
+    again.close()
+    assert len(path.read_text().splitlines()) == 1  # compacted at start
