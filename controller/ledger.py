@@ -24,6 +24,9 @@ from messages.prompts import Prompt
 
 log = logging.getLogger(__name__)
 
+# The journal is rewritten with the open entries only once it holds this many lines more.
+COMPACT_LINES = 10_000
+
 
 @dataclass(frozen=True)
 class ReplyRoute:
@@ -72,6 +75,7 @@ class Ledger:
         self._answers: OrderedDict[str, tuple[str, Answer]] = OrderedDict()
         self._remember = remember
         self._file: IO[str] | None = None
+        self._lines = 0
         if path is not None:
             self._load(path)
 
@@ -83,13 +87,7 @@ class Ledger:
                     self._replay(json.loads(line))
                 except (ValueError, KeyError, TypeError) as exc:
                     log.warning("ledger %s line %d unreadable, skipped: %s", path, number, exc)
-        # Keep what is still worth answering: an expired prompt is answered at once on takeover.
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w") as out:
-            for entry in self.entries.values():
-                out.write(json.dumps(_dump(entry)) + "\n")
-        os.replace(tmp, path)
-        self._file = path.open("a")
+        self._compact(path)
         if self.entries:
             log.info("ledger %s: %d prompts accepted and not answered", path, len(self.entries))
 
@@ -106,12 +104,29 @@ class Ledger:
         elif record["op"] == "done":
             self.entries.pop(record["request_id"], None)
 
+    def _compact(self, path: Path) -> None:
+        """Rewrite the journal with the entries still open (atomically), and append from there:
+        at start, and every COMPACT_LINES lines, so a controller left running for months keeps
+        a small file."""
+        if self._file is not None:
+            self._file.close()
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as out:
+            for entry in self.entries.values():
+                out.write(json.dumps(_dump(entry)) + "\n")
+        os.replace(tmp, path)
+        self._file = path.open("a")
+        self._lines = len(self.entries)
+
     def _write(self, record: dict[str, Any]) -> None:
-        if self._file is None:
+        if self._file is None or self.path is None:
             return
         try:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+            self._lines += 1
+            if self._lines > COMPACT_LINES + len(self.entries):
+                self._compact(self.path)
         except OSError as exc:  # a full disk must not stop the answers
             log.error("ledger %s: cannot write: %s", self.path, exc)
 

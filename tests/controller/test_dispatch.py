@@ -120,3 +120,21 @@ def test_the_ledger_survives_a_restart_and_remembers_answers(tmp_path: Path) -> 
     assert list(again.entries) == ["r2"] and again.entries["r2"].routes == [ReplyRoute("inbox/x")]
     again.close()
     assert len(path.read_text().splitlines()) == 1  # compacted at start
+
+
+def test_the_ledger_stays_small_when_left_running(tmp_path: Path) -> None:
+    import controller.ledger as ledger_module
+
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path)
+    old, ledger_module.COMPACT_LINES = ledger_module.COMPACT_LINES, 50
+    try:
+        for n in range(200):
+            ledger.add(entry(f"r{n}"))
+            if n != 7:
+                ledger.done(f"r{n}")
+        assert len(path.read_text().splitlines()) <= 50 + 2
+    finally:
+        ledger_module.COMPACT_LINES = old
+        ledger.close()
+    assert list(Ledger(path).entries) == ["r7"]
