@@ -1,0 +1,112 @@
+"""Budgets that no expert fits are explained: the controller's status says so, a prompt's
+refusal and `moe2 budgets` name each expert's cost against the budget. Real broker and encoder,
+scripted agents."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.service import Controller
+from controller.settings import ControllerSettings
+from messages import topics
+from messages.answers import Answer
+from messages.bus import Bus
+from messages.controller import ControllerStatus
+from messages.costs import CostTable
+from messages.prompts import Prompt
+from moe2.broker import LocalBroker
+from tests.controller.test_controller_selection import estimated, gated  # noqa: F401
+from tests.controller.test_controller_service import ScriptedAgent, _ask
+from tests.helpers import Recorder
+
+FLEET = "sel"  # the gated profile's fleet
+
+
+@pytest.fixture
+def starved(
+    mosquitto: LocalBroker,
+    gated: tuple[Path, Path],  # noqa: F811
+    tmp_path: Path,
+) -> Iterator[tuple[Controller, Recorder]]:
+    settings = ControllerSettings.load(
+        None,
+        broker=mosquitto.url,
+        fleet=FLEET,
+        profile=gated[0],
+        gate=gated[1],
+        energy_budget_j=0.5,  # e1 costs 1 J, e2 5 J: nothing fits
+        state_dir=tmp_path,
+        status_interval_s=0.5,
+    )
+    controller = Controller(settings)
+    controller.start()
+    agents = [
+        ScriptedAgent(mosquitto, FLEET, "a1", "e1"),
+        ScriptedAgent(mosquitto, FLEET, "a2", "e2"),
+    ]
+    agents[0].behaviour = lambda job: estimated(job, "a1", 1.0, [0.7, 0.1, 0.1, 0.1])
+    agents[1].behaviour = lambda job: estimated(job, "a2", 5.0, [0.1, 0.7, 0.1, 0.1])
+    rec = Recorder(mosquitto.endpoint, FLEET)
+    rec.watch(topics.CONTROLLER_STATUS).watch(topics.CONTROLLER_COSTS).watch(topics.ANSWERS)
+    with rec:
+        for agent in agents:
+            agent.start()
+        yield controller, rec
+    for agent in agents:
+        agent.bus.close()
+    controller.stop()
+    cleaner = Bus(mosquitto.endpoint, FLEET, client_id=f"clean-{uuid.uuid4().hex[:6]}")
+    cleaner.connect()
+    for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN, topics.CONTROLLER_COSTS):
+        cleaner.clear_retained(topic)
+    cleaner.clear_retained(topics.CONTROLLER_STATUS, controller_id=controller.controller_id)
+    for agent in agents:
+        for topic in (topics.AGENT_PLAN, topics.AGENT_STATUS, topics.AGENT_CAPABILITIES):
+            cleaner.clear_retained(topic, agent_id=agent.agent_id)
+    time.sleep(0.3)
+    cleaner.close()
+
+
+def test_nothing_fits_is_said_with_each_experts_cost(
+    starved: tuple[Controller, Recorder], mosquitto: LocalBroker
+) -> None:
+    controller, rec = starved
+    each = ("e1@a1: energy 1 J (est.) > 0.5 J", "e2@a2: energy 5 J (est.) > 0.5 J")
+    status = rec.wait_for(
+        lambda m: isinstance(m, ControllerStatus) and m.plan_problem is not None, timeout_s=15
+    )
+    assert all(part in status.plan_problem for part in each), status.plan_problem
+    table = rec.wait_for(lambda m: isinstance(m, CostTable) and not m.feasible)
+    assert table.problem == status.plan_problem
+
+    _ask(mosquitto, FLEET, Prompt(prompt="The capital of Italy is", request_id="r1",
+                                 choices=["Rome", "Oslo", "Lima", "Bern"]))  # fmt: skip
+    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "r1")
+    assert answer.status == "failed" and "no active expert can answer" in (answer.error or "")
+    assert all(part in (answer.error or "") for part in each), answer.error
+
+    run = subprocess.run(
+        [sys.executable, "-m", "moe2", "budgets", "--broker", mosquitto.url, "--fleet", FLEET,
+         "--energy-j", "0.2", "--wait", "10"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    err = " ".join(run.stderr.split())
+    assert "e1@a1: energy 1 J (est.) > 0.2 J" in err and "e2@a2: energy 5 J (est.) > 0.2 J" in err
+    assert "cheapest is e1@a1 at 1 J" in err
+
+    costs = subprocess.run(
+        [sys.executable, "-m", "moe2", "costs", "--broker", mosquitto.url, "--fleet", FLEET],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert costs.returncode == 0, costs.stderr
+    out = " ".join(costs.stdout.split())
+    assert "infeasible:" in out and "e1@a1" in out and "e2@a2" in out and "est." in out
