@@ -254,7 +254,8 @@ class Dispatcher:
         """Answer the request if what is still out can no longer change the answer."""
         arrived = {key(a, e): arr.result for (a, e), arr in pending.arrivals.items()}
         outstanding = [key(a, e) for a, e in pending.jobs]
-        if not self.early_answers and outstanding:
+        # A prompt that names its experts wants each one's output (profiling does): it waits.
+        if outstanding and (not self.early_answers or pending.prompt.experts is not None):
             return
         if decided(pending.prompt.choices, arrived, outstanding, pending.weights):
             self._finish(actions, pending, now, "decided")
