@@ -1,4 +1,4 @@
-"""``moe2 select``: choose the experts to activate for a selection instance (DESIGN.md section 6).
+"""``moe2 select``: the experts to activate for a selection instance (docs/design.md section 6).
 
 Exit status: 0 with a feasible selection, 3 when not even one expert fits the budgets, 2 for a bad
 instance file or flag (an ``error:`` line on stderr, never a traceback).
@@ -53,7 +53,7 @@ def result_table(result: SelectionResult) -> Table:
 def select(
     instance: Annotated[
         Path | None,
-        typer.Option("--instance", help="Selection instance, JSON (DESIGN.md section 6)"),
+        typer.Option("--instance", help="Selection instance, JSON (docs/design.md section 6)"),
     ] = None,
     profile: ProfileOpt = None,
     gate: GateOpt = None,

@@ -1,4 +1,4 @@
-"""Choose the experts to activate under energy and delay budgets (DESIGN.md section 3).
+"""Choose the experts to activate under energy and delay budgets (docs/design.md section 3).
 
 ``solve(instance, algorithm)`` runs one of:
 
@@ -44,7 +44,7 @@ ALGORITHMS: tuple[str, ...] = ("moe2", "exhaustive", "greedy", "random", "best_s
 
 
 class SelectionResult(BaseModel):
-    """The result object of DESIGN.md section 6, plus runtime and monotonicity violations."""
+    """The result object of docs/design.md section 6, plus runtime and monotonicity violations."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
