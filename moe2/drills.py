@@ -26,6 +26,7 @@ from typing import Any
 from messages import topics
 from messages.answers import Answer
 from messages.bus import BrokerEndpoint, Bus, Inbound
+from messages.controller import FleetPlan
 from messages.prompts import Prompt
 from moe2.broker import LocalBroker, free_port, start_mosquitto
 from moe2.local_fleet import AgentSpec, LocalFleet
@@ -315,6 +316,10 @@ def standby_takeover(workdir: Path) -> tuple[Report, Report]:
     drill.start_broker()
     try:
         fleet = drill.start_fleet("drill-ha", _agents("h-a"), controllers=("c1",))
+        plans: list[FleetPlan] = []
+        watcher = Bus(fleet.endpoint, fleet.fleet, client_id=f"moe2-plans-{uuid.uuid4().hex[:8]}")
+        watcher.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
+        watcher.connect()
         fleet.start_controller("c2")
         time.sleep(2.0)  # c2 hears c1 active and waits as the standby
         with drill.traffic() as traffic:
@@ -329,10 +334,15 @@ def standby_takeover(workdir: Path) -> tuple[Report, Report]:
             fleet.kill("c1", signal.SIGKILL)
             flow(traffic, choice_prompt, 0.5, 4.0)
             traffic.wait_all(90)
+            epochs = [p.epoch for p in plans]
             takeover = traffic.report(
                 "active controller killed",
                 takeover_s=traffic.first_answer_after(killed) or float("nan"),
+                # 1 when the fleet plan's epoch only grew and c2 published plans after c1
+                epochs_monotone=float(epochs == sorted(epochs) and len(set(epochs)) == len(epochs)),
+                plans_by_c2=float(sum(p.controller_id == "c2" for p in plans)),
             )
+        watcher.close()
         return both, takeover
     finally:
         drill.close()

@@ -39,6 +39,9 @@ def test_standby_answers_once_and_takes_over(tmp_path: Path) -> None:
     _whole(takeover)
     assert takeover.statuses == {"ok": takeover.asked}, takeover.line()
     assert takeover.figures["takeover_s"] <= 5.0, takeover.line()
+    # Plan epochs stay monotone across the takeover, and the new active one published plans.
+    assert takeover.figures["epochs_monotone"] == 1.0, takeover.line()
+    assert takeover.figures["plans_by_c2"] >= 1, takeover.line()
 
 
 def test_killed_agent_replica_answers_every_prompt(tmp_path: Path) -> None:
