@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,7 +69,9 @@ def gateway(mosquitto: LocalBroker, tmp_path_factory: pytest.TempPathFactory) ->
     fleet = LocalFleet(endpoint, FLEET, tmp, telemetry_interval_s=0.5)
     metrics_port, http_port = free_port(), free_port()
     fleet.start_controller(extra=["--metrics", f"127.0.0.1:{metrics_port}"])
-    fleet.start_agent(AgentSpec("gw-a", [SMOLLM2]))
+    # A declared power model: energy and power are estimated (source "estimate") on any box.
+    power = {"power_model_w": 12.0, "power_idle_w": 2.0}
+    fleet.start_agent(AgentSpec("gw-a", [SMOLLM2], power))
     keys = tmp / "keys"
     keys.write_text(f"# one key a line\n{KEY}\n")
     try:
@@ -114,7 +117,8 @@ def test_chat_completion_with_the_openai_client(gateway: Gateway) -> None:
     extra = reply.model_extra["moe2"]  # type: ignore[index]
     assert extra["status"] == "ok" and extra["experts"][0]["expert_id"] == "smollm2"
     assert extra["experts"][0]["text"] == reply.choices[0].message.content
-    assert "energy_j" in extra and "energy_source" in extra
+    assert extra["energy_j"] > 0 and extra["energy_source"] == "estimate"  # the declared model
+    assert extra["energy_estimated"] is True
 
 
 def test_streamed_chat_arrives_in_chunks_before_the_end(gateway: Gateway) -> None:
@@ -342,6 +346,10 @@ def test_metrics_exist_and_move(gateway: Gateway) -> None:
     )
     key = "moe2_expert_result_latency_seconds_count{agent=gw-a,expert=smollm2}"
     assert after[key] >= before.get(key, 0) + 2
+    energy = "moe2_expert_energy_joules_total{agent=gw-a,expert=smollm2,source=estimate}"
+    assert after[energy] > before.get(energy, 0)
+    assert after["moe2_fleet_power_watts{}"] > 0
+    assert after["moe2_agent_power_watts{agent=gw-a,source=estimate}"] > 0
     # a malformed prompt is counted as rejected, by topic
     subprocess.run(
         ["mosquitto_pub", "-p", str(gateway.mosquitto.port), "-t", f"moe2/{FLEET}/prompts",
@@ -355,9 +363,22 @@ def test_metrics_exist_and_move(gateway: Gateway) -> None:
         ),
         10,
     )
+    after = _series(gateway.metrics_url)
     gw_after = _series(gateway.url + "/metrics")
     ok = "moe2_gateway_requests_total{code=200,endpoint=/v1/completions}"
     assert gw_after[ok] >= gw_before.get(ok, 0) + 2
+    # every series the Grafana dashboard plots is one these endpoints serve
+    dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json").read_text())
+    plotted = {
+        re.sub(r"_(bucket|total)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"moe2_[a-z_]+", target["expr"])
+    }
+    served = {
+        re.sub(r"_(bucket|total|count|sum)$", "", k.split("{")[0]) for k in {**after, **gw_after}
+    }
+    assert plotted and plotted <= served, plotted - served
 
 
 def test_fleet_watch_shows_the_live_fleet(gateway: Gateway) -> None:
