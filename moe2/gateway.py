@@ -596,8 +596,14 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
         inflight += 1
         metrics.inflight.inc()
 
+        closed = False
+
         def done(code: int) -> None:
-            nonlocal inflight
+            """Count the request once, however it ends (499: the client went away)."""
+            nonlocal inflight, closed
+            if closed:
+                return
+            closed = True
             inflight -= 1
             metrics.inflight.dec()
             metrics.requests.labels(path, str(code)).inc()
@@ -615,6 +621,9 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
             except GatewayError as exc:
                 done(exc.status)
                 return exc.response()
+            except BaseException:  # the client went away: the task was cancelled
+                done(499)
+                raise
             done(200)
             usage = _usage(answer)
             metrics.tokens.labels("prompt").inc(usage["prompt_tokens"])
@@ -638,7 +647,11 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
                     "moe2": breakdown(answer),
                 }
             )
-        return await stream(prompt, request_id, ident, created, body, chat, started, done)
+        try:
+            return await stream(prompt, request_id, ident, created, body, chat, started, done)
+        except BaseException:
+            done(499)
+            raise
 
     async def stream(
         prompt: Prompt,
@@ -747,6 +760,7 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
                     break
                 yield _sse("[DONE]")
             finally:
+                done(499)  # a no-op unless the client went away mid-stream
                 client.listen(request_id, None)
                 if not waiter.done():
                     waiter.cancel()

@@ -226,8 +226,16 @@ def test_a_busy_gateway_answers_429(gateway: Gateway) -> None:
         client.chat.completions.create(model="moe2", messages=CHAT)  # type: ignore[arg-type]
     assert busy.value.status_code == 429
     assert busy.value.response.headers["retry-after"] == "1"
-    for _ in stream:
-        pass
+    stream.close()  # the client goes away mid-stream: its slot must come back
+
+    def answered() -> bool:
+        try:
+            client.chat.completions.create(model="moe2", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+        except openai.RateLimitError:
+            return False
+        return True
+
+    assert wait_until(answered, 30, 0.5)
 
 
 def test_sampling_with_a_seed_repeats_and_stop_cuts(gateway: Gateway) -> None:
