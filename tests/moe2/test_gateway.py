@@ -413,3 +413,10 @@ def test_gateway_refuses_bad_flags(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert nokeys.returncode == 2 and "no API key" in nokeys.stderr
+    metrics = subprocess.run(
+        [sys.executable, "-m", "moe2", "controller", "run", "--metrics", "127.0.0.1:99999"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (
+        metrics.returncode == 2 and "--metrics" in metrics.stderr and "HOST:PORT" in metrics.stderr
+    )
