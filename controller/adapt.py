@@ -154,12 +154,16 @@ class Adaptation:
         self, result: JobResult, key: str, category: str | None, round_trip: float, now: float
     ) -> None:
         assert self.model is not None
-        if not result.ok:
-            return
         lat = result.latency
         delay = max(0.0, round_trip - lat.queue_s - lat.load_s)
         energy = result.energy
         use_energy = energy is not None and lat.load_s < 0.05  # loading is no query's cost
+        if not result.ok:
+            error = result.error or ""
+            if "deadline" not in error or "queue" in error:
+                return  # an error says nothing about the expert's cost
+            # cut off at its deadline: it would have taken at least this long
+            use_energy = False
         learnt = self.model.observe(
             key,
             category,
