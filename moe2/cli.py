@@ -603,6 +603,10 @@ def fleet(
             "-" if r["queue_depth"] is None else str(r["queue_depth"]),
         )
     out.print(table)
+    from moe2.costs_cli import fleet_notes  # newcomers' profiling, budgets nothing fits
+
+    for note in fleet_notes(settings.endpoint, settings.fleet):
+        out.print(note, markup=False)
 
 
 def _no_agents(settings: Any, wait: float) -> None:

@@ -92,6 +92,25 @@ def costs_table(table: CostTable) -> Table:
     return view
 
 
+def fleet_notes(endpoint: BrokerEndpoint, fleet: str) -> list[str]:
+    """What ``moe2 fleet`` adds under its table: newcomers being profiled for the gate, and
+    budgets that nothing fits (from the retained cost table; none without one)."""
+    try:
+        table = read_costs(endpoint, fleet, 1.0)
+    except ConnectionError:
+        return []
+    if table is None:
+        return []
+    notes = [
+        f"{r.key}: new to the gate, {r.profiling or 'waiting to be profiled'}"
+        for r in table.experts
+        if r.online and not r.in_gate
+    ]
+    if not table.feasible:
+        notes.append(f"budgets: {table.problem}")
+    return notes
+
+
 def costs(
     broker: BrokerOpt = None,
     fleet: FleetOpt = None,

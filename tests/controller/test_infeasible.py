@@ -110,3 +110,11 @@ def test_nothing_fits_is_said_with_each_experts_cost(
     assert costs.returncode == 0, costs.stderr
     out = " ".join(costs.stdout.split())
     assert "infeasible:" in out and "e1@a1" in out and "e2@a2" in out and "est." in out
+
+    fleet = subprocess.run(
+        [sys.executable, "-m", "moe2", "fleet", "--broker", mosquitto.url, "--fleet", FLEET,
+         "--wait", "1"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert fleet.returncode == 0, fleet.stderr
+    assert "budgets: no online expert fits the budgets" in " ".join(fleet.stdout.split())
