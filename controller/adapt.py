@@ -70,6 +70,7 @@ class Adaptation:
         self._lock = threading.RLock()
         self._retraining = False
         self._working: Profile | None = None
+        self._suite_problem: str | None = None
         if controller.selection is None:
             return
         self._adopt_extended()
@@ -275,16 +276,24 @@ class Adaptation:
         known = set(selection.expert_keys)
         online = self._online_keys()
         if self.newcomers is None:
-            if not online - known:
+            if not online - known or self._suite_problem is not None:
                 return
-            from controller.suite import DEFAULT_SUITE, load_suite
+            from controller.profile import ProfileError
+            from controller.suite import DEFAULT_SUITE, SuiteError, load_suite
 
-            suite = load_suite(self.c.settings.suite or DEFAULT_SUITE)
-            items = [i for i in suite if i.split in ("train", "val")]
+            working = selection.gated.profile.model_copy(deep=True)
+            try:
+                suite = load_suite(self.c.settings.suite or DEFAULT_SUITE)
+                items = [i for i in suite if i.split in ("train", "val")]
+                add_items(working, items)
+            except (SuiteError, ProfileError) as exc:  # said once, not at every tick
+                self._suite_problem = str(exc)
+                self.c._event("profiling", f"newcomers cannot be profiled: {exc}")
+                return
             self.newcomers = NewcomerQueue(items, rate_hz=self.c.settings.newcomer_rate_hz)
-            self._working = selection.gated.profile.model_copy(deep=True)
-            add_items(self._working, items)
-        queue = self.newcomers
+            self._working = working
+        queue, working = self.newcomers, self._working
+        assert working is not None
         infos = {
             (r.agent_id, e.expert_id): e
             for r in self.c.registry.agents()
@@ -297,8 +306,8 @@ class Adaptation:
                 info = infos.get((agent, expert))
                 if info is None:
                     continue
-                add_expert(self._working, key, info.model, info.template)
-                queue.add(key, self._working)
+                add_expert(working, key, info.model, info.template)
+                queue.add(key, working)
                 self.c._event(
                     "profiling",
                     f"{key} is new to the gate: profiling it on "
@@ -328,7 +337,7 @@ class Adaptation:
         from controller.profile import Measurement
 
         queue = self.newcomers
-        if queue is None:
+        if queue is None or self._working is None:
             return
         ok = result is not None and result.ok and result.choice_probs is not None
         if ok and result is not None:
@@ -358,6 +367,7 @@ class Adaptation:
         queue = self.newcomers
         selection = self.c.selection
         assert queue is not None and selection is not None and self.model is not None
+        assert self._working is not None
         try:
             started = time.perf_counter()
             encoder = CachedEncoder(selection.gated.gate._encoder())
