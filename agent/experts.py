@@ -81,8 +81,15 @@ def open_backend(config: ExpertConfig, path: Path) -> Backend:
             n_gpu_layers=config.n_gpu_layers,
             chat_template=config.chat_template,
             stop=tuple(config.stop),
+            parallel=config.parallel,
         ),
     )
+
+
+def slots(config: ExpertConfig) -> int:
+    """Jobs the expert serves at once: ``parallel`` for llama.cpp; the ONNX export's graph
+    takes one sequence (batch 1, its KV cache bound per session), so one at a time."""
+    return config.parallel if config.backend == "llama.cpp" else 1
 
 
 class ExpertPool:
@@ -95,6 +102,14 @@ class ExpertPool:
         self._loaded: dict[str, _Loaded] = {}
         self._seen: dict[str, _Loaded] = {}  # facts learnt at a first load, kept after unload
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # one load at a time: concurrent jobs load once
+        for config in configs:
+            if config.backend != "llama.cpp" and config.parallel > 1:
+                log.warning(
+                    "expert %s: parallel = %d, but onnxruntime serves one job at a time",
+                    config.id,
+                    config.parallel,
+                )
 
     def check(self, expert_id: str) -> ExpertConfig:
         try:
@@ -116,6 +131,13 @@ class ExpertPool:
         with self._lock:
             if expert_id in self._loaded:
                 return self._loaded[expert_id].backend, 0.0
+        with self._loading:
+            with self._lock:
+                if expert_id in self._loaded:  # loaded by another job meanwhile
+                    return self._loaded[expert_id].backend, 0.0
+            return self._load(expert_id, config)
+
+    def _load(self, expert_id: str, config: ExpertConfig) -> tuple[Backend, float]:
         if self.budget_bytes is not None:
             after = self.memory_needed([*self.loaded_ids, expert_id])
             if after > self.budget_bytes:
@@ -178,6 +200,7 @@ class ExpertPool:
                     chat_template=seen.chat_template if seen else config.chat_template,
                     template=config.template,
                     providers=seen.providers if seen else None,
+                    parallel=slots(config),
                 )
             )
         return out

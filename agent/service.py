@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent import __version__, systemd
 from agent.backends.base import Backend, Sampling
-from agent.experts import ExpertPool, UnknownExpert
+from agent.experts import ExpertPool, UnknownExpert, slots
 from agent.host import HostLoadReader, accelerator_name, host_facts
 from agent.power import PowerSampler, detect_sensor
 from agent.settings import AgentSettings
@@ -110,17 +109,21 @@ class Agent:
             reconnect_max_s=settings.reconnect_max_s,
             on_connected=[self._announce],
         )
-        self._jobs: queue.Queue[_QueuedJob] = queue.Queue(maxsize=settings.job_queue_capacity)
+        # Jobs waiting for a slot of their expert (at most job_queue_capacity), oldest first,
+        # and the jobs running now per expert (at most its ``parallel``), under _jobs_lock.
+        self._waiting: deque[_QueuedJob] = deque()
+        self._running: Counter[str] = Counter()
+        self._job_threads: set[threading.Thread] = set()
+        self._wake = threading.Condition(threading.RLock())
         self._live: dict[JobKey, _QueuedJob] = {}  # queued or running
         self._results: OrderedDict[JobKey, JobResult] = OrderedDict()
-        self._jobs_lock = threading.RLock()
+        self._jobs_lock = self._wake  # one lock: the queue, the slots and the live jobs
         self._plan_lock = threading.Lock()
         self._pending_plan: ActivationPlan | None = None
         self.plan_epoch: int | None = None
         self.plan_source: tuple[str | None, int | None] = (None, None)
         self.load_failures: dict[str, str] = {}  # expert -> why it did not load
         self._stop = threading.Event()
-        self._busy = False
         self.jobs_done = 0
         self.jobs_failed = 0
         self.last_latency_s: float | None = None
@@ -194,7 +197,9 @@ class Agent:
         with self._jobs_lock:
             for item in self._live.values():
                 item.cancel.set()
-        for thread in self._threads:
+            self._wake.notify_all()
+            running = list(self._job_threads)
+        for thread in [*self._threads, *running]:
             thread.join(timeout=30)
         if self.bus.connected:
             info = self.bus.publish(
@@ -241,6 +246,11 @@ class Agent:
     def telemetry(self) -> Telemetry:
         load = self._load.read()
         power = self.sampler.latest() if self.sampler is not None else None
+        loaded = self.pool.loaded_ids
+        with self._jobs_lock:
+            depth = len(self._waiting)
+            running = {e: n for e, n in self._running.items() if n > 0}
+        busy = sum(running.values())
         return Telemetry(
             agent_id=self.agent_id,
             time_s=now_s(),
@@ -251,9 +261,12 @@ class Agent:
             memory_used_bytes=load.memory_used_bytes,
             process_rss_bytes=load.process_rss_bytes,
             temperature_c=load.temperature_c,
-            queue_depth=self._jobs.qsize(),
-            busy=self._busy,
-            loaded_experts=self.pool.loaded_ids,
+            queue_depth=depth,
+            busy=busy > 0,
+            slots_total=sum(slots(self.pool.configs[e]) for e in loaded),
+            slots_busy=busy,
+            expert_slots_busy=running,
+            loaded_experts=loaded,
             plan_epoch=self.plan_epoch,
             jobs_done=self.jobs_done,
             jobs_failed=self.jobs_failed,
@@ -339,14 +352,14 @@ class Agent:
                 return  # the same job again, still queued or running: it answers once
             done = self._results.get(item.key)
             if done is None:
-                try:
-                    self._jobs.put_nowait(item)
-                except queue.Full:
+                if len(self._waiting) >= self.settings.job_queue_capacity:
                     capacity = self.settings.job_queue_capacity
                     reason = f"job queue full ({capacity} waiting)"
                     self._fail(job, reason, received, load_s=0.0, keep=False)
                     return
+                self._waiting.append(item)
                 self._live[item.key] = item
+                self._wake.notify_all()
         if done is not None:  # finished already: its result again, not a second run
             self.bus.publish(topics.AGENT_RESULTS, done, agent_id=self.agent_id)
 
@@ -392,22 +405,55 @@ class Agent:
         self.publish_telemetry()
 
     def _work(self) -> None:
+        """Starts each waiting job, oldest first, in a thread of its own once its expert has a
+        free slot (``parallel`` of them: llama.cpp decodes those jobs together in one batch); a
+        job whose expert is full waits without holding up jobs for other experts. A new plan
+        is applied once no job runs (none starts meanwhile), so an expert is never unloaded
+        under a job."""
         while not self._stop.is_set():
-            self._apply_pending_plan()
-            try:
-                item = self._jobs.get(timeout=0.1)
-            except queue.Empty:
+            with self._jobs_lock:
+                plan_due = self._pending_plan is not None
+                if plan_due and self._job_threads:
+                    self._wake.wait(timeout=0.1)  # the running jobs finish first
+                    continue
+                if not plan_due and not self._start_ready():
+                    self._wake.wait(timeout=0.1)
+            if plan_due:
+                self._apply_pending_plan()
+
+    def _start_ready(self) -> bool:
+        """Under _jobs_lock: start the waiting jobs whose expert has a free slot."""
+        started = False
+        for item in list(self._waiting):
+            if item.cancel.is_set():
+                log.debug("job %s on %s cancelled before it ran", *item.key)
+                self._waiting.remove(item)
+                self._live.pop(item.key, None)
                 continue
-            self._busy = True
-            try:
-                if item.cancel.is_set():
-                    log.debug("job %s on %s cancelled before it ran", *item.key)
-                else:
-                    self._run(item)
-            finally:
-                self._busy = False
-                with self._jobs_lock:
-                    self._live.pop(item.key, None)
+            expert = item.job.expert_id
+            if self._running[expert] >= slots(self.pool.configs[expert]):
+                continue
+            self._waiting.remove(item)
+            self._running[expert] += 1
+            thread = threading.Thread(
+                target=self._job_thread, args=(item,), name=f"job-{expert}", daemon=True
+            )
+            self._job_threads.add(thread)
+            thread.start()
+            started = True
+        return started
+
+    def _job_thread(self, item: _QueuedJob) -> None:
+        try:
+            self._run(item)
+        except Exception:  # _run answers its own failures; this is a bug, not a job's fault
+            log.exception("job %s on %s", *item.key)
+        finally:
+            with self._jobs_lock:
+                self._running[item.job.expert_id] -= 1
+                self._live.pop(item.key, None)
+                self._job_threads.discard(threading.current_thread())
+                self._wake.notify_all()
 
     def _run(self, item: _QueuedJob) -> None:
         job, received = item.job, item.received

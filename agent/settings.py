@@ -54,6 +54,13 @@ class ExpertConfig(BaseModel):
         description="Wrap free-text prompts in the model's chat template, if it has one",
     )
     stop: list[str] = Field(default_factory=list, description="Stop generating at any of these")
+    parallel: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Jobs served at once: llama.cpp decodes them together in one batch "
+        "(continuous batching); onnxruntime serves one at a time whatever this says",
+    )
     template: Template = Field(
         default="cloze", description="How answer choices are scored: cloze, qa or letter"
     )

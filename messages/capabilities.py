@@ -30,6 +30,9 @@ class ExpertInfo(Message):
         description="onnxruntime: the execution providers the loaded session really uses "
         "(get_providers(), not the ones asked for)",
     )
+    parallel: int = Field(
+        default=1, ge=1, le=1024, description="Jobs the expert serves at once (its slots)"
+    )
 
 
 class AgentCapabilities(Message):

@@ -39,3 +39,8 @@ class Telemetry(Message):
     jobs_done: Count
     jobs_failed: Count
     last_latency_s: DurationS | None = None
+    slots_total: Count = Field(default=0, description="Jobs the loaded experts serve at once")
+    slots_busy: Count = Field(default=0, description="Jobs running now")
+    expert_slots_busy: dict[TopicLevel, Count] = Field(
+        default_factory=dict, description="Jobs running now, per expert"
+    )

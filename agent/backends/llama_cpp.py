@@ -28,6 +28,7 @@ from agent.backends.base import (
     past,
     plain_transcript,
 )
+from agent.backends.llama_batch import BatchedContext
 from agent.models import quantisation_name
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,13 @@ class LlamaOptions:
     n_gpu_layers: int = 0
     chat_template: bool = True
     stop: tuple[str, ...] = ()
+    parallel: int = 1  # jobs decoded together (agent/backends/llama_batch.py); 1: one at a time
 
 
 class LlamaCppBackend:
-    """One GGUF model in one llama.cpp context. Not thread-safe: one job at a time."""
+    """One GGUF model in one llama.cpp context. With ``parallel`` 1 not thread-safe: one job
+    at a time. With ``parallel`` > 1 thread-safe: up to that many jobs are decoded together in
+    a second, multi-sequence context (continuous batching), the rest wait for a slot."""
 
     def __init__(self, model_path: Path, options: LlamaOptions) -> None:
         from llama_cpp import Llama, llama_chat_format
@@ -68,6 +72,15 @@ class LlamaCppBackend:
                 "n_gpu_layers=%d, but this llama-cpp-python was built without GPU offload: the "
                 "model runs on the CPU (rebuild: CMAKE_ARGS=-DGGML_CUDA=on, docs/backends.md)",
                 options.n_gpu_layers,
+            )
+        self._batched: BatchedContext | None = None
+        if options.parallel > 1:
+            self._batched = BatchedContext(
+                self.llm._model.model,
+                self.llm.context_params,
+                options.parallel,
+                options.n_ctx,
+                self.llm.n_vocab(),
             )
         template = self.llm.metadata.get("tokenizer.chat_template")
         self._formatter = None
@@ -95,13 +108,23 @@ class LlamaCppBackend:
         return None
 
     @property
+    def parallel(self) -> int:
+        """Jobs this backend runs at once."""
+        return self.options.parallel if self._batched is not None else 1
+
+    @property
     def offloads_to_gpu(self) -> bool:
         """Whether layers run on a GPU: asked for, and this llama.cpp build can."""
         return self.options.n_gpu_layers != 0 and bool(self._lib.llama_supports_gpu_offload())
 
     @property
     def memory_bytes(self) -> int | None:
-        return int(self.llm._model.size()) + int(self._lib.llama_state_get_size(self.llm.ctx))
+        batched = self._batched.state_bytes if self._batched is not None else 0
+        return (
+            int(self.llm._model.size())
+            + int(self._lib.llama_state_get_size(self.llm.ctx))
+            + batched
+        )
 
     @property
     def context_length(self) -> int:
@@ -158,6 +181,18 @@ class LlamaCppBackend:
                 f"prompt of {len(tokens)} tokens does not fit the context of {self.llm.n_ctx()}"
             )
         vocab = self.llm._model.vocab
+        if self._batched is not None:
+            return self._batched.generate(
+                tokens,
+                min(max_tokens, room),
+                deadline_s,
+                cancel,
+                sampling=sampling,
+                is_eog=lambda token: bool(self._lib.llama_vocab_is_eog(vocab, token)),
+                detokenize=lambda ids: self.llm.detokenize(ids).decode("utf-8", errors="replace"),
+                stop=(*self.options.stop, *sampling.stop),
+                on_text=on_text,
+            )
         return greedy_generation(
             self._tokens(tokens, sampling),
             prompt_tokens=len(tokens),
@@ -201,6 +236,8 @@ class LlamaCppBackend:
                 f"prompt of {len(prefix)} tokens plus a choice of {longest} does not fit the "
                 f"context of {self.llm.n_ctx()}"
             )
+        if self._batched is not None:
+            return self._batched.score(prefix, continuations, deadline_s, cancel)
         last_logits = self._decode_prefix(prefix)
         first_score_s = time.monotonic() - start
         first_logprobs = log_softmax(last_logits)
@@ -256,4 +293,6 @@ class LlamaCppBackend:
         return np.concatenate(rows) if all_logits else rows[-1]
 
     def close(self) -> None:
+        if self._batched is not None:
+            self._batched.close()
         self.llm.close()
