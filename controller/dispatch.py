@@ -53,6 +53,7 @@ class Route:
 Router = Callable[[Prompt, dict[str, int]], Route]  # raises Refused
 Replicas = Callable[[str], list[str]]  # expert id -> online agents where it is active
 Capacity = Callable[[str], int]  # agent id -> jobs it may hold at once
+Slots = Callable[[str, str], int]  # (agent id, expert id) -> jobs that expert may hold at once
 
 
 @dataclass
@@ -108,14 +109,17 @@ class Dispatcher:
         max_queued: int,
         retry_after_s: float = 1.0,
         early_answers: bool = True,
+        slots: Slots | None = None,
     ) -> None:
         self.router, self.replicas, self.capacity = router, replicas, capacity
+        self.slots = slots
         self.max_queued = max_queued
         self.early_answers = early_answers
         self.retry_after_s = retry_after_s
         self.pending: dict[str, Pending] = {}
         self.queue: deque[_Queued] = deque()
         self.load: dict[str, int] = {}  # agent -> jobs outstanding
+        self.pair_load: dict[Pair, int] = {}  # (agent, expert) -> jobs outstanding
         self.late_results = 0
         self.answered = 0
         self._lock = threading.RLock()
@@ -179,7 +183,7 @@ class Dispatcher:
                         refusal.failed,
                     )
                     continue
-                if any(self.load.get(a, 0) >= self.capacity(a) for a, _ in route.targets):
+                if any(self._full(a, e) for a, e in route.targets):
                     break  # the oldest waits for room; the rest wait behind it
                 self.queue.popleft()
                 pending = Pending(
@@ -194,6 +198,14 @@ class Dispatcher:
                 for agent, expert in route.targets:
                     self._send(actions, pending, agent, expert, now)
         return actions
+
+    def _full(self, agent: str, expert: str) -> bool:
+        """Whether the agent, or that expert on it (every slot taken), has no room now."""
+        if self.load.get(agent, 0) >= self.capacity(agent):
+            return True
+        return self.slots is not None and (
+            self.pair_load.get((agent, expert), 0) >= self.slots(agent, expert)
+        )
 
     def _send(
         self, actions: Actions, pending: Pending, agent: str, expert: str, now: float
@@ -218,11 +230,13 @@ class Dispatcher:
         pending.jobs[(agent, expert)] = now
         pending.sent[(agent, expert)] = job
         self.load[agent] = self.load.get(agent, 0) + 1
+        self.pair_load[(agent, expert)] = self.pair_load.get((agent, expert), 0) + 1
         actions.jobs.append((agent, job))
 
     def _release(self, pending: Pending, pair: Pair) -> None:
         if pending.jobs.pop(pair, None) is not None:
             self.load[pair[0]] = max(0, self.load.get(pair[0], 0) - 1)
+            self.pair_load[pair] = max(0, self.pair_load.get(pair, 0) - 1)
 
     # -- results and failures -----------------------------------------------------------
 
@@ -266,6 +280,8 @@ class Dispatcher:
         actions = Actions()
         with self._lock:
             self.load.pop(agent_id, None)
+            for pair in [p for p in self.pair_load if p[0] == agent_id]:
+                del self.pair_load[pair]
             for pending in list(self.pending.values()):
                 for pair in [p for p in pending.jobs if p[0] == agent_id]:
                     pending.jobs.pop(pair)
@@ -430,6 +446,7 @@ class Dispatcher:
             self.pending.clear()
             self.queue.clear()
             self.load.clear()
+            self.pair_load.clear()
 
 
 def new_request_id() -> str:

@@ -87,6 +87,7 @@ class Controller:
             settings.max_queued_prompts,
             settings.busy_retry_after_s,
             settings.early_answers,
+            slots=self._slots,
         )
         self.bus = Bus(
             settings.endpoint,
@@ -612,11 +613,27 @@ class Controller:
                 log.warning("stream of %s not relayed to %s: %s", chunk.request_id, route, exc)
 
     def _capacity(self, agent_id: str) -> int:
+        """Jobs outstanding on an agent at most: ``agent_job_window``, or its slots (every
+        expert's ``parallel``) when more, and never more than it holds (slots and queue)."""
         window = self.settings.agent_job_window
         for record in self.registry.agents():
             if record.agent_id == agent_id and record.capabilities is not None:
-                return min(window, record.capabilities.job_queue_capacity)
+                caps = record.capabilities
+                slots = sum(e.parallel for e in caps.experts)
+                return min(max(window, slots), caps.job_queue_capacity + slots)
         return window
+
+    def _slots(self, agent_id: str, expert_id: str) -> int:
+        """Jobs outstanding on one expert of an agent at most: its free slots as the agent
+        announces them (``parallel``), counted here from jobs sent and results back; a job
+        beyond them waits in the controller's queue, not the agent's. Unknown: the agent's
+        window."""
+        for record in self.registry.agents():
+            if record.agent_id == agent_id and record.capabilities is not None:
+                for expert in record.capabilities.experts:
+                    if expert.expert_id == expert_id:
+                        return expert.parallel
+        return self.settings.agent_job_window
 
     def _replicas(self, expert_id: str) -> list[str]:
         active = self.planner.active(self.registry.online_experts())
