@@ -157,7 +157,7 @@ def _slow_and_recover(fleet: LocalFleet, rec: Recorder, what: str) -> None:
         timeout_s=60,
     )
     time.sleep(4)
-    plans = [m for m in rec.messages()[start:] if isinstance(m, FleetPlan)]
+    plans = [before] + [m for m in rec.messages()[start:] if isinstance(m, FleetPlan)]
     sets = [B in _planned(p) for p in plans]
     changes = sum(1 for x, y in zip(sets, sets[1:], strict=False) if x != y)
     assert changes == 2, f"the plan flapped: {[sorted(_planned(p)) for p in plans]}"
