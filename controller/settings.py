@@ -44,6 +44,11 @@ class ControllerSettings(FleetSettings):
     busy_retry_after_s: float = Field(
         default=2.0, gt=0, le=3600, description="The retry hint of a busy answer, s"
     )
+    early_answers: bool = Field(
+        default=True,
+        description="Answer as soon as the experts still out cannot change the answer (off: "
+        "wait for every expert, as a baseline)",
+    )
     election_grace_s: float = Field(
         default=1.0,
         ge=0,
