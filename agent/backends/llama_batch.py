@@ -48,6 +48,12 @@ from agent.backends.base import (
 log = logging.getLogger(__name__)
 
 _DONE = -1  # end of a generation's token queue
+# A free slot keeps the prompt it last decoded; a new prompt that starts with at least this many
+# of the same tokens (a chat template's system turn, a question's shared opening) decodes only
+# the rest, as the one-at-a-time path reuses its context's prefix. A shorter shared start (the
+# BOS token and a word) saves next to nothing and is decoded again, so that a short prompt has
+# exactly the logits of a fresh decode.
+MIN_REUSE = 4
 
 
 @dataclass(eq=False)
@@ -99,7 +105,7 @@ class BatchedContext:
         params = lib.llama_context_params()
         ctypes.pointer(params)[0] = base
         params.n_ctx = n_ctx * parallel
-        params.n_batch = n_ctx * parallel  # a whole prompt (or several) in one decode call
+        params.n_batch = max(n_ctx, parallel)  # a whole prompt, or a token of every slot
         params.n_ubatch = min(512, params.n_batch)
         params.n_seq_max = parallel
         params.kv_unified = False
@@ -110,6 +116,7 @@ class BatchedContext:
         self._capacity = params.n_batch
         self._batch = lib.llama_batch_init(self._capacity, 0, 1)
         self._free_slots = list(range(parallel))
+        self._held: dict[int, list[int]] = {}  # free slot -> the prompt its cache holds
         self._inbox: queue.Queue[_Gen | _Score] = queue.Queue()
         self._slots = threading.Semaphore(parallel)
         self._closed = threading.Event()
@@ -245,7 +252,7 @@ class BatchedContext:
                 pass
             for gen in [g for g in gens if g.abandoned.is_set()]:
                 gens.remove(gen)
-                self._release(gen.seq)
+                self._release(gen.seq, gen.tokens)
             try:
                 self._step(gens, waiting, scoring)
             except Exception as exc:  # a failed decode fails the jobs in it, not the agent
@@ -257,6 +264,7 @@ class BatchedContext:
                 scoring.clear()
                 self._lib.llama_memory_clear(self.memory, True)
                 self._free_slots = list(range(self.parallel))
+                self._held.clear()
         for item in [*gens, *waiting, *scoring]:
             self._fail(item, RuntimeError("the expert was unloaded"))
 
@@ -267,10 +275,33 @@ class BatchedContext:
         else:
             item.done.set()
 
-    def _release(self, seq: int) -> None:
+    def _release(self, seq: int, prompt: list[int] | None = None) -> None:
+        """Free a slot; its cache keeps ``prompt`` (at positions 0..) for the next job."""
         if seq >= 0:
-            self._lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
+            keep = len(prompt) if prompt else 0
+            self._lib.llama_memory_seq_rm(self.memory, seq, keep, -1)
+            self._held[seq] = list(prompt or [])
             self._free_slots.append(seq)
+
+    def _take_slot(self, tokens: list[int]) -> tuple[int, int]:
+        """The free slot whose cache shares the longest start with ``tokens`` (then the lowest),
+        and how many of its tokens to keep."""
+
+        def shared(seq: int) -> int:
+            n = 0
+            for a, b in zip(self._held.get(seq, ()), tokens, strict=False):
+                if a != b:
+                    break
+                n += 1
+            n = min(n, len(tokens) - 1)  # the last token is decoded again, for its logits
+            return n if n >= MIN_REUSE else 0
+
+        seq = max(sorted(self._free_slots), key=shared)  # max keeps the first of equals
+        self._free_slots.remove(seq)
+        keep = shared(seq)
+        self._lib.llama_memory_seq_rm(self.memory, seq, keep, -1)
+        self._held.pop(seq, None)
+        return seq, keep
 
     def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
         b, i = self._batch, self._batch.n_tokens
@@ -315,7 +346,7 @@ class BatchedContext:
         for task in list(scoring):
             if past(task.deadline_s, task.cancel):
                 scoring.remove(task)
-                self._release(task.seq)
+                self._release(task.seq, task.prefix)
                 done = len(task.continuations) - len(task.pending)
                 self._fail(
                     task,
@@ -349,14 +380,13 @@ class BatchedContext:
             if not self._free_slots:
                 break
             waiting.remove(item)
-            self._free_slots.sort()
-            item.seq = self._free_slots.pop(0)
             tokens = item.tokens if isinstance(item, _Gen) else item.prefix
+            item.seq, keep = self._take_slot(tokens)
             self._batch.n_tokens = 0
-            for pos, token in enumerate(tokens):
-                self._add(token, pos, item.seq, pos == len(tokens) - 1)
+            for pos in range(keep, len(tokens)):
+                self._add(tokens[pos], pos, item.seq, pos == len(tokens) - 1)
             self._decode()
-            logits = self._logits(len(tokens) - 1)
+            logits = self._logits(len(tokens) - 1 - keep)
             if isinstance(item, _Gen):
                 item.n_past = len(item.tokens)
                 gens.append(item)
@@ -372,7 +402,7 @@ class BatchedContext:
 
     def _finish_scoring(self, task: _Score, scoring: list[_Score]) -> None:
         scoring.remove(task)
-        self._release(task.seq)
+        self._release(task.seq, task.prefix)
         task.result = task.totals
         task.done.set()
 
@@ -387,5 +417,5 @@ class BatchedContext:
         if gen.is_eog(token) or gen.produced >= gen.budget or gen.n_past >= self.n_ctx:
             gen.out.put(_DONE)
             gens.remove(gen)
-            self._release(gen.seq)
+            self._release(gen.seq, gen.tokens)
 
