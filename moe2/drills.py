@@ -406,26 +406,54 @@ def burst(workdir: Path, prompts: int = 200, max_queued: int | None = None) -> R
         drill.close()
 
 
-def early_against_waiting(workdir: Path, prompts: int = 12) -> tuple[Report, Report]:
-    """The same free-text prompts to SmolLM2 and Gemma 3, answered as soon as decided, and
-    waiting for every expert, in one run."""
-    reports = []
-    for early in (True, False):
-        drill = Drill(workdir / ("early" if early else "wait-all"))
-        drill.workdir.mkdir(parents=True, exist_ok=True)
-        drill.start_broker()
-        args = None if early else ["--no-early-answers"]
-        try:
-            specs = [AgentSpec("e-a", [SMOLLM2]), AgentSpec("e-b", [GEMMA3])]
-            drill.start_fleet("drill-early", specs, controller_args=args)
+def early_against_waiting(
+    workdir: Path, prompts: int = 12, rounds: int = 2
+) -> tuple[Report, Report]:
+    """The same free-text prompts to SmolLM2 and Gemma 3 (one fleet, the same two agents),
+    answered as soon as decided and waiting for every expert: the controller is restarted
+    with and without ``--no-early-answers`` in alternating rounds, so a change of load on the
+    machine falls on both alike."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    latencies: dict[bool, list[float]] = {True: [], False: []}
+    counts: dict[bool, Counter[str]] = {True: Counter(), False: Counter()}
+    lost = {True: 0, False: 0}
+    duplicated = {True: 0, False: 0}
+    try:
+        specs = [AgentSpec("e-a", [SMOLLM2]), AgentSpec("e-b", [GEMMA3])]
+        fleet = drill.start_fleet("drill-early", specs, controllers=("warm-up",))
+        fleet.kill("warm-up", signal.SIGTERM)
+        fleet.processes.pop("warm-up")
+        for index in range(2 * rounds):
+            early = index % 2 == 0
+            name = f"{'early' if early else 'wait'}-{index}"
+            fleet.start_controller(name, None if early else ["--no-early-answers"])
+            fleet.wait_ready(["e-a", "e-b"], timeout_s=60)
             with drill.traffic() as traffic:
-                for _ in range(prompts):
+                for _ in range(max(1, prompts // rounds)):
                     traffic.send(text_prompt(max_tokens=24))
                     traffic.wait_all(120)
-                name = "early answers" if early else "waiting for every expert"
-                reports.append(traffic.report(name))
-        finally:
-            drill.close()
+                report = traffic.report(name)
+            latencies[early] += report.latencies_s
+            counts[early].update(report.statuses)
+            lost[early] += report.lost
+            duplicated[early] += report.duplicated
+            fleet.kill(name, signal.SIGTERM)
+            fleet.processes.pop(name)
+    finally:
+        drill.close()
+    reports = [
+        Report(
+            name="early answers" if early else "waiting for every expert",
+            asked=len(latencies[early]) + lost[early],
+            answered=len(latencies[early]),
+            lost=lost[early],
+            duplicated=duplicated[early],
+            statuses=dict(counts[early]),
+            latencies_s=latencies[early],
+        )
+        for early in (True, False)
+    ]
     return reports[0], reports[1]
 
 
