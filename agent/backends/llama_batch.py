@@ -241,10 +241,14 @@ class BatchedContext:
         gens: list[_Gen] = []  # live generations (prompt decoded)
         waiting: list[_Gen | _Score] = []  # admitted, prompt not yet decoded
         scoring: list[_Score] = []  # prompt decoded, continuations next
+        stalled = False
         while not self._closed.is_set():
             idle = not (gens or waiting or scoring)
             try:
-                item = self._inbox.get(timeout=0.1) if idle else self._inbox.get_nowait()
+                if idle or stalled:  # nothing to decode: wait for work, do not spin
+                    item = self._inbox.get(timeout=0.1 if idle else 0.005)
+                else:
+                    item = self._inbox.get_nowait()
                 waiting.append(item)
                 while True:
                     waiting.append(self._inbox.get_nowait())
@@ -254,7 +258,7 @@ class BatchedContext:
                 gens.remove(gen)
                 self._release(gen.seq, gen.tokens)
             try:
-                self._step(gens, waiting, scoring)
+                stalled = not self._step(gens, waiting, scoring)
             except Exception as exc:  # a failed decode fails the jobs in it, not the agent
                 log.exception("batched decode failed")
                 for item in [*gens, *waiting, *scoring]:
@@ -322,7 +326,7 @@ class BatchedContext:
 
     def _step(
         self, gens: list[_Gen], waiting: list[_Gen | _Score], scoring: list[_Score]
-    ) -> None:
+    ) -> bool:
         """One round: a decode holding the next token of every live generation, then each
         new prompt and each scoring job's next multi-token continuation in a decode of its own.
 
@@ -332,7 +336,8 @@ class BatchedContext:
         the one-at-a-time path's), and prompts are compute-bound, so batching them gains
         nothing on a CPU anyway. The generation tokens go in sequence order, and slots are
         handed out lowest first, so they are one ubatch as long as the live slots are
-        consecutive."""
+        consecutive. Returns whether anything was decoded."""
+        decoded = bool(gens)
         if gens:
             self._batch.n_tokens = 0
             live = sorted(gens, key=lambda g: g.seq)
@@ -355,6 +360,7 @@ class BatchedContext:
                     ),
                 )
                 continue
+            decoded = True
             choice = task.pending.pop(0)
             cont = task.continuations[choice]
             self._lib.llama_memory_seq_rm(self.memory, task.seq, len(task.prefix), -1)
@@ -380,6 +386,7 @@ class BatchedContext:
             if not self._free_slots:
                 break
             waiting.remove(item)
+            decoded = True
             tokens = item.tokens if isinstance(item, _Gen) else item.prefix
             item.seq, keep = self._take_slot(tokens)
             self._batch.n_tokens = 0
@@ -399,6 +406,7 @@ class BatchedContext:
             scoring.append(item)
             if not item.pending:
                 self._finish_scoring(item, scoring)
+        return decoded
 
     def _finish_scoring(self, task: _Score, scoring: list[_Score]) -> None:
         scoring.remove(task)
