@@ -116,7 +116,7 @@ class BatchedContext:
         self._capacity = params.n_batch
         self._batch = lib.llama_batch_init(self._capacity, 0, 1)
         self._free_slots = list(range(parallel))
-        self._held: dict[int, list[int]] = {}  # free slot -> the prompt its cache holds
+        self._held: dict[int, list[int]] = {}  # slot -> the prompt its cache holds at 0..
         self._inbox: queue.Queue[_Gen | _Score] = queue.Queue()
         self._slots = threading.Semaphore(parallel)
         self._closed = threading.Event()
@@ -289,7 +289,10 @@ class BatchedContext:
 
     def _take_slot(self, tokens: list[int]) -> tuple[int, int]:
         """The free slot whose cache shares the longest start with ``tokens`` (then the lowest),
-        and how many of its tokens to keep."""
+        and how many of its tokens to keep. When another slot, free or busy, shares a longer
+        start, its cache is copied into the one taken first (llama.cpp copies a sequence's
+        whole buffer between per-sequence caches, at the next decode: a few MB, against a
+        prompt decoded again), so a cold slot starts from a warm one's prompt."""
 
         def shared(seq: int) -> int:
             n = 0
@@ -303,8 +306,12 @@ class BatchedContext:
         seq = max(sorted(self._free_slots), key=shared)  # max keeps the first of equals
         self._free_slots.remove(seq)
         keep = shared(seq)
+        source = max(sorted(self._held), key=shared, default=seq)
+        if shared(source) > keep:
+            self._lib.llama_memory_seq_cp(self.memory, source, seq, -1, -1)
+            keep = shared(source)
         self._lib.llama_memory_seq_rm(self.memory, seq, keep, -1)
-        self._held.pop(seq, None)
+        self._held[seq] = list(tokens)
         return seq, keep
 
     def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
