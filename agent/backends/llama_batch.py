@@ -155,6 +155,8 @@ class BatchedContext:
                 try:
                     token = gen.out.get(timeout=0.05)
                 except queue.Empty:
+                    if not self._thread.is_alive() and gen.out.empty():
+                        raise RuntimeError("the expert was unloaded") from None
                     if past(deadline_s, cancel) and gen.produced == 0:
                         waited_out = True  # no first token before the deadline
                         return
@@ -197,7 +199,9 @@ class BatchedContext:
             if not admitted:
                 raise DeadlineExceeded(f"scored 0 of {len(continuations)} choices: no free slot")
             self._inbox.put(task)
-            task.done.wait()
+            while not task.done.wait(0.1):
+                if not self._thread.is_alive():  # closed under it
+                    raise RuntimeError("the expert was unloaded")
         if task.error is not None:
             raise task.error
         assert task.result is not None
@@ -269,6 +273,11 @@ class BatchedContext:
                 self._lib.llama_memory_clear(self.memory, True)
                 self._free_slots = list(range(self.parallel))
                 self._held.clear()
+        while True:  # jobs handed over but never taken: they must not wait forever
+            try:
+                waiting.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
         for item in [*gens, *waiting, *scoring]:
             self._fail(item, RuntimeError("the expert was unloaded"))
 

@@ -231,3 +231,32 @@ def test_agent_runs_parallel_jobs_and_reports_its_slots(
     assert all(total == 3 for _, total, _, _ in busy)
     assert max(b for b, _, _, _ in busy) == 3  # three ran at once, never more
     assert any(b == 3 and depth > 0 and per == {"smollm2": 3} for b, _, depth, per in busy)
+
+
+def test_closing_the_backend_answers_every_caller() -> None:
+    """Jobs running and jobs waiting for a slot all return or raise when the expert is
+    unloaded under them; none waits forever."""
+    backend = LlamaCppBackend(resolve_model("smollm2-135m"), LlamaOptions(n_ctx=256, parallel=2))
+    outcomes: list[str] = []
+    started = threading.Event()
+
+    def job(i: int) -> None:
+        def piece(text: str) -> None:
+            started.set()
+
+        try:
+            backend.generate(PROMPTS[i], 200, time.monotonic() + 300, on_text=piece)
+            outcomes.append("returned")
+        except RuntimeError:
+            outcomes.append("raised")
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(4)]  # two wait for a slot
+    for t in threads:
+        t.start()
+    assert started.wait(60)
+    assert backend._batched is not None
+    backend._batched.close()  # the batched context goes; the model stays until the jobs end
+    for t in threads:
+        t.join(30)
+    backend.close()
+    assert not any(t.is_alive() for t in threads) and len(outcomes) == 4

@@ -5,12 +5,19 @@ without a gate goes to one replica of each expert."""
 from __future__ import annotations
 
 import random
+import time
+import uuid
 
 from controller.decisions import one_replica_each
 from controller.dispatch import Actions, Dispatcher, Route
 from controller.ledger import Entry, ReplyRoute
+from controller.service import Controller
+from controller.settings import ControllerSettings
+from messages import topics
 from messages.prompts import Prompt
 from messages.results import JobResult, LatencyBreakdown
+from moe2.broker import LocalBroker
+from tests.controller.test_controller_service import ScriptedAgent, _ask, silent, text
 
 # smol: two replicas with 3 and 2 slots; tiny: one replica with 1 slot, beside smol on a1
 ACTIVE = [("a1", "smol"), ("a2", "smol"), ("a1", "tiny")]
@@ -115,3 +122,36 @@ def test_a_prompt_without_a_gate_goes_to_one_replica_of_each_expert() -> None:
         ("a1", "smol", "r1"),
         ("a1", "tiny", "r1"),
     ]
+
+
+def test_the_controller_holds_what_an_experts_slots_cannot_take(mosquitto: LocalBroker) -> None:
+    """A real controller and a scripted agent announcing one slot (parallel 1): of three
+    prompts one job goes out, two wait in the controller's queue, and the next goes out when
+    the result comes back."""
+    fleet = f"slots-{uuid.uuid4().hex[:6]}"
+    settings = ControllerSettings.load(
+        None, broker=mosquitto.url, fleet=fleet, status_interval_s=0.3
+    )
+    controller = Controller(settings)
+    controller.start()
+    agent = ScriptedAgent(mosquitto, fleet, "a1", "e1")
+    agent.behaviour = silent
+    try:
+        agent.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not controller.planner.assignments:
+            time.sleep(0.05)
+        for i in range(3):
+            _ask(mosquitto, fleet, Prompt(prompt="q", request_id=f"s{i}"))
+        time.sleep(1.0)
+        assert [j.request_id for j in agent.jobs] == ["s0"]
+        assert controller.dispatcher.counts() == (2, 1)
+        agent.bus.publish(topics.AGENT_RESULTS, text("hi")(agent.jobs[0]), agent_id="a1")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(agent.jobs) < 2:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert [j.request_id for j in agent.jobs] == ["s0", "s1"]
+    finally:
+        agent.bus.close()
+        controller.stop()
