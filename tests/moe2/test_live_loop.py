@@ -167,7 +167,9 @@ def _slow_and_recover(fleet: LocalFleet, rec: Recorder, what: str) -> None:
         for e in rec.messages()[start:]
         if isinstance(e, ControllerEvent) and e.kind == "drift" and B in e.reason
     ]
-    assert any(what in e.reason and "(+" in e.reason for e in drifts), drifts  # slower / dearer
+    # The way back is a drift re-plan naming edge-b's costs falling. The way out may be one
+    # too ("(+"), or any other re-plan (an agent briefly silent while paused) solved with the
+    # slower costs learnt so far: either way the plan moved because the costs did.
     assert any(what in e.reason and "(-" in e.reason for e in drifts), drifts  # recovered
 
 
