@@ -28,6 +28,11 @@ from messages.results import JobResult
 
 Pair = tuple[str, str]  # (agent_id, expert_id)
 
+# A job whose agent went away with no replica left, and nothing else to answer with, waits this
+# long for one to come back (a restarting broker sends every agent's will at once; agents are
+# back within seconds) before the prompt is answered without it.
+PARK_GRACE_S = 10.0
+
 
 class Refused(Exception):
     """A prompt that will not be dispatched, with the reason it is answered with."""
@@ -83,6 +88,8 @@ class Pending:
     sent: dict[Pair, Job] = field(default_factory=dict)
     arrivals: dict[Pair, Arrival] = field(default_factory=dict)
     failed: list[ExpertFailure] = field(default_factory=list)
+    # expert -> (agent, why, when): a job whose agent went away with no replica to take it
+    parked: dict[str, tuple[str, str, float]] = field(default_factory=dict)
     weights: dict[str, float] | None = None
     budgets: Budgets | None = None
 
@@ -266,6 +273,8 @@ class Dispatcher:
 
     def _settle(self, actions: Actions, pending: Pending, now: float) -> None:
         """Answer the request if what is still out can no longer change the answer."""
+        if pending.parked:
+            return  # waiting for a replica of an expert whose agent went away
         arrived = {key(a, e): arr.result for (a, e), arr in pending.arrivals.items()}
         outstanding = [key(a, e) for a, e in pending.jobs]
         # A prompt that names its experts wants each one's output (profiling does): it waits.
@@ -283,8 +292,10 @@ class Dispatcher:
             for pair in [p for p in self.pair_load if p[0] == agent_id]:
                 del self.pair_load[pair]
             for pending in list(self.pending.values()):
-                for pair in [p for p in pending.jobs if p[0] == agent_id]:
+                lost = [p for p in pending.jobs if p[0] == agent_id]
+                for pair in lost:
                     pending.jobs.pop(pair)
+                for pair in lost:
                     expert = pair[1]
                     spare = [
                         a
@@ -292,6 +303,11 @@ class Dispatcher:
                         if a != agent_id and (a, expert) not in pending.sent
                     ]
                     target = least_loaded(spare, self.load)
+                    if target is None and not pending.jobs and not pending.arrivals:
+                        # Nothing else to answer with (a broker going down sends every will at
+                        # once): wait, within the deadline, for a replica to come back.
+                        pending.parked[expert] = (agent_id, reason, now)
+                        continue
                     if target is None:
                         pending.failed.append(
                             ExpertFailure(agent_id=agent_id, expert_id=expert, reason=reason)
@@ -332,14 +348,46 @@ class Dispatcher:
         with self._lock:
             for pending in [p for p in self.pending.values() if now >= p.deadline]:
                 self._finish(actions, pending, now, "deadline")
+            for pending in [p for p in self.pending.values() if p.parked]:
+                self._unpark(actions, pending, now)
             actions.extend(self.pump(now))
         return actions
+
+    def _unpark(self, actions: Actions, pending: Pending, now: float) -> None:
+        """Send a parked job to a replica of its expert that is active again (the same agent
+        back after a reconnect takes it once, or answers with the result it has)."""
+        for expert, (agent_id, why, since) in list(pending.parked.items()):
+            target = least_loaded(self.replicas(expert), self.load)
+            if target is None:
+                if now - since >= PARK_GRACE_S:  # gone for good: answer without it
+                    del pending.parked[expert]
+                    pending.failed.append(
+                        ExpertFailure(agent_id=agent_id, expert_id=expert, reason=why)
+                    )
+                    self._settle(actions, pending, now)
+                continue
+            del pending.parked[expert]
+            if pending.weights is not None and target != agent_id:
+                pending.weights[key(target, expert)] = pending.weights.pop(
+                    key(agent_id, expert), 0.0
+                )
+            pending.sent.pop((target, expert), None)
+            self._send(actions, pending, target, expert, now)
 
     # -- answers ------------------------------------------------------------------------
 
     def _finish(self, actions: Actions, pending: Pending, now: float, why: str) -> None:
         request_id = pending.entry.request_id
         self.pending.pop(request_id, None)
+        for expert, (agent_id, why, _) in pending.parked.items():
+            pending.failed.append(
+                ExpertFailure(
+                    agent_id=agent_id,
+                    expert_id=expert,
+                    reason=f"{why}; no replica came back before the deadline",
+                )
+            )
+        pending.parked.clear()
         left_out = []
         for agent, expert in list(pending.jobs):
             self._release(pending, (agent, expert))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.dispatch import Dispatcher, Route
+from controller.dispatch import PARK_GRACE_S, Dispatcher, Route
 from controller.ledger import Entry, Ledger, ReplyRoute
 from messages.answers import Answer
 from messages.prompts import Prompt
@@ -73,14 +73,16 @@ def test_a_dead_agents_job_fails_over_to_the_other_replica() -> None:
     assert answer.status == "ok" and answer.experts[0].agent_id == "a2"
 
 
-def test_without_a_replica_the_answer_comes_at_once_without_it() -> None:
+def test_without_a_replica_the_answer_comes_once_the_grace_is_over() -> None:
     global ACTIVE
     saved, ACTIVE = ACTIVE, [("a1", "smol")]
     try:
         d = make(capacity=4)
-        d.admit(entry("r1"), 0.0, 1000.0)
-        actions = d.on_agent_down("a1", "agent a1 went offline", 1.0)
-        answer = actions.answers[0][0]
+        d.admit(entry("r1", timeout_s=60.0), 0.0, 1000.0)
+        ACTIVE = []  # a1 is offline, and it was the only replica
+        assert not d.on_agent_down("a1", "agent a1 went offline", 1.0).answers
+        assert not d.tick(1.0 + PARK_GRACE_S / 2).answers  # it may be back in a moment
+        answer = d.tick(1.0 + PARK_GRACE_S).answers[0][0]  # gone for good: answered without it
         assert answer.status == "failed" and "went offline" in answer.failed[0].reason
     finally:
         ACTIVE = saved
@@ -138,3 +140,29 @@ def test_the_ledger_stays_small_when_left_running(tmp_path: Path) -> None:
         ledger_module.COMPACT_LINES = old
         ledger.close()
     assert list(Ledger(path).entries) == ["r7"]
+
+
+def test_with_every_replica_gone_the_job_waits_for_one_to_come_back() -> None:
+    # A broker going down publishes every agent's will at once: rather than answer "failed"
+    # with nothing to say, the prompt waits (within its deadline) for a replica to return.
+    global ACTIVE
+    saved = ACTIVE
+    try:
+        d = make(capacity=4)
+        d.admit(entry("r1", timeout_s=30.0), 0.0, 1000.0)
+        ACTIVE = []
+        assert not d.on_agent_down("a1", "agent a1 went offline (connection lost)", 1.0).answers
+        assert not d.tick(2.0).answers and d.counts() == (0, 1)
+        ACTIVE = [("a1", "smol")]  # back after the broker's restart
+        resent = d.tick(3.0)
+        assert [(a, j.request_id) for a, j in resent.jobs] == [("a1", "r1")]
+        actions, _ = d.on_result(done("a1", "r1"), 3.5)
+        assert actions.answers[0][0].status == "ok"
+        # And when none comes back, the deadline answers it, naming why.
+        d.admit(entry("r2", timeout_s=5.0), 10.0, 1000.0)
+        ACTIVE = []
+        d.on_agent_down("a1", "agent a1 went offline (connection lost)", 11.0)
+        answer = d.tick(15.5).answers[0][0]
+        assert answer.status == "failed" and "no replica came back" in answer.failed[0].reason
+    finally:
+        ACTIVE = saved

