@@ -62,6 +62,9 @@ RECHECK_TOL = 1e-9
 # At most this many elements per [children, samples, candidates] array: larger batches are split,
 # and the walk can stop between the parts.
 BATCH_ELEMENTS = 200_000
+# A child with at most this many candidates left has its whole subtree (at most 2^this sets)
+# scored in one batch instead of being expanded node by node with bounds.
+LEAF_CANDIDATES = 8
 # Local search stops after this many improving moves (each move is one batch of neighbours).
 MAX_LOCAL_MOVES = 200
 
@@ -277,8 +280,10 @@ class BranchAndBound:
         self.modular_bound = modular_bound
         self.tangent_bound = tangent_bound
         self.tangent_rounds = 2
+        self.leaf_candidates = LEAF_CANDIDATES
         self.limit_j = _energy_limit(ev)
         self.nodes_expanded = 0
+        self.leaves_enumerated = 0
         order = sorted(single_loss, key=lambda n: (single_loss[n], ev.energy[n], n))
         self.order = np.asarray(order, dtype=np.intp)
         self.stack: list[_Frame] = []
@@ -359,10 +364,25 @@ class BranchAndBound:
                 yield  # stopped here, child j and the later ones are open
                 if frame.suffix_min[j] > self.cutoff():
                     return  # no set under this node's remaining children can win
-                frame.next = j + 1
                 later = cands[rest[j]]
                 if len(later) == 0 or bounds[j] > self.cutoff():
+                    frame.next = j + 1
                     continue
+                if len(later) <= self.leaf_candidates:
+                    # A small subtree: every set in it scored in one batch, no bounds. The walk
+                    # does not pause inside, so child j stays open until its sets are all scored.
+                    self._enumerate(
+                        children[j],
+                        _bits_add(node.bits, int(u)),
+                        num[j],
+                        den[j],
+                        float(energy[j]),
+                        float(losses[j]),
+                        later,
+                    )
+                    frame.next = j + 1
+                    continue
+                frame.next = j + 1
                 child = _Node(
                     members=children[j],
                     bits=_bits_add(node.bits, int(u)),
@@ -377,6 +397,58 @@ class BranchAndBound:
                 yield from self._expand(child)
         finally:
             self.stack.pop()
+
+    def _enumerate(
+        self,
+        members: tuple[int, ...],
+        bits: int,
+        num: FloatArray,
+        den: FloatArray,
+        energy_j: float,
+        loss: float,
+        later: IntArray,
+    ) -> None:
+        """Score every set members ∪ V (V ⊆ later, non-empty, fits the energy) in one batch.
+
+        Only the energy can rule out a set here: every expert of ``later`` fits beside
+        ``members`` alone (delays are a maximum, so a set fits its delay budgets when each of its
+        experts does). Each set's parent in the search order is the set without its last expert
+        in ``later``: the monotonicity violations are counted against it, as node by node.
+        """
+        ev = self.ev
+        masks, parents = _subset_masks(len(later))
+        fits = energy_j + masks @ ev.energy[later] <= self.limit_j
+        # A set fits only if its parent does (energies are non-negative): parents stay in.
+        rows = np.flatnonzero(fits)
+        if not len(rows):
+            return
+        chosen = masks[rows]
+        num_v = num[None, :] + chosen @ ev.weighted_gold[:, later].T  # [sets, samples]
+        den_v = den[None, :] + chosen @ ev.weights[:, later].T
+
+        def members_of(i: int) -> tuple[int, ...]:
+            return (*members, *(int(n) for n in later[chosen[i] > 0]))
+
+        if ev.stable:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                losses = -np.log(np.maximum(MIN_PROB, num_v / den_v)).mean(axis=1)
+        else:
+            losses = batch_losses(ev, num_v, den_v, [members_of(i) for i in range(len(rows))])
+        full = np.full(len(masks), np.nan)
+        full[rows] = losses
+        parent_loss = np.where(parents[rows] < 0, loss, full[np.maximum(parents[rows], 0)])
+        self.tracker.violations += int((losses > parent_loss + TIE_TOL).sum())
+        # Sets the local search scored already are not counted again.
+        region = bits
+        for n in later:
+            region |= 1 << int(n)
+        scored = sum(
+            1 for b in self.seen if b != bits and b & bits == bits and b | region == region
+        )
+        self.tracker.evaluated += len(rows) - scored
+        near = np.flatnonzero(losses <= self.tracker.best + RECHECK_TOL)
+        self.tracker.consider_batch(losses[near], [members_of(int(i)) for i in near])
+        self.leaves_enumerated += 1
 
     def _bounds_of(
         self,
@@ -543,6 +615,21 @@ class BranchAndBound:
         grows = q_max > own
         bound = (num + x) / (den + x / np.where(grows, q_max, 1.0))
         return np.where(grows, bound, own)
+
+
+_MASKS: dict[int, tuple[FloatArray, IntArray]] = {}
+
+
+def _subset_masks(size: int) -> tuple[FloatArray, IntArray]:
+    """The 2^size - 1 non-empty subsets of ``size`` items as 0/1 rows, and the row of each one's
+    parent (the subset without its last item; -1 for singletons)."""
+    if size not in _MASKS:
+        codes = np.arange(1, 1 << size)
+        masks = ((codes[:, None] >> np.arange(size)[None, :]) & 1).astype(float)
+        last = np.floor(np.log2(codes)).astype(np.intp)
+        parents = (codes - (1 << last)) - 1  # row of the parent code; -1 when it is empty
+        _MASKS[size] = (masks, parents.astype(np.intp))
+    return _MASKS[size]
 
 
 def _suffix_min(values: FloatArray) -> FloatArray:
