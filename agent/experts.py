@@ -11,6 +11,7 @@ from pathlib import Path
 from agent.backends.base import Backend
 from agent.models import resolve_model
 from agent.onnx.artifact import read_artifact
+from agent.requantize import requantize
 from agent.settings import ExpertConfig
 from messages.capabilities import ExpertInfo
 
@@ -47,7 +48,8 @@ def model_location(config: ExpertConfig) -> Path:
         read_artifact(folder)  # a clear ModelNotFound unless it is a finished export
         check_onnxruntime()
         return folder
-    return resolve_model(config.model)
+    path = resolve_model(config.model)
+    return requantize(path, config.quantize) if config.quantize else path
 
 
 def size_on_disk(path: Path) -> int:

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.onnx.artifact import is_export
+from agent.requantize import RequantizeType
 from agent.templates import Template
 from messages.base import TOPIC_LEVEL_PATTERN, TOPIC_LEVEL_RE
 from messages.settings import FleetSettings
@@ -61,6 +62,13 @@ class ExpertConfig(BaseModel):
         description="Jobs served at once: llama.cpp decodes them together in one batch "
         "(continuous batching); onnxruntime serves one at a time whatever this says",
     )
+    quantize: RequantizeType | None = Field(
+        default=None,
+        description="llama.cpp: serve the model re-quantised to Q8_0 or Q4_0 (converted once "
+        "with llama.cpp's quantizer, cached under $XDG_CACHE_HOME/moe2/models): weight types "
+        "with batched CPU kernels, so that parallel pays on a CPU; Q8_0 keeps 4- and 5-bit "
+        "weights almost exactly",
+    )
     template: Template = Field(
         default="cloze", description="How answer choices are scored: cloze, qa or letter"
     )
@@ -81,6 +89,11 @@ class ExpertConfig(BaseModel):
             raise ValueError(
                 "n_gpu_layers is a llama.cpp option; an onnxruntime expert picks its device "
                 'with providers (e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"])'
+            )
+        if self.backend == "onnxruntime" and self.quantize is not None:
+            raise ValueError(
+                "quantize is a llama.cpp option (GGUF weights); an onnxruntime export keeps the "
+                "weights moe2 export-onnx wrote"
             )
         if self.backend == "llama.cpp" and self.providers is not None:
             raise ValueError(

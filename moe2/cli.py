@@ -195,6 +195,7 @@ def agent_run(
     """Serve this device's experts to the fleet."""
     from agent.backends.base import BackendUnavailable
     from agent.models import ModelNotFound
+    from agent.requantize import RequantizeFailed
     from agent.service import Agent
     from agent.settings import AgentSettings
 
@@ -212,7 +213,7 @@ def agent_run(
         fail("no experts configured: give --expert ID=MODEL or [[experts]] in the config file")
     try:
         service = Agent(settings)
-    except (ModelNotFound, BackendUnavailable) as exc:
+    except (ModelNotFound, BackendUnavailable, RequantizeFailed) as exc:
         fail(str(exc))
     _serve(service)
 
