@@ -1,7 +1,8 @@
 """Throughput: one agent serving one model, K prompts at once, ``parallel = 1`` vs ``parallel = N``.
 
     .venv/bin/python benchmarks/throughput.py [--ks 1,4,16,64] [--parallel 8] [--max-tokens 32]
-                                              [--model smollm2-135m]
+                                              [--model smollm2-135m] [--quantize Q8_0]
+                                              [--n-gpu-layers -1]
 
 For each ``parallel`` a fresh fleet (Mosquitto or the embedded broker, the controller and one
 agent, as separate processes) takes K story prompts of ``--max-tokens`` greedy tokens, all sent
@@ -10,7 +11,9 @@ backend answers the same prompts one after another (the floor: direct sequential
 calls, latency counted as if all K had arrived at once). Prints prompts/s and p50/p95 latency
 for each, the ratio parallel N / parallel 1 at every K (target at K = 16: >= 1.8), and the
 failures (target: none at K = 64). Greedy decoding: every way does the same work (the answers'
-token counts are checked against the direct run's).
+token counts are checked against the direct run's). ``--quantize`` serves the model re-quantised
+(the expert setting of the same name, agent/requantize.py) in every way, direct floor included;
+``--n-gpu-layers`` offloads it (a CUDA build of llama.cpp) in every way.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.backends.llama_cpp import LlamaCppBackend, LlamaOptions  # noqa: E402
 from agent.models import resolve_model  # noqa: E402
+from agent.requantize import requantize  # noqa: E402
 from agent.templates import choice_prompt  # noqa: E402
 from benchmarks.prompts import story_prompts  # noqa: E402
 from messages.bus import Inbound  # noqa: E402
@@ -123,10 +127,31 @@ def direct(backend: LlamaCppBackend, k: int, kind: str, max_tokens: int) -> Run:
     return Run("direct", k, kind, done_at, done_at[-1], 0, tokens)
 
 
-def step_costs(model: str, sizes: tuple[int, ...] = (1, 2, 4, 8, 16)) -> None:
+@dataclass(frozen=True)
+class Served:
+    """The model as every way in the run serves it."""
+
+    model: str
+    quantize: str | None = None
+    n_gpu_layers: int = 0
+
+    def path(self) -> Path:
+        path = resolve_model(self.model)
+        return requantize(path, self.quantize) if self.quantize else path
+
+    def expert(self, parallel: int) -> dict[str, Any]:
+        expert: dict[str, Any] = {"id": "expert", "model": self.model, "n_ctx": N_CTX}
+        expert |= {"parallel": parallel, "n_gpu_layers": self.n_gpu_layers}
+        return expert | ({"quantize": self.quantize} if self.quantize else {})
+
+    def options(self, parallel: int = 1) -> LlamaOptions:
+        return LlamaOptions(n_ctx=N_CTX, parallel=parallel, n_gpu_layers=self.n_gpu_layers)
+
+
+def step_costs(served: Served, sizes: tuple[int, ...] = (1, 2, 4, 8, 16)) -> None:
     """What one decode step costs with n sequences, each one token (the batching's ceiling:
     n x the one-token time means no gain at all)."""
-    backend = LlamaCppBackend(resolve_model(model), LlamaOptions(n_ctx=N_CTX, parallel=max(sizes)))
+    backend = LlamaCppBackend(served.path(), served.options(parallel=max(sizes)))
     batched = backend._batched
     assert batched is not None
     batched._closed.set()  # its scheduler stops: the context is driven directly here
@@ -160,13 +185,13 @@ def step_costs(model: str, sizes: tuple[int, ...] = (1, 2, 4, 8, 16)) -> None:
 
 
 def fleet_runs(
-    parallel: int, ks: list[int], max_tokens: int, model: str, workdir: Path
+    parallel: int, ks: list[int], max_tokens: int, served: Served, workdir: Path
 ) -> list[Run]:
     runs: list[Run] = []
     with start_local_broker() as broker:
         fleet = LocalFleet(broker.endpoint, f"tput{parallel}", workdir / f"p{parallel}")
         fleet.workdir.mkdir(parents=True, exist_ok=True)
-        expert = {"id": "expert", "model": model, "n_ctx": N_CTX, "parallel": parallel}
+        expert = served.expert(parallel)
         fleet.start_controller()
         fleet.start_agent(
             AgentSpec("tput-a", [expert], settings={"job_queue_capacity": max(ks) + 8})
@@ -201,20 +226,27 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--quantize", choices=["Q8_0", "Q4_0"], default=None)
+    parser.add_argument("--n-gpu-layers", type=int, default=0)
     parser.add_argument(
         "--steps-only", action="store_true", help="only the cost of a decode step by batch size"
     )
     args = parser.parse_args()
+    served = Served(args.model, args.quantize, args.n_gpu_layers)
     if args.steps_only:
-        step_costs(args.model)
+        step_costs(served)
         return
     ks = [int(k) for k in args.ks.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="moe2-tput-"))
-    print(f"machine: {platform.node()} {platform.machine()}; model {args.model}; n_ctx {N_CTX}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}; model {args.model}; "
+        f"quantize {args.quantize or 'as shipped'}; n_gpu_layers {args.n_gpu_layers}; "
+        f"n_ctx {N_CTX}"
+    )
 
-    runs = fleet_runs(1, ks, args.max_tokens, args.model, workdir)
-    runs += fleet_runs(args.parallel, ks, args.max_tokens, args.model, workdir)
-    backend = LlamaCppBackend(resolve_model(args.model), LlamaOptions(n_ctx=N_CTX))
+    runs = fleet_runs(1, ks, args.max_tokens, served, workdir)
+    runs += fleet_runs(args.parallel, ks, args.max_tokens, served, workdir)
+    backend = LlamaCppBackend(served.path(), served.options())
     backend.generate("Hello.", 4, time.monotonic() + 60)
     floors = {}
     for kind in ("gen", "choice"):
@@ -251,7 +283,7 @@ def main() -> None:
     print(f"target: no prompt fails at K={top}: {'met' if failed == 0 else f'{failed} failed'}")
     print(f"work identical (greedy token counts): {ok}")
     print("\ndecode step cost by batch size (one token per sequence)")
-    step_costs(args.model)
+    step_costs(served)
 
 
 if __name__ == "__main__":
