@@ -34,6 +34,7 @@ lower bound on the optimum.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -62,9 +63,10 @@ RECHECK_TOL = 1e-9
 # At most this many elements per [children, samples, candidates] array: larger batches are split,
 # and the walk can stop between the parts.
 BATCH_ELEMENTS = 200_000
-# A child with at most this many candidates left has its whole subtree (at most 2^this sets)
-# scored in one batch instead of being expanded node by node with bounds.
-LEAF_CANDIDATES = 8
+# A child whose subtree holds at most this many sets (counted by size: as many of its
+# candidates as the cheapest ones that fit the energy left) has them all scored in one batch
+# instead of being expanded node by node with bounds.
+LEAF_SETS = 511
 # Local search stops after this many improving moves (each move is one batch of neighbours).
 MAX_LOCAL_MOVES = 200
 
@@ -280,7 +282,7 @@ class BranchAndBound:
         self.modular_bound = modular_bound
         self.tangent_bound = tangent_bound
         self.tangent_rounds = 2
-        self.leaf_candidates = LEAF_CANDIDATES
+        self.leaf_sets = LEAF_SETS
         self.limit_j = _energy_limit(ev)
         self.nodes_expanded = 0
         self.leaves_enumerated = 0
@@ -368,7 +370,8 @@ class BranchAndBound:
                 if len(later) == 0 or bounds[j] > self.cutoff():
                     frame.next = j + 1
                     continue
-                if len(later) <= self.leaf_candidates:
+                size = _largest_fit(ev.energy[later], self.limit_j - float(energy[j]))
+                if _subsets_up_to(len(later), size) <= self.leaf_sets:
                     # A small subtree: every set in it scored in one batch, no bounds. The walk
                     # does not pause inside, so child j stays open until its sets are all scored.
                     self._enumerate(
@@ -379,6 +382,7 @@ class BranchAndBound:
                         float(energy[j]),
                         float(losses[j]),
                         later,
+                        size,
                     )
                     frame.next = j + 1
                     continue
@@ -407,8 +411,10 @@ class BranchAndBound:
         energy_j: float,
         loss: float,
         later: IntArray,
+        size: int,
     ) -> None:
-        """Score every set members ∪ V (V ⊆ later, non-empty, fits the energy) in one batch.
+        """Score every set members ∪ V (V ⊆ later, 1 <= |V| <= size, fits the energy) in one
+        batch; ``size`` is at least the largest number of experts of ``later`` that fit.
 
         Only the energy can rule out a set here: every expert of ``later`` fits beside
         ``members`` alone (delays are a maximum, so a set fits its delay budgets when each of its
@@ -416,7 +422,7 @@ class BranchAndBound:
         in ``later``: the monotonicity violations are counted against it, as node by node.
         """
         ev = self.ev
-        masks, parents = _subset_masks(len(later))
+        masks, parents = _subset_masks(len(later), size)
         fits = energy_j + masks @ ev.energy[later] <= self.limit_j
         # A set fits only if its parent does (energies are non-negative): parents stay in.
         rows = np.flatnonzero(fits)
@@ -617,19 +623,37 @@ class BranchAndBound:
         return np.where(grows, bound, own)
 
 
-_MASKS: dict[int, tuple[FloatArray, IntArray]] = {}
+_MASKS: dict[tuple[int, int], tuple[FloatArray, IntArray]] = {}
 
 
-def _subset_masks(size: int) -> tuple[FloatArray, IntArray]:
-    """The 2^size - 1 non-empty subsets of ``size`` items as 0/1 rows, and the row of each one's
-    parent (the subset without its last item; -1 for singletons)."""
-    if size not in _MASKS:
-        codes = np.arange(1, 1 << size)
-        masks = ((codes[:, None] >> np.arange(size)[None, :]) & 1).astype(float)
-        last = np.floor(np.log2(codes)).astype(np.intp)
-        parents = (codes - (1 << last)) - 1  # row of the parent code; -1 when it is empty
-        _MASKS[size] = (masks, parents.astype(np.intp))
-    return _MASKS[size]
+def _largest_fit(energy: FloatArray, room: float) -> int:
+    """At least the largest number of these experts that fit together: as many of the cheapest
+    as fit (with a margin, so that rounding can only make it larger)."""
+    return int((np.cumsum(np.sort(energy)) <= room + 1e-9 * (1 + abs(room))).sum())
+
+
+def _subsets_up_to(items: int, size: int) -> int:
+    return sum(math.comb(items, k) for k in range(1, min(items, size) + 1))
+
+
+def _subset_masks(items: int, size: int) -> tuple[FloatArray, IntArray]:
+    """The non-empty subsets of ``items`` items with at most ``size`` of them as 0/1 rows
+    (smaller first), and the row of each one's parent: the subset without its last item, -1
+    for singletons."""
+    key = (items, min(items, size))
+    if key not in _MASKS:
+        subsets = [
+            chosen
+            for k in range(1, key[1] + 1)
+            for chosen in itertools.combinations(range(items), k)
+        ]
+        row = {chosen: i for i, chosen in enumerate(subsets)}
+        masks = np.zeros((len(subsets), items))
+        for i, chosen in enumerate(subsets):
+            masks[i, list(chosen)] = 1.0
+        parents = [row.get(chosen[:-1], -1) for chosen in subsets]
+        _MASKS[key] = (masks, np.asarray(parents, dtype=np.intp))
+    return _MASKS[key]
 
 
 def _suffix_min(values: FloatArray) -> FloatArray:
