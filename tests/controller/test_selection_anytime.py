@@ -3,6 +3,7 @@ time limit that holds, the solver it replaces matched, and live re-plans of a 64
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 
 from controller.selection import SelectionInstance, parse_instance, solve
+from controller.selection import search as search_module
 from controller.selection.legacy import legacy_moe2
 from controller.selection.live import LiveSelection
 from controller.selection.loss import Evaluator
-from controller.selection.search import AnytimeSearch
+from controller.selection.search import AnytimeSearch, BranchAndBound, Tracker
 from messages.budgets import Budgets
 from tests.controller.test_selection import instance_data, moe2, random_instance, write
 
@@ -35,8 +37,13 @@ def test_a_completed_search_equals_the_exhaustive_optimum() -> None:
         assert exhaustive.gap == 0.0 and exhaustive.bound == exhaustive.loss
 
 
-def test_the_bound_is_a_true_lower_bound_wherever_the_search_stops() -> None:
-    """Stopped after every node (a deadline already past), up to N = 14."""
+@pytest.mark.parametrize("leaf_sets", [0, 511])
+def test_the_bound_is_a_true_lower_bound_wherever_the_search_stops(
+    leaf_sets: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after every node (a deadline already past), up to N = 14; node by node and with
+    small subtrees scored in batches (the default)."""
+    monkeypatch.setattr(search_module, "LEAF_SETS", leaf_sets)
     rng = np.random.default_rng(14)
     stops = 0
     for i in range(8):
@@ -55,6 +62,89 @@ def test_the_bound_is_a_true_lower_bound_wherever_the_search_stops() -> None:
         search.run(None)
         assert search.lower_bound() == pytest.approx(optimum.loss, abs=1e-12)
     assert stops > 100  # the searches were stopped many times on the way
+
+
+@pytest.mark.parametrize("leaf_sets", [0, 7, 63, 511])
+def test_leaf_batches_keep_the_exhaustive_optimum(
+    leaf_sets: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small subtrees scored in one batch (any threshold, 0: none) give the same set, the same
+    loss and never more evaluations than exhaustive search."""
+    monkeypatch.setattr(search_module, "LEAF_SETS", leaf_sets)
+    rng = np.random.default_rng(1202)
+    for i in range(40):
+        budget = ("tight", "loose", "none")[i % 3]
+        logits = ("noise", "informative", "adversarial")[i % 4 % 3]
+        instance = random_instance(rng, int(rng.integers(3, 15)), budget=budget, logits=logits)
+        result = solve(instance, "moe2")
+        exhaustive = solve(instance, "exhaustive")
+        assert result.optimal and result.selected == exhaustive.selected, (i, result, exhaustive)
+        assert result.loss == exhaustive.loss
+        assert result.subsets_evaluated <= exhaustive.subsets_evaluated, (i, result, exhaustive)
+
+
+def test_every_child_bound_is_below_the_best_set_of_its_subtree() -> None:
+    """The bounds of a node's children (prefix, set-level modular and, though off by default,
+    tangent and energy-aware) against brute force over every reachable set, N <= 14."""
+    rng = np.random.default_rng(314)
+    checked = 0
+    for i in range(24):
+        budget = ("loose", "none", "tight")[i % 3]
+        logits = ("noise", "informative", "adversarial")[i % 4 % 3]
+        ev = Evaluator(random_instance(rng, int(rng.integers(4, 15)), budget=budget, logits=logits))
+        singles = [n for n in range(ev.n_experts) if ev.fits([n])]
+        if len(singles) < 2:
+            continue
+        single_loss = {n: ev.loss([n]) for n in singles}
+        bnb = BranchAndBound(
+            ev, Tracker(ev), single_loss, energy_bound=True, modular_bound=True, tangent_bound=True
+        )
+        order = bnb.order
+        # Every feasible set as a bitmask over positions in the search order, and its loss.
+        masks, losses = [], []
+        for size in range(1, len(order) + 1):
+            for chosen in itertools.combinations(range(len(order)), size):
+                idx = sorted(int(order[p]) for p in chosen)
+                if ev.fits(idx):
+                    masks.append(sum(1 << p for p in chosen))
+                    losses.append(ev.loss(idx))
+        bits = np.asarray(masks, dtype=np.int64)
+        loss_of = np.asarray(losses)
+        for _ in range(6):
+            # A node: a random forced set F (positions), its candidates those after F's last.
+            picked = np.flatnonzero(rng.random(len(order)) < 0.25)
+            last = int(picked[-1]) if len(picked) else -1
+            forced = [int(order[p]) for p in picked]
+            if not ev.fits(sorted(forced)) and forced:
+                continue
+            positions = np.arange(last + 1, len(order))
+            e_forced = float(ev.energy[forced].sum()) if forced else 0.0
+            cands = order[positions]
+            energy = e_forced + ev.energy[cands]
+            keep = energy <= bnb.limit_j
+            cands, positions, energy = cands[keep], positions[keep], energy[keep]
+            if not len(cands):
+                continue
+            rest = np.triu(energy[:, None] + ev.energy[cands][None, :] <= bnb.limit_j, k=1)
+            num, den = ev.mixture_sums(forced) if forced else (np.zeros(ev.n_samples),) * 2
+            q_forced = ev.gold[:, forced].max(axis=1) if forced else np.zeros(ev.n_samples)
+            bounds = bnb._bounds_of(
+                cands,
+                num[None, :] + ev.weighted_gold[:, cands].T,
+                den[None, :] + ev.weights[:, cands].T,
+                np.maximum(q_forced[None, :], ev.gold[:, cands].T),
+                rest,
+                energy,
+            )
+            base = sum(1 << int(p) for p in picked)
+            for j, p in enumerate(positions):
+                child = base | (1 << int(p))
+                region = child | sum(1 << int(q) for q in positions[rest[j]])
+                inside = ((bits & child) == child) & ((bits & ~region) == 0)
+                best = loss_of[inside].min()
+                assert bounds[j] <= best + 1e-9, (i, forced, int(cands[j]), bounds[j], best)
+                checked += 1
+    assert checked > 300
 
 
 def test_the_bound_of_a_timed_out_solve_is_below_the_optimum() -> None:
