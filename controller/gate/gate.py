@@ -62,8 +62,11 @@ class Gate:
 
     def logits(self, prompts: list[str]) -> np.ndarray:
         """[prompts, experts] logits, experts in ``expert_keys`` order."""
-        embeddings = self._encoder().encode(prompts)
-        return self.logits_of_embeddings(embeddings)
+        return self.logits_of_embeddings(self.embed(prompts))
+
+    def embed(self, prompts: list[str]) -> np.ndarray:
+        """[prompts, features] float32 embeddings, the gate's input."""
+        return self._encoder().encode(prompts)
 
     def logits_of_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -6,8 +6,11 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from controller.selection.instance import SelectionInstance, parse_instance
 from controller.selection.loss import Evaluator
@@ -46,6 +49,10 @@ class Dispatch:
     weights: dict[str, float]
 
 
+# Prompt embeddings kept in memory: a prompt that waits in the queue is routed again each time
+# the dispatcher looks for room for it, and the encoder is the costly part (~5 ms a prompt).
+EMBEDDINGS_KEPT = 256
+
 _SearchKey = tuple[float | None, tuple[tuple[str, float], ...], int | None, tuple[str, ...]]
 
 
@@ -73,6 +80,9 @@ class LiveSelection:
         self._lock = threading.Lock()
         self._search: AnytimeSearch | None = None
         self._search_key: _SearchKey | None = None
+        self._embedded: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._embed_lock = threading.Lock()
+        self.encoded = 0  # prompts the encoder embedded (the others came from memory)
 
     @property
     def expert_keys(self) -> list[str]:
@@ -170,7 +180,7 @@ class LiveSelection:
         """Gate weights over the active experts, top-k by weight, then the prompt's budgets:
         experts too slow for its delay budget are dropped, and experts are taken by weight
         while their summed energy fits its energy budget."""
-        logits = self.gated.gate.logits([prompt])[0]
+        logits = self._logits(prompt)
         by_key = dict(zip(self.expert_keys, logits.tolist(), strict=True))
         keys = sorted((k for k in active if k in by_key), key=lambda k: -by_key[k])
         k_limit = min(
@@ -196,6 +206,22 @@ class LiveSelection:
         raw = {k: math.exp(by_key[k] - top) for k in keys}
         total = sum(raw.values())
         return Dispatch(keys, {k: v / total for k, v in raw.items()})
+
+    def _logits(self, prompt: str) -> np.ndarray:
+        """The gate's logits for a prompt; its embedding from memory when seen lately (the gate
+        may be retrained, so logits are always computed afresh)."""
+        with self._embed_lock:
+            embedding = self._embedded.get(prompt)
+            if embedding is not None:
+                self._embedded.move_to_end(prompt)
+        if embedding is None:
+            embedding = self.gated.gate.embed([prompt])[0]
+            with self._embed_lock:
+                self.encoded += 1
+                self._embedded[prompt] = embedding
+                while len(self._embedded) > EMBEDDINGS_KEPT:
+                    self._embedded.popitem(last=False)
+        return self.gated.gate.logits_of_embeddings(embedding[None, :])[0]
 
     def _fits_delay(self, key: str, budgets: Budgets, category: str | None) -> bool:
         delays = self.gated.costs[key].delay_s

@@ -248,3 +248,35 @@ def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[
     _ask(mosquitto, name, Prompt(prompt=text, request_id="z", budgets=Budgets(energy_j=0.1)))
     answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "z")
     assert answer.status == "failed" and "fits the budgets" in (answer.error or "")
+
+
+def test_a_prompt_routed_again_is_not_embedded_again(gated: tuple[Path, Path]) -> None:
+    """A queued prompt is routed each time the dispatcher looks for room: the encoder runs once
+    for it, and a retrained gate's logits are used at once (logits are never cached)."""
+    import torch
+
+    from controller.selection.from_profile import load_gated_profile
+    from controller.selection.live import EMBEDDINGS_KEPT, LiveSelection
+
+    live = LiveSelection(load_gated_profile(*gated))
+    active = list(live.expert_keys)
+    text = "Which river flows through Cairo?"
+    first = live.dispatch(text, active, None, None, None)
+    assert live.dispatch(text, active, None, None, None) == first
+    assert live.encoded == 1
+    gate = live.gated.gate
+    with torch.no_grad():  # a retrained gate: other weights, the same encoder
+        for parameter in gate.net.parameters():
+            parameter.mul_(-1.0)
+    flipped = live.dispatch(text, active, None, None, None)
+    assert live.encoded == 1
+    logits = gate.logits([text])[0]
+    top = max(logits)
+    expected = {k: math.exp(v - top) for k, v in zip(gate.expert_keys, logits, strict=True)}
+    total = sum(expected.values())
+    assert flipped.weights == pytest.approx({k: v / total for k, v in expected.items()})
+    assert flipped.weights != pytest.approx(first.weights)
+    for n in range(EMBEDDINGS_KEPT + 1):  # memory stays bounded: the oldest is forgotten
+        live.dispatch(f"prompt {n}", active, None, None, None)
+    live.dispatch(text, active, None, None, None)
+    assert live.encoded == EMBEDDINGS_KEPT + 3
