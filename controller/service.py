@@ -240,7 +240,7 @@ class Controller:
             self._execute(self.dispatcher.resend())
 
     def _watch(self) -> None:
-        last_status = time.monotonic()
+        last_status = last_expiry = time.monotonic()
         while not self._stop.wait(0.1):
             try:
                 self._elect()
@@ -248,7 +248,8 @@ class Controller:
                     self._on_change(change)
                 if self.active:
                     self._execute(self.dispatcher.tick(time.monotonic()))
-                else:
+                elif time.monotonic() - last_expiry >= 1.0:  # a scan of every shadowed prompt
+                    last_expiry = time.monotonic()
                     self.ledger.expire()
                 if time.monotonic() - last_status >= self.settings.status_interval_s:
                     last_status = time.monotonic()
