@@ -161,6 +161,9 @@ class Dispatcher:
         """Dispatch queued prompts, oldest first, while their agents have room."""
         actions = Actions()
         with self._lock:
+            # Jobs already accepted whose agent went away come first: their prompts are older.
+            for pending in [p for p in self.pending.values() if p.parked]:
+                self._unpark(actions, pending, now)
             while self.queue:
                 head = self.queue[0]
                 if now >= head.deadline:
@@ -302,7 +305,14 @@ class Dispatcher:
                         for a in self.replicas(expert)
                         if a != agent_id and (a, expert) not in pending.sent
                     ]
-                    target = least_loaded(spare, self.load)
+                    target = least_loaded(
+                        [a for a in spare if not self._full(a, expert)], self.load
+                    )
+                    if target is None and spare:
+                        # Every other replica is full: the job waits for a slot, as queued
+                        # prompts do (a job goes only where there is room), ahead of them.
+                        pending.parked[expert] = (agent_id, reason, now)
+                        continue
                     if target is None and not pending.jobs and not pending.arrivals:
                         # Nothing else to answer with (a broker going down sends every will at
                         # once): wait, within the deadline, for a replica to come back.
@@ -348,8 +358,6 @@ class Dispatcher:
         with self._lock:
             for pending in [p for p in self.pending.values() if now >= p.deadline]:
                 self._finish(actions, pending, now, "deadline")
-            for pending in [p for p in self.pending.values() if p.parked]:
-                self._unpark(actions, pending, now)
             actions.extend(self.pump(now))
         return actions
 
@@ -357,9 +365,10 @@ class Dispatcher:
         """Send a parked job to a replica of its expert that is active again (the same agent
         back after a reconnect takes it once, or answers with the result it has)."""
         for expert, (agent_id, why, since) in list(pending.parked.items()):
-            target = least_loaded(self.replicas(expert), self.load)
+            replicas = self.replicas(expert)
+            target = least_loaded([a for a in replicas if not self._full(a, expert)], self.load)
             if target is None:
-                if now - since >= PARK_GRACE_S:  # gone for good: answer without it
+                if not replicas and now - since >= PARK_GRACE_S:  # gone for good: without it
                     del pending.parked[expert]
                     pending.failed.append(
                         ExpertFailure(agent_id=agent_id, expert_id=expert, reason=why)
@@ -384,7 +393,7 @@ class Dispatcher:
                 ExpertFailure(
                     agent_id=agent_id,
                     expert_id=expert,
-                    reason=f"{why}; no replica came back before the deadline",
+                    reason=f"{why}; no replica could take it before the deadline",
                 )
             )
         pending.parked.clear()

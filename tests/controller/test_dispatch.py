@@ -163,6 +163,32 @@ def test_with_every_replica_gone_the_job_waits_for_one_to_come_back() -> None:
         ACTIVE = []
         d.on_agent_down("a1", "agent a1 went offline (connection lost)", 11.0)
         answer = d.tick(15.5).answers[0][0]
-        assert answer.status == "failed" and "no replica came back" in answer.failed[0].reason
+        assert answer.status == "failed" and "no replica could take it" in answer.failed[0].reason
     finally:
         ACTIVE = saved
+
+
+def test_failover_waits_for_a_free_slot_and_goes_before_the_queue() -> None:
+    # The controller never sends a job to a full expert, a failed-over one included: with the
+    # other replica's slot taken, the job waits for it, ahead of the prompts queued after it.
+    online = {"a1", "a2"}
+
+    def router(prompt: Prompt, load: dict[str, int]) -> Route:
+        agent = min(sorted(online), key=lambda a: load.get(a, 0))
+        return Route([(agent, "smol")], [], None, None)
+
+    d = Dispatcher(router, lambda expert: sorted(online), lambda agent: 1, 10, retry_after_s=3.0)
+    d.admit(entry("r1", timeout_s=60.0), 0.0, 1000.0)  # -> a1
+    d.admit(entry("r2", timeout_s=60.0), 0.0, 1000.0)  # -> a2
+    d.admit(entry("r3", timeout_s=60.0), 0.0, 1000.0)  # queued: no room
+    online.discard("a1")
+    moved = d.on_agent_down("a1", "agent a1 went offline", 1.0)
+    assert not moved.jobs and not moved.answers  # a2 is full: nothing sent beyond its slot
+    assert d.load == {"a2": 1}
+    assert not d.tick(1.0 + PARK_GRACE_S * 2).answers  # a full replica is no reason to fail
+    actions, _ = d.on_result(done("a2", "r2"), 30.0)
+    assert [a.request_id for a, _ in actions.answers] == ["r2"]
+    assert [(a, j.request_id) for a, j in actions.jobs] == [("a2", "r1")]  # before r3
+    actions, _ = d.on_result(done("a2", "r1"), 31.0)
+    assert actions.answers[0][0].status == "ok"
+    assert [(a, j.request_id) for a, j in actions.jobs] == [("a2", "r3")]
