@@ -215,7 +215,7 @@ class Adaptation:
         text = "; ".join(str(m) for m in moves[:6])
         more = f" (+{len(moves) - 6} more)" if len(moves) > 6 else ""
         self.c._event("drift", f"costs moved past ±{self.drift.threshold:.0%}: {text}{more}")
-        self.c.replan(force=True)
+        self.c.replan()  # a new epoch only when the set changes
         self.publish()
 
     def _probe(self, now: float) -> None:
