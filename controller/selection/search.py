@@ -2,13 +2,16 @@
 when its time runs out.
 
 The search is the depth-first walk of the Boolean lattice of ``solver.py`` (experts in order of
-their single-expert loss; a node's children add one later candidate each), with three changes:
+their single-expert loss; a node's children add one later candidate each), with four changes:
 
 * **a good incumbent first**: greedy by loss gain per joule, then local search (add, drop and swap
   one expert) until no move improves the loss, so that the first answer is already good;
 * **children in one batch**: the losses of every child F ∪ {u} of a node and the lower bound of
   every child's subtree are computed with a few numpy operations on [children, samples,
   candidates] arrays, instead of one call per child;
+* **small subtrees in one batch**: a child whose subtree can hold at most ``LEAF_SETS`` sets
+  (subsets of its candidates no larger than the most of them that fit the energy left) is not
+  expanded; every set of it that fits is scored with one matrix product, without bounds;
 * **a set-level bound** beside the prefix bound of ``Evaluator.bound_from_sums`` (``_modular``:
   one V for every sample, a modular lower bound and its energy knapsack), computed only for the
   children that the per-sample bound keeps. Two more bounds are here, off by default because they
@@ -25,15 +28,16 @@ their single-expert loss; a node's children add one later candidate each), with 
   The per-sample bound is the smaller of the two; -log of it, averaged, bounds every set of the
   subtree, so pruning on it keeps the search exact (``docs/selection.md``).
 
-The walk is a generator that yields once per node, so a caller can stop it at a deadline and
-resume it later (``BranchAndBound.run``). While it is stopped, every set not yet evaluated lies
-in the subtree of a child that some frame on the stack has not started, and each such child's
-bound was computed with its batch: the smallest of them (and the incumbent's loss) is a proven
-lower bound on the optimum.
+The walk is a generator that yields once per node (never inside a batched subtree), so a caller
+can stop it at a deadline and resume it later (``BranchAndBound.run``). While it is stopped,
+every set not yet evaluated lies in the subtree of a child that some frame on the stack has not
+started, and each such child's bound was computed with its batch: the smallest of them (and the
+incumbent's loss) is a proven lower bound on the optimum.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -64,9 +68,9 @@ RECHECK_TOL = 1e-9
 # and the walk can stop between the parts.
 BATCH_ELEMENTS = 200_000
 # A child whose subtree holds at most this many sets (counted by size: as many of its
-# candidates as the cheapest ones that fit the energy left) has them all scored in one batch
-# instead of being expanded node by node with bounds.
-LEAF_SETS = 511
+# candidates as the cheapest ones that fit the energy left) has them all scored in one batch,
+# with no bound of its own, instead of being bounded and expanded node by node.
+LEAF_SETS = 2047
 # Local search stops after this many improving moves (each move is one batch of neighbours).
 MAX_LOCAL_MOVES = 200
 
@@ -351,6 +355,15 @@ class BranchAndBound:
         bounds = np.asarray(losses, dtype=float).copy()
         open_rows = np.flatnonzero(rest.any(axis=1))
         bounds[open_rows] = np.minimum(bounds[open_rows], node.bound)
+        # How many sets each child's subtree can hold: subsets of its candidates up to the most
+        # of them that fit the energy left. Small ones are scored in one batch below, with no
+        # bound of their own (scoring them costs less): the node's bound stands for them.
+        sizes = _largest_fits(ev.energy[cands], rest, self.limit_j - energy)
+        counts = rest.sum(axis=1)
+        batched = np.zeros(len(cands), dtype=bool)
+        for j in open_rows:
+            batched[j] = _subsets_up_to(int(counts[j]), int(sizes[j])) <= self.leaf_sets
+        open_rows = open_rows[~batched[open_rows]]
         frame = _Frame(node, bounds, _suffix_min(bounds))
         self.stack.append(frame)
         try:
@@ -370,8 +383,7 @@ class BranchAndBound:
                 if len(later) == 0 or bounds[j] > self.cutoff():
                     frame.next = j + 1
                     continue
-                size = _largest_fit(ev.energy[later], self.limit_j - float(energy[j]))
-                if _subsets_up_to(len(later), size) <= self.leaf_sets:
+                if batched[j]:
                     # A small subtree: every set in it scored in one batch, no bounds. The walk
                     # does not pause inside, so child j stays open until its sets are all scored.
                     self._enumerate(
@@ -382,7 +394,7 @@ class BranchAndBound:
                         float(energy[j]),
                         float(losses[j]),
                         later,
-                        size,
+                        int(sizes[j]),
                     )
                     frame.next = j + 1
                     continue
@@ -423,12 +435,12 @@ class BranchAndBound:
         """
         ev = self.ev
         masks, parents = _subset_masks(len(later), size)
-        fits = energy_j + masks @ ev.energy[later] <= self.limit_j
+        fits = energy_j + masks.astype(float) @ ev.energy[later] <= self.limit_j
         # A set fits only if its parent does (energies are non-negative): parents stay in.
         rows = np.flatnonzero(fits)
         if not len(rows):
             return
-        chosen = masks[rows]
+        chosen = masks[rows].astype(float)
         num_v = num[None, :] + chosen @ ev.weighted_gold[:, later].T  # [sets, samples]
         den_v = den[None, :] + chosen @ ev.weights[:, later].T
 
@@ -623,37 +635,34 @@ class BranchAndBound:
         return np.where(grows, bound, own)
 
 
-_MASKS: dict[tuple[int, int], tuple[FloatArray, IntArray]] = {}
-
-
-def _largest_fit(energy: FloatArray, room: float) -> int:
-    """At least the largest number of these experts that fit together: as many of the cheapest
-    as fit (with a margin, so that rounding can only make it larger)."""
-    return int((np.cumsum(np.sort(energy)) <= room + 1e-9 * (1 + abs(room))).sum())
+def _largest_fits(energy: FloatArray, rest: BoolArray, room: FloatArray) -> IntArray:
+    """Per row of ``rest`` [k, c], at least the largest number of its experts that fit together
+    in ``room`` [k]: as many of the cheapest as fit (with a margin, so that rounding can only
+    make it larger)."""
+    cheapest = np.cumsum(np.sort(np.where(rest, energy[None, :], np.inf), axis=1), axis=1)
+    return (cheapest <= (room + 1e-9 * (1 + np.abs(room)))[:, None]).sum(axis=1)
 
 
 def _subsets_up_to(items: int, size: int) -> int:
     return sum(math.comb(items, k) for k in range(1, min(items, size) + 1))
 
 
-def _subset_masks(items: int, size: int) -> tuple[FloatArray, IntArray]:
-    """The non-empty subsets of ``items`` items with at most ``size`` of them as 0/1 rows
+@functools.lru_cache(maxsize=128)
+def _subset_masks(items: int, size: int) -> tuple[BoolArray, IntArray]:
+    """The non-empty subsets of ``items`` items with at most ``size`` of them as rows of a mask
     (smaller first), and the row of each one's parent: the subset without its last item, -1
     for singletons."""
-    key = (items, min(items, size))
-    if key not in _MASKS:
-        subsets = [
-            chosen
-            for k in range(1, key[1] + 1)
-            for chosen in itertools.combinations(range(items), k)
-        ]
-        row = {chosen: i for i, chosen in enumerate(subsets)}
-        masks = np.zeros((len(subsets), items))
-        for i, chosen in enumerate(subsets):
-            masks[i, list(chosen)] = 1.0
-        parents = [row.get(chosen[:-1], -1) for chosen in subsets]
-        _MASKS[key] = (masks, np.asarray(parents, dtype=np.intp))
-    return _MASKS[key]
+    subsets = [
+        chosen
+        for k in range(1, min(items, size) + 1)
+        for chosen in itertools.combinations(range(items), k)
+    ]
+    row = {chosen: i for i, chosen in enumerate(subsets)}
+    masks = np.zeros((len(subsets), items), dtype=bool)
+    for i, chosen in enumerate(subsets):
+        masks[i, list(chosen)] = True
+    parents = [row.get(chosen[:-1], -1) for chosen in subsets]
+    return masks, np.asarray(parents, dtype=np.intp)
 
 
 def _suffix_min(values: FloatArray) -> FloatArray:

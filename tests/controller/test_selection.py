@@ -20,6 +20,7 @@ from controller.selection import (
     SelectionInstanceError,
     load_instance,
     parse_instance,
+    search,
     solve,
 )
 from controller.selection.search import BranchAndBound, LocalSearch
@@ -159,7 +160,13 @@ def brute_force(instance: SelectionInstance) -> tuple[float, list[str]] | None:
 # ---- branch and bound against exhaustive search ----------------------------------------------
 
 
-def test_moe2_equals_exhaustive_on_200_random_instances() -> None:
+@pytest.mark.parametrize("leaf_sets", [0, search.LEAF_SETS])
+def test_moe2_equals_exhaustive_on_200_random_instances(
+    leaf_sets: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node by node (leaf_sets 0: the bound must prune) and as shipped (at these sizes most
+    subtrees are small enough to be scored in one batch, without bounds)."""
+    monkeypatch.setattr(search, "LEAF_SETS", leaf_sets)
     rng = np.random.default_rng(20261123)
     kinds = [
         ("tight", "noise"),
@@ -184,7 +191,8 @@ def test_moe2_equals_exhaustive_on_200_random_instances() -> None:
         assert fast.optimal and slow.optimal
         assert fast.subsets_evaluated <= slow.subsets_evaluated, (i, fast, slow)
         pruned += fast.subsets_evaluated < slow.subsets_evaluated
-    assert pruned > 100  # the bound does prune, not only the budgets
+    if leaf_sets == 0:
+        assert pruned > 100  # the bound does prune, not only the budgets
 
 
 def test_exhaustive_matches_a_brute_force_from_the_definitions() -> None:
@@ -321,7 +329,9 @@ def test_a_bound_that_assumes_monotone_losses_would_miss_the_optimum(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The comparison with exhaustive search catches a bound that is only valid for monotone L
-    (the incumbent's local search is switched off, so the branch and bound does the work)."""
+    (the incumbent's local search is switched off, and subtrees are never scored in one batch, so
+    the branch and bound with its bounds does the work)."""
+    monkeypatch.setattr(search, "LEAF_SETS", 0)
     rng = np.random.default_rng(41)
     instances = [random_instance(rng, int(rng.integers(5, 10)), budget="none") for _ in range(12)]
     exact = [solve(instance, "moe2").selected for instance in instances]

@@ -37,7 +37,7 @@ def test_a_completed_search_equals_the_exhaustive_optimum() -> None:
         assert exhaustive.gap == 0.0 and exhaustive.bound == exhaustive.loss
 
 
-@pytest.mark.parametrize("leaf_sets", [0, 511])
+@pytest.mark.parametrize("leaf_sets", [0, 2047])
 def test_the_bound_is_a_true_lower_bound_wherever_the_search_stops(
     leaf_sets: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -64,7 +64,7 @@ def test_the_bound_is_a_true_lower_bound_wherever_the_search_stops(
     assert stops > 100  # the searches were stopped many times on the way
 
 
-@pytest.mark.parametrize("leaf_sets", [0, 7, 63, 511])
+@pytest.mark.parametrize("leaf_sets", [0, 7, 63, 2047])
 def test_leaf_batches_keep_the_exhaustive_optimum(
     leaf_sets: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
