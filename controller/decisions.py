@@ -78,3 +78,21 @@ def one_replica_each(
         if agent is not None:
             chosen.append((agent, expert))
     return chosen
+
+
+def fleet_coming_back(
+    online: Iterable[bool],
+    last_heard: Iterable[float],
+    connected_at: float | None,
+    now: float,
+    window_s: float,
+) -> bool:
+    """Whether a fleet with no agent online is coming back, so that a prompt should wait for it:
+    it had agents (some are known), none is online, and either one was heard from within
+    ``window_s`` (a broker going down sends every will at once) or the controller itself
+    (re)connected within it (the agents' announcements are still arriving)."""
+    states, heard = list(online), list(last_heard)
+    if not states or any(states):
+        return False
+    recent = now - max(heard) < window_s
+    return recent or (connected_at is not None and now - connected_at < window_s)

@@ -30,7 +30,8 @@ Pair = tuple[str, str]  # (agent_id, expert_id)
 
 # A job whose agent went away with no replica left, and nothing else to answer with, waits this
 # long for one to come back (a restarting broker sends every agent's will at once; agents are
-# back within seconds) before the prompt is answered without it.
+# back within seconds) before the prompt is answered without it. A prompt that finds no agent
+# online while the fleet is coming back (Refused.transient) waits as long for one.
 PARK_GRACE_S = 10.0
 
 
@@ -38,10 +39,19 @@ class Refused(Exception):
     """A prompt that will not be dispatched, with the reason it is answered with."""
 
     def __init__(
-        self, reason: str, failed: list[ExpertFailure] | None = None, rejected: bool = False
+        self,
+        reason: str,
+        failed: list[ExpertFailure] | None = None,
+        rejected: bool = False,
+        transient: bool = False,
     ) -> None:
+        """``transient``: no agent is online, but the fleet had agents a moment ago (a broker
+        restart, the controller's own reconnect): the prompt waits in the queue, within its
+        deadline, while the router says so (the router stops saying so PARK_GRACE_S after the
+        last agent was heard from, and then the waiting prompts are answered)."""
         super().__init__(reason)
         self.reason, self.failed, self.rejected = reason, failed or [], rejected
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -174,6 +184,8 @@ class Dispatcher:
                 try:
                     route = self.router(head.entry.prompt, dict(self.load))
                 except Refused as refusal:
+                    if refusal.transient:
+                        break  # agents are coming back: the oldest waits, the rest behind it
                     self.queue.popleft()
                     if refusal.rejected:
                         actions.event(

@@ -18,8 +18,8 @@ from typing import Any
 
 from controller import __version__
 from controller.adapt import Adaptation
-from controller.decisions import one_replica_each
-from controller.dispatch import Actions, Dispatcher, Refused, Route
+from controller.decisions import fleet_coming_back, one_replica_each
+from controller.dispatch import PARK_GRACE_S, Actions, Dispatcher, Refused, Route
 from controller.identity import ControllerIdentity, claim, default_state_root
 from controller.leadership import should_lead
 from controller.ledger import Entry, Ledger, ReplyRoute
@@ -775,7 +775,15 @@ class Controller:
         else:
             targets = active if self.selection is not None else one_replica_each(active, load)
         if not targets:
-            raise Refused(self.adaptation.no_expert_reason(), failed=failed)
+            agents = self.registry.agents()
+            coming_back = fleet_coming_back(
+                [a.online for a in agents],
+                [a.last_heard for a in agents],
+                self._connected_at,  # one attribute read: no lock (the dispatcher's is held)
+                time.monotonic(),
+                PARK_GRACE_S,
+            )
+            raise Refused(self.adaptation.no_expert_reason(), failed=failed, transient=coming_back)
         if self.selection is None:
             if prompt.budgets is not None:
                 raise Refused(

@@ -56,6 +56,7 @@ class Report:
     statuses: dict[str, int]
     latencies_s: list[float]
     figures: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # why each answer that is not ok says so
 
     def p(self, q: float) -> float:
         if not self.latencies_s:
@@ -73,6 +74,7 @@ class Report:
             f"{self.name}: asked {self.asked}, answered {self.answered}, lost {self.lost}, "
             f"duplicated {self.duplicated}, statuses {dict(self.statuses)}, "
             f"p50 {self.p50_s:.2f} s, p99 {self.p(0.99):.2f} s {extra}".rstrip()
+            + "".join(f"\n  {problem}" for problem in self.problems)
         )
 
 
@@ -178,7 +180,15 @@ class Traffic:
             statuses=dict(statuses),
             latencies_s=[a.answered_at - a.sent_at for a in items if a.answered_at is not None],
             figures=dict(figures),
+            problems=[
+                _problem(a.answers[0]) for a in items if a.answers and a.answers[0].status != "ok"
+            ],
         )
+
+
+def _problem(answer: Answer) -> str:
+    failed = "; ".join(f"{f.expert_id}@{f.agent_id}: {f.reason}" for f in answer.failed)
+    return f"{answer.request_id} {answer.status}: {answer.error or ''} {failed}".strip()
 
 
 def choice_prompt(timeout_s: float = 60.0) -> Prompt:

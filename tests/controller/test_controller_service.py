@@ -453,3 +453,21 @@ def test_no_active_expert_gives_a_failed_answer(
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="empty"))
     answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "empty")
     assert answer.status == "failed" and answer.error == "no active expert can answer"
+
+
+def test_a_prompt_waits_for_a_fleet_that_is_coming_back(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    # Every agent's will arrives at once (a broker going down), then a prompt: it is not
+    # answered "failed" at once but waits; the agents announce themselves again and answer it.
+    watch.wait_for(lambda m: isinstance(m, FleetPlan) and len(m.assignments) == 2)
+    for agent in agents.values():
+        agent.bus.publish(topics.AGENT_STATUS, agent.status("offline"), agent_id=agent.agent_id)
+    watch.wait_for(lambda m: isinstance(m, FleetPlan) and m.assignments == {}, timeout_s=10)
+    _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="back"))
+    time.sleep(1.5)
+    assert not [m for m in watch.messages(Answer) if m.request_id == "back"]
+    for agent in agents.values():
+        agent.bus.publish(topics.AGENT_STATUS, agent.status("online"), agent_id=agent.agent_id)
+    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "back")
+    assert answer.status == "ok" and answer.answer == "hello"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.decisions import decided, least_loaded, one_replica_each
+from controller.decisions import decided, fleet_coming_back, least_loaded, one_replica_each
 from messages.results import JobResult, LatencyBreakdown
 
 
@@ -61,3 +61,15 @@ def test_replicas_share_the_load() -> None:
     active = [("a1", "smol"), ("a2", "smol"), ("a2", "gemma")]
     assert one_replica_each(active, {"a1": 3}) == [("a2", "gemma"), ("a2", "smol")]
     assert one_replica_each(active, {"a2": 3}) == [("a2", "gemma"), ("a1", "smol")]
+
+
+def test_a_fleet_is_coming_back_only_when_it_had_agents_and_lost_them_lately() -> None:
+    # Every agent's will came 2 s ago (a broker restart): wait for them.
+    assert fleet_coming_back([False, False], [98.0, 97.0], 50.0, now=100.0, window_s=10.0)
+    # The controller reconnected 1 s ago; the agents' last words are old but may be re-announced.
+    assert fleet_coming_back([False], [10.0], 99.0, now=100.0, window_s=10.0)
+    # Gone for longer than the window, or never had an agent, or one is online: no waiting.
+    assert not fleet_coming_back([False], [80.0], 50.0, now=100.0, window_s=10.0)
+    assert not fleet_coming_back([], [], 99.0, now=100.0, window_s=10.0)
+    assert not fleet_coming_back([True, False], [99.0, 99.0], 99.0, now=100.0, window_s=10.0)
+    assert not fleet_coming_back([False], [80.0], None, now=100.0, window_s=10.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.dispatch import PARK_GRACE_S, Dispatcher, Route
+from controller.dispatch import PARK_GRACE_S, Dispatcher, Refused, Route
 from controller.ledger import Entry, Ledger, ReplyRoute
 from messages.answers import Answer
 from messages.prompts import Prompt
@@ -192,3 +192,35 @@ def test_failover_waits_for_a_free_slot_and_goes_before_the_queue() -> None:
     actions, _ = d.on_result(done("a2", "r1"), 31.0)
     assert actions.answers[0][0].status == "ok"
     assert [(a, j.request_id) for a, j in actions.jobs] == [("a2", "r3")]
+
+
+def test_a_prompt_waits_while_the_fleet_is_coming_back() -> None:
+    # No agent online, but the fleet is coming back (the router says transient): prompts wait in
+    # the queue; once the router stops saying so, they are answered failed with its reason.
+    online: set[str] = set()
+    coming_back = True
+
+    def router(prompt: Prompt, load: dict[str, int]) -> Route:
+        if not online:
+            raise Refused("no active expert can answer", transient=coming_back)
+        return Route([(min(online), "smol")], [], None, None)
+
+    d = Dispatcher(router, lambda expert: sorted(online), lambda agent: 1, 10, retry_after_s=3.0)
+    assert not d.admit(entry("r1", timeout_s=60.0), 0.0, 1000.0).answers
+    assert not d.admit(entry("r2", timeout_s=60.0), 0.5, 1000.5).answers
+    assert not d.tick(5.0).answers and d.counts() == (2, 0)
+    online.add("a1")  # an agent is back
+    sent = d.tick(5.1)
+    assert [(a, j.request_id) for a, j in sent.jobs] == [("a1", "r1")]
+    online.clear()
+    d.admit(entry("r3", timeout_s=60.0), 20.0, 1020.0)
+    assert not d.tick(25.0).answers  # r2 and r3 wait
+    coming_back = False  # the agents did not come back in time
+    failed = d.tick(30.0).answers
+    assert [(a.request_id, a.status) for a, _ in failed] == [("r2", "failed"), ("r3", "failed")]
+    assert failed[0][0].error == "no active expert can answer"
+    # And the deadline holds while it waits.
+    coming_back = True
+    assert not d.admit(entry("r4", timeout_s=2.0), 40.0, 1000.0).answers
+    late = d.tick(42.5).answers
+    assert late[0][0].request_id == "r4" and "deadline" in (late[0][0].error or "")
