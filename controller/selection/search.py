@@ -262,6 +262,10 @@ class _Frame:
     child_bound: FloatArray  # per child: lower bound on every set of its subtree (itself too)
     suffix_min: FloatArray  # min of child_bound from each child on
     next: int = 0  # the first child not started
+    # Children scored in one batch have no bound of their own while the walk runs (the node's
+    # stands); ``lower_bound`` computes theirs when asked, from what is kept here.
+    unbounded: BoolArray | None = None
+    parts: tuple[IntArray, FloatArray, FloatArray, FloatArray, BoolArray, FloatArray] | None = None
 
 
 class BranchAndBound:
@@ -320,10 +324,36 @@ class BranchAndBound:
             return bound
         if not self.stack:  # not started: the best single expert of each sample
             return min(bound, self._oracle_bound())
+        # Children scored in one batch carry their node's bound while the walk runs: those
+        # that could be the smallest open bound get their own first (tighter, so still valid).
+        settled = bound
+        for frame in self.stack:
+            if frame.next < len(frame.child_bound):
+                later = frame.child_bound[frame.next :]
+                if frame.unbounded is not None:
+                    later = later[~frame.unbounded[frame.next :]]
+                if len(later):
+                    settled = min(settled, float(later.min()))
         for frame in self.stack:
             if frame.next < len(frame.suffix_min):
+                self._bound_batched(frame, settled)
                 bound = min(bound, float(frame.suffix_min[frame.next]))
         return bound
+
+    def _bound_batched(self, frame: _Frame, below: float) -> None:
+        """Own bounds for the batched children not started yet whose bound (their node's) is
+        below ``below``: only those can be the smallest open bound."""
+        if frame.unbounded is None or frame.parts is None:
+            return
+        rows = np.flatnonzero(frame.unbounded)
+        rows = rows[(rows >= frame.next) & (frame.child_bound[rows] < below)]
+        if not len(rows):
+            return
+        cands, num, den, q_forced, rest, energy = frame.parts
+        own = self._bounds_of(cands, num[rows], den[rows], q_forced[rows], rest[rows], energy[rows])
+        frame.child_bound[rows] = np.maximum(frame.child_bound[rows], own)
+        frame.unbounded[rows] = False
+        frame.suffix_min = _suffix_min(frame.child_bound)
 
     def _oracle_bound(self) -> float:
         gold = self.ev.gold[:, self.order].max(axis=1)
@@ -363,8 +393,10 @@ class BranchAndBound:
         batched = np.zeros(len(cands), dtype=bool)
         for j in open_rows:
             batched[j] = _subsets_up_to(int(counts[j]), int(sizes[j])) <= self.leaf_sets
-        open_rows = open_rows[~batched[open_rows]]
         frame = _Frame(node, bounds, _suffix_min(bounds))
+        frame.unbounded = batched.copy()
+        frame.parts = (cands, num, den, q_forced, rest, energy)
+        open_rows = open_rows[~batched[open_rows]]
         self.stack.append(frame)
         try:
             step = max(1, BATCH_ELEMENTS // max(1, ev.n_samples * len(cands)))
