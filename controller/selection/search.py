@@ -71,6 +71,10 @@ BATCH_ELEMENTS = 200_000
 # candidates as the cheapest ones that fit the energy left) has them all scored in one batch,
 # with no bound of its own, instead of being bounded and expanded node by node.
 LEAF_SETS = 2047
+# Matrix products are split into row blocks of at most this many multiply-adds: OpenBLAS runs
+# a product at or below 65536 x 4 of them on one thread, and above it on every core, which on a
+# shared 2-core machine made the same search take 1x to 4x its time from run to run.
+PRODUCT_BLOCK = 200_000
 # Local search stops after this many improving moves (each move is one batch of neighbours).
 MAX_LOCAL_MOVES = 200
 
@@ -473,8 +477,8 @@ class BranchAndBound:
         if not len(rows):
             return
         chosen = masks[rows].astype(float)
-        num_v = num[None, :] + chosen @ ev.weighted_gold[:, later].T  # [sets, samples]
-        den_v = den[None, :] + chosen @ ev.weights[:, later].T
+        num_v = num[None, :] + _product(chosen, ev.weighted_gold[:, later].T)  # [sets, samples]
+        den_v = den[None, :] + _product(chosen, ev.weights[:, later].T)
 
         def members_of(i: int) -> tuple[int, ...]:
             return (*members, *(int(n) for n in later[chosen[i] > 0]))
@@ -622,12 +626,12 @@ class BranchAndBound:
         """
         x = self.ev.weighted_gold[:, cands]  # [samples, c]
         w = self.ev.weights[:, cands]
-        total_w = rest.astype(float) @ w.T  # [k, samples]: T
+        total_w = _product(rest.astype(float), w.T)  # [k, samples]: T
         a = np.maximum(num, MIN_PROB * (den + total_w))
         with np.errstate(divide="ignore", invalid="ignore"):
             chord = np.where(total_w > 0, np.log1p(total_w / den) / total_w, 0.0)
             gain = -np.log1p(x[None, :, :] / a[:, :, None]).sum(axis=1)  # [k, c]
-        gain += chord @ w  # Σ_s c_s w_sv
+        gain += _product(chord, w)  # Σ_s c_s w_sv
         base = (np.log(den) - np.log(a)).sum(axis=1)  # at V = ∅
         gain = np.where(rest & (gain < 0), gain, 0.0)
         e = self.ev.energy[cands]
@@ -695,6 +699,17 @@ def _subset_masks(items: int, size: int) -> tuple[BoolArray, IntArray]:
         masks[i, list(chosen)] = True
     parents = [row.get(chosen[:-1], -1) for chosen in subsets]
     return masks, np.asarray(parents, dtype=np.intp)
+
+
+def _product(a: FloatArray, b: FloatArray) -> FloatArray:
+    """a @ b in row blocks of at most PRODUCT_BLOCK multiply-adds each (one BLAS thread)."""
+    rows = max(1, PRODUCT_BLOCK // max(1, b.shape[0] * b.shape[1]))
+    if len(a) <= rows:
+        return a @ b
+    out = np.empty((len(a), b.shape[1]))
+    for start in range(0, len(a), rows):
+        np.matmul(a[start : start + rows], b, out=out[start : start + rows])
+    return out
 
 
 def _suffix_min(values: FloatArray) -> FloatArray:
