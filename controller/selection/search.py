@@ -1,8 +1,8 @@
 """The anytime branch and bound behind ``moe2`` (no top_k): exact when it finishes, a proven gap
 when its time runs out.
 
-The search is the depth-first walk of the Boolean lattice of ``solver.py`` (experts in order of
-their single-expert loss; a node's children add one later candidate each), with four changes:
+The search is a depth-first walk of the Boolean lattice (experts in decreasing energy, then
+single-expert loss; a node's children add one later candidate each), with four changes:
 
 * **a good incumbent first**: greedy by loss gain per joule, then local search (add, drop and swap
   one expert) until no move improves the loss, so that the first answer is already good;
@@ -298,7 +298,10 @@ class BranchAndBound:
         self.limit_j = _energy_limit(ev)
         self.nodes_expanded = 0
         self.leaves_enumerated = 0
-        order = sorted(single_loss, key=lambda n: (single_loss[n], ev.energy[n], n))
+        # The most expensive experts first: few others fit beside them, so the early children,
+        # whose subtrees take every later candidate, have small subtrees; the cheap experts,
+        # which fit with many others, come last, with few candidates after them.
+        order = sorted(single_loss, key=lambda n: (-ev.energy[n], single_loss[n], n))
         self.order = np.asarray(order, dtype=np.intp)
         self.stack: list[_Frame] = []
         self.complete = False
