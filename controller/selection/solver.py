@@ -3,15 +3,16 @@
 ``solve(instance, algorithm)`` runs one of:
 
 * ``moe2``: discrete monotonic optimisation, a depth-first branch and bound over the Boolean
-  lattice. Experts are ordered by their single-expert loss; a node (F forced in, U undecided) is
+  lattice. Experts are ordered by decreasing energy; a node (F forced in, U undecided) is
   pruned when F breaks a budget (energy and every delay only grow as experts are added; experts
   of U that no longer fit beside F are dropped from U) or when a lower bound on the loss of every
   set F ∪ U' (U' ⊆ U) cannot beat the incumbent. The bound holds for every reachable set, not only
   the largest one, so the result is the exhaustive optimum even where the loss is not monotone.
   With ``top_k`` below the number of experts the bound does not hold for top-k mixtures and the
   solver enumerates every feasible set (pruning only on budgets, with a bound on the top-k costs).
-  The search (``search.AnytimeSearch``) starts from greedy plus local search and honours
-  ``time_limit_s``: past it, the best set found with a proven lower bound and relative gap.
+  Small subtrees are scored in one batch instead. The search (``search.AnytimeSearch``) starts
+  from greedy plus local search and honours ``time_limit_s``: past it, the best set found with a
+  proven lower bound and relative gap.
 * ``exhaustive``: every non-empty feasible set (budget pruning only).
 * ``greedy``: best feasible single expert, then the addition with the largest loss decrease per
   joule while it fits and lowers the loss.
