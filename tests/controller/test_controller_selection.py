@@ -287,12 +287,11 @@ def test_a_drift_replan_keeping_the_set_publishes_no_new_epoch(fleet) -> None:  
 
     controller, agents, rec = fleet
     plan = rec.wait_for(lambda m: isinstance(m, FleetPlan) and set(m.assignments) == {"a1", "a2"})
-    sent = len(agents["a1"].plans)
     # e1 costs 10 % more energy: still the only set that fits the 2 J budget.
     controller.adaptation._replan_for([Move("e1@a1", "energy", 1.0, 1.1)])
     rec.wait_for(lambda m: isinstance(m, ControllerEvent) and m.kind == "drift")
     time.sleep(0.5)
     assert controller.planner.epoch == plan.epoch
     assert controller.planner.assignments == {"a1": ["e1"], "a2": []}
-    assert len(agents["a1"].plans) == sent
+    assert all(p.epoch <= plan.epoch for p in agents["a1"].plans)  # nothing newer was sent
     assert not [m for m in rec.messages(FleetPlan) if m.epoch > plan.epoch]
