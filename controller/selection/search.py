@@ -11,7 +11,8 @@ single-expert loss; a node's children add one later candidate each), with four c
   candidates] arrays, instead of one call per child;
 * **small subtrees in one batch**: a child whose subtree can hold at most ``LEAF_SETS`` sets
   (subsets of its candidates no larger than the most of them that fit the energy left) is not
-  expanded; every set of it that fits is scored with one matrix product, without bounds;
+  expanded; every set of it that fits is scored with one matrix product, without bounds (the
+  subtrees of consecutive such children of a node share one batch of up to ``GROUP_SETS``);
 * **a set-level bound** beside the prefix bound of ``Evaluator.bound_from_sums`` (``_modular``:
   one V for every sample, a modular lower bound and its energy knapsack), computed only for the
   children that the per-sample bound keeps. Two more bounds are here, off by default because they
@@ -71,6 +72,10 @@ BATCH_ELEMENTS = 200_000
 # candidates as the cheapest ones that fit the energy left) has them all scored in one batch,
 # with no bound of its own, instead of being bounded and expanded node by node.
 LEAF_SETS = 2047
+# Consecutive children scored that way share one batch while it holds at most this many sets
+# (counted as for LEAF_SETS): most such subtrees are small, and one batch per child cost more in
+# numpy calls than in arithmetic.
+GROUP_SETS = 2047
 # Matrix products are split into row blocks of at most this many multiply-adds: OpenBLAS runs
 # a product at or below 65536 x 4 of them on one thread, and above it on every core, which on a
 # shared 2-core machine made the same search take 1x to 4x its time from run to run.
@@ -258,6 +263,8 @@ class _Node:
     loss: float | None
     candidates: IntArray  # experts after F's last one that fit beside F, in search order
     bound: float  # a lower bound on every set of this subtree (from the parent's batch)
+    # The sets the local search scored that contain F (None at the root: all of them).
+    seen: list[int] | None = None
 
 
 @dataclass
@@ -398,9 +405,12 @@ class BranchAndBound:
         sizes = _largest_fits(ev.energy[cands], rest, self.limit_j - energy)
         counts = rest.sum(axis=1)
         batched = np.zeros(len(cands), dtype=bool)
+        subsets = np.zeros(len(cands), dtype=np.int64)
         for j in open_rows:
-            batched[j] = _subsets_up_to(int(counts[j]), int(sizes[j])) <= self.leaf_sets
+            subsets[j] = _subsets_up_to(int(counts[j]), int(sizes[j]))
+            batched[j] = subsets[j] <= self.leaf_sets
         frame = _Frame(node, bounds, _suffix_min(bounds))
+        seen_here = node.seen if node.seen is not None else list(self.seen)
         frame.unbounded = batched.copy()
         frame.parts = (cands, num, den, q_forced, rest, energy)
         open_rows = open_rows[~batched[open_rows]]
@@ -414,40 +424,49 @@ class BranchAndBound:
                 )
                 frame.suffix_min = _suffix_min(bounds)
                 yield
-            for j, u in enumerate(cands):
+            j = 0
+            while j < len(cands):
                 yield  # stopped here, child j and the later ones are open
                 if frame.suffix_min[j] > self.cutoff():
                     return  # no set under this node's remaining children can win
-                later = cands[rest[j]]
-                if len(later) == 0 or bounds[j] > self.cutoff():
-                    frame.next = j + 1
+                if not rest[j].any() or bounds[j] > self.cutoff():
+                    j += 1
+                    frame.next = j
                     continue
                 if batched[j]:
-                    # A small subtree: every set in it scored in one batch, no bounds. The walk
-                    # does not pause inside, so child j stays open until its sets are all scored.
-                    self._enumerate(
-                        children[j],
-                        _bits_add(node.bits, int(u)),
-                        num[j],
-                        den[j],
-                        float(energy[j]),
-                        float(losses[j]),
-                        later,
-                        int(sizes[j]),
-                    )
-                    frame.next = j + 1
+                    # Small subtrees: every set in them scored in one batch, no bounds, with
+                    # those of the next batched children while the batch stays within
+                    # GROUP_SETS sets. The walk does not pause inside, so these children stay
+                    # open until their sets are all scored.
+                    group, total, k = [j], int(subsets[j]), j + 1
+                    while k < len(cands) and frame.suffix_min[k] <= self.cutoff():
+                        if not rest[k].any() or bounds[k] > self.cutoff():
+                            k += 1  # nothing to do for this child
+                        elif batched[k] and total + int(subsets[k]) <= GROUP_SETS:
+                            group.append(k)
+                            total += int(subsets[k])
+                            k += 1
+                        else:
+                            break
+                    self._enumerate(node, cands, rest, group, sizes, energy, losses, seen_here)
+                    j = k
+                    frame.next = j
                     continue
-                frame.next = j + 1
+                u = cands[j]
+                j += 1
+                frame.next = j
+                child_bits = _bits_add(node.bits, int(u))
                 child = _Node(
-                    members=children[j],
-                    bits=_bits_add(node.bits, int(u)),
-                    num=num[j],
-                    den=den[j],
+                    members=children[j - 1],
+                    bits=child_bits,
+                    num=num[j - 1],
+                    den=den[j - 1],
                     qmax=np.maximum(node.qmax, ev.gold[:, u]),
-                    energy_j=float(energy[j]),
-                    loss=float(losses[j]),
-                    candidates=later,
-                    bound=float(bounds[j]),
+                    energy_j=float(energy[j - 1]),
+                    loss=float(losses[j - 1]),
+                    candidates=cands[rest[j - 1]],
+                    bound=float(bounds[j - 1]),
+                    seen=[b for b in seen_here if b & child_bits == child_bits],
                 )
                 yield from self._expand(child)
         finally:
@@ -455,57 +474,81 @@ class BranchAndBound:
 
     def _enumerate(
         self,
-        members: tuple[int, ...],
-        bits: int,
-        num: FloatArray,
-        den: FloatArray,
-        energy_j: float,
-        loss: float,
-        later: IntArray,
-        size: int,
+        node: _Node,
+        cands: IntArray,
+        rest: BoolArray,
+        group: list[int],
+        sizes: IntArray,
+        energy: FloatArray,
+        losses: FloatArray,
+        seen_here: list[int],
     ) -> None:
-        """Score every set members ∪ V (V ⊆ later, 1 <= |V| <= size, fits the energy) in one
-        batch; ``size`` is at least the largest number of experts of ``later`` that fit.
+        """Score, for every child j in ``group``, every set F ∪ {u_j} ∪ V (V ⊆ its candidates,
+        1 <= |V| <= sizes[j], fits the energy) in one batch; ``sizes[j]`` is at least the largest
+        number of child j's candidates that fit.
 
-        Only the energy can rule out a set here: every expert of ``later`` fits beside
-        ``members`` alone (delays are a maximum, so a set fits its delay budgets when each of its
-        experts does). Each set's parent in the search order is the set without its last expert
-        in ``later``: the monotonicity violations are counted against it, as node by node.
+        Only the energy can rule out a set here: every candidate of child j fits beside it alone
+        (delays are a maximum, so a set fits its delay budgets when each of its experts does).
+        Each set's parent in the search order is the set without its last expert: the
+        monotonicity violations are counted against it, as node by node.
         """
         ev = self.ev
-        masks, parents = _subset_masks(len(later), size)
-        fits = energy_j + masks.astype(float) @ ev.energy[later] <= self.limit_j
-        # A set fits only if its parent does (energies are non-negative): parents stay in.
-        rows = np.flatnonzero(fits)
-        if not len(rows):
+        e = ev.energy[cands]
+        blocks: list[FloatArray] = []
+        parent_rows: list[IntArray] = []
+        parent_own: list[FloatArray] = []
+        scored = 0
+        base = 0
+        for j in group:
+            pos = np.flatnonzero(rest[j])
+            masks, weights, parents = _subset_masks(len(pos), int(sizes[j]))
+            keep = np.flatnonzero(float(energy[j]) + weights @ e[pos] <= self.limit_j)
+            # A set fits only if its parent does (energies are non-negative): parents stay in.
+            block = np.zeros((len(keep), len(cands) + 1))
+            block[:, 0] = 1.0  # the node's own sums
+            block[:, 1 + j] = 1.0
+            block[:, 1 + pos] = weights[keep]
+            where = np.full(len(masks), -1, dtype=np.intp)
+            where[keep] = base + np.arange(len(keep))
+            up = parents[keep]
+            parent_rows.append(np.where(up < 0, -1, where[np.maximum(up, 0)]))
+            parent_own.append(np.full(len(keep), losses[j]))
+            blocks.append(block)
+            base += len(keep)
+            # Sets the local search scored already are not counted again.
+            bits = _bits_add(node.bits, int(cands[j]))
+            region = bits
+            for n in cands[pos]:
+                region |= 1 << int(n)
+            scored += sum(
+                1 for b in seen_here if b != bits and b & bits == bits and b | region == region
+            )
+            self.leaves_enumerated += 1
+        if not base:
             return
-        chosen = masks[rows].astype(float)
-        num_v = num[None, :] + _product(chosen, ev.weighted_gold[:, later].T)  # [sets, samples]
-        den_v = den[None, :] + _product(chosen, ev.weights[:, later].T)
+        chosen = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+        x = np.concatenate([node.num[None, :], ev.weighted_gold[:, cands].T])  # [1 + c, samples]
+        w = np.concatenate([node.den[None, :], ev.weights[:, cands].T])
 
         def members_of(i: int) -> tuple[int, ...]:
-            return (*members, *(int(n) for n in later[chosen[i] > 0]))
+            return (*node.members, *(int(n) for n in cands[chosen[i, 1:] > 0]))
 
+        num_v = _product(chosen, x)  # [sets, samples]
+        den_v = _product(chosen, w)
         if ev.stable:
             with np.errstate(divide="ignore", invalid="ignore"):
-                losses = -np.log(np.maximum(MIN_PROB, num_v / den_v)).mean(axis=1)
+                np.divide(num_v, den_v, out=num_v)
+            np.maximum(num_v, MIN_PROB, out=num_v)
+            np.log(num_v, out=num_v)
+            batch = num_v @ np.full(ev.n_samples, -1.0 / ev.n_samples)
         else:
-            losses = batch_losses(ev, num_v, den_v, [members_of(i) for i in range(len(rows))])
-        full = np.full(len(masks), np.nan)
-        full[rows] = losses
-        parent_loss = np.where(parents[rows] < 0, loss, full[np.maximum(parents[rows], 0)])
-        self.tracker.violations += int((losses > parent_loss + TIE_TOL).sum())
-        # Sets the local search scored already are not counted again.
-        region = bits
-        for n in later:
-            region |= 1 << int(n)
-        scored = sum(
-            1 for b in self.seen if b != bits and b & bits == bits and b | region == region
-        )
-        self.tracker.evaluated += len(rows) - scored
-        near = np.flatnonzero(losses <= self.tracker.best + RECHECK_TOL)
-        self.tracker.consider_batch(losses[near], [members_of(int(i)) for i in near])
-        self.leaves_enumerated += 1
+            batch = batch_losses(ev, num_v, den_v, [members_of(i) for i in range(base)])
+        up = np.concatenate(parent_rows)
+        parent_loss = np.where(up < 0, np.concatenate(parent_own), batch[np.maximum(up, 0)])
+        self.tracker.violations += int((batch > parent_loss + TIE_TOL).sum())
+        self.tracker.evaluated += base - scored
+        near = np.flatnonzero(batch <= self.tracker.best + RECHECK_TOL)
+        self.tracker.consider_batch(batch[near], [members_of(int(i)) for i in near])
 
     def _bounds_of(
         self,
@@ -687,10 +730,10 @@ def _subsets_up_to(items: int, size: int) -> int:
 
 
 @functools.lru_cache(maxsize=128)
-def _subset_masks(items: int, size: int) -> tuple[BoolArray, IntArray]:
+def _subset_masks(items: int, size: int) -> tuple[BoolArray, FloatArray, IntArray]:
     """The non-empty subsets of ``items`` items with at most ``size`` of them as rows of a mask
-    (smaller first), and the row of each one's parent: the subset without its last item, -1
-    for singletons."""
+    (smaller first), the same as 0 / 1 floats, and the row of each one's parent: the subset
+    without its last item, -1 for singletons."""
     subsets = [
         chosen
         for k in range(1, min(items, size) + 1)
@@ -701,7 +744,7 @@ def _subset_masks(items: int, size: int) -> tuple[BoolArray, IntArray]:
     for i, chosen in enumerate(subsets):
         masks[i, list(chosen)] = True
     parents = [row.get(chosen[:-1], -1) for chosen in subsets]
-    return masks, np.asarray(parents, dtype=np.intp)
+    return masks, masks.astype(float), np.asarray(parents, dtype=np.intp)
 
 
 def _product(a: FloatArray, b: FloatArray) -> FloatArray:
