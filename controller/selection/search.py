@@ -71,11 +71,11 @@ BATCH_ELEMENTS = 200_000
 # A child whose subtree holds at most this many sets (counted by size: as many of its
 # candidates as the cheapest ones that fit the energy left) has them all scored in one batch,
 # with no bound of its own, instead of being bounded and expanded node by node.
-LEAF_SETS = 2047
+LEAF_SETS = 4095
 # Consecutive children scored that way share one batch while it holds at most this many sets
 # (counted as for LEAF_SETS): most such subtrees are small, and one batch per child cost more in
 # numpy calls than in arithmetic.
-GROUP_SETS = 2047
+GROUP_SETS = 4095
 # Matrix products are split into row blocks of at most this many multiply-adds: OpenBLAS runs
 # a product at or below 65536 x 4 of them on one thread, and above it on every core, which on a
 # shared 2-core machine made the same search take 1x to 4x its time from run to run.
