@@ -59,6 +59,9 @@ def requantize(source: Path, target: str, folder: Path | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if out.is_file():
             return out
+        # Left by an agent killed while converting (the lock is ours, so no one is writing it).
+        for stale in folder.glob(out.with_suffix(".partial-*").name):
+            stale.unlink(missing_ok=True)
         partial = out.with_suffix(f".partial-{os.getpid()}")
         log.info("re-quantising %s to %s (once; cached as %s)", source.name, target, out)
         try:

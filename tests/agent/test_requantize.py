@@ -63,6 +63,17 @@ def test_a_file_that_is_not_gguf_fails_clearly_and_leaves_nothing(tmp_path: Path
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
 
 
+def test_a_conversion_killed_half_way_leaves_nothing_behind_the_next(tmp_path: Path) -> None:
+    source = resolve_model("smollm2-135m")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    out = requantized_path(source, "Q4_0", cache)
+    stale = out.with_suffix(".partial-99999")  # an agent SIGKILLed while converting
+    stale.write_bytes(b"half a model")
+    assert requantize(source, "Q4_0", cache) == out and out.is_file()
+    assert not stale.exists()
+
+
 def test_unsupported_type_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="supported: Q4_0, Q8_0"):
         requantize(resolve_model("smollm2-135m"), "Q5_1", tmp_path)
