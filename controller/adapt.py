@@ -68,6 +68,9 @@ class Adaptation:
         self.newcomers: NewcomerQueue | None = None
         self._probe_turn = 0
         self._lock = threading.RLock()
+        # the loop and the retraining thread both publish: one table at a time, so that a table
+        # computed before a retrain never lands after the one computed after it
+        self._publish_lock = threading.Lock()
         self._retraining = False
         self._working: Profile | None = None
         self._suite_problem: str | None = None
@@ -377,8 +380,8 @@ class Adaptation:
             self.model.reseed({**self.model.seeds, **seeds_from_profile(gated.profile, keys)})
             with self._lock:
                 self._swap(gated)
-            for key in keys:
-                queue.progress[key].phase = "done"
+                for key in keys:
+                    queue.progress[key].phase = "done"
             self.c._event(
                 "profiling",
                 f"gate retrained with {', '.join(keys)} in {seconds:.1f} s "
@@ -461,9 +464,10 @@ class Adaptation:
         )
 
     def publish(self) -> None:
-        table = self.table()
-        if table is not None and self.c.active and self.c.bus.connected:
-            self.c.bus.publish(topics.CONTROLLER_COSTS, table)
+        with self._publish_lock:
+            table = self.table()
+            if table is not None and self.c.active and self.c.bus.connected:
+                self.c.bus.publish(topics.CONTROLLER_COSTS, table)
 
 
 def state_costs_path(state_dir: Path) -> Path:
