@@ -85,6 +85,10 @@ class Evaluator:
         self.stable = not bool(self.extreme.any())
         self.weights: FloatArray = np.exp(logits - logits.max(axis=1, keepdims=True))
         self.weighted_gold: FloatArray = self.weights * self.gold
+        # A mixture's gold probability is a weighted average of its experts': when every gold
+        # probability is well above MIN_PROB (twice it, against rounding), no mixture needs the
+        # floor.
+        self.floor_needed = bool(self.gold.size and self.gold.min() < 2 * MIN_PROB)
 
         # For the bound: per sample, experts by gold probability, highest first.
         self._q_order: IntArray = np.argsort(-self.gold, axis=1, kind="stable")
