@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from messages.settings import cache_root
+
 log = logging.getLogger(__name__)
 
 RequantizeType = Literal["Q8_0", "Q4_0"]
@@ -31,9 +33,9 @@ class RequantizeFailed(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Where re-quantised models are kept: $XDG_CACHE_HOME/moe2/models, else ~/.cache/..."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "moe2" / "models"
+    """Where re-quantised models are kept: ``models`` under the cache every process shares
+    ($MOE2_CACHE_DIR, else $XDG_CACHE_HOME/moe2, else ~/.cache/moe2)."""
+    return cache_root() / "models"
 
 
 def requantized_path(source: Path, target: str, folder: Path) -> Path:

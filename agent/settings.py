@@ -65,7 +65,8 @@ class ExpertConfig(BaseModel):
     quantize: RequantizeType | None = Field(
         default=None,
         description="llama.cpp: serve the model re-quantised to Q8_0 or Q4_0 (converted once "
-        "with llama.cpp's quantizer, cached under $XDG_CACHE_HOME/moe2/models): weight types "
+        "with llama.cpp's quantizer, cached under models in $MOE2_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/moe2): weight types "
         "with batched CPU kernels, so that parallel pays on a CPU; Q8_0 keeps 4- and 5-bit "
         "weights almost exactly",
     )

@@ -6,6 +6,7 @@ variables, and command-line flags. Unknown keys in a config file are an error.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +29,16 @@ else:  # pragma: no cover - Python 3.10 on JetPack 6
     import tomli as tomllib
 
 S = TypeVar("S", bound="FleetSettings")
+
+
+def cache_root() -> Path:
+    """Where every moe2 process keeps what it can rebuild (prompt embeddings, re-quantised
+    models): ``$MOE2_CACHE_DIR``, else ``$XDG_CACHE_HOME/moe2``, else ``~/.cache/moe2``."""
+    explicit = os.environ.get("MOE2_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "moe2"
 
 
 class ConfigError(ValueError):

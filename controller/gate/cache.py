@@ -16,18 +16,11 @@ from typing import Protocol
 import numpy as np
 
 from controller.gate.encoder import ENCODER_NAME
+from messages.settings import cache_root
 
 
 class Encoder(Protocol):
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
-
-
-def default_cache_dir() -> Path:
-    explicit = os.environ.get("MOE2_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "moe2"
 
 
 def _digest(text: str) -> str:
@@ -39,7 +32,7 @@ class CachedEncoder:
 
     def __init__(self, encoder: Encoder, path: Path | None = None) -> None:
         self.encoder = encoder
-        self.path = path or default_cache_dir() / f"embeddings-{ENCODER_NAME}.npz"
+        self.path = path or cache_root() / f"embeddings-{ENCODER_NAME}.npz"
         self._rows: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0

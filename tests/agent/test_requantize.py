@@ -89,10 +89,14 @@ def test_settings_refuse_unknown_types_and_onnx_experts(tmp_path: Path) -> None:
 def test_an_expert_with_quantize_serves_the_converted_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("MOE2_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     config = ExpertConfig(id="smol8", model="smollm2-135m", quantize="Q8_0", n_ctx=256)
     pool = ExpertPool([config])
     assert pool.paths["smol8"].parent == tmp_path / "moe2" / "models"
+    # the cache every process shares, when set, holds the models too
+    monkeypatch.setenv("MOE2_CACHE_DIR", str(tmp_path / "shared"))
+    assert ExpertPool([config]).paths["smol8"].parent == tmp_path / "shared" / "models"
     pool.get("smol8")
     try:
         (info,) = pool.info()

@@ -10,7 +10,7 @@ import pytest
 from agent.settings import AgentSettings, ExpertConfig
 from controller.settings import ControllerSettings
 from messages.bus import BrokerEndpoint, BrokerUrlError
-from messages.settings import ConfigError, FleetSettings
+from messages.settings import ConfigError, FleetSettings, cache_root
 
 
 @pytest.fixture(autouse=True)
@@ -329,3 +329,20 @@ def test_password_file(tmp_path: Path) -> None:
         FleetSettings.load(username="c1", password_file=secret, password="x")
     with pytest.raises(ConfigError, match="needs a username"):
         FleetSettings.load(password="x")
+
+
+def test_one_cache_root_for_every_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embeddings (controller) and re-quantised models (agent) live under one root."""
+    from agent.requantize import cache_dir
+    from controller.gate.cache import CachedEncoder
+
+    monkeypatch.delenv("MOE2_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_root() == tmp_path / "home" / ".cache" / "moe2"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "moe2"
+    monkeypatch.setenv("MOE2_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+    assert cache_dir() == tmp_path / "mine" / "models"
+    assert CachedEncoder(object()).path.parent == tmp_path / "mine"  # type: ignore[arg-type]
