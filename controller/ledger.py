@@ -4,7 +4,8 @@ in flight answers them after it restarts, and recent answers, so that a prompt d
 
 The journal is JSON lines: ``{"op": "add", ...}`` when a prompt is accepted, ``{"op": "done",
 "request_id": ...}`` when it is answered. It is flushed at every line (a killed process loses
-nothing; a power cut of the controller's host may lose the last lines) and compacted at start.
+nothing; a power cut of the controller's host may lose the last lines) and compacted at start
+and every COMPACT_LINES lines, the rewritten file synced to disk before it replaces the journal.
 """
 
 from __future__ import annotations
@@ -114,7 +115,12 @@ class Ledger:
         with tmp.open("w") as out:
             for entry in self.entries.values():
                 out.write(json.dumps(_dump(entry)) + "\n")
+            # on disk before it replaces the journal: a power cut just after the rename must
+            # find the open entries, not an empty file
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
         self._file = path.open("a")
         self._lines = len(self.entries)
 
@@ -165,6 +171,20 @@ class Ledger:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the file system allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _dump(entry: Entry) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from controller.dispatch import PARK_GRACE_S, Dispatcher, Refused, Route
 from controller.ledger import Entry, Ledger, ReplyRoute
@@ -140,6 +143,35 @@ def test_the_ledger_stays_small_when_left_running(tmp_path: Path) -> None:
         ledger_module.COMPACT_LINES = old
         ledger.close()
     assert list(Ledger(path).entries) == ["r7"]
+
+
+def test_a_compacted_ledger_is_on_disk_before_it_replaces_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut right after the rename must find the open prompts: the rewritten file is
+    fsynced before os.replace, and the folder after it."""
+    import controller.ledger as ledger_module
+
+    path = tmp_path / "ledger.jsonl"
+    Ledger(path).add(entry("r1"))
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        calls.append(("replace", str(src)))
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger_module.os, "fsync", fsync)
+    monkeypatch.setattr(ledger_module.os, "replace", replace)
+    again = Ledger(path)  # compacts at start
+    again.close()
+    tmp = str(path.with_suffix(".tmp"))
+    assert calls == [("fsync", tmp), ("replace", tmp), ("fsync", str(tmp_path))]
+    assert list(Ledger(path).entries) == ["r1"]
 
 
 def test_with_every_replica_gone_the_job_waits_for_one_to_come_back() -> None:
