@@ -4,7 +4,10 @@ newcomers profiled and gated, the cost table published on ``controller/costs``.
 The controller service calls ``before_replan`` at every re-plan (the selection then uses the
 current costs), ``on_result`` with every result (True: one of ours, not the dispatcher's), and
 runs ``loop`` in a thread. Only the active controller sends probes, re-plans and publishes; a
-standby learns nothing (it has no dispatch times) and starts from the costs it saved.
+standby learns nothing (it has no dispatch times): it keeps the last cost table the active one
+published and, when it takes over, goes on from those costs where they are newer than the ones
+it saved itself (``carry_peer_costs``), so a controller's crash does not plan back in an expert
+that the fleet had found slow.
 
 Probes: an online expert of the gate with no cost sample for ``probe_interval_s`` (one that the
 plan leaves out gets no user prompts) is sent one training prompt of the profile, rotating
@@ -16,6 +19,7 @@ delay of that long.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -23,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controller.costs import CostModel, seeds_from_profile
+from controller.costs import CostModel, Seed, seeds_from_profile
 from controller.drift import DriftDetector, Move
 from controller.explain import infeasible
 from controller.selection.live import LiveSelection
@@ -72,6 +76,7 @@ class Adaptation:
         # computed before a retrain never lands after the one computed after it
         self._publish_lock = threading.Lock()
         self._retraining = False
+        self._peer_table: CostTable | None = None
         self._working: Profile | None = None
         self._suite_problem: str | None = None
         if controller.selection is None:
@@ -403,6 +408,47 @@ class Adaptation:
             return f"no active expert can answer: {self.problem}"
         return "no active expert can answer"
 
+    # -- another controller's costs -------------------------------------------------------
+
+    def on_peer_costs(self, table: CostTable) -> None:
+        """The cost table another controller published (retained): kept for a takeover."""
+        if table.controller_id != self.c.controller_id:
+            self._peer_table = table
+
+    def carry_peer_costs(self) -> int:
+        """At a takeover: the live costs of the last table another controller published, when
+        it is newer than this controller's own saved costs; returns how many experts."""
+        table, self._peer_table = self._peer_table, None
+        if table is None or self.model is None:
+            return 0
+        try:
+            saved_s = self.path.stat().st_mtime
+        except OSError:
+            saved_s = 0.0
+        if table.time_s <= saved_s:
+            return 0
+        min_samples = self.model.min_samples
+        carried = 0
+        for row in table.experts:
+            seed = self.model.seeds.get(row.key)
+            if row.origin != "live" or seed is None or not _same_seed(row, seed):
+                continue  # ratios are to the profiled costs: only where both profiles agree
+            delay = row.delay_ratio if row.delay_samples >= min_samples else None
+            energy = row.energy_ratio if row.energy_samples >= min_samples else None
+            window = self.model.window
+            samples = (min(row.delay_samples, window), min(row.energy_samples, window))
+            if (delay is not None or energy is not None) and self.model.carry(
+                row.key, delay, energy, not row.energy_estimated, samples
+            ):
+                carried += 1
+        if carried:
+            self.c._event(
+                "takeover",
+                f"went on from the live costs of {carried} experts learnt by "
+                f"{table.controller_id} ({now_s() - table.time_s:.0f} s old)",
+            )
+        return carried
+
     # -- the cost table -----------------------------------------------------------------
 
     def table(self) -> CostTable | None:
@@ -468,6 +514,16 @@ class Adaptation:
             table = self.table()
             if table is not None and self.c.active and self.c.bus.connected:
                 self.c.bus.publish(topics.CONTROLLER_COSTS, table)
+
+
+def _same_seed(row: ExpertCostRow, seed: Seed) -> bool:
+    """Whether the profiled delays behind ``row`` (its delays over its ratio) are ours."""
+    if not row.delay_s or row.delay_ratio <= 0 or set(row.delay_s) != set(seed.delay_s):
+        return False
+    return all(
+        math.isclose(row.delay_s[c] / row.delay_ratio, seed.delay_s[c], rel_tol=1e-6)
+        for c in seed.delay_s
+    )
 
 
 def state_costs_path(state_dir: Path) -> Path:

@@ -137,6 +137,32 @@ class CostModel:
                     win.energy_source = energy_source
         return True
 
+    def carry(
+        self,
+        key: str,
+        delay_ratio: float | None,
+        energy_ratio: float | None,
+        energy_measured: bool,
+        samples: tuple[int, int] = (0, 0),
+    ) -> bool:
+        """Costs learnt by another controller (its published table), as this expert's window:
+        each ratio given fills as many places as the other's window held (the rolling median
+        goes on from where the other left it). False when the expert has no seed here."""
+        if key not in self.seeds:
+            return False
+        delay_samples, energy_samples = samples
+        with self._lock:
+            win = _Window.empty(self.window)
+            if delay_ratio is not None:
+                win.delay.extend([delay_ratio] * max(self.min_samples, delay_samples))
+                win.delay_samples = delay_samples
+            if energy_ratio is not None:
+                target = win.energy_measured if energy_measured else win.energy_estimated
+                target.extend([energy_ratio] * max(self.min_samples, energy_samples))
+                win.energy_samples = energy_samples
+            self._windows[key] = win
+        return True
+
     def current(self, key: str) -> LiveCost | None:
         seed = self.seeds.get(key)
         if seed is None:

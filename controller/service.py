@@ -176,6 +176,9 @@ class Controller:
         self.bus.subscribe(topics.CONTROLLER_STATUS, self._on_peer)
         self.bus.subscribe(topics.CONTROLLER_PLAN, self._on_fleet_plan)
         self.bus.subscribe(
+            topics.CONTROLLER_COSTS, lambda i: self.adaptation.on_peer_costs(i.message)
+        )
+        self.bus.subscribe(
             topics.CONTROLLER_BUDGETS, self._on_budgets, on_empty=self._on_budgets_cleared
         )
         self.bus.subscribe(
@@ -301,6 +304,7 @@ class Controller:
         log.info(
             "controller %s active; %d prompts from the ledger", self.controller_id, len(waiting)
         )
+        self.adaptation.carry_peer_costs()
         self.replan(force=True)
         for entry in sorted(waiting, key=lambda e: e.received_s):
             self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))

@@ -66,6 +66,32 @@ def test_measured_energy_is_preferred_and_unmarked_only_without_estimates() -> N
     assert not live.cost.energy_estimated and live.energy_source == "rapl"
 
 
+def test_costs_carried_from_another_controller_go_on_as_its_rolling_window() -> None:
+    """A controller taking over starts where the other left an expert (3x slower), and its
+    own samples move the median only once they outnumber the carried ones, as they would have
+    in the other's window."""
+    m = model()  # window 5, min_samples 3
+    assert not m.carry("x@y", 3.0, None, False, (5, 0))  # not an expert of this profile
+    assert m.carry("e@a", 3.0, None, False, (40, 0))  # 40 samples behind it: fills the window
+    live = m.current("e@a")
+    assert live is not None and live.origin == "live" and live.delay_samples == 40
+    assert live.cost.delay_s == pytest.approx({"geo": 0.3, "math": 1.5})
+    assert live.energy_samples == 0 and live.cost.energy_j == pytest.approx(2.0)  # not carried
+    for _ in range(2):
+        m.observe("e@a", "geo", 0.1)  # recovered: back at the profile
+    assert m.costs()["e@a"].delay_s["geo"] == pytest.approx(0.3)  # 3 carried of 5 still rule
+    m.observe("e@a", "geo", 0.1)
+    assert m.costs()["e@a"].delay_s["geo"] == pytest.approx(0.1)
+    # measured energy lands in the measured window, which outranks estimates
+    m = CostModel({"e@a": Seed(2.0, {"geo": 2.0}, {"geo": 0.1}, estimated=False)}, 5, 3)
+    m.carry("e@a", None, 0.5, True, (0, 3))
+    for _ in range(3):
+        m.observe("e@a", "geo", 0.1, 10.0, "estimate", True)
+    live = m.current("e@a")
+    assert live is not None and live.cost.energy_j == pytest.approx(1.0)
+    assert not live.cost.energy_estimated
+
+
 def test_costs_survive_a_restart(tmp_path: Path) -> None:
     m = model()
     for _ in range(4):

@@ -7,6 +7,8 @@ SmolLM2 and Gemma 3 agents on Mosquitto.
   wall time, so a paused job costs more).
 - An agent with an expert the gate does not know joins: it is profiled on a small suite, the
   gate is retrained, and it appears in a plan, without a restart.
+- The active controller is SIGKILLed: the standby takes over from the live costs it learnt,
+  not from the profile's.
 """
 
 from __future__ import annotations
@@ -60,12 +62,20 @@ def _lab_profile_for(fleet: str, folder: Path) -> tuple[Path, Path]:
     return profile_path, gate_path
 
 
+def _controller_args(folder: Path) -> list[str]:
+    return [
+        "--profile", str(folder / "profile.json"), "--gate", str(folder / "gate.pt"),
+        "--suite", str(folder / "small-suite.jsonl"), "--config", str(folder / "controller.toml"),
+        "--drift-threshold", "0.5",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def live(
     mosquitto: LocalBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LocalFleet, Recorder]]:
     folder = tmp_path_factory.mktemp("live")
-    profile_path, gate_path = _lab_profile_for(FLEET, folder)
+    _lab_profile_for(FLEET, folder)
     suite = folder / "small-suite.jsonl"
     save_suite(stratified(load_suite(), 2), suite)  # 6 train + 6 val prompts for a newcomer
     config = folder / "controller.toml"
@@ -76,12 +86,7 @@ def live(
     fleet = LocalFleet(mosquitto.endpoint, FLEET, folder)
     rec = Recorder(mosquitto.endpoint, FLEET)
     rec.watch(topics.CONTROLLER_PLAN).watch(topics.CONTROLLER_EVENTS).watch(topics.CONTROLLER_COSTS)
-    fleet.start_controller(
-        extra=[
-            "--profile", str(profile_path), "--gate", str(gate_path), "--suite", str(suite),
-            "--config", str(config), "--drift-threshold", "0.5",
-        ]
-    )  # fmt: skip
+    fleet.start_controller(extra=_controller_args(folder))
     power = {"power_model_w": 15.0}
     fleet.start_agent(AgentSpec("edge-a", [{**SMOLLM2, "id": "smollm2-cloze"}], power))
     fleet.start_agent(AgentSpec("edge-b", [{**GEMMA3, "id": "gemma3-cloze"}], power))
@@ -233,3 +238,36 @@ def test_newcomer_is_profiled_gated_and_planned(
     )
     row = next(r for r in table.experts if r.key == NEW)
     assert row.energy_j is not None and row.energy_j < cheapest / 2
+
+
+def test_a_standby_takes_over_from_the_live_costs(
+    live: tuple[LocalFleet, Recorder], mosquitto: LocalBroker
+) -> None:
+    """A standby learns no costs itself (it sends no jobs): when the active controller dies it
+    goes on from the last cost table that one published, so an expert the fleet had found
+    slow is not planned back in at the profile's costs."""
+    fleet, rec = live
+    assert wait_until(
+        lambda: all(getattr(_costs(rec).get(k), "origin", "") == "live" for k in (A, B)), 60
+    ), _costs(rec)
+    fleet.start_controller("standby", extra=_controller_args(fleet.workdir))
+    time.sleep(4.0)  # it hears the active controller and its retained cost table
+    tables = [t for t in rec.messages(CostTable) if t.controller_id == "controller"]
+    fleet.kill("controller", signal.SIGKILL)
+    last = {r.key: r for r in tables[-1].experts}
+    event = rec.wait_for(
+        lambda m: isinstance(m, ControllerEvent)
+        and m.kind == "takeover"
+        and "live costs" in m.reason,
+        timeout_s=30,
+    )
+    assert "learnt by controller" in event.reason
+    first = rec.wait_for(
+        lambda m: isinstance(m, CostTable) and m.controller_id == "standby", timeout_s=15
+    )
+    rows = {r.key: r for r in first.experts}
+    for key in (A, B):
+        # the rolling median carried over, not the profile's ratio of 1
+        assert rows[key].origin == "live", rows[key]
+        assert rows[key].delay_ratio == pytest.approx(last[key].delay_ratio, rel=1e-9)
+        assert rows[key].delay_ratio != pytest.approx(1.0)
