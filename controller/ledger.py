@@ -4,8 +4,10 @@ in flight answers them after it restarts, and recent answers, so that a prompt d
 
 The journal is JSON lines: ``{"op": "add", ...}`` when a prompt is accepted, ``{"op": "done",
 "request_id": ...}`` when it is answered. It is flushed at every line (a killed process loses
-nothing; a power cut of the controller's host may lose the last lines) and compacted at start
-and every COMPACT_LINES lines, the rewritten file synced to disk before it replaces the journal.
+nothing) and, with ``sync`` (the controller's ``ledger_sync``, on by default), each "add" is synced
+to disk before the prompt is acknowledged, so a power cut of the controller's host loses no
+accepted prompt (a lost "done" only means a prompt answered twice). It is compacted at start and
+every COMPACT_LINES lines, the rewritten file synced before it replaces the journal.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ class Ledger:
     """Accepted prompts by request id (journalled when ``path`` is given), and an LRU of the
     last ``remember`` answers with the fingerprint of the prompt each answered."""
 
-    def __init__(self, path: Path | None, remember: int = 2048) -> None:
+    def __init__(self, path: Path | None, remember: int = 2048, *, sync: bool = False) -> None:
         self.path = path
+        self.sync = sync
         self.entries: dict[str, Entry] = {}
         self._answers: OrderedDict[str, tuple[str, Answer]] = OrderedDict()
         self._remember = remember
@@ -124,12 +127,14 @@ class Ledger:
         self._file = path.open("a")
         self._lines = len(self.entries)
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, Any], durable: bool = False) -> None:
         if self._file is None or self.path is None:
             return
         try:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+            if durable and self.sync:
+                os.fsync(self._file.fileno())
             self._lines += 1
             if self._lines > COMPACT_LINES + len(self.entries):
                 self._compact(self.path)
@@ -138,7 +143,7 @@ class Ledger:
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.request_id] = entry
-        self._write(_dump(entry))
+        self._write(_dump(entry), durable=True)  # a lost "done" only answers twice
 
     def done(self, request_id: str, answer: Answer | None = None) -> None:
         entry = self.entries.pop(request_id, None)

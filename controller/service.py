@@ -79,7 +79,9 @@ class Controller:
         self.since_s = now_s()
         self.registry = FleetRegistry(settings.silence_factor)
         self.planner = Planner(self.controller_id, self.incarnation)
-        self.ledger = Ledger(self.identity.state_dir / "ledger.jsonl")
+        self.ledger = Ledger(
+            self.identity.state_dir / "ledger.jsonl", sync=self.settings.ledger_sync
+        )
         self.dispatcher = Dispatcher(
             self._route,
             self._replicas,

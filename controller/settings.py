@@ -49,6 +49,12 @@ class ControllerSettings(FleetSettings):
         description="Answer as soon as the experts still out cannot change the answer (off: "
         "wait for every expert, as a baseline)",
     )
+    ledger_sync: bool = Field(
+        default=True,
+        description="Sync each accepted prompt's ledger line to disk before the prompt is "
+        "acknowledged, so a power cut loses no accepted prompt (off: flushed only; a killed "
+        "process still loses nothing)",
+    )
     election_grace_s: float = Field(
         default=1.0,
         ge=0,

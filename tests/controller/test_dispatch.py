@@ -174,6 +174,29 @@ def test_a_compacted_ledger_is_on_disk_before_it_replaces_the_journal(
     assert list(Ledger(path).entries) == ["r1"]
 
 
+@pytest.mark.parametrize("sync", [True, False])
+def test_with_sync_each_accepted_prompt_is_on_disk_before_it_is_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: bool
+) -> None:
+    import controller.ledger as ledger_module
+
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path, sync=sync)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(ledger_module.os, "fsync", fsync)
+    ledger.add(entry("r1"))
+    assert synced == ([str(path)] if sync else [])
+    ledger.done("r1")  # a lost "done" only answers twice: flushed, not synced
+    assert synced == ([str(path)] if sync else [])
+    ledger.close()
+
+
 def test_with_every_replica_gone_the_job_waits_for_one_to_come_back() -> None:
     # A broker going down publishes every agent's will at once: rather than answer "failed"
     # with nothing to say, the prompt waits (within its deadline) for a replica to return.
