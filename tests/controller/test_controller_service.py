@@ -308,6 +308,7 @@ BAD_PAYLOADS = [
         topics.AGENT_CAPABILITIES,
         topics.AGENT_TELEMETRY,
         topics.AGENT_RESULTS,
+        topics.CONTROLLER_COSTS,  # another controller's table, kept for a takeover
     ],
     ids=lambda t: t.pattern,
 )
