@@ -504,14 +504,14 @@ class BranchAndBound:
         base = 0
         for j in group:
             pos = np.flatnonzero(rest[j])
-            masks, weights, parents = _subset_masks(len(pos), int(sizes[j]))
+            weights, parents = _subset_masks(len(pos), int(sizes[j]))
             keep = np.flatnonzero(float(energy[j]) + weights @ e[pos] <= self.limit_j)
             # A set fits only if its parent does (energies are non-negative): parents stay in.
             block = np.zeros((len(keep), len(cands) + 1))
             block[:, 0] = 1.0  # the node's own sums
             block[:, 1 + j] = 1.0
             block[:, 1 + pos] = weights[keep]
-            where = np.full(len(masks), -1, dtype=np.intp)
+            where = np.full(len(weights), -1, dtype=np.intp)
             where[keep] = base + np.arange(len(keep))
             up = parents[keep]
             parent_rows.append(np.where(up < 0, -1, where[np.maximum(up, 0)]))
@@ -728,21 +728,21 @@ def _subsets_up_to(items: int, size: int) -> int:
 
 
 @functools.lru_cache(maxsize=128)
-def _subset_masks(items: int, size: int) -> tuple[BoolArray, FloatArray, IntArray]:
-    """The non-empty subsets of ``items`` items with at most ``size`` of them as rows of a mask
-    (smaller first), the same as 0 / 1 floats, and the row of each one's parent: the subset
-    without its last item, -1 for singletons."""
+def _subset_masks(items: int, size: int) -> tuple[FloatArray, IntArray]:
+    """The non-empty subsets of ``items`` items with at most ``size`` of them as rows of 0 / 1
+    floats (smaller first), and the row of each one's parent: the subset without its last item,
+    -1 for singletons."""
     subsets = [
         chosen
         for k in range(1, min(items, size) + 1)
         for chosen in itertools.combinations(range(items), k)
     ]
     row = {chosen: i for i, chosen in enumerate(subsets)}
-    masks = np.zeros((len(subsets), items), dtype=bool)
+    masks = np.zeros((len(subsets), items))
     for i, chosen in enumerate(subsets):
-        masks[i, list(chosen)] = True
+        masks[i, list(chosen)] = 1.0
     parents = [row.get(chosen[:-1], -1) for chosen in subsets]
-    return masks, masks.astype(float), np.asarray(parents, dtype=np.intp)
+    return masks, np.asarray(parents, dtype=np.intp)
 
 
 def _product(a: FloatArray, b: FloatArray) -> FloatArray:
