@@ -9,10 +9,11 @@ single-expert loss; a node's children add one later candidate each), with four c
 * **children in one batch**: the losses of every child F ∪ {u} of a node and the lower bound of
   every child's subtree are computed with a few numpy operations on [children, samples,
   candidates] arrays, instead of one call per child;
-* **small subtrees in one batch**: a child whose subtree can hold at most ``LEAF_SETS`` sets
+* **small subtrees scored whole**: a child whose subtree can hold at most ``LEAF_SETS`` sets
   (subsets of its candidates no larger than the most of them that fit the energy left) is not
-  expanded; every set of it that fits is scored with one matrix product, without bounds (the
-  subtrees of consecutive such children of a node share one batch of up to ``GROUP_SETS``);
+  expanded; every set of it that fits is scored, without bounds, by a compiled depth-first walk
+  with incremental sums (``subtrees.py``; the subtrees of consecutive such children of a node
+  share one call of up to ``GROUP_SETS`` sets);
 * **a set-level bound** beside the prefix bound of ``Evaluator.bound_from_sums`` (``_modular``:
   one V for every sample, a modular lower bound and its energy knapsack), computed only for the
   children that the per-sample bound keeps. Two more bounds are here, off by default because they
@@ -29,7 +30,7 @@ single-expert loss; a node's children add one later candidate each), with four c
   The per-sample bound is the smaller of the two; -log of it, averaged, bounds every set of the
   subtree, so pruning on it keeps the search exact (``docs/selection.md``).
 
-The walk is a generator that yields once per node (never inside a batched subtree), so a caller
+The walk is a generator that yields once per node (never inside a subtree scored whole), so a caller
 can stop it at a deadline and resume it later (``BranchAndBound.run``). While it is stopped,
 every set not yet evaluated lies in the subtree of a child that some frame on the stack has not
 started, and each such child's bound was computed with its batch: the smallest of them (and the
@@ -38,8 +39,6 @@ incumbent's loss) is a proven lower bound on the optimum.
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -55,6 +54,7 @@ from controller.selection.loss import (
     FloatArray,
     IntArray,
 )
+from controller.selection.subtrees import score_subtrees
 
 # Losses this close are a tie (then fewer experts, lower energy, lower indices win).
 TIE_TOL = 1e-12
@@ -69,20 +69,17 @@ RECHECK_TOL = 1e-9
 # and the walk can stop between the parts.
 BATCH_ELEMENTS = 200_000
 # A child whose subtree holds at most this many sets (counted by size: as many of its
-# candidates as the cheapest ones that fit the energy left) has them all scored in one batch,
-# with no bound of its own, instead of being bounded and expanded node by node.
-LEAF_SETS = 4095
-# Consecutive children scored that way share one batch while it holds at most this many sets
-# (counted as for LEAF_SETS): most such subtrees are small, and one batch per child cost more in
-# numpy calls than in arithmetic.
-GROUP_SETS = 4095
+# candidates as the cheapest ones that fit the energy left) has them all scored in compiled code
+# (``subtrees.py``), with no bound of its own, instead of being bounded and expanded node by node
+# (scoring 65535 sets of 250 samples takes about 10 ms there: the walk can stop between calls).
+LEAF_SETS = 65535
+# Consecutive children scored that way share one call while it holds at most this many sets
+# (counted as for LEAF_SETS): most such subtrees are small.
+GROUP_SETS = 65535
 # Matrix products are split into row blocks of at most this many multiply-adds: OpenBLAS runs
 # a product at or below 65536 x 4 of them on one thread, and above it on every core, which on a
 # shared 2-core machine made the same search take 1x to 4x its time from run to run.
 PRODUCT_BLOCK = 200_000
-# Batched subtrees are scored SCORE_ROWS sets at a time, so that one block's per-sample sums stay
-# in the L2 cache while they are divided and logged.
-SCORE_ROWS = 256
 # Local search stops after this many improving moves (each move is one batch of neighbours).
 MAX_LOCAL_MOVES = 200
 
@@ -304,7 +301,11 @@ class BranchAndBound:
         self.modular_bound = modular_bound
         self.tangent_bound = tangent_bound
         self.tangent_rounds = 2
-        self.leaf_sets = LEAF_SETS
+        # Small subtrees are scored in compiled code with incremental sums, which needs the
+        # weights exp(w - max w) of stable instances; others go node by node.
+        self.leaf_sets = LEAF_SETS if ev.stable else 0
+        self._weighted_gold_t = np.ascontiguousarray(ev.weighted_gold.T)  # [experts, samples]
+        self._weights_t = np.ascontiguousarray(ev.weights.T)
         self.limit_j = _energy_limit(ev)
         self.nodes_expanded = 0
         self.leaves_enumerated = 0
@@ -382,8 +383,8 @@ class BranchAndBound:
         self.nodes_expanded += 1
         energy = node.energy_j + ev.energy[cands]  # [c], summed in the same order as solver.py
         rest = np.triu(energy[:, None] + ev.energy[cands][None, :] <= self.limit_j, k=1)
-        x = ev.weighted_gold[:, cands].T  # [c, samples]
-        w = ev.weights[:, cands].T
+        x = self._weighted_gold_t[cands]  # [c, samples]
+        w = self._weights_t[cands]
         num = node.num[None, :] + x
         den = node.den[None, :] + w
         children = [(*node.members, int(u)) for u in cands]
@@ -451,7 +452,9 @@ class BranchAndBound:
                             k += 1
                         else:
                             break
-                    self._enumerate(node, cands, rest, group, sizes, energy, losses, seen_here)
+                    self._enumerate(
+                        node, cands, rest, group, (x, w, num, den), energy, losses, seen_here
+                    )
                     j = k
                     frame.next = j
                     continue
@@ -481,72 +484,54 @@ class BranchAndBound:
         cands: IntArray,
         rest: BoolArray,
         group: list[int],
-        sizes: IntArray,
+        sums: tuple[FloatArray, FloatArray, FloatArray, FloatArray],
         energy: FloatArray,
         losses: FloatArray,
         seen_here: list[int],
     ) -> None:
-        """Score, for every child j in ``group``, every set F ∪ {u_j} ∪ V (V ⊆ its candidates,
-        1 <= |V| <= sizes[j], fits the energy) in one batch; ``sizes[j]`` is at least the largest
-        number of child j's candidates that fit.
+        """Score, for every child j in ``group``, every set F ∪ {u_j} ∪ V (V a non-empty subset
+        of its candidates that fits the energy left), in compiled code (``subtrees.py``).
 
         Only the energy can rule out a set here: every candidate of child j fits beside it alone
         (delays are a maximum, so a set fits its delay budgets when each of its experts does).
         Each set's parent in the search order is the set without its last expert: the
         monotonicity violations are counted against it, as node by node.
         """
-        ev = self.ev
-        e = ev.energy[cands]
-        blocks: list[FloatArray] = []
-        parent_rows: list[IntArray] = []
-        parent_own: list[FloatArray] = []
+        x, w, num, den = sums  # the candidates' [c, samples], the children's [c, samples]
+        rows = np.asarray(group, dtype=np.intp)
+        out = score_subtrees(
+            num[rows],
+            den[rows],
+            x,
+            w,
+            self.ev.energy[cands],
+            rest[rows],
+            rows,
+            energy[rows],
+            losses[rows],
+            limit_j=self.limit_j,
+            floor=self.ev.floor_needed,
+            threshold=self.tracker.best + RECHECK_TOL,
+            recheck=RECHECK_TOL,
+        )
+        # Sets the local search scored already are not counted again.
         scored = 0
-        base = 0
         for j in group:
-            pos = np.flatnonzero(rest[j])
-            weights, parents = _subset_masks(len(pos), int(sizes[j]))
-            keep = np.flatnonzero(float(energy[j]) + weights @ e[pos] <= self.limit_j)
-            # A set fits only if its parent does (energies are non-negative): parents stay in.
-            block = np.zeros((len(keep), len(cands) + 1))
-            block[:, 0] = 1.0  # the node's own sums
-            block[:, 1 + j] = 1.0
-            block[:, 1 + pos] = weights[keep]
-            where = np.full(len(weights), -1, dtype=np.intp)
-            where[keep] = base + np.arange(len(keep))
-            up = parents[keep]
-            parent_rows.append(np.where(up < 0, -1, where[np.maximum(up, 0)]))
-            parent_own.append(np.full(len(keep), losses[j]))
-            blocks.append(block)
-            base += len(keep)
-            # Sets the local search scored already are not counted again.
             bits = _bits_add(node.bits, int(cands[j]))
             region = bits
-            for n in cands[pos]:
+            for n in cands[rest[j]]:
                 region |= 1 << int(n)
             scored += sum(
                 1 for b in seen_here if b != bits and b & bits == bits and b | region == region
             )
-            self.leaves_enumerated += 1
-        if not base:
-            return
-        chosen = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-        x = np.concatenate([node.num[None, :], ev.weighted_gold[:, cands].T])  # [1 + c, samples]
-        w = np.concatenate([node.den[None, :], ev.weights[:, cands].T])
-
-        def members_of(i: int) -> tuple[int, ...]:
-            return (*node.members, *(int(n) for n in cands[chosen[i, 1:] > 0]))
-
-        if ev.stable:
-            batch = _scores(chosen, x, w, floor=ev.floor_needed)
-        else:
-            num_v, den_v = _product(chosen, x), _product(chosen, w)  # [sets, samples]
-            batch = batch_losses(ev, num_v, den_v, [members_of(i) for i in range(base)])
-        up = np.concatenate(parent_rows)
-        parent_loss = np.where(up < 0, np.concatenate(parent_own), batch[np.maximum(up, 0)])
-        self.tracker.violations += int((batch > parent_loss + TIE_TOL).sum())
-        self.tracker.evaluated += base - scored
-        near = np.flatnonzero(batch <= self.tracker.best + RECHECK_TOL)
-        self.tracker.consider_batch(batch[near], [members_of(int(i)) for i in near])
+        self.leaves_enumerated += len(group)
+        self.tracker.violations += out.violations
+        self.tracker.evaluated += out.scored - scored
+        members = [
+            (*node.members, *(int(n) for n in cands[row[:size]]))
+            for row, size in zip(out.sets, out.sizes, strict=True)
+        ]
+        self.tracker.consider_batch(out.losses, members)
 
     def _bounds_of(
         self,
@@ -727,24 +712,6 @@ def _subsets_up_to(items: int, size: int) -> int:
     return sum(math.comb(items, k) for k in range(1, min(items, size) + 1))
 
 
-@functools.lru_cache(maxsize=128)
-def _subset_masks(items: int, size: int) -> tuple[FloatArray, IntArray]:
-    """The non-empty subsets of ``items`` items with at most ``size`` of them as rows of 0 / 1
-    floats (smaller first), and the row of each one's parent: the subset without its last item,
-    -1 for singletons."""
-    subsets = [
-        chosen
-        for k in range(1, min(items, size) + 1)
-        for chosen in itertools.combinations(range(items), k)
-    ]
-    row = {chosen: i for i, chosen in enumerate(subsets)}
-    masks = np.zeros((len(subsets), items))
-    for i, chosen in enumerate(subsets):
-        masks[i, list(chosen)] = 1.0
-    parents = [row.get(chosen[:-1], -1) for chosen in subsets]
-    return masks, np.asarray(parents, dtype=np.intp)
-
-
 def _product(a: FloatArray, b: FloatArray) -> FloatArray:
     """a @ b in row blocks of at most PRODUCT_BLOCK multiply-adds each (one BLAS thread)."""
     rows = max(1, PRODUCT_BLOCK // max(1, b.shape[0] * b.shape[1]))
@@ -753,28 +720,6 @@ def _product(a: FloatArray, b: FloatArray) -> FloatArray:
     out = np.empty((len(a), b.shape[1]))
     for start in range(0, len(a), rows):
         np.matmul(a[start : start + rows], b, out=out[start : start + rows])
-    return out
-
-
-def _scores(chosen: FloatArray, x: FloatArray, w: FloatArray, *, floor: bool) -> FloatArray:
-    """L of each row of ``chosen`` [sets, rows of x]: −mean over samples of
-    log max(MIN_PROB, (chosen @ x) / (chosen @ w)), for a stable instance.
-
-    In blocks of SCORE_ROWS sets, so that a block's per-sample sums stay in the cache through
-    the division and the logarithm; the floor is applied only when some gold probability is near
-    MIN_PROB (a weighted average of gold probabilities is at least the smallest of them).
-    """
-    out = np.empty(len(chosen))
-    for start in range(0, len(chosen), SCORE_ROWS):
-        part = chosen[start : start + SCORE_ROWS]
-        mix, den = _product(part, x), _product(part, w)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(mix, den, out=mix)
-        if floor:
-            np.maximum(mix, MIN_PROB, out=mix)
-        np.log(mix, out=mix)
-        out[start : start + len(part)] = mix.sum(axis=1)
-    out *= -1.0 / x.shape[1]
     return out
 
 

@@ -92,36 +92,6 @@ def test_leaf_batches_keep_the_exhaustive_optimum(
         assert result.subsets_evaluated <= exhaustive.subsets_evaluated, (i, result, exhaustive)
 
 
-@pytest.mark.parametrize("n_samples", [1, 17, 250])
-def test_batch_scores_equal_the_loss_of_each_set(n_samples: int) -> None:
-    """The batched scoring (blocks of SCORE_ROWS sets, the floor skipped when no gold
-    probability is near it) gives each set's loss by the definition, with gold probabilities at
-    and below the floor and with none near it."""
-    rng = np.random.default_rng(n_samples)
-    n = 9
-    gold = rng.random((n_samples, n))
-    gold[rng.random(gold.shape) < 0.2] = 1e-14  # below MIN_PROB: floored
-    gold[:, 1] = 1e-12  # expert 1 alone sits at the floor in every sample
-    weights = np.exp(rng.normal(0.0, 2.0, (n_samples, n)))
-    x, w = (weights * gold).T, weights.T
-    x[0], w[0] = 0.0, 0.0  # the node's own sums: an empty forced set
-    sets = (rng.random((3 * search_module.SCORE_ROWS + 5, n)) < 0.4).astype(float)
-    sets[:, 0] = 1.0
-    sets[sets[:, 1:].sum(axis=1) == 0, 2] = 1.0  # no empty set
-    sets[: n - 1, 1:] = np.eye(n - 1)  # every single expert
-    mix = (sets @ x) / (sets @ w)
-    expected = -np.log(np.maximum(1e-12, mix)).mean(axis=1)
-    got = search_module._scores(sets, x, w, floor=True)
-    assert np.abs(got - expected).max() < 1e-13
-    assert got[0] == pytest.approx(-np.log(1e-12), abs=1e-12)  # expert 1 alone: the floor
-    # with every gold probability far above the floor, scoring without it is the same
-    safe = np.maximum(gold, 1e-3)
-    x = (weights * safe).T
-    x[0] = 0.0
-    expected = -np.log((sets @ x) / (sets @ w)).mean(axis=1)
-    assert np.abs(search_module._scores(sets, x, w, floor=False) - expected).max() < 1e-13
-
-
 def test_the_floor_is_skipped_only_when_no_gold_probability_is_near_it() -> None:
     rng = np.random.default_rng(5)
     data = instance_data(rng, 4, 20)
