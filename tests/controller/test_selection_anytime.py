@@ -39,14 +39,21 @@ def test_a_completed_search_equals_the_exhaustive_optimum() -> None:
 
 @pytest.mark.parametrize(
     ("leaf_sets", "group_sets", "min_stops"),
-    [(0, 0, 1000), (63, 0, 1000), (63, 63, 1000), (4095, 0, 100), (4095, 4095, 20)],
+    [
+        (0, 0, 1000),
+        (63, 0, 1000),
+        (63, 63, 1000),
+        (4095, 0, 100),
+        (4095, 4095, 20),
+        (search_module.LEAF_SETS, search_module.GROUP_SETS, 10),  # the defaults
+    ],
 )
 def test_the_bound_is_a_true_lower_bound_wherever_the_search_stops(
     leaf_sets: int, group_sets: int, min_stops: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stopped after every node (a deadline already past), up to N = 14; node by node, with
     small subtrees scored in batches one child at a time, and several children per batch (the
-    default; larger batches leave fewer places to stop)."""
+    defaults last; larger batches leave fewer places to stop)."""
     monkeypatch.setattr(search_module, "LEAF_SETS", leaf_sets)
     monkeypatch.setattr(search_module, "GROUP_SETS", group_sets)
     rng = np.random.default_rng(14)
