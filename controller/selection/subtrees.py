@@ -38,6 +38,9 @@ _BLOCK = 8
 # A product of _BLOCK ratios is at least MIN_PROB ** 8 = 1e-96; folding the running product below
 # 1e-200 keeps it at least 1e-296, above the smallest normal double.
 _FOLD = 1e-200
+# Room for this many sets near the best per call; when more tie, the call is made again with room
+# for every set it scored.
+_OUT_ROWS = 1024
 
 
 class SubtreeScores(NamedTuple):
@@ -222,9 +225,6 @@ def _walk(  # pragma: no cover - compiled
             energies[d] = e
             nxt[d] = i + 1
     return scored, violations, n_out, complete
-
-
-_OUT_ROWS = 1024
 
 
 def score_subtrees(
