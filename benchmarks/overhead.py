@@ -11,9 +11,10 @@ ratio fleet / direct (target <= 1.10).
 
 ``--instant``: the fleet's own added latency. The controller runs as its own process on the
 broker as above, and the agent is simulated in this process with the real message contract
-(capabilities, status, telemetry, plans in, jobs in, results out), answering each job the
-moment it arrives. Prompts go one at a time; prints the median and p95 of the end-to-end time
-at the client and of the controller's receipt-to-answer time (target: median <= 5 ms).
+(the scripted agent of tests/helpers.py: capabilities, status, telemetry, plans in, jobs in,
+results out), answering each job the moment it arrives. Prompts go one at a time; prints the
+median and p95 of the end-to-end time at the client and of the controller's receipt-to-answer
+time (target: median <= 5 ms).
 """
 
 from __future__ import annotations
@@ -23,116 +24,33 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.backends.llama_cpp import LlamaCppBackend, LlamaOptions  # noqa: E402
 from agent.models import resolve_model  # noqa: E402
 from benchmarks.prompts import story_prompts  # noqa: E402
-from messages import topics  # noqa: E402
-from messages.base import now_s  # noqa: E402
-from messages.bus import Bus, Inbound  # noqa: E402
-from messages.capabilities import AgentCapabilities, ExpertInfo  # noqa: E402
 from messages.jobs import Job  # noqa: E402
-from messages.plan import ActivationPlan  # noqa: E402
 from messages.prompts import Prompt  # noqa: E402
 from messages.results import JobResult, LatencyBreakdown  # noqa: E402
-from messages.status import AgentStatus  # noqa: E402
-from messages.telemetry import Telemetry  # noqa: E402
 from moe2.ask import Asker  # noqa: E402
 from moe2.broker import start_local_broker  # noqa: E402
 from moe2.local_fleet import AgentSpec, LocalFleet  # noqa: E402
+from tests.helpers import Behaviour, ScriptedAgent  # noqa: E402
 
 N_CTX = 512
 
 
-class InstantAgent:
-    """A simulated agent: the real contract on the bus, and every job answered at once."""
+def instant_result(agent_id: str) -> Behaviour:
+    """Every job answered at once, one token."""
 
-    def __init__(self, endpoint: Any, fleet: str, agent_id: str, expert: str) -> None:
-        self.agent_id, self.expert = agent_id, expert
-        self.epoch: int | None = None
-        self.done = 0
-        self.bus = Bus(endpoint, fleet, client_id=f"moe2-{fleet}-agent-{agent_id}")
-        self.bus.set_will(topics.AGENT_STATUS, self._status("offline"), agent_id=agent_id)
-        self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=agent_id)
-        self.bus.subscribe(topics.AGENT_PLAN, self._on_plan, agent_id=agent_id)
-        self._stop = threading.Event()
-
-    def _status(self, state: str) -> AgentStatus:
-        return AgentStatus(
-            agent_id=self.agent_id,
-            state=state,  # type: ignore[arg-type]
-            version="instant",
-            time_s=now_s(),
-            keepalive_s=5,
-            telemetry_interval_s=0.5,
-        )
-
-    def start(self) -> None:
-        self.bus.connect()
-        info = ExpertInfo(
-            expert_id=self.expert,
-            model="instant",
-            backend="llama.cpp",
-            format="gguf",
-            file_size_bytes=1,
-            context_length=512,
-            chat_template=False,
-            template="cloze",
-            parallel=8,
-        )
-        caps = AgentCapabilities(
-            agent_id=self.agent_id,
-            hostname="sim",
-            platform="sim",
-            python=platform.python_version(),
-            cpu_count=1,
-            memory_total_bytes=1,
-            power_sensor="none",
-            backends=["llama.cpp"],
-            experts=[info],
-            job_queue_capacity=32,
-        )
-        self.bus.publish(topics.AGENT_CAPABILITIES, caps, agent_id=self.agent_id)
-        self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
-        threading.Thread(target=self._telemetry, daemon=True).start()
-
-    def _telemetry(self) -> None:
-        while not self._stop.wait(0.5):
-            loaded = [self.expert] if self.epoch is not None else []
-            self.bus.publish(
-                topics.AGENT_TELEMETRY,
-                Telemetry(
-                    agent_id=self.agent_id,
-                    time_s=now_s(),
-                    memory_used_bytes=0,
-                    process_rss_bytes=0,
-                    queue_depth=0,
-                    busy=False,
-                    loaded_experts=loaded,
-                    plan_epoch=self.epoch,
-                    jobs_done=self.done,
-                    jobs_failed=0,
-                    slots_total=8 if loaded else 0,
-                ),
-                agent_id=self.agent_id,
-            )
-
-    def _on_plan(self, inbound: Inbound[ActivationPlan]) -> None:
-        self.epoch = inbound.message.epoch
-
-    def _on_job(self, inbound: Inbound[Job]) -> None:
-        job = inbound.message
-        self.done += 1
-        result = JobResult(
+    def answer(job: Job) -> JobResult:
+        return JobResult(
             request_id=job.request_id,
             expert_id=job.expert_id,
-            agent_id=self.agent_id,
+            agent_id=agent_id,
             ok=True,
             text="ok",
             finish_reason="stop",
@@ -140,12 +58,8 @@ class InstantAgent:
             completion_tokens=1,
             latency=LatencyBreakdown(queue_s=0.0, load_s=0.0, first_token_s=0.0, total_s=0.0),
         )
-        self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self.bus.publish(topics.AGENT_STATUS, self._status("offline"), agent_id=self.agent_id)
-        self.bus.close()
+    return answer
 
 
 def pct(values: list[float], q: float) -> float:
@@ -162,7 +76,16 @@ def _instant_run(count: int, ledger_sync: bool) -> tuple[list[float], list[float
     with start_local_broker() as broker:
         fleet = LocalFleet(broker.endpoint, "instant", workdir)
         fleet.start_controller(extra=["--config", str(config)])
-        agent = InstantAgent(broker.endpoint, "instant", "sim-a", "instant")
+        agent = ScriptedAgent(
+            broker.endpoint,
+            "instant",
+            "sim-a",
+            "instant",
+            instant_result("sim-a"),
+            parallel=8,
+            capacity=32,
+            telemetry_s=0.5,
+        )
         agent.start()
         try:
             fleet.wait_ready(["sim-a"])

@@ -1,4 +1,5 @@
-"""Small test helpers: a recording MQTT client on the real broker."""
+"""Small test helpers: a recording MQTT client on the real broker, and a scripted agent that
+speaks the agent's protocol (also the instant agent of benchmarks/overhead.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from messages import topics
+from messages.base import now_s
 from messages.bus import BrokerEndpoint, Bus, Inbound
+from messages.capabilities import AgentCapabilities, ExpertInfo
+from messages.jobs import Job
+from messages.plan import ActivationPlan
+from messages.results import JobResult
+from messages.status import AgentStatus
+from messages.telemetry import Telemetry
 from messages.topics import Topic
+
+Behaviour = Callable[[Job], JobResult | None]
 
 
 class Recorder:
@@ -54,3 +65,113 @@ class Recorder:
     def messages(self, kind: type | None = None) -> list[Any]:
         with self._cond:
             return [i.message for i in self.received if kind is None or isinstance(i.message, kind)]
+
+
+class ScriptedAgent:
+    """Publishes what a real agent publishes (capabilities, status, and every ``telemetry_s``
+    its telemetry with the plan epoch it holds) and answers each job with what ``behaviour``
+    returns (nothing when it returns None). One expert, ``parallel`` slots."""
+
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        fleet: str,
+        agent_id: str,
+        expert: str,
+        behaviour: Behaviour,
+        *,
+        parallel: int = 1,
+        capacity: int = 4,
+        telemetry_s: float | None = None,
+    ) -> None:
+        self.agent_id, self.expert = agent_id, expert
+        self.behaviour = behaviour
+        self.parallel, self.capacity, self.telemetry_s = parallel, capacity, telemetry_s
+        self.jobs: list[Job] = []
+        self.plans: list[ActivationPlan] = []
+        self.rejected: list[str] = []  # payloads on its own topics that failed validation
+        self.bus = Bus(
+            endpoint,
+            fleet,
+            client_id=f"{agent_id}-{uuid.uuid4().hex[:6]}",
+            on_reject=lambda topic, name, reason: self.rejected.append(name),
+        )
+        self.bus.set_will(topics.AGENT_STATUS, self.status("offline"), agent_id=agent_id)
+        self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=agent_id)
+        self.bus.subscribe(
+            topics.AGENT_PLAN, lambda i: self.plans.append(i.message), agent_id=agent_id
+        )
+        self._stop = threading.Event()
+
+    def status(self, state: str) -> AgentStatus:
+        return AgentStatus(
+            agent_id=self.agent_id,
+            state=state,  # type: ignore[arg-type]
+            version="t",
+            time_s=now_s(),
+            keepalive_s=5,
+            telemetry_interval_s=self.telemetry_s or 0.5,
+        )
+
+    def start(self) -> None:
+        self.bus.connect()
+        info = ExpertInfo(
+            expert_id=self.expert,
+            model="x.gguf",
+            backend="llama.cpp",
+            format="gguf",
+            file_size_bytes=1,
+            context_length=512,
+            chat_template=False,
+            template="cloze",
+            parallel=self.parallel,
+        )
+        caps = AgentCapabilities(
+            agent_id=self.agent_id,
+            hostname="h",
+            platform="p",
+            python="3",
+            cpu_count=1,
+            memory_total_bytes=1,
+            power_sensor="none",
+            backends=["llama.cpp"],
+            experts=[info],
+            job_queue_capacity=self.capacity,
+        )
+        self.bus.publish(topics.AGENT_CAPABILITIES, caps, agent_id=self.agent_id)
+        self.bus.publish(topics.AGENT_STATUS, self.status("online"), agent_id=self.agent_id)
+        if self.telemetry_s is not None:
+            threading.Thread(target=self._telemetry, args=(self.telemetry_s,), daemon=True).start()
+
+    def _telemetry(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            epoch = self.plans[-1].epoch if self.plans else None
+            loaded = [self.expert] if epoch is not None else []
+            self.bus.publish(
+                topics.AGENT_TELEMETRY,
+                Telemetry(
+                    agent_id=self.agent_id,
+                    time_s=now_s(),
+                    memory_used_bytes=0,
+                    process_rss_bytes=0,
+                    queue_depth=0,
+                    busy=False,
+                    loaded_experts=loaded,
+                    plan_epoch=epoch,
+                    jobs_done=len(self.jobs),
+                    jobs_failed=0,
+                    slots_total=self.parallel if loaded else 0,
+                ),
+                agent_id=self.agent_id,
+            )
+
+    def _on_job(self, inbound: Inbound[Job]) -> None:
+        self.jobs.append(inbound.message)
+        result = self.behaviour(inbound.message)
+        if result is not None:
+            self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.bus.publish(topics.AGENT_STATUS, self.status("offline"), agent_id=self.agent_id)
+        self.bus.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,18 +15,14 @@ from messages import topics
 from messages.answers import Answer
 from messages.base import now_s
 from messages.bus import Bus, Inbound
-from messages.capabilities import AgentCapabilities, ExpertInfo
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.jobs import Job
-from messages.plan import ActivationPlan
 from messages.prompts import Prompt
 from messages.results import JobResult, LatencyBreakdown
-from messages.status import AgentStatus
 from messages.telemetry import Telemetry
 from moe2.broker import LocalBroker
-from tests.helpers import Recorder
-
-Behaviour = Callable[[Job], JobResult | None]
+from tests import helpers
+from tests.helpers import Behaviour, Recorder
 
 
 def probs(*p: float) -> Behaviour:
@@ -59,73 +55,11 @@ def _result(job: Job, **fields: Any) -> JobResult:
     )
 
 
-class ScriptedAgent:
-    """Publishes what a real agent publishes and answers jobs as told."""
+class ScriptedAgent(helpers.ScriptedAgent):
+    """The shared scripted agent on a test broker, answering "hello" until told otherwise."""
 
     def __init__(self, broker: LocalBroker, fleet: str, agent_id: str, expert: str) -> None:
-        self.agent_id, self.expert = agent_id, expert
-        self.behaviour: Behaviour = text("hello")
-        self.jobs: list[Job] = []
-        self.plans: list[ActivationPlan] = []
-        self.rejected: list[str] = []  # payloads on its own topics that failed validation
-        self.bus = Bus(
-            broker.endpoint,
-            fleet,
-            client_id=f"{agent_id}-{uuid.uuid4().hex[:6]}",
-            on_reject=lambda topic, name, reason: self.rejected.append(name),
-        )
-        self.bus.set_will(topics.AGENT_STATUS, self.status("offline"), agent_id=agent_id)
-        self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=agent_id)
-        self.bus.subscribe(
-            topics.AGENT_PLAN, lambda i: self.plans.append(i.message), agent_id=agent_id
-        )
-
-    def status(self, state: str) -> AgentStatus:
-        return AgentStatus(
-            agent_id=self.agent_id,
-            state=state,
-            version="t",
-            time_s=now_s(),  # type: ignore[arg-type]
-            keepalive_s=5,
-            telemetry_interval_s=0.5,
-        )
-
-    def start(self) -> None:
-        self.bus.connect()
-        info = ExpertInfo(
-            expert_id=self.expert,
-            model="x.gguf",
-            backend="llama.cpp",
-            format="gguf",
-            file_size_bytes=1,
-            context_length=512,
-            chat_template=False,
-            template="cloze",
-        )
-        caps = AgentCapabilities(
-            agent_id=self.agent_id,
-            hostname="h",
-            platform="p",
-            python="3",
-            cpu_count=1,
-            memory_total_bytes=1,
-            power_sensor="none",
-            backends=["llama.cpp"],
-            experts=[info],
-            job_queue_capacity=4,
-        )
-        self.bus.publish(topics.AGENT_CAPABILITIES, caps, agent_id=self.agent_id)
-        self.bus.publish(topics.AGENT_STATUS, self.status("online"), agent_id=self.agent_id)
-
-    def _on_job(self, inbound: Inbound[Job]) -> None:
-        self.jobs.append(inbound.message)
-        result = self.behaviour(inbound.message)
-        if result is not None:
-            self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
-
-    def stop(self) -> None:
-        self.bus.publish(topics.AGENT_STATUS, self.status("offline"), agent_id=self.agent_id)
-        self.bus.close()
+        super().__init__(broker.endpoint, fleet, agent_id, expert, text("hello"))
 
 
 @pytest.fixture
