@@ -513,6 +513,7 @@ class BranchAndBound:
             floor=self.ev.floor_needed,
             threshold=self.tracker.best + RECHECK_TOL,
             recheck=RECHECK_TOL,
+            tie_tol=TIE_TOL,
         )
         # Sets the local search scored already are not counted again.
         scored = 0

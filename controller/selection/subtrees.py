@@ -30,8 +30,6 @@ import numpy as np
 
 from controller.selection.loss import MIN_PROB, BoolArray, FloatArray, IntArray
 
-# Losses this close are a tie: an addition raising the loss by more is a monotonicity violation.
-_TIE_TOL = 1e-12
 # A product this small may have lost digits on the way (a double's normal range ends at 2e-308).
 _SMALLEST = 1e-280
 _BLOCK = 8
@@ -134,6 +132,7 @@ def _loss_and_sums(  # pragma: no cover - compiled
         numba.boolean,
         numba.float64,
         numba.float64,
+        numba.float64,
         numba.int64[:, ::1],
         numba.int64[::1],
         _F1,
@@ -156,6 +155,7 @@ def _walk(  # pragma: no cover - compiled
     floor: bool,
     threshold: float,
     recheck: float,
+    tie_tol: float,
     out_sets: IntArray,
     out_sizes: IntArray,
     out_losses: FloatArray,
@@ -198,7 +198,7 @@ def _walk(  # pragma: no cover - compiled
                 continue
             loss = _loss_and_sums(nums[d], dens[d], x[v], w[v], nums[d + 1], dens[d + 1], floor)
             scored += 1
-            if loss > losses[d] + _TIE_TOL:
+            if loss > losses[d] + tie_tol:
                 violations += 1
             if loss <= threshold:
                 threshold = min(threshold, loss + recheck)
@@ -242,6 +242,7 @@ def score_subtrees(
     floor: bool,
     threshold: float,
     recheck: float,
+    tie_tol: float,
 ) -> SubtreeScores:
     """Score every set of the subtrees of some children of one node.
 
@@ -251,7 +252,9 @@ def score_subtrees(
     among the candidates, its energy and loss, and its candidates ``rest`` [g, C]. Every set
     F ∪ {u} ∪ V, V a non-empty subset of the child's candidates whose energy (summed in search
     order onto the child's) stays within ``limit_j``, is scored. Sets whose loss is at most
-    ``threshold``, then at most the lowest loss seen plus ``recheck``, are returned.
+    ``threshold``, then at most the lowest loss seen plus ``recheck``, are returned; a set whose
+    loss exceeds its parent's (the set without its last expert) by more than ``tie_tol`` counts
+    as a monotonicity violation.
     """
     args = (
         np.ascontiguousarray(child_num, dtype=np.float64),
@@ -267,6 +270,7 @@ def score_subtrees(
         bool(floor),
         float(threshold),
         float(recheck),
+        float(tie_tol),
     )
     rows = _OUT_ROWS
     while True:

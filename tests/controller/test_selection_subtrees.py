@@ -57,6 +57,7 @@ def _run(gold, weights, energy, rest, limit_j, *, threshold=np.inf, recheck=np.i
         floor=floor,
         threshold=threshold,
         recheck=recheck,
+        tie_tol=1e-12,
     )
     return out, cands, child_loss
 
