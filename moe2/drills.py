@@ -79,18 +79,21 @@ class Report:
 
 
 class Traffic:
-    """A client asking the fleet over its own reply topic, counting every answer."""
+    """A client asking the fleet over its own reply topic, counting every answer. With
+    ``resend_s=None`` it is a one-shot publisher (``mosquitto_pub``): each prompt is published
+    once, never again, not even after a reconnect."""
 
-    def __init__(self, endpoint: BrokerEndpoint, fleet: str, resend_s: float = 3.0) -> None:
+    def __init__(
+        self, endpoint: BrokerEndpoint, fleet: str, resend_s: float | None = 3.0
+    ) -> None:
         self.fleet = fleet
         self.name = f"drill-{uuid.uuid4().hex[:8]}"
         self.resend_s = resend_s
         self.asked: dict[str, _Asked] = {}
         self._lock = threading.Condition()
         self._stop = threading.Event()
-        self.bus = Bus(
-            endpoint, fleet, client_id=f"moe2-{self.name}", on_connected=[self._resend_all]
-        )
+        resend = [self._resend_all] if resend_s is not None else []
+        self.bus = Bus(endpoint, fleet, client_id=f"moe2-{self.name}", on_connected=resend)
         self.bus.subscribe(topics.REPLIES, self._on_answer, client_id=self.name)
         self._resender = threading.Thread(target=self._resend_loop, daemon=True)
 
@@ -99,7 +102,8 @@ class Traffic:
         if not self.bus.wait_connected(10):
             raise ConnectionError("drill client cannot reach the broker")
         time.sleep(0.2)
-        self._resender.start()
+        if self.resend_s is not None:
+            self._resender.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -138,6 +142,7 @@ class Traffic:
             self._publish(request_id)
 
     def _resend_loop(self) -> None:
+        assert self.resend_s is not None
         while not self._stop.wait(self.resend_s):
             if self.bus.connected:
                 self._resend_all(False)
@@ -249,9 +254,10 @@ class Drill:
         self.fleet.wait_ready([s.agent_id for s in agents], timeout_s=180)
         return self.fleet
 
-    def traffic(self) -> Traffic:
+    def traffic(self, resend_s: float | None = 3.0) -> Traffic:
+        """A client on the fleet; ``resend_s=None``: a one-shot publisher."""
         assert self.fleet is not None
-        return Traffic(self.fleet.endpoint, self.fleet.fleet)
+        return Traffic(self.fleet.endpoint, self.fleet.fleet, resend_s)
 
     def close(self) -> None:
         if self.fleet is not None:
