@@ -4,8 +4,12 @@ answers as soon as decided against waiting for every expert, in the same run.
     .venv/bin/python benchmarks/faults.py [--quick]
 
 Every scenario runs on real processes (Mosquitto, agents serving SmolLM2-135M or Gemma 3
-270M, controllers) through moe2/drills.py, the same code tests/moe2/test_faults.py asserts
-on. --quick leaves out the 200-prompt burst and shortens the early-answer comparison.
+270M, controllers) through moe2/drills.py, the same code tests/moe2/test_faults.py and
+tests/moe2/test_fencing.py assert on. The fencing lines (an active controller frozen 20 s and
+30 s beside a standby and alone; its link cut 30 s beside a standby and alone, and 20 s) add
+epochs_monotone (1: no agent sent or holding an older plan epoch after a newer one) and
+most_active (controllers active at once). --quick leaves out the 200-prompt burst and the
+20 s cut, and shortens the early-answer comparison.
 """
 
 from __future__ import annotations
@@ -51,6 +55,13 @@ def main() -> None:
             run("burst", drills.burst, 200)
         run("burst-bound", drills.burst, 60, 5)
         early, waiting = run("early", drills.early_against_waiting, 6 if args.quick else 12)
+        for frozen_s in (20.0, 30.0):
+            run(f"frozen-{frozen_s:.0f}-standby", drills.controller_frozen, frozen_s, True)
+            run(f"frozen-{frozen_s:.0f}-alone", drills.controller_frozen, frozen_s, False)
+        run("cut-30-standby", drills.controller_cut_off, 30.0, True)
+        run("cut-30-alone", drills.controller_cut_off, 30.0, False)
+        if not args.quick:
+            run("cut-20-standby", drills.controller_cut_off, 20.0, True)
     print()
     print("| scenario | asked | answered | lost | duplicated | statuses | p50 s | p99 s | figures")
     print("|---|---|---|---|---|---|---|---|---")
