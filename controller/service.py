@@ -159,7 +159,24 @@ class Controller:
         lease fresh (its link confirmed within the lease). Everything that dispatches,
         answers, fails, plans or reports checks this, so a controller that was frozen or cut
         off does nothing on its stale belief that it leads."""
-        return self._serving and self.leader and self._linked()
+        if not self._serving:
+            return False
+        if self.leader and self._linked():
+            return True
+        self._suspend()  # whoever sees it stale first: _fence resumes once it is fresh again
+        return False
+
+    def _suspend(self) -> None:
+        with self._lock:
+            if not self._serving:
+                return
+            self._serving = False
+        log.warning(
+            "controller %s: no word from the broker within %.1f s (or not leading): holding "
+            "every answer and plan until it confirms the link",
+            self.controller_id,
+            self.lease.length_s,
+        )
 
     def _linked(self) -> bool:
         """The broker confirmed this connection within the lease (a probe echoed)."""
@@ -327,14 +344,8 @@ class Controller:
             fresh = self.leader and self._linked()
             if fresh and not self._serving:
                 self._resume()
-            elif not fresh and self._serving:
-                self._serving = False
-                log.warning(
-                    "controller %s: no word from the broker for %.1f s; holding every answer "
-                    "and plan until it confirms the link",
-                    self.controller_id,
-                    self.lease.length_s,
-                )
+            elif not fresh:
+                self._suspend()
 
     # -- leadership ---------------------------------------------------------------------
 

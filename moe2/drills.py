@@ -603,6 +603,17 @@ class PlanLog:
         active = [s for s in self.statuses.values() if s.state == "online" and s.role == "active"]
         self.most_active = max(self.most_active, len(active))
 
+    def wait_standby(self, controller_id: str, timeout_s: float = 60.0) -> None:
+        """Until ``controller_id`` says it is online as a standby (subscribed: it shadows every
+        prompt from now on)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.statuses.get(controller_id)
+            if status is not None and status.state == "online" and status.role == "standby":
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"controller {controller_id} not online as a standby in {timeout_s} s")
+
     def monotone(self) -> bool:
         """Whether no agent was ever sent, or reported holding, an older plan epoch (or
         (term, epoch)) after a newer one."""
@@ -653,7 +664,7 @@ def controller_frozen(workdir: Path, frozen_s: float = 30.0, standby: bool = Tru
         watcher = log.watch(fleet.endpoint, fleet.fleet)
         if standby:
             fleet.start_controller("c2")
-            time.sleep(3.0)  # c2 hears c1 active and waits as the standby
+            log.wait_standby("c2")
         c1 = fleet.processes["c1"]
         traffic = _fenced_traffic(
             drill,
@@ -684,7 +695,7 @@ def controller_cut_off(workdir: Path, cut_s: float = 30.0, standby: bool = True)
         watcher = log.watch(fleet.endpoint, fleet.fleet)
         if standby:
             fleet.start_controller("c2")
-            time.sleep(3.0)
+            log.wait_standby("c2")
         traffic = _fenced_traffic(drill, relay.cut, relay.restore, cut_s)
         watcher.close()
         beside = "beside a standby" if standby else "alone"
