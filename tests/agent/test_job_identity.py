@@ -61,12 +61,13 @@ def _job(request_id: str, prompt: str, choices: list[str]) -> Job:
 
 
 def _results(recorder: Recorder, request_id: str, count: int) -> list[JobResult]:
-    recorder.wait_for(
-        lambda m: isinstance(m, JobResult)
-        and len([r for r in recorder.messages(JobResult) if r.request_id == request_id]) >= count,
-        90,
-    )
-    return [r for r in recorder.messages(JobResult) if r.request_id == request_id]
+    """The first ``count`` results for ``request_id``, waiting for them."""
+
+    def mine() -> list[JobResult]:
+        return [r for r in recorder.messages(JobResult) if r.request_id == request_id]
+
+    recorder.wait_for(lambda m: len(mine()) >= count, 90)
+    return mine()[:count]
 
 
 def test_a_job_sent_again_gets_its_kept_result_without_a_second_run(
