@@ -728,13 +728,7 @@ class Controller:
         mark = fingerprint(prompt, routes)
         asked_id = prompt.request_id or f"p{mark[:15]}"
         request_id = scoped_id(owner, asked_id)
-        if owner is not None:
-            if not routes:
-                name = topics.REPLIES.name(
-                    self.settings.fleet, client_id=owner, request_id=asked_id
-                )
-                routes = [ReplyRoute(name)]
-            routes = [replace(route, request_id=asked_id) for route in routes]
+        routes = self._owned_routes(owner, asked_id, routes)
         problem = "; ".join(refused or []) or _too_big_for_agents(prompt)
         if problem:
             if self.active:
@@ -750,13 +744,7 @@ class Controller:
             bound = self.ledger.bound(request_id)
             if bound is not None and bound[0] != mark:
                 if self.active:
-                    self.rejected[topics.PROMPTS.pattern] += 1
-                    reason = (
-                        f"request id {asked_id!r} is already in use by another prompt "
-                        f"({bound[1]}): send this one under a fresh request id"
-                    )
-                    self._event("rejected", reason, topic="prompts", request_id=request_id)
-                    self._send(_refusal(request_id, reason), routes, public=False)
+                    self._refuse_reused(request_id, asked_id, bound[1], routes)
                 return request_id
             held = self.ledger.entries.get(request_id)
             if held is not None:
@@ -779,6 +767,31 @@ class Controller:
                 return request_id  # a standby's shadow: answered by the active controller
         self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
         return request_id
+
+    def _owned_routes(
+        self, owner: str | None, asked_id: str, routes: list[ReplyRoute]
+    ) -> list[ReplyRoute]:
+        """A login's prompt is answered under ``replies/{owner}/{asked_id}`` when it names no
+        route, and on every route under the id it sent (the controller keys it scoped)."""
+        if owner is None:
+            return routes
+        if not routes:
+            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=asked_id)
+            routes = [ReplyRoute(name)]
+        return [replace(route, request_id=asked_id) for route in routes]
+
+    def _refuse_reused(
+        self, request_id: str, asked_id: str, state: str, routes: list[ReplyRoute]
+    ) -> None:
+        """Another prompt under an id that names one in flight or answered: ``rejected`` on
+        its own routes only (answers/{request_id} is the first prompt's)."""
+        self.rejected[topics.PROMPTS.pattern] += 1
+        reason = (
+            f"request id {asked_id!r} is already in use by another prompt ({state}): "
+            "send this one under a fresh request id"
+        )
+        self._event("rejected", reason, topic="prompts", request_id=request_id)
+        self._send(_refusal(request_id, reason), routes, public=False)
 
     def _on_answer(self, inbound: Inbound[Answer]) -> None:
         """Answers on the bus: a standby forgets the prompts the active controller answered."""
