@@ -175,20 +175,25 @@ class Traffic:
     def report(self, name: str, **figures: float) -> Report:
         with self._lock:
             items = list(self.asked.values())
-        statuses = Counter(a.answers[0].status for a in items if a.answers)
-        return Report(
-            name=name,
-            asked=len(items),
-            answered=sum(1 for a in items if a.answers),
-            lost=sum(1 for a in items if not a.answers),
-            duplicated=sum(1 for a in items if len(a.answers) > 1),
-            statuses=dict(statuses),
-            latencies_s=[a.answered_at - a.sent_at for a in items if a.answered_at is not None],
-            figures=dict(figures),
-            problems=[
-                _problem(a.answers[0]) for a in items if a.answers and a.answers[0].status != "ok"
-            ],
-        )
+        return _report(name, items, **figures)
+
+
+def _report(name: str, items: list[_Asked], **figures: float) -> Report:
+    """What a client counted of the prompts it asked."""
+    statuses = Counter(a.answers[0].status for a in items if a.answers)
+    return Report(
+        name=name,
+        asked=len(items),
+        answered=sum(1 for a in items if a.answers),
+        lost=sum(1 for a in items if not a.answers),
+        duplicated=sum(1 for a in items if len(a.answers) > 1),
+        statuses=dict(statuses),
+        latencies_s=[a.answered_at - a.sent_at for a in items if a.answered_at is not None],
+        figures=dict(figures),
+        problems=[
+            _problem(a.answers[0]) for a in items if a.answers and a.answers[0].status != "ok"
+        ],
+    )
 
 
 def _problem(answer: Answer) -> str:
@@ -513,21 +518,18 @@ class Reuse:
     """One choice prompt asked under a request id that another prompt uses or used, read on
     its own reply route."""
 
-    request_id: str
+    asked: _Asked
     expected: str  # the right choice, which SmolLM2 names with confidence
     route: str
-    sent_at: float
-    answers: list[Answer] = field(default_factory=list)
-    answered_at: float | None = None
 
     @property
     def wrong(self) -> bool:
         """Answered with another prompt's result: under another request id, or ok (or
         partial) naming anything but this prompt's own right choice."""
         return any(
-            a.request_id != self.request_id
+            a.request_id != self.asked.prompt.request_id
             or (a.status in ("ok", "partial") and a.answer != self.expected)
-            for a in self.answers
+            for a in self.asked.answers
         )
 
 
@@ -570,18 +572,19 @@ class _Inbox:
             topic = topics.PROMPTS.name(self.fleet)
             route = topics.REPLIES.name(self.fleet, client_id=asker or "x", request_id=request_id)
             prompt = prompt.model_copy(update={"reply_to": route})
-        asked = Reuse(request_id, expected, route, time.monotonic())
+        reuse = Reuse(_Asked(prompt, time.monotonic()), expected, route)
         with self._lock:
-            self.asked.append(asked)
-            self._by_route[route] = asked
+            self.asked.append(reuse)
+            self._by_route[route] = reuse
         self.bus.publish_to(topic, prompt, qos=1).wait_for_publish(5)
-        return asked
+        return reuse
 
     def _on_answer(self, inbound: Inbound[Answer]) -> None:
         with self._lock:
-            asked = self._by_route.get(inbound.topic)
-            if asked is None:
+            reuse = self._by_route.get(inbound.topic)
+            if reuse is None:
                 return
+            asked = reuse.asked
             if all(a != inbound.message for a in asked.answers):
                 asked.answers.append(inbound.message)
             if asked.answered_at is None:
@@ -590,24 +593,13 @@ class _Inbox:
 
     def wait_all(self, timeout_s: float) -> bool:
         with self._lock:
-            return self._lock.wait_for(lambda: all(a.answers for a in self.asked), timeout_s)
+            return self._lock.wait_for(lambda: all(r.asked.answers for r in self.asked), timeout_s)
 
     def report(self, name: str, **figures: float) -> Report:
         with self._lock:
             items = list(self.asked)
-        return Report(
-            name=name,
-            asked=len(items),
-            answered=sum(1 for a in items if a.answers),
-            lost=sum(1 for a in items if not a.answers),
-            duplicated=sum(1 for a in items if len(a.answers) > 1),
-            statuses=dict(Counter(a.answers[0].status for a in items if a.answers)),
-            latencies_s=[a.answered_at - a.sent_at for a in items if a.answered_at is not None],
-            figures={"wrong": float(sum(a.wrong for a in items)), **figures},
-            problems=[
-                _problem(a.answers[0]) for a in items if a.answers and a.answers[0].status != "ok"
-            ],
-        )
+        wrong = float(sum(r.wrong for r in items))
+        return _report(name, [r.asked for r in items], wrong=wrong, **figures)
 
 
 def reused_id(workdir: Path, rounds: int = 2) -> Report:
@@ -638,7 +630,8 @@ def reused_id(workdir: Path, rounds: int = 2) -> Report:
             fleet.wait_ready(["i-a"], timeout_s=120)
             last = inbox.ask(FRANCE, "after-0", asker="third")
             inbox.wait_all(60)
-            right = float(bool(last.answers) and not last.wrong and last.answers[0].status == "ok")
+            answers = last.asked.answers
+            right = float(bool(answers) and not last.wrong and answers[0].status == "ok")
             return inbox.report("reused id", restart_right=right)
     finally:
         drill.close()

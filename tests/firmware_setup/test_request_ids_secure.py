@@ -95,16 +95,7 @@ def _right(answer: Answer, request_id: str, case: Case) -> None:
 @pytest.fixture
 def fleet(broker: SecureBroker, tmp_path: Path) -> Iterator[None]:
     """A controller and agent a1 (SmolLM2) with their own logins, serving prompts."""
-    username, password = broker.login("agents:a1")
-    password_file = tmp_path / "a1.password"
-    password_file.write_text(password + "\n")
-    config = tmp_path / "a1.toml"
-    config.write_text(
-        f'broker = "mqtts://localhost:{broker.port}"\nfleet = "{FLEET}"\nagent_id = "a1"\n'
-        f'username = "{username}"\npassword_file = "{password_file}"\nca_file = "{broker.ca}"\n'
-        "keepalive_s = 5\ntelemetry_interval_s = 1.0\n\n"
-        '[[experts]]\nid = "smollm2"\nmodel = "smollm2-135m"\nn_ctx = 512\n'
-    )
+    config = secure.agent_config(broker, tmp_path)
     agent_env = {k: v for k, v in os.environ.items() if not k.startswith("MOE2_")}
     state = ["--state-dir", str(tmp_path / "state")]
     commands = {
