@@ -35,14 +35,16 @@ log = logging.getLogger(__name__)
 
 
 # Results kept to answer a job delivered again (a redelivery, a controller re-sending after a
-# reconnect or a takeover) without running it twice.
+# reconnect or a takeover) without running it twice. They are kept by what the job is (its
+# request id, expert and content digest): another prompt under a request id used before is a
+# new job, run anew.
 RESULTS_KEPT = 1024
 # A job issued longer ago than its timeout plus this (wall clock, controller to agent) waited in
 # a broker's queue while this agent was away: nobody waits for its answer any more. The slack
 # covers clocks that disagree by less than that.
 CLOCK_SLACK_S = 30.0
 
-JobKey = tuple[str, str]  # (request_id, expert_id)
+JobKey = tuple[str, str, str]  # (request_id, expert_id, Job.digest())
 
 # A streamed job's text goes out at most this often (a few tokens a message, QoS 0).
 STREAM_FLUSH_S = 0.05
@@ -87,10 +89,14 @@ class _QueuedJob:
     job: Job
     received: float  # time.monotonic() at receipt
     cancel: threading.Event = field(default_factory=threading.Event)
+    key: JobKey = field(init=False)
 
-    @property
-    def key(self) -> JobKey:
-        return (self.job.request_id, self.job.expert_id)
+    def __post_init__(self) -> None:
+        self.key = _job_key(self.job)
+
+
+def _job_key(job: Job) -> JobKey:
+    return (job.request_id, job.expert_id, job.digest())
 
 
 class Agent:
@@ -491,15 +497,16 @@ class Agent:
             # measured when the device has a sensor, else the declared model's estimate (marked
             # estimated), else absent: never invented
             energy=energy.energy_reading() if energy is not None else None,
+            job_digest=item.key[2],
             **fields,
         )
         self.jobs_done += 1
         self.last_latency_s = total
-        self._publish_result(result)
+        self._publish_result(result, item.key)
 
-    def _publish_result(self, result: JobResult) -> None:
+    def _publish_result(self, result: JobResult, key: JobKey) -> None:
+        """Publish and keep a result as the answer to the job ``key`` if it comes again."""
         with self._jobs_lock:
-            key = (result.request_id, result.expert_id)
             self._results[key] = result
             self._results.move_to_end(key)
             while len(self._results) > RESULTS_KEPT:
@@ -566,6 +573,7 @@ class Agent:
         is not: the job may fit when it comes again)."""
         now = time.monotonic()
         self.jobs_failed += 1
+        key = _job_key(job)
         result = JobResult(
             request_id=job.request_id,
             expert_id=job.expert_id,
@@ -573,9 +581,10 @@ class Agent:
             ok=False,
             error=error,
             latency=LatencyBreakdown(queue_s=0.0, load_s=load_s, total_s=now - received),
+            job_digest=key[2],
         )
         if keep:
-            self._publish_result(result)
+            self._publish_result(result, key)
         else:
             self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
 

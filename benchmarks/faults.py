@@ -1,5 +1,6 @@
-"""Fault drills with figures: lost, duplicated, recovery seconds, and p50/p99 latency with
-answers as soon as decided against waiting for every expert, in the same run.
+"""Fault drills with figures: lost, duplicated, wrong (another prompt's answer), recovery
+seconds, and p50/p99 latency with answers as soon as decided against waiting for every expert,
+in the same run.
 
     .venv/bin/python benchmarks/faults.py [--quick]
 
@@ -50,6 +51,7 @@ def main() -> None:
         if not args.quick:
             run("burst", drills.burst, 200)
         run("burst-bound", drills.burst, 60, 5)
+        run("reused-id", drills.reused_id)
         early, waiting = run("early", drills.early_against_waiting, 6 if args.quick else 12)
     print()
     print("| scenario | asked | answered | lost | duplicated | statuses | p50 s | p99 s | figures")

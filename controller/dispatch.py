@@ -271,6 +271,12 @@ class Dispatcher:
             if pending is None:
                 self.late_results += 1
                 return actions, None
+            job = pending.sent.get(pair)
+            if job is not None and result.job_digest not in (None, job.digest()):
+                return actions, (
+                    f"result of {result.expert_id}@{result.agent_id} for request "
+                    f"{result.request_id} answers another job (other content under that id)"
+                )
             if pair in pending.arrivals:
                 return actions, None  # the same result again (a re-sent job): already counted
             if pair not in pending.jobs:

@@ -33,19 +33,27 @@ COMPACT_LINES = 10_000
 
 @dataclass(frozen=True)
 class ReplyRoute:
-    """Where an asker wants the answer besides ``answers/{request_id}``."""
+    """Where an asker wants the answer besides ``answers/{request_id}``; ``request_id``: the
+    id the asker sent, when the controller keys the prompt otherwise (scoped by its login,
+    controller/request_ids.py), so the answer it reads carries its own id."""
 
     topic: str
     correlation_data: bytes | None = None
+    request_id: str | None = None
 
     def dump(self) -> dict[str, Any]:
         data = None if self.correlation_data is None else self.correlation_data.hex()
-        return {"topic": self.topic, "correlation_data": data}
+        return {"topic": self.topic, "correlation_data": data, "request_id": self.request_id}
 
     @classmethod
     def load(cls, raw: dict[str, Any]) -> ReplyRoute:
         data = raw.get("correlation_data")
-        return cls(str(raw["topic"]), None if data is None else bytes.fromhex(data))
+        asked = raw.get("request_id")
+        return cls(
+            str(raw["topic"]),
+            None if data is None else bytes.fromhex(data),
+            None if asked is None else str(asked),
+        )
 
 
 @dataclass
@@ -159,6 +167,16 @@ class Ledger:
         """The answer already sent for this very prompt (same id and fingerprint), if recent."""
         found = self._answers.get(request_id)
         return found[1] if found is not None and found[0] == fingerprint else None
+
+    def bound(self, request_id: str) -> tuple[str, str] | None:
+        """The fingerprint of the prompt this request id names, and whether that prompt is
+        ``in flight`` or ``answered`` (among the last ``remember`` answers); None when the id
+        is free."""
+        entry = self.entries.get(request_id)
+        if entry is not None:
+            return entry.fingerprint, "in flight"
+        found = self._answers.get(request_id)
+        return None if found is None else (found[0], "answered")
 
     def was_answered(self, request_id: str) -> bool:
         return request_id in self._answers

@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from controller import __version__
 from controller.adapt import Adaptation
@@ -27,6 +28,7 @@ from controller.metrics import ControllerMetrics
 from controller.planner import Planner
 from controller.planning import cache_plan_problem, online_keys, tighter, wanted_experts
 from controller.registry import Change, FleetRegistry
+from controller.request_ids import scoped_id
 from controller.selection.live import BudgetError, LiveSelection
 from controller.selection.solver import SelectionResult
 from controller.settings import ControllerSettings
@@ -48,6 +50,7 @@ from messages.telemetry import Telemetry
 from messages.topics import Topic
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", Answer, StreamChunk)
 
 # An agent whose telemetry shows another plan than it was sent gets it again, at most this often.
 RESYNC_S = 5.0
@@ -360,7 +363,7 @@ class Controller:
             try:
                 self.bus.publish_to(
                     route.topic,
-                    answer,
+                    _as_asked(answer, route),
                     qos=topics.ANSWERS.qos,
                     correlation_data=route.correlation_data,
                 )
@@ -612,7 +615,7 @@ class Controller:
             try:
                 self.bus.publish_to(
                     route.topic + "/stream",
-                    chunk,
+                    _as_asked(chunk, route),
                     qos=topics.ANSWER_STREAM.qos,
                     correlation_data=route.correlation_data,
                 )
@@ -698,9 +701,9 @@ class Controller:
         if owner is not None and valid_id:
             name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=request_id)
             routes.append(ReplyRoute(name, inbound.correlation_data))
-        self._send(
-            answer, routes, public=bool(valid_id) and not self.ledger.entries.get(request_id)
-        )
+        # answers/{request_id} is the shared namespace: a login's ids are its own (request_ids)
+        public = owner is None and bool(valid_id) and not self.ledger.entries.get(request_id)
+        self._send(answer, routes, public=public)
 
     def accept(
         self,
@@ -714,16 +717,18 @@ class Controller:
         The same prompt delivered again (same content and reply routes: an MQTT redelivery, an
         asker re-sending after a reconnect) joins the one in flight, or gets the answer already
         sent; a prompt without a request id gets one derived from its content for that reason.
-        A different prompt under a request id in flight is refused to its own routes only. A
-        prompt from a login's own topic (``owner``) is answered under ``replies/{owner}/``
-        when it names no route; one whose route was ``refused``, or too large to hand to an
-        agent, is answered ``rejected`` with the reason.
+        A different prompt (other content or routes) under a request id in flight or answered
+        (among the answers the ledger remembers) is refused ``rejected`` to its own routes
+        only: a request id names one prompt, and never gets another's result. A prompt from a
+        login's own topic (``owner``) is kept under its id scoped by the login (one login's
+        ids are never another's), answered under ``replies/{owner}/`` when it names no route,
+        with the id it sent; one whose route was ``refused``, or too large to hand to an
+        agent, is answered ``rejected`` with the reason. Returns the controller's key.
         """
         mark = fingerprint(prompt, routes)
-        request_id = prompt.request_id or f"p{mark[:15]}"
-        if owner is not None and not routes:
-            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=request_id)
-            routes = [ReplyRoute(name)]
+        asked_id = prompt.request_id or f"p{mark[:15]}"
+        request_id = scoped_id(owner, asked_id)
+        routes = self._owned_routes(owner, asked_id, routes)
         problem = "; ".join(refused or []) or _too_big_for_agents(prompt)
         if problem:
             if self.active:
@@ -736,16 +741,14 @@ class Controller:
                 )
             return request_id
         with self._lock:
+            bound = self.ledger.bound(request_id)
+            if bound is not None and bound[0] != mark:
+                if self.active:
+                    self._refuse_reused(request_id, asked_id, bound[1], routes)
+                return request_id
             held = self.ledger.entries.get(request_id)
             if held is not None:
-                if held.fingerprint == mark:
-                    held.add_routes(routes)
-                    return request_id
-                if self.active:
-                    self.rejected[topics.PROMPTS.pattern] += 1
-                    reason = f"request id {request_id!r} is already in use by another prompt"
-                    self._event("rejected", reason, topic="prompts", request_id=request_id)
-                    self._send(_refusal(request_id, reason), routes, public=False)
+                held.add_routes(routes)
                 return request_id
             if self.active:
                 earlier = self.ledger.answered(request_id, mark)
@@ -764,6 +767,31 @@ class Controller:
                 return request_id  # a standby's shadow: answered by the active controller
         self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
         return request_id
+
+    def _owned_routes(
+        self, owner: str | None, asked_id: str, routes: list[ReplyRoute]
+    ) -> list[ReplyRoute]:
+        """A login's prompt is answered under ``replies/{owner}/{asked_id}`` when it names no
+        route, and on every route under the id it sent (the controller keys it scoped)."""
+        if owner is None:
+            return routes
+        if not routes:
+            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=asked_id)
+            routes = [ReplyRoute(name)]
+        return [replace(route, request_id=asked_id) for route in routes]
+
+    def _refuse_reused(
+        self, request_id: str, asked_id: str, state: str, routes: list[ReplyRoute]
+    ) -> None:
+        """Another prompt under an id that names one in flight or answered: ``rejected`` on
+        its own routes only (answers/{request_id} is the first prompt's)."""
+        self.rejected[topics.PROMPTS.pattern] += 1
+        reason = (
+            f"request id {asked_id!r} is already in use by another prompt ({state}): "
+            "send this one under a fresh request id"
+        )
+        self._event("rejected", reason, topic="prompts", request_id=request_id)
+        self._send(_refusal(request_id, reason), routes, public=False)
 
     def _on_answer(self, inbound: Inbound[Answer]) -> None:
         """Answers on the bus: a standby forgets the prompts the active controller answered."""
@@ -859,6 +887,14 @@ def _loose_json(payload: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {}
     return raw if isinstance(raw, dict) else {}
+
+
+def _as_asked(message: M, route: ReplyRoute) -> M:
+    """An answer or stream chunk as the asker on ``route`` knows it: under the request id it
+    sent (a login's prompt is keyed by its scoped id, controller/request_ids.py)."""
+    if route.request_id is None:
+        return message
+    return message.model_copy(update={"request_id": route.request_id})
 
 
 def _too_large(answer: Answer) -> Answer:

@@ -93,7 +93,9 @@ class Asker:
             raise AskError(f"every controller of fleet {self.fleet!r} is offline ({names})")
 
     def send(self, prompt: Prompt) -> str:
-        """Publish a prompt; returns its request id."""
+        """Publish a prompt under a new random request id (unless it names one: an id names
+        one prompt, and the controller refuses another prompt under an id it knows); returns
+        the request id."""
         request_id = prompt.request_id or uuid.uuid4().hex[:16]
         reply = topics.REPLIES.name(self.fleet, client_id=self.client_id, request_id=request_id)
         fields = {"request_id": request_id}

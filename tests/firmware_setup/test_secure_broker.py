@@ -396,18 +396,25 @@ def moe2_env(broker: SecureBroker, who: str, port: int | None = None) -> dict[st
     )
 
 
-def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None:
-    # The agent takes everything from its config file; controller and client from MOE2_*.
-    username, password = broker.login("agents:a1")
-    password_file = tmp_path / "a1.password"
+def agent_config(broker: SecureBroker, folder: Path, agent: str = "a1") -> Path:
+    """The config file of agent ``agent`` serving SmolLM2 on the fleet port with its own login
+    (a password file beside it): everything the agent needs, no MOE2_* variables."""
+    username, password = broker.login(f"agents:{agent}")
+    password_file = folder / f"{agent}.password"
     password_file.write_text(password + "\n")
-    config = tmp_path / "a1.toml"
+    config = folder / f"{agent}.toml"
     config.write_text(
-        f'broker = "mqtts://localhost:{broker.port}"\nfleet = "{FLEET}"\nagent_id = "a1"\n'
+        f'broker = "mqtts://localhost:{broker.port}"\nfleet = "{FLEET}"\nagent_id = "{agent}"\n'
         f'username = "{username}"\npassword_file = "{password_file}"\nca_file = "{broker.ca}"\n'
         "keepalive_s = 5\ntelemetry_interval_s = 1.0\n\n"
         '[[experts]]\nid = "smollm2"\nmodel = "smollm2-135m"\nn_ctx = 512\n'
     )
+    return config
+
+
+def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None:
+    # The agent takes everything from its config file; controller and client from MOE2_*.
+    config = agent_config(broker, tmp_path)
     agent_env = {k: v for k, v in os.environ.items() if not k.startswith("MOE2_")}
     logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("controller", "agent")}  # noqa: SIM115
     procs = {
