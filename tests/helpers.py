@@ -1,12 +1,17 @@
-"""Small test helpers: a recording MQTT client on the real broker, and a scripted agent that
-speaks the agent's protocol (also the instant agent of benchmarks/overhead.py)."""
+"""Small test helpers: a recording MQTT client on the real broker, a scripted agent that speaks
+the agent's protocol (also the instant agent of benchmarks/overhead.py), and a small real file
+system that a test can fill."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from messages import topics
@@ -175,3 +180,37 @@ class ScriptedAgent:
         self._stop.set()
         self.bus.publish(topics.AGENT_STATUS, self.status("offline"), agent_id=self.agent_id)
         self.bus.close()
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size_kib: int = 256) -> Iterator[Path]:
+    """A real file system of ``size_kib`` KiB mounted on ``folder`` (a disk that can be filled
+    for real: ENOSPC from the kernel); skips the test where this sandbox cannot mount."""
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write a filler file in ``folder`` until its file system has no block left."""
+    filler = folder / "filler"
+    chunk = b"\0" * 4096
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(chunk)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return filler
