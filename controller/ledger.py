@@ -185,7 +185,7 @@ class Ledger:
         try:
             os.rename(path, aside)
         except OSError as exc:
-            raise OSError(f"{why} and cannot be moved aside ({_cause(exc)})") from None
+            raise OSError(f"{why}, and cannot be moved aside ({_cause(exc)})") from None
         self.notice = f"ledger {path} {why}: moved aside to {aside}"
         log.warning("%s; a fresh journal replaces it", self.notice)
 
@@ -244,7 +244,7 @@ class Ledger:
     def _fault(self, cause: str) -> None:
         """Go on in memory: say so (once per cause) and retry in the background."""
         self._close_file()
-        problem = f"ledger {self.path} {cause}"
+        problem = f"ledger {self.path}: {cause}"
         if problem != self.problem:
             log.error(
                 "%s: serving without durability (accepted prompts kept in memory only), "

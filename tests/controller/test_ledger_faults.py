@@ -181,3 +181,29 @@ def test_the_id_lock_holds_without_a_state_folder(
         claim(tmp_path / "good", "fleet", "c1")
     assert (tmp_path / "good" / "fleet" / "c1.lock").read_text() == f"{os.getpid()}\n"
     good.release()
+
+
+def test_a_journal_that_can_be_neither_read_nor_moved_is_left_alone_until_it_can(
+    tmp_path: Path,
+) -> None:
+    """A FIFO in a folder that cannot change (immutable): nothing is read, nothing overwritten;
+    in memory until the folder can change, then moved aside and written."""
+    if shutil.which("chattr") is None:
+        pytest.skip("no chattr here")
+    folder = tmp_path / "c1"
+    folder.mkdir()
+    path = folder / "ledger.jsonl"
+    os.mkfifo(path)
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable flag")
+    try:
+        ledger = Ledger(path, retry_s=0.1)
+        assert not ledger.durable and ledger.problem is not None
+        assert "FIFO" in ledger.problem and "cannot be moved aside" in ledger.problem
+        ledger.add(entry("r1"))
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert wait_until(lambda: ledger.durable, 30)
+    assert len(aside(path)) == 1 and path.is_file()
+    ledger.close()
+    assert list(Ledger(path).entries) == ["r1"]

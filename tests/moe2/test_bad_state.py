@@ -190,7 +190,7 @@ def test_an_unwritable_ledger_serves_what_it_holds_and_is_durable_once_writable(
     held = Prompt(prompt="hold me", request_id="held1", timeout_s=120.0)
     fleet.watch.bus.publish(topics.PROMPTS, held)
     assert wait_until(lambda: any(j.request_id == "held1" for j in fleet.agent.jobs), 60)
-    first.send(signal.SIGKILL)
+    first.send_signal(signal.SIGKILL)
     first.wait(10)
     if subprocess.run(["chattr", "+i", str(ledger)], capture_output=True).returncode != 0:
         pytest.skip("this file system has no immutable flag")
@@ -277,7 +277,7 @@ def test_a_disk_that_fills_while_running(fleet: Fleet, disk: Path) -> None:
     filler.unlink()
     fleet.status(lambda s: s.durable)
     assert "written again" in fleet.log()
-    first.send(signal.SIGKILL)  # what was accepted while full is on disk now, or lost here
+    first.send_signal(signal.SIGKILL)  # what was accepted while full is on disk now, or lost here
     first.wait(10)
     fleet.holding = False
     fleet.controller(state)
