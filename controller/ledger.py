@@ -182,6 +182,10 @@ class Ledger:
         """Rename ``path`` to ``{name}.broken-{time}``, saying so in one line."""
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         aside = path.with_name(f"{path.name}.broken-{stamp}")
+        for n in range(2, 1000):  # never onto an earlier one: rename would replace it
+            if not (aside.exists() or aside.is_symlink()):
+                break
+            aside = path.with_name(f"{path.name}.broken-{stamp}-{n}")
         try:
             os.rename(path, aside)
         except OSError as exc:

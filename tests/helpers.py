@@ -5,8 +5,6 @@ system that a test can fill."""
 from __future__ import annotations
 
 import contextlib
-import errno
-import subprocess
 import threading
 import time
 import uuid
@@ -184,33 +182,16 @@ class ScriptedAgent:
 
 @contextlib.contextmanager
 def small_tmpfs(folder: Path, size_kib: int = 256) -> Iterator[Path]:
-    """A real file system of ``size_kib`` KiB mounted on ``folder`` (a disk that can be filled
-    for real: ENOSPC from the kernel); skips the test where this sandbox cannot mount."""
+    """``moe2.drills.small_tmpfs`` (a small real file system to fill), or the test skipped
+    where this sandbox cannot mount one."""
     import pytest
 
-    folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+    from moe2.drills import CannotMount
+    from moe2.drills import small_tmpfs as mount
 
-
-def fill_disk(folder: Path) -> Path:
-    """Write a filler file in ``folder`` until its file system has no block left."""
-    filler = folder / "filler"
-    chunk = b"\0" * 4096
-    with filler.open("wb", buffering=0) as out:
+    with contextlib.ExitStack() as stack:
         try:
-            while True:
-                out.write(chunk)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-    return filler
+            disk = stack.enter_context(mount(folder, size_kib))
+        except CannotMount as exc:
+            pytest.skip(str(exc))
+        yield disk

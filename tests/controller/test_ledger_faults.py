@@ -16,8 +16,9 @@ import pytest
 from controller.identity import IdentityError, claim
 from controller.ledger import Entry, Ledger, ReplyRoute
 from messages.prompts import Prompt
+from moe2.drills import fill_disk
 from moe2.local_fleet import wait_until
-from tests.helpers import fill_disk, small_tmpfs
+from tests.helpers import small_tmpfs
 
 
 def entry(rid: str) -> Entry:
@@ -207,3 +208,13 @@ def test_a_journal_that_can_be_neither_read_nor_moved_is_left_alone_until_it_can
     assert len(aside(path)) == 1 and path.is_file()
     ledger.close()
     assert list(Ledger(path).entries) == ["r1"]
+
+
+def test_what_was_moved_aside_is_never_replaced_by_the_next_one(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    for n in range(3):  # three starts in the same second, each on a corrupt journal
+        journal(path, f"r{n}")
+        path.write_text(path.read_text() + "corrupt\n" + path.read_text())
+        Ledger(path).close()
+    assert len(aside(path)) == 3
+    assert sorted(Ledger(path).entries) == ["r0", "r1", "r2"]

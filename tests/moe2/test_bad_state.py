@@ -26,9 +26,10 @@ from messages.jobs import Job
 from messages.prompts import Prompt
 from messages.results import JobResult
 from moe2.broker import LocalBroker, free_port
+from moe2.drills import fill_disk
 from moe2.local_fleet import wait_until
 from tests.controller.test_controller_service import _result
-from tests.helpers import Recorder, ScriptedAgent, fill_disk, small_tmpfs
+from tests.helpers import Recorder, ScriptedAgent, small_tmpfs
 
 # The issue asks for prompts served within 30 s of the start; the assertion leaves room for a
 # loaded test machine, and the time is printed.
