@@ -53,6 +53,11 @@ def main() -> None:
         run("burst-bound", drills.burst, 60, 5)
         run("reused-id", drills.reused_id)
         early, waiting = run("early", drills.early_against_waiting, 6 if args.quick else 12)
+        try:
+            run("state-full", drills.bad_state, "full")
+        except drills.CannotMount as exc:
+            print(f"state-full skipped: {exc}", flush=True)
+        run("state-file", drills.bad_state, "file")
     print()
     print("| scenario | asked | answered | lost | duplicated | statuses | p50 s | p99 s | figures")
     print("|---|---|---|---|---|---|---|---|---")

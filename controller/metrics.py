@@ -1,6 +1,7 @@
 """Prometheus metrics of a controller: prompts by status, end-to-end latency, per-expert latency
-and energy (by source), fleet power from telemetry, agents online, plan epoch, queue depth and
-rejected messages by topic. ``moe2 controller run --metrics HOST:PORT`` serves them.
+and energy (by source), fleet power from telemetry, agents online, plan epoch, queue depth,
+rejected messages by topic and whether the ledger is durable. ``moe2 controller run --metrics
+HOST:PORT`` serves them.
 
 Counters and histograms are observed as answers and results pass; the fleet's state (power,
 agents, epoch, queue, rejections) is read from the controller at each scrape, so it is never
@@ -94,6 +95,13 @@ class _FleetState(Collector):
             "moe2_controller_active",
             "1 on the active controller, 0 on a standby",
             value=1 if c.active else 0,
+        )
+        yield GaugeMetricFamily(
+            "moe2_ledger_durable",
+            "1 while accepted prompts are written to the ledger on disk, 0 while they are kept "
+            "in memory only (the state folder or disk is at fault: see the status's "
+            "state_problem)",
+            value=1 if c.ledger.durable else 0,
         )
         rejected = CounterMetricFamily(
             "moe2_rejected_messages", "Payloads rejected, by topic pattern", labels=["topic"]

@@ -161,6 +161,8 @@ class Controller:
             late_results=self.dispatcher.late_results,
             rejected=dict(self.rejected),
             plan_problem=self.adaptation.problem if state == "online" else None,
+            durable=self.ledger.durable,
+            state_problem=self.ledger.state_problem,
         )
 
     def start(self, wait_s: float = 0.0) -> None:

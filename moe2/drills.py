@@ -12,13 +12,16 @@ different answers come for one request id.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import signal
 import statistics
+import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -635,3 +638,89 @@ def reused_id(workdir: Path, rounds: int = 2) -> Report:
             return inbox.report("reused id", restart_right=right)
     finally:
         drill.close()
+# -- state that cannot be used --------------------------------------------------------------
+
+
+class CannotMount(RuntimeError):
+    """This machine will not mount a small file system for a drill (not root, a sandbox)."""
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size_kib: int = 256) -> Iterator[Path]:
+    """A real file system of ``size_kib`` KiB mounted on ``folder``: a disk that can be filled
+    for real (ENOSPC from the kernel). Needs root; raises CannotMount where it cannot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        raise CannotMount(f"cannot mount a small tmpfs on {folder}: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write a filler file in ``folder`` until its file system has no block left."""
+    filler = folder / "filler"
+    chunk = b"\0" * 4096
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(chunk)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return filler
+
+
+def _wait_log(fleet: LocalFleet, name: str, text: str, timeout_s: float) -> float:
+    """Seconds until ``text`` is in the log of ``name`` (NaN if it never is)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if text in fleet.log_tail(name, 400):
+            return time.monotonic() - started
+        time.sleep(0.2)
+    return float("nan")
+
+
+def bad_state(workdir: Path, fault: str = "full") -> Report:
+    """The controller started on state it cannot use (``full``: its state folder on a full
+    file system; ``file``: a file where its state folder should be), one-shot prompts every
+    0.5 s and a few long ones; the state repaired; once the ledger is durable again the
+    controller is SIGKILLed with prompts in flight and started again. What it accepted while
+    not durable is written out when it can be, so the restart answers it: nothing is lost."""
+    drill = Drill(workdir)
+    state = workdir / "state"
+    with contextlib.ExitStack() as stack:
+        if fault == "full":
+            filler = fill_disk(stack.enter_context(small_tmpfs(state)))
+        else:
+            state.write_text("a file where the state folder should be")
+            filler = state
+        stack.callback(drill.close)
+        drill.start_broker()
+        report = _bad_state_traffic(drill, filler, fault)
+    return report
+
+
+def _bad_state_traffic(drill: Drill, filler: Path, fault: str) -> Report:
+    fleet = drill.start_fleet("drill-state", _agents("s-a"))
+    with drill.traffic(resend_s=None) as traffic:
+        flow(traffic, choice_prompt, 0.5, 4.0)
+        for _ in range(4):
+            traffic.send(text_prompt(max_tokens=48))
+        filler.unlink()
+        durable_again_s = _wait_log(fleet, "c1", "is written again", 60)
+        time.sleep(0.3)
+        fleet.kill("c1", signal.SIGKILL)
+        flow(traffic, choice_prompt, 0.5, 2.0)
+        fleet.start_controller("c1")
+        traffic.wait_all(120)
+        what = "a full disk" if fault == "full" else "a state folder that is a file"
+        return traffic.report(
+            f"controller started on {what}, repaired, killed", durable_again_s=durable_again_s
+        )
