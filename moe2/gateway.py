@@ -698,6 +698,9 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
         except GatewayError as exc:
             done(exc.status)
             return exc.response()
+        except BaseException:
+            done(499)  # a no-op when the request was handed to let_go already
+            raise
 
     async def whole(request: Request, prompt: Prompt, exchange: _Exchange) -> Any:
         """A response in one piece, or nothing when the client leaves before it."""
@@ -767,6 +770,17 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
             assert error is not None
             done(error.status)
             return error.response()
+
+        async def watch_gone() -> None:
+            """A client that leaves before the stream starts has no stream to end: this lets
+            go of its request (the stream's own end does it once started)."""
+            await client_gone(request)
+            if not exchange.counted:
+                client.listen(request_id, None)
+                done(499, release=False)
+                let_go(request_id, waiter)
+
+        exchange.watcher = asyncio.ensure_future(watch_gone())
         return StreamingResponse(
             _events_out(first, events, prompt, exchange, metrics, client, let_go, waiter),
             media_type="text/event-stream",
@@ -798,6 +812,7 @@ class _Exchange:
     started: float
     counted: bool = False
     done: Callable[..., None] = field(default=lambda *a, **k: None)
+    watcher: asyncio.Future[None] | None = None  # lets go of it should the client leave
 
     def chunk(self, delta: str | None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
         if self.chat:
@@ -900,6 +915,8 @@ async def _events_out(
             let_go(exchange.request_id, waiter)
         elif not waiter.done():
             waiter.cancel()
+        if exchange.watcher is not None:
+            exchange.watcher.cancel()
 
 
 def _closing(
