@@ -12,13 +12,13 @@ that all three find it in the agent's context. Prints medians: whole answer each
 gateway's added latency (gateway minus Asker, per prompt) and the time to the first streamed
 token.
 
-    .venv/bin/python benchmarks/gateway.py --disconnect 12 [--max-inflight 4]
+    .venv/bin/python benchmarks/gateway.py --disconnect 12 [--parallel 8] [--max-inflight 4]
 
 The disconnect scenario instead: each of N streams (max_tokens 400) is closed after its first
-token, one after the other, against a gateway with --max-inflight 4. Prints how many of the
-agent's jobs stopped (its job_cancelled events), how long after the close, the tokens each had
-generated, the prompts re-published after the close, and the most jobs outstanding on the
-agent at once (sent and neither answered nor stopped).
+token, --parallel K at once (1: one after the other), against a gateway with --max-inflight 4.
+Prints how many of the agent's jobs stopped (its job_cancelled events), how long after the
+close, the tokens each had generated, the prompts re-published after the close, and the most
+prompts the fleet held at once (published and not yet answered: what --max-inflight bounds).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,8 +39,8 @@ import openai  # noqa: E402
 
 from benchmarks.prompts import story_prompts  # noqa: E402
 from messages import topics  # noqa: E402
+from messages.answers import Answer  # noqa: E402
 from messages.events import AgentEvent  # noqa: E402
-from messages.jobs import Job  # noqa: E402
 from messages.prompts import Prompt  # noqa: E402
 from messages.results import JobResult  # noqa: E402
 from moe2.ask import Asker  # noqa: E402
@@ -59,46 +60,48 @@ def _healthy(url: str) -> bool:
 
 
 def _outstanding_peak(received: list[object]) -> int:
-    """The most jobs sent and neither answered nor stopped, in the order the bus carried them."""
-    out: set[tuple[str, str]] = set()
+    """The most prompts the fleet held at once (published, not yet answered), in the order the
+    bus carried them: what the gateway's --max-inflight is meant to bound."""
+    out: set[str] = set()
     peak = 0
     for inbound in received:
         message = getattr(inbound, "message", None)
-        if isinstance(message, Job):
-            out.add((message.request_id, message.expert_id))
-        elif isinstance(message, JobResult):
-            out.discard((message.request_id, message.expert_id))
-        elif isinstance(message, AgentEvent) and message.kind == "job_cancelled":
-            out = {k for k in out if k[0] != message.request_id}
+        if isinstance(message, Prompt) and message.request_id is not None:
+            out.add(message.request_id)
+        elif isinstance(message, Answer):
+            out.discard(message.request_id)
         peak = max(peak, len(out))
     return peak
 
 
-def disconnect(broker: object, url: str, fleet: str, streams: int) -> None:
+def disconnect(broker: object, url: str, fleet: str, streams: int, parallel: int) -> None:
     """Streams closed after their first token: what the fleet still spends on them."""
     endpoint = broker.endpoint  # type: ignore[attr-defined]
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
-    rec = Recorder(endpoint, fleet).watch(topics.AGENT_JOBS).watch(topics.AGENT_RESULTS)
-    rec.watch(topics.AGENT_EVENTS).watch(topics.PROMPTS)
+    rec = Recorder(endpoint, fleet).watch(topics.AGENT_RESULTS)
+    rec.watch(topics.AGENT_EVENTS).watch(topics.PROMPTS).watch(topics.ANSWERS)
     closes: dict[str, tuple[float, int]] = {}  # request id -> (close time, prompts seen by then)
-    busy = 0
+    busy: list[int] = []
+
+    def one(i: int) -> None:
+        try:
+            stream = client.completions.create(
+                model="moe2",
+                prompt=f"Once upon a time, in story {i}, there was",
+                max_tokens=DISCONNECT_MAX_TOKENS,
+                stream=True,
+            )
+        except openai.RateLimitError:
+            busy.append(i)
+            return
+        first = next(c for c in stream if c.choices and c.choices[0].text)
+        stream.close()
+        rid = first.id.removeprefix("cmpl-")
+        closes[rid] = (time.time(), sum(1 for m in rec.messages(Prompt) if m.request_id == rid))
+
     with rec:
-        for i in range(streams):
-            try:
-                stream = client.completions.create(
-                    model="moe2",
-                    prompt=f"Once upon a time, in story {i}, there was",
-                    max_tokens=DISCONNECT_MAX_TOKENS,
-                    stream=True,
-                )
-            except openai.RateLimitError:
-                busy += 1
-                time.sleep(0.2)
-                continue
-            first = next(c for c in stream if c.choices and c.choices[0].text)
-            stream.close()
-            rid = first.id.removeprefix("cmpl-")
-            closes[rid] = (time.time(), sum(1 for m in rec.messages(Prompt) if m.request_id == rid))
+        with ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(one, range(streams)))
         time.sleep(8.0)  # past the gateway's re-send interval: a re-publish would show
         events = {
             e.request_id: e
@@ -113,7 +116,7 @@ def disconnect(broker: object, url: str, fleet: str, streams: int) -> None:
         peak = _outstanding_peak(list(rec.received))
     after = [events[r].time_s - closes[r][0] for r in events]
     tokens = [events[r].completion_tokens or 0 for r in events]
-    print(f"streams closed after their first token: {len(closes)} ({busy} refused 429)")
+    print(f"streams closed after their first token: {len(closes)} ({len(busy)} refused 429)")
     print(f"agent jobs stopped: {len(events)} of {len(closes)}; results published anyway: "
           f"{len(results)}")  # fmt: skip
     if after:
@@ -122,7 +125,7 @@ def disconnect(broker: object, url: str, fleet: str, streams: int) -> None:
         print(f"tokens generated per job (of {DISCONNECT_MAX_TOKENS}): median "
               f"{statistics.median(tokens):g}, max {max(tokens)}")  # fmt: skip
     print(f"prompts re-published after the close: {republished}")
-    print(f"most jobs outstanding on the agent at once: {peak}")
+    print(f"most prompts held by the fleet at once (published, not answered): {peak}")
 
 
 def main() -> None:
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--disconnect", type=int, default=0, metavar="N")
     parser.add_argument("--max-inflight", type=int, default=4)
+    parser.add_argument("--parallel", type=int, default=1, help="--disconnect: streams at once")
     args = parser.parse_args()
     prompts = story_prompts(args.prompts)
     workdir = Path(tempfile.mkdtemp(prefix="moe2-gw-bench-"))
@@ -158,8 +162,8 @@ def main() -> None:
             if args.disconnect:
                 print(f"machine: {platform.node()} {platform.machine()}; "
                       f"{time.strftime('%Y-%m-%d %H:%M')}; one SmolLM2-135M agent; gateway "
-                      f"--max-inflight {args.max_inflight}")  # fmt: skip
-                disconnect(broker, url, "gwbench", args.disconnect)
+                      f"--max-inflight {args.max_inflight}; {args.parallel} at once")  # fmt: skip
+                disconnect(broker, url, "gwbench", args.disconnect, args.parallel)
                 return
             client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
             with Asker(broker.endpoint, "gwbench") as asker:
