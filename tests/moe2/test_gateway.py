@@ -235,6 +235,19 @@ def test_errors_have_openai_shape_and_status(gateway: Gateway) -> None:
     assert late.value.status_code == 504 and late.value.body["type"] == "timeout"  # type: ignore[index]
 
 
+def _slot_comes_back(client: openai.OpenAI) -> bool:
+    """Whether a request is answered, not refused 429, within 30 s."""
+
+    def answered() -> bool:
+        try:
+            client.chat.completions.create(model="moe2", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+        except openai.RateLimitError:
+            return False
+        return True
+
+    return wait_until(answered, 30, 0.5)
+
+
 def test_a_busy_gateway_answers_429(gateway: Gateway) -> None:
     client = gateway.client()
     stream = client.chat.completions.create(
@@ -249,15 +262,7 @@ def test_a_busy_gateway_answers_429(gateway: Gateway) -> None:
     assert busy.value.status_code == 429
     assert busy.value.response.headers["retry-after"] == "1"
     stream.close()  # the client goes away mid-stream: its slot must come back
-
-    def answered() -> bool:
-        try:
-            client.chat.completions.create(model="moe2", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
-        except openai.RateLimitError:
-            return False
-        return True
-
-    assert wait_until(answered, 30, 0.5)
+    assert _slot_comes_back(client)
 
 
 def test_sampling_with_a_seed_repeats_and_stop_cuts(gateway: Gateway) -> None:
@@ -515,16 +520,7 @@ def test_a_request_whose_client_leaves_is_cancelled_and_its_slot_comes_back(
         stopped = rec.wait_for(_job_cancelled(job.request_id), 60)
     assert stopped.completion_tokens is not None and stopped.completion_tokens < 200
     # --max-inflight 1: the slot comes back once the fleet has let go of the request
-    client = gateway.client()
-
-    def answered() -> bool:
-        try:
-            client.chat.completions.create(model="moe2", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
-        except openai.RateLimitError:
-            return False
-        return True
-
-    assert wait_until(answered, 30, 0.5)
+    assert _slot_comes_back(gateway.client())
 
 
 # -- strangers -------------------------------------------------------------------------------
