@@ -589,6 +589,15 @@ def test_a_body_is_not_read_before_the_key_is_checked(gateway: Gateway) -> None:
     size = 20 * 1024 * 1024
     assert _ask_raw(port, _head("POST", path, size)) == 401
     assert _ask_raw(port, _head("POST", path, size, KEY)) == 413
+    # A chunked body (no Content-Length) is cut off at the limit.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        head = _head("POST", path, key=KEY).replace(
+            b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        piece = b"x" * 65536
+        with contextlib.suppress(OSError):  # answered and closed before the end
+            sock.sendall(head + b"".join(b"10000\r\n" + piece + b"\r\n" for _ in range(32)))
+        assert _status_of(sock) == 413
     # Five sent in parallel without a key: the gateway's memory does not take them in.
     before = _peak_rss_bytes(gateway.pid)
     body = b"x" * size
