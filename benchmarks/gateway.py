@@ -84,16 +84,18 @@ def disconnect(broker: object, url: str, fleet: str, streams: int, parallel: int
     busy: list[int] = []
 
     def one(i: int) -> None:
-        try:
-            stream = client.completions.create(
-                model="moe2",
-                prompt=f"Once upon a time, in story {i}, there was",
-                max_tokens=DISCONNECT_MAX_TOKENS,
-                stream=True,
-            )
-        except openai.RateLimitError:
-            busy.append(i)
-            return
+        while True:  # a 429 is retried: every stream is opened and closed in the end
+            try:
+                stream = client.completions.create(
+                    model="moe2",
+                    prompt=f"Once upon a time, in story {i}, there was",
+                    max_tokens=DISCONNECT_MAX_TOKENS,
+                    stream=True,
+                )
+                break
+            except openai.RateLimitError:
+                busy.append(i)
+                time.sleep(0.1)
         first = next(c for c in stream if c.choices and c.choices[0].text)
         stream.close()
         rid = first.id.removeprefix("cmpl-")
@@ -116,7 +118,7 @@ def disconnect(broker: object, url: str, fleet: str, streams: int, parallel: int
         peak = _outstanding_peak(list(rec.received))
     after = [events[r].time_s - closes[r][0] for r in events]
     tokens = [events[r].completion_tokens or 0 for r in events]
-    print(f"streams closed after their first token: {len(closes)} ({len(busy)} refused 429)")
+    print(f"streams closed after their first token: {len(closes)} (429s on the way: {len(busy)})")
     print(f"agent jobs stopped: {len(events)} of {len(closes)}; results published anyway: "
           f"{len(results)}")  # fmt: skip
     if after:
