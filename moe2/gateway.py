@@ -8,6 +8,11 @@ prompt on ``prompts`` with a reply route of the gateway's own, and the answer (a
 ``GET /healthz`` and ``GET /metrics`` (Prometheus text). Budgets, category, top-k and experts
 ride in the body as ``"moe2": {...}``; the response carries the per-expert breakdown under
 ``"moe2"``. Errors have OpenAI's shape and status codes.
+
+A client that disconnects before its answer has its prompt cancelled at the controller (which
+stops the jobs) and no longer re-sent; its in-flight slot is held until the fleet has let go of
+it. The key is checked before the body is read, and the body read within limits
+(``moe2.gateway_guard``).
 """
 
 from __future__ import annotations
