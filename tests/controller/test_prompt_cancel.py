@@ -3,6 +3,9 @@ does), then the controller on a real Mosquitto with a scripted agent that never 
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -139,3 +142,32 @@ def test_a_login_cancels_its_own_prompt_and_no_other(
     )
     assert [j.request_id for j in agent.jobs] == [rid]  # the repeat was not run again
     assert isinstance(agent.jobs[0], Job)
+
+
+def test_moe2_ask_interrupted_cancels_its_prompt(
+    mosquitto: LocalBroker, fleet: tuple[str, Controller, ScriptedAgent]
+) -> None:
+    name, controller, agent = fleet
+    rec = Recorder(mosquitto.endpoint, name).watch(topics.AGENT_CANCEL, agent_id="a1")
+    rec.watch(topics.ANSWERS)
+    with rec:
+        ask = subprocess.Popen(
+            [sys.executable, "-m", "moe2", "ask", "--broker", mosquitto.url, "--fleet", name,
+             "--timeout", "120", "Tell me a long story."],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not agent.jobs and ask.poll() is None:
+                time.sleep(0.1)
+            assert agent.jobs, ask.stderr.read() if ask.poll() is not None else "no job"
+            ask.send_signal(signal.SIGINT)  # Ctrl-C
+            ask.wait(timeout=30)
+        finally:
+            ask.kill()
+        rid = agent.jobs[0].request_id
+        stopped = rec.wait_for(lambda m: isinstance(m, Cancel), 10)
+        answer = rec.wait_for(lambda m: isinstance(m, Answer), 10)
+    assert stopped.request_id == rid == answer.request_id
+    assert answer.status == "failed" and answer.error == f"{CANCELLED}: the asker was interrupted"
+    assert rid not in controller.ledger.entries
