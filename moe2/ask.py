@@ -128,7 +128,8 @@ class Asker:
         ``wait_s`` for the broker to take the cancel); its answer (the controller's ``failed``,
         "cancelled by the asker", or one decided before) still comes to :meth:`wait`, which a
         caller may use to learn that the fleet has let go of it."""
-        self._sent.pop(request_id, None)
+        with self._arrived:  # a re-send under way in wait() goes out before the cancel
+            self._sent.pop(request_id, None)
         message = PromptCancel(request_id=request_id, reason=reason[:200], time_s=now_s())
         if self.bus.connected:
             sent = self.bus.publish_to(self.cancel_topic, message, qos=topics.PROMPTS_CANCEL.qos)
