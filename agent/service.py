@@ -282,16 +282,29 @@ class Agent:
     def publish_telemetry(self) -> None:
         self.bus.publish(topics.AGENT_TELEMETRY, self.telemetry(), agent_id=self.agent_id)
 
-    def _event(self, kind: str, reason: str, topic: str | None = None) -> None:
-        log.log(logging.INFO if kind == "plan_applied" else logging.WARNING, "%s: %s", kind, reason)
+    def _event(self, kind: str, reason: str, topic: str | None = None, **fields: Any) -> None:
+        quiet = kind in ("plan_applied", "job_cancelled")
+        log.log(logging.INFO if quiet else logging.WARNING, "%s: %s", kind, reason)
         event = AgentEvent(
             agent_id=self.agent_id,
             time_s=now_s(),
-            kind=kind,
+            kind=kind,  # type: ignore[arg-type]
             topic=topic,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
+            **fields,
         )
         self.bus.publish(topics.AGENT_EVENTS, event, agent_id=self.agent_id)
+
+    def _cancelled(self, job: Job, completion_tokens: int | None, running: bool) -> None:
+        """Say that a job stopped on a cancel (it publishes no result: nobody waits for it)."""
+        where = f"after {completion_tokens} tokens" if completion_tokens is not None else "running"
+        self._event(
+            "job_cancelled",
+            f"job {job.request_id} on {job.expert_id} stopped "
+            + (where if running else "before it ran"),
+            request_id=job.request_id,
+            completion_tokens=completion_tokens if running else 0,
+        )
 
     def _on_reject(self, topic: Topic[Any], name: str, reason: str) -> None:
         self._event("rejected", reason, name)
@@ -432,9 +445,9 @@ class Agent:
         started = False
         for item in list(self._waiting):
             if item.cancel.is_set():
-                log.debug("job %s on %s cancelled before it ran", *item.key)
                 self._waiting.remove(item)
                 self._live.pop(item.key, None)
+                self._cancelled(item.job, None, running=False)
                 continue
             expert = item.job.expert_id
             if self._running[expert] >= slots(self.pool.configs[expert]):
@@ -477,13 +490,13 @@ class Agent:
                 first, fields = self._infer(backend, job, received, deadline, item.cancel)
         except Exception as exc:
             if item.cancel.is_set():
-                log.debug("job %s on %s cancelled while running", *item.key)
+                self._cancelled(job, None, running=True)
                 return  # nobody waits for it: no result
             self._event("job_failed", f"job {job.request_id} on {job.expert_id}: {exc}")
             self._fail(job, f"{type(exc).__name__}: {exc}", received, load_s)
             return
         if item.cancel.is_set():
-            log.debug("job %s on %s cancelled while running", *item.key)
+            self._cancelled(job, fields.get("completion_tokens"), running=True)
             return
         total = time.monotonic() - received
         result = JobResult(

@@ -19,7 +19,12 @@ from typing import Any, TypeVar
 
 from controller import __version__
 from controller.adapt import Adaptation
-from controller.decisions import fleet_coming_back, one_replica_each
+from controller.decisions import (
+    cancelled_reason,
+    fleet_coming_back,
+    may_cancel,
+    one_replica_each,
+)
 from controller.dispatch import PARK_GRACE_S, Actions, Dispatcher, Refused, Route
 from controller.identity import ControllerIdentity, claim, default_state_root
 from controller.leadership import should_lead
@@ -41,6 +46,7 @@ from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
 from messages.codec import MAX_PAYLOAD_BYTES, encode
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.prompt_cancel import PromptCancel
 from messages.prompts import Prompt
 from messages.results import JobResult
 from messages.routes import RouteError, check_reply_route
@@ -179,6 +185,8 @@ class Controller:
             self.bus.subscribe(prompt_topic, self._on_prompt, on_invalid=self._on_invalid_prompt)
         for text_topic in (topics.PROMPTS_TEXT, topics.CLIENT_PROMPTS_TEXT):
             self.bus.subscribe(text_topic, self._on_text_prompt)
+        for cancel_topic in (topics.PROMPTS_CANCEL, topics.CLIENT_PROMPTS_CANCEL):
+            self.bus.subscribe(cancel_topic, self._on_prompt_cancel)
         self.bus.subscribe(topics.ANSWERS, self._on_answer)
         self.bus.subscribe(topics.CONTROLLER_STATUS, self._on_peer)
         self.bus.subscribe(topics.CONTROLLER_PLAN, self._on_fleet_plan)
@@ -794,6 +802,27 @@ class Controller:
         )
         self._event("rejected", reason, topic="prompts", request_id=request_id)
         self._send(_refusal(request_id, reason), routes, public=False)
+    def _on_prompt_cancel(self, inbound: Inbound[PromptCancel]) -> None:
+        """An asker that no longer wants its answer (it went away): the prompt's jobs are
+        cancelled on their agents, it is answered ``failed`` (``cancelled by the asker``) and
+        forgotten, so no takeover runs it again; a standby only forgets it. A cancel for a
+        prompt not held (unknown, answered) changes nothing; one from a login for another
+        login's prompt is refused."""
+        cancel, owner = inbound.message, inbound.params.get("client_id")
+        key = scoped_id(owner, cancel.request_id)  # a login cancels under the id it sent
+        with self._lock:
+            entry = self.ledger.entries.get(key)
+            if entry is None:
+                return
+            if not may_cancel([r.topic for r in entry.routes], owner, self.settings.fleet):
+                why = f"request {cancel.request_id} is not a prompt of login {owner!r}"
+                self._on_reject(topics.CLIENT_PROMPTS_CANCEL, inbound.topic, why)
+                return
+            if not self.active:
+                self.ledger.done(key)
+                return
+        reason = cancelled_reason(cancel.reason)
+        self._execute(self.dispatcher.withdraw(entry, reason, time.monotonic()))
 
     def _on_answer(self, inbound: Inbound[Answer]) -> None:
         """Answers on the bus: a standby forgets the prompts the active controller answered."""

@@ -281,14 +281,21 @@ def test_client_cannot_read_another_clients_replies(clients: Any) -> None:
 
 def test_a_client_publishes_prompts_only_under_its_own_login(clients: Any) -> None:
     # The topic a prompt arrives on names the asker's login: c1 cannot pose as c2.
-    controller = clients("controller").subscribe(topic("clients/#"))
+    controller = clients("controller").subscribe(topic("clients/#")).subscribe(topic("prompts/#"))
     c1 = clients("clients:c1")
     c1.publish(topic("clients/c1/prompts"), b"mine")
     c1.publish(topic("clients/c1/prompts/text"), b"mine too")
+    c1.publish(topic("clients/c1/prompts/cancel"), b"my cancel")
     c1.publish(topic("clients/c2/prompts"), b"posing as c2")
     c1.publish(topic("clients/c2/prompts/text"), b"posing as c2")
+    c1.publish(topic("clients/c2/prompts/cancel"), b"cancelling c2's prompt")
+    c1.publish(topic("prompts/cancel"), b"cancelling anyone's prompt")
     time.sleep(0.5)
-    assert controller.topics() == [topic("clients/c1/prompts"), topic("clients/c1/prompts/text")]
+    assert controller.topics() == [
+        topic("clients/c1/prompts"),
+        topic("clients/c1/prompts/text"),
+        topic("clients/c1/prompts/cancel"),
+    ]
 
 
 def test_no_other_login_can_take_over_an_agents_session(broker: SecureBroker, clients: Any) -> None:
