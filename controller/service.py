@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller import __version__
 from controller.adapt import Adaptation
@@ -27,8 +27,7 @@ from controller.metrics import ControllerMetrics
 from controller.planner import Planner
 from controller.planning import cache_plan_problem, online_keys, tighter, wanted_experts
 from controller.registry import Change, FleetRegistry
-from controller.selection.live import BudgetError, LiveSelection
-from controller.selection.solver import SelectionResult
+from controller.selection.errors import BudgetError
 from controller.settings import ControllerSettings
 from messages import topics
 from messages.answers import Answer, ExpertFailure
@@ -46,6 +45,10 @@ from messages.status import AgentStatus
 from messages.stream import StreamChunk
 from messages.telemetry import Telemetry
 from messages.topics import Topic
+
+if TYPE_CHECKING:  # numpy and numba are imported only with a gate (controller/selection)
+    from controller.selection.live import LiveSelection
+    from controller.selection.solver import SelectionResult
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,7 @@ class Controller:
         self.budgets = self.configured_budgets
         if settings.profile is not None and settings.gate is not None:
             from controller.selection.from_profile import load_gated_profile  # needs torch
+            from controller.selection.live import LiveSelection
 
             self.selection = LiveSelection(
                 load_gated_profile(settings.profile, settings.gate),
