@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 from controller.costs import CostModel, Seed, seeds_from_profile
 from controller.drift import DriftDetector, Move
 from controller.explain import infeasible
-from controller.selection.live import LiveSelection
 from messages import topics
 from messages.base import now_s
 from messages.costs import CostTable, ExpertCostRow
@@ -119,6 +118,8 @@ class Adaptation:
         return {k: v for k, v in self.model.costs().items() if k in keys}
 
     def _swap(self, gated: GatedProfile) -> None:
+        from controller.selection.live import LiveSelection
+
         old = self.c.selection
         assert old is not None
         self.c.selection = LiveSelection(

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from controller import __version__
 from controller.adapt import Adaptation
@@ -34,8 +34,7 @@ from controller.planner import Planner
 from controller.planning import cache_plan_problem, online_keys, tighter, wanted_experts
 from controller.registry import Change, FleetRegistry
 from controller.request_ids import scoped_id
-from controller.selection.live import BudgetError, LiveSelection
-from controller.selection.solver import SelectionResult
+from controller.selection.errors import BudgetError
 from controller.settings import ControllerSettings
 from messages import topics
 from messages.answers import Answer, ExpertFailure
@@ -54,6 +53,10 @@ from messages.status import AgentStatus
 from messages.stream import StreamChunk
 from messages.telemetry import Telemetry
 from messages.topics import Topic
+
+if TYPE_CHECKING:  # numpy and numba are imported only with a gate (controller/selection)
+    from controller.selection.live import LiveSelection
+    from controller.selection.solver import SelectionResult
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", Answer, StreamChunk)
@@ -128,6 +131,7 @@ class Controller:
         self.budgets = self.configured_budgets
         if settings.profile is not None and settings.gate is not None:
             from controller.selection.from_profile import load_gated_profile  # needs torch
+            from controller.selection.live import LiveSelection
 
             self.selection = LiveSelection(
                 load_gated_profile(settings.profile, settings.gate),
