@@ -35,14 +35,16 @@ log = logging.getLogger(__name__)
 
 
 # Results kept to answer a job delivered again (a redelivery, a controller re-sending after a
-# reconnect or a takeover) without running it twice.
+# reconnect or a takeover) without running it twice. They are kept by what the job is (its
+# request id, expert and content digest): another prompt under a request id used before is a
+# new job, run anew.
 RESULTS_KEPT = 1024
 # A job issued longer ago than its timeout plus this (wall clock, controller to agent) waited in
 # a broker's queue while this agent was away: nobody waits for its answer any more. The slack
 # covers clocks that disagree by less than that.
 CLOCK_SLACK_S = 30.0
 
-JobKey = tuple[str, str]  # (request_id, expert_id)
+JobKey = tuple[str, str, str]  # (request_id, expert_id, Job.digest())
 
 # A streamed job's text goes out at most this often (a few tokens a message, QoS 0).
 STREAM_FLUSH_S = 0.05
@@ -87,10 +89,14 @@ class _QueuedJob:
     job: Job
     received: float  # time.monotonic() at receipt
     cancel: threading.Event = field(default_factory=threading.Event)
+    key: JobKey = field(init=False)
 
-    @property
-    def key(self) -> JobKey:
-        return (self.job.request_id, self.job.expert_id)
+    def __post_init__(self) -> None:
+        self.key = _job_key(self.job)
+
+
+def _job_key(job: Job) -> JobKey:
+    return (job.request_id, job.expert_id, job.digest())
 
 
 class Agent:
@@ -277,16 +283,29 @@ class Agent:
     def publish_telemetry(self) -> None:
         self.bus.publish(topics.AGENT_TELEMETRY, self.telemetry(), agent_id=self.agent_id)
 
-    def _event(self, kind: str, reason: str, topic: str | None = None) -> None:
-        log.log(logging.INFO if kind == "plan_applied" else logging.WARNING, "%s: %s", kind, reason)
+    def _event(self, kind: str, reason: str, topic: str | None = None, **fields: Any) -> None:
+        quiet = kind in ("plan_applied", "job_cancelled")
+        log.log(logging.INFO if quiet else logging.WARNING, "%s: %s", kind, reason)
         event = AgentEvent(
             agent_id=self.agent_id,
             time_s=now_s(),
-            kind=kind,
+            kind=kind,  # type: ignore[arg-type]
             topic=topic,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
+            **fields,
         )
         self.bus.publish(topics.AGENT_EVENTS, event, agent_id=self.agent_id)
+
+    def _cancelled(self, job: Job, completion_tokens: int | None, running: bool) -> None:
+        """Say that a job stopped on a cancel (it publishes no result: nobody waits for it)."""
+        where = f"after {completion_tokens} tokens" if completion_tokens is not None else "running"
+        self._event(
+            "job_cancelled",
+            f"job {job.request_id} on {job.expert_id} stopped "
+            + (where if running else "before it ran"),
+            request_id=job.request_id,
+            completion_tokens=completion_tokens if running else 0,
+        )
 
     def _on_reject(self, topic: Topic[Any], name: str, reason: str) -> None:
         self._event("rejected", reason, name)
@@ -443,9 +462,9 @@ class Agent:
         started = False
         for item in list(self._waiting):
             if item.cancel.is_set():
-                log.debug("job %s on %s cancelled before it ran", *item.key)
                 self._waiting.remove(item)
                 self._live.pop(item.key, None)
+                self._cancelled(item.job, None, running=False)
                 continue
             expert = item.job.expert_id
             if self._running[expert] >= slots(self.pool.configs[expert]):
@@ -488,13 +507,13 @@ class Agent:
                 first, fields = self._infer(backend, job, received, deadline, item.cancel)
         except Exception as exc:
             if item.cancel.is_set():
-                log.debug("job %s on %s cancelled while running", *item.key)
+                self._cancelled(job, None, running=True)
                 return  # nobody waits for it: no result
             self._event("job_failed", f"job {job.request_id} on {job.expert_id}: {exc}")
             self._fail(job, f"{type(exc).__name__}: {exc}", received, load_s)
             return
         if item.cancel.is_set():
-            log.debug("job %s on %s cancelled while running", *item.key)
+            self._cancelled(job, fields.get("completion_tokens"), running=True)
             return
         total = time.monotonic() - received
         result = JobResult(
@@ -508,15 +527,16 @@ class Agent:
             # measured when the device has a sensor, else the declared model's estimate (marked
             # estimated), else absent: never invented
             energy=energy.energy_reading() if energy is not None else None,
+            job_digest=item.key[2],
             **fields,
         )
         self.jobs_done += 1
         self.last_latency_s = total
-        self._publish_result(result)
+        self._publish_result(result, item.key)
 
-    def _publish_result(self, result: JobResult) -> None:
+    def _publish_result(self, result: JobResult, key: JobKey) -> None:
+        """Publish and keep a result as the answer to the job ``key`` if it comes again."""
         with self._jobs_lock:
-            key = (result.request_id, result.expert_id)
             self._results[key] = result
             self._results.move_to_end(key)
             while len(self._results) > RESULTS_KEPT:
@@ -583,6 +603,7 @@ class Agent:
         is not: the job may fit when it comes again)."""
         now = time.monotonic()
         self.jobs_failed += 1
+        key = _job_key(job)
         result = JobResult(
             request_id=job.request_id,
             expert_id=job.expert_id,
@@ -590,9 +611,10 @@ class Agent:
             ok=False,
             error=error,
             latency=LatencyBreakdown(queue_s=0.0, load_s=load_s, total_s=now - received),
+            job_digest=key[2],
         )
         if keep:
-            self._publish_result(result)
+            self._publish_result(result, key)
         else:
             self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
 

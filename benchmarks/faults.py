@@ -1,5 +1,6 @@
-"""Fault drills with figures: lost, duplicated, recovery seconds, and p50/p99 latency with
-answers as soon as decided against waiting for every expert, in the same run.
+"""Fault drills with figures: lost, duplicated, wrong (another prompt's answer), recovery
+seconds, and p50/p99 latency with answers as soon as decided against waiting for every expert,
+in the same run.
 
     .venv/bin/python benchmarks/faults.py [--quick]
 
@@ -54,7 +55,13 @@ def main() -> None:
         if not args.quick:
             run("burst", drills.burst, 200)
         run("burst-bound", drills.burst, 60, 5)
+        run("reused-id", drills.reused_id)
         early, waiting = run("early", drills.early_against_waiting, 6 if args.quick else 12)
+        try:
+            run("state-full", drills.bad_state, "full")
+        except drills.CannotMount as exc:
+            print(f"state-full skipped: {exc}", flush=True)
+        run("state-file", drills.bad_state, "file")
         for frozen_s in (20.0, 30.0):
             run(f"frozen-{frozen_s:.0f}-standby", drills.controller_frozen, frozen_s, True)
             run(f"frozen-{frozen_s:.0f}-alone", drills.controller_frozen, frozen_s, False)

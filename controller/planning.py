@@ -4,13 +4,15 @@ registry sees it; the controller service publishes what they decide."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.registry import FleetRegistry
-from controller.selection.live import LiveSelection
-from controller.selection.solver import SelectionResult
 from messages.budgets import Budgets
 from messages.cache_plan import CachePlan
+
+if TYPE_CHECKING:  # numpy and numba are imported only with a gate
+    from controller.selection.live import LiveSelection
+    from controller.selection.solver import SelectionResult
 
 Wanted = dict[str, list[str]]
 

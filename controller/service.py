@@ -14,11 +14,17 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from controller import __version__
 from controller.adapt import Adaptation
-from controller.decisions import fleet_coming_back, one_replica_each
+from controller.decisions import (
+    cancelled_reason,
+    fleet_coming_back,
+    may_cancel,
+    one_replica_each,
+)
 from controller.dispatch import PARK_GRACE_S, Actions, Dispatcher, Refused, Route
 from controller.identity import ControllerIdentity, claim, default_state_root
 from controller.leadership import next_term, should_lead
@@ -28,8 +34,8 @@ from controller.metrics import ControllerMetrics
 from controller.planner import Planner
 from controller.planning import cache_plan_problem, online_keys, tighter, wanted_experts
 from controller.registry import Change, FleetRegistry
-from controller.selection.live import BudgetError, LiveSelection
-from controller.selection.solver import SelectionResult
+from controller.request_ids import scoped_id
+from controller.selection.errors import BudgetError
 from controller.settings import ControllerSettings
 from messages import topics
 from messages.answers import Answer, ExpertFailure
@@ -40,6 +46,7 @@ from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
 from messages.codec import MAX_PAYLOAD_BYTES, encode
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.prompt_cancel import PromptCancel
 from messages.prompts import Prompt
 from messages.results import JobResult
 from messages.routes import RouteError, check_reply_route
@@ -48,7 +55,12 @@ from messages.stream import StreamChunk
 from messages.telemetry import Telemetry
 from messages.topics import Topic
 
+if TYPE_CHECKING:  # numpy and numba are imported only with a gate (controller/selection)
+    from controller.selection.live import LiveSelection
+    from controller.selection.solver import SelectionResult
+
 log = logging.getLogger(__name__)
+M = TypeVar("M", Answer, StreamChunk)
 
 # An agent whose telemetry shows another plan than it was sent gets it again, at most this often.
 RESYNC_S = 5.0
@@ -133,6 +145,7 @@ class Controller:
         self.budgets = self.configured_budgets
         if settings.profile is not None and settings.gate is not None:
             from controller.selection.from_profile import load_gated_profile  # needs torch
+            from controller.selection.live import LiveSelection
 
             self.selection = LiveSelection(
                 load_gated_profile(settings.profile, settings.gate),
@@ -202,6 +215,8 @@ class Controller:
             late_results=self.dispatcher.late_results,
             rejected=dict(self.rejected),
             plan_problem=self.adaptation.problem if state == "online" else None,
+            durable=self.ledger.durable,
+            state_problem=self.ledger.state_problem,
         )
 
     def start(self, wait_s: float = 0.0) -> None:
@@ -218,6 +233,8 @@ class Controller:
             self.bus.subscribe(prompt_topic, self._on_prompt, on_invalid=self._on_invalid_prompt)
         for text_topic in (topics.PROMPTS_TEXT, topics.CLIENT_PROMPTS_TEXT):
             self.bus.subscribe(text_topic, self._on_text_prompt)
+        for cancel_topic in (topics.PROMPTS_CANCEL, topics.CLIENT_PROMPTS_CANCEL):
+            self.bus.subscribe(cancel_topic, self._on_prompt_cancel)
         self.bus.subscribe(topics.ANSWERS, self._on_answer)
         self.bus.subscribe(topics.CONTROLLER_STATUS, self._on_peer)
         self.bus.subscribe(topics.CONTROLLER_PLAN, self._on_fleet_plan)
@@ -500,7 +517,7 @@ class Controller:
             try:
                 self.bus.publish_to(
                     route.topic,
-                    answer,
+                    _as_asked(answer, route),
                     qos=topics.ANSWERS.qos,
                     correlation_data=route.correlation_data,
                 )
@@ -780,7 +797,7 @@ class Controller:
             try:
                 self.bus.publish_to(
                     route.topic + "/stream",
-                    chunk,
+                    _as_asked(chunk, route),
                     qos=topics.ANSWER_STREAM.qos,
                     correlation_data=route.correlation_data,
                 )
@@ -866,9 +883,9 @@ class Controller:
         if owner is not None and valid_id:
             name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=request_id)
             routes.append(ReplyRoute(name, inbound.correlation_data))
-        self._send(
-            answer, routes, public=bool(valid_id) and not self.ledger.entries.get(request_id)
-        )
+        # answers/{request_id} is the shared namespace: a login's ids are its own (request_ids)
+        public = owner is None and bool(valid_id) and not self.ledger.entries.get(request_id)
+        self._send(answer, routes, public=public)
 
     def accept(
         self,
@@ -882,16 +899,18 @@ class Controller:
         The same prompt delivered again (same content and reply routes: an MQTT redelivery, an
         asker re-sending after a reconnect) joins the one in flight, or gets the answer already
         sent; a prompt without a request id gets one derived from its content for that reason.
-        A different prompt under a request id in flight is refused to its own routes only. A
-        prompt from a login's own topic (``owner``) is answered under ``replies/{owner}/``
-        when it names no route; one whose route was ``refused``, or too large to hand to an
-        agent, is answered ``rejected`` with the reason.
+        A different prompt (other content or routes) under a request id in flight or answered
+        (among the answers the ledger remembers) is refused ``rejected`` to its own routes
+        only: a request id names one prompt, and never gets another's result. A prompt from a
+        login's own topic (``owner``) is kept under its id scoped by the login (one login's
+        ids are never another's), answered under ``replies/{owner}/`` when it names no route,
+        with the id it sent; one whose route was ``refused``, or too large to hand to an
+        agent, is answered ``rejected`` with the reason. Returns the controller's key.
         """
         mark = fingerprint(prompt, routes)
-        request_id = prompt.request_id or f"p{mark[:15]}"
-        if owner is not None and not routes:
-            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=request_id)
-            routes = [ReplyRoute(name)]
+        asked_id = prompt.request_id or f"p{mark[:15]}"
+        request_id = scoped_id(owner, asked_id)
+        routes = self._owned_routes(owner, asked_id, routes)
         problem = "; ".join(refused or []) or _too_big_for_agents(prompt)
         if problem:
             if self.active:
@@ -904,16 +923,14 @@ class Controller:
                 )
             return request_id
         with self._lock:
+            bound = self.ledger.bound(request_id)
+            if bound is not None and bound[0] != mark:
+                if self.active:
+                    self._refuse_reused(request_id, asked_id, bound[1], routes)
+                return request_id
             held = self.ledger.entries.get(request_id)
             if held is not None:
-                if held.fingerprint == mark:
-                    held.add_routes(routes)
-                    return request_id
-                if self.active:
-                    self.rejected[topics.PROMPTS.pattern] += 1
-                    reason = f"request id {request_id!r} is already in use by another prompt"
-                    self._event("rejected", reason, topic="prompts", request_id=request_id)
-                    self._send(_refusal(request_id, reason), routes, public=False)
+                held.add_routes(routes)
                 return request_id
             earlier = self.ledger.answered(request_id, mark)
             if earlier is not None:  # answered: again to the asker, never a shadow to re-answer
@@ -932,6 +949,52 @@ class Controller:
                 return request_id  # a standby's shadow: answered by the active controller
         self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
         return request_id
+
+    def _owned_routes(
+        self, owner: str | None, asked_id: str, routes: list[ReplyRoute]
+    ) -> list[ReplyRoute]:
+        """A login's prompt is answered under ``replies/{owner}/{asked_id}`` when it names no
+        route, and on every route under the id it sent (the controller keys it scoped)."""
+        if owner is None:
+            return routes
+        if not routes:
+            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=asked_id)
+            routes = [ReplyRoute(name)]
+        return [replace(route, request_id=asked_id) for route in routes]
+
+    def _refuse_reused(
+        self, request_id: str, asked_id: str, state: str, routes: list[ReplyRoute]
+    ) -> None:
+        """Another prompt under an id that names one in flight or answered: ``rejected`` on
+        its own routes only (answers/{request_id} is the first prompt's)."""
+        self.rejected[topics.PROMPTS.pattern] += 1
+        reason = (
+            f"request id {asked_id!r} is already in use by another prompt ({state}): "
+            "send this one under a fresh request id"
+        )
+        self._event("rejected", reason, topic="prompts", request_id=request_id)
+        self._send(_refusal(request_id, reason), routes, public=False)
+    def _on_prompt_cancel(self, inbound: Inbound[PromptCancel]) -> None:
+        """An asker that no longer wants its answer (it went away): the prompt's jobs are
+        cancelled on their agents, it is answered ``failed`` (``cancelled by the asker``) and
+        forgotten, so no takeover runs it again; a standby only forgets it. A cancel for a
+        prompt not held (unknown, answered) changes nothing; one from a login for another
+        login's prompt is refused."""
+        cancel, owner = inbound.message, inbound.params.get("client_id")
+        key = scoped_id(owner, cancel.request_id)  # a login cancels under the id it sent
+        with self._lock:
+            entry = self.ledger.entries.get(key)
+            if entry is None:
+                return
+            if not may_cancel([r.topic for r in entry.routes], owner, self.settings.fleet):
+                why = f"request {cancel.request_id} is not a prompt of login {owner!r}"
+                self._on_reject(topics.CLIENT_PROMPTS_CANCEL, inbound.topic, why)
+                return
+            if not self.active:
+                self.ledger.done(key)
+                return
+        reason = cancelled_reason(cancel.reason)
+        self._execute(self.dispatcher.withdraw(entry, reason, time.monotonic()))
 
     def _on_answer(self, inbound: Inbound[Answer]) -> None:
         """Answers on the bus: a standby forgets the prompts the active controller answered."""
@@ -1039,6 +1102,14 @@ def _loose_json(payload: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {}
     return raw if isinstance(raw, dict) else {}
+
+
+def _as_asked(message: M, route: ReplyRoute) -> M:
+    """An answer or stream chunk as the asker on ``route`` knows it: under the request id it
+    sent (a login's prompt is keyed by its scoped id, controller/request_ids.py)."""
+    if route.request_id is None:
+        return message
+    return message.model_copy(update={"request_id": route.request_id})
 
 
 def _too_large(answer: Answer) -> Answer:

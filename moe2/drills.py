@@ -13,14 +13,16 @@ different answers come for one request id.
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import socket
 import statistics
+import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,20 +181,25 @@ class Traffic:
     def report(self, name: str, **figures: float) -> Report:
         with self._lock:
             items = list(self.asked.values())
-        statuses = Counter(a.answers[0].status for a in items if a.answers)
-        return Report(
-            name=name,
-            asked=len(items),
-            answered=sum(1 for a in items if a.answers),
-            lost=sum(1 for a in items if not a.answers),
-            duplicated=sum(1 for a in items if len(a.answers) > 1),
-            statuses=dict(statuses),
-            latencies_s=[a.answered_at - a.sent_at for a in items if a.answered_at is not None],
-            figures=dict(figures),
-            problems=[
-                _problem(a.answers[0]) for a in items if a.answers and a.answers[0].status != "ok"
-            ],
-        )
+        return _report(name, items, **figures)
+
+
+def _report(name: str, items: list[_Asked], **figures: float) -> Report:
+    """What a client counted of the prompts it asked."""
+    statuses = Counter(a.answers[0].status for a in items if a.answers)
+    return Report(
+        name=name,
+        asked=len(items),
+        answered=sum(1 for a in items if a.answers),
+        lost=sum(1 for a in items if not a.answers),
+        duplicated=sum(1 for a in items if len(a.answers) > 1),
+        statuses=dict(statuses),
+        latencies_s=[a.answered_at - a.sent_at for a in items if a.answered_at is not None],
+        figures=dict(figures),
+        problems=[
+            _problem(a.answers[0]) for a in items if a.answers and a.answers[0].status != "ok"
+        ],
+    )
 
 
 def _problem(answer: Answer) -> str:
@@ -504,6 +511,222 @@ def broker_comes_late(workdir: Path, late_s: float = 4.0) -> Report:
             )
     finally:
         drill.close()
+
+
+# -- request ids used again (issue 22) --------------------------------------------------------
+
+JAPAN = ("The capital of Japan is", ["Lima", "Tokyo"], "Tokyo")
+FRANCE = ("The capital of France is", ["Paris", "Rome"], "Paris")
+
+
+@dataclass
+class Reuse:
+    """One choice prompt asked under a request id that another prompt uses or used, read on
+    its own reply route."""
+
+    asked: _Asked
+    expected: str  # the right choice, which SmolLM2 names with confidence
+    route: str
+
+    @property
+    def wrong(self) -> bool:
+        """Answered with another prompt's result: under another request id, or ok (or
+        partial) naming anything but this prompt's own right choice."""
+        return any(
+            a.request_id != self.asked.prompt.request_id
+            or (a.status in ("ok", "partial") and a.answer != self.expected)
+            for a in self.asked.answers
+        )
+
+
+class _Inbox:
+    """Asks choice prompts under chosen request ids, one-shot, and reads every answer under
+    ``replies/``: on the shared prompt topic with a ``reply_to`` under the asker's name, or on
+    a login's own prompt topic (answered on ``replies/{login}/{request_id}``)."""
+
+    def __init__(self, endpoint: BrokerEndpoint, fleet: str) -> None:
+        self.fleet = fleet
+        self.asked: list[Reuse] = []
+        self._by_route: dict[str, Reuse] = {}
+        self._lock = threading.Condition()
+        self.bus = Bus(endpoint, fleet, client_id=f"moe2-inbox-{uuid.uuid4().hex[:8]}")
+        self.bus.subscribe(topics.REPLIES, self._on_answer)
+
+    def __enter__(self) -> _Inbox:
+        self.bus.start()
+        if not self.bus.wait_connected(10):
+            raise ConnectionError("drill client cannot reach the broker")
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bus.close()
+
+    def ask(
+        self,
+        case: tuple[str, list[str], str],
+        request_id: str,
+        asker: str | None = None,
+        login: str | None = None,
+    ) -> Reuse:
+        text, choices, expected = case
+        prompt = Prompt(prompt=text, choices=choices, request_id=request_id, timeout_s=60.0)
+        if login is not None:
+            topic = topics.CLIENT_PROMPTS.name(self.fleet, client_id=login)
+            route = topics.REPLIES.name(self.fleet, client_id=login, request_id=request_id)
+        else:
+            topic = topics.PROMPTS.name(self.fleet)
+            route = topics.REPLIES.name(self.fleet, client_id=asker or "x", request_id=request_id)
+            prompt = prompt.model_copy(update={"reply_to": route})
+        reuse = Reuse(_Asked(prompt, time.monotonic()), expected, route)
+        with self._lock:
+            self.asked.append(reuse)
+            self._by_route[route] = reuse
+        self.bus.publish_to(topic, prompt, qos=1).wait_for_publish(5)
+        return reuse
+
+    def _on_answer(self, inbound: Inbound[Answer]) -> None:
+        with self._lock:
+            reuse = self._by_route.get(inbound.topic)
+            if reuse is None:
+                return
+            asked = reuse.asked
+            if all(a != inbound.message for a in asked.answers):
+                asked.answers.append(inbound.message)
+            if asked.answered_at is None:
+                asked.answered_at = time.monotonic()
+            self._lock.notify_all()
+
+    def wait_all(self, timeout_s: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: all(r.asked.answers for r in self.asked), timeout_s)
+
+    def report(self, name: str, **figures: float) -> Report:
+        with self._lock:
+            items = list(self.asked)
+        wrong = float(sum(r.wrong for r in items))
+        return _report(name, [r.asked for r in items], wrong=wrong, **figures)
+
+
+def reused_id(workdir: Path, rounds: int = 2) -> Report:
+    """Request ids used again with other content, SmolLM2 scoring Japan [Lima, Tokyo] and
+    France [Paris, Rome]. Each round: on the shared prompt topic, Japan then France under one
+    id (the first answered), and again with the first still in flight (two askers, two reply
+    routes: the second is refused ``rejected``); on two logins' own topics, Japan and France
+    under one id at once (each answered its own). Then the controller is restarted (the
+    answers it remembered are gone) and France is asked under an id Japan used: the agent,
+    which still keeps Japan's result under that id, runs it anew. ``wrong``: answers with
+    another prompt's result (figure ``restart_right``: 1 when that last one named Paris)."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-reuse", _agents("i-a"))
+        with _Inbox(fleet.endpoint, fleet.fleet) as inbox:
+            for i in range(rounds):
+                inbox.ask(JAPAN, f"after-{i}", asker="first")
+                inbox.wait_all(60)
+                inbox.ask(FRANCE, f"after-{i}", asker="second")
+                inbox.ask(JAPAN, f"during-{i}", asker="first")
+                inbox.ask(FRANCE, f"during-{i}", asker="second")
+                inbox.ask(JAPAN, f"login-{i}", login="la")
+                inbox.ask(FRANCE, f"login-{i}", login="lb")
+                inbox.wait_all(60)
+            fleet.kill("c1", signal.SIGTERM)
+            fleet.start_controller("c1")
+            fleet.wait_ready(["i-a"], timeout_s=120)
+            last = inbox.ask(FRANCE, "after-0", asker="third")
+            inbox.wait_all(60)
+            answers = last.asked.answers
+            right = float(bool(answers) and not last.wrong and answers[0].status == "ok")
+            return inbox.report("reused id", restart_right=right)
+    finally:
+        drill.close()
+# -- state that cannot be used --------------------------------------------------------------
+
+
+class CannotMount(RuntimeError):
+    """This machine will not mount a small file system for a drill (not root, a sandbox)."""
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size_kib: int = 256) -> Iterator[Path]:
+    """A real file system of ``size_kib`` KiB mounted on ``folder``: a disk that can be filled
+    for real (ENOSPC from the kernel). Needs root; raises CannotMount where it cannot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        raise CannotMount(f"cannot mount a small tmpfs on {folder}: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write a filler file in ``folder`` until its file system has no block left."""
+    filler = folder / "filler"
+    chunk = b"\0" * 4096
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(chunk)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return filler
+
+
+def _wait_log(fleet: LocalFleet, name: str, text: str, timeout_s: float) -> float:
+    """Seconds until ``text`` is in the log of ``name`` (NaN if it never is)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if text in fleet.log_tail(name, 400):
+            return time.monotonic() - started
+        time.sleep(0.2)
+    return float("nan")
+
+
+def bad_state(workdir: Path, fault: str = "full") -> Report:
+    """The controller started on state it cannot use (``full``: its state folder on a full
+    file system; ``file``: a file where its state folder should be), one-shot prompts every
+    0.5 s and a few long ones; the state repaired; once the ledger is durable again the
+    controller is SIGKILLed with prompts in flight and started again. What it accepted while
+    not durable is written out when it can be, so the restart answers it: nothing is lost."""
+    drill = Drill(workdir)
+    state = workdir / "state"
+    with contextlib.ExitStack() as stack:
+        if fault == "full":
+            filler = fill_disk(stack.enter_context(small_tmpfs(state)))
+        else:
+            state.write_text("a file where the state folder should be")
+            filler = state
+        stack.callback(drill.close)
+        drill.start_broker()
+        report = _bad_state_traffic(drill, filler, fault)
+    return report
+
+
+def _bad_state_traffic(drill: Drill, filler: Path, fault: str) -> Report:
+    fleet = drill.start_fleet("drill-state", _agents("s-a"))
+    with drill.traffic(resend_s=None) as traffic:
+        flow(traffic, choice_prompt, 0.5, 4.0)
+        for _ in range(4):
+            traffic.send(text_prompt(max_tokens=48))
+        filler.unlink()
+        durable_again_s = _wait_log(fleet, "c1", "is written again", 60)
+        time.sleep(0.3)
+        fleet.kill("c1", signal.SIGKILL)
+        flow(traffic, choice_prompt, 0.5, 2.0)
+        fleet.start_controller("c1")
+        traffic.wait_all(120)
+        what = "a full disk" if fault == "full" else "a state folder that is a file"
+        return traffic.report(
+            f"controller started on {what}, repaired, killed", durable_again_s=durable_again_s
+        )
 
 
 # -- fencing: a controller frozen or cut off must not answer twice ---------------------------

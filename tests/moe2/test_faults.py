@@ -4,6 +4,7 @@ answered twice (moe2/drills.py); benchmarks/faults.py prints the same figures.""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,14 @@ def test_services_started_before_the_broker_wait_for_it(tmp_path: Path) -> None:
     report = drills.broker_comes_late(tmp_path)
     _whole(report)
     assert report.statuses == {"ok": 1}, report.line()
+
+
+@pytest.mark.parametrize("fault", ["full", "file"], ids=["full-disk", "state-folder-is-a-file"])
+def test_controller_on_state_it_cannot_use_loses_nothing(tmp_path: Path, fault: str) -> None:
+    try:
+        report = drills.bad_state(tmp_path, fault)
+    except drills.CannotMount as exc:
+        pytest.skip(str(exc))
+    _whole(report)  # what it accepted while not durable was written out once it could be
+    assert report.statuses == {"ok": report.asked}, report.line()
+    assert math.isfinite(report.figures["durable_again_s"]), report.line()
