@@ -175,6 +175,16 @@ class Traffic:
         later = [t for t in times if t >= moment]
         return min(later) - moment if later else None
 
+    def latency_of_first_sent_after(self, moment: float) -> float:
+        """Seconds the first prompt sent at or after ``moment`` waited for its answer (NaN if
+        none came)."""
+        with self._lock:
+            later = [a for a in self.asked.values() if a.sent_at >= moment]
+        first = min(later, key=lambda a: a.sent_at, default=None)
+        if first is None or first.answered_at is None:
+            return float("nan")
+        return first.answered_at - first.sent_at
+
     def report(self, name: str, **figures: float) -> Report:
         with self._lock:
             items = list(self.asked.values())
@@ -569,7 +579,7 @@ def status_cleared(workdir: Path) -> Report:
             traffic.wait_all(60)
             report = traffic.report(
                 "agent's retained status cleared",
-                answered_again_s=traffic.first_answer_after(cleared) or float("nan"),
+                answered_again_s=traffic.latency_of_first_sent_after(cleared),
                 forgotten=float(watch.counts["forgotten"]),
             )
         writer.close()
@@ -613,7 +623,7 @@ def flapping_agent(workdir: Path, flaps: int = 40, over_s: float = 60.0) -> Repo
             report = traffic.report(
                 f"agent flapping ({flaps} in {over_s:g} s)",
                 **watch.figures(),
-                answered_after_s=traffic.first_answer_after(calm) or float("nan"),
+                answered_after_s=traffic.latency_of_first_sent_after(calm),
             )
         writer.close()
         watch.close()
@@ -687,7 +697,7 @@ def ghosts(workdir: Path, count: int = 10_000, over_s: float = 15.0) -> Report:
             report = traffic.report(
                 f"{count} ghost agents",
                 announced_s=announced,
-                answered_s=traffic.first_answer_after(asked) or float("nan"),
+                answered_s=traffic.latency_of_first_sent_after(asked),
                 **watch.figures(),
             )
         writer.close()
