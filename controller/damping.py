@@ -68,6 +68,11 @@ class FlapDamper:
         self._held.add(agent_id)
         return True
 
+    @property
+    def holding(self) -> bool:
+        """Some agent is on hold (one attribute read: safe without the caller's lock)."""
+        return bool(self._held)
+
     def held(self, now: float) -> set[str]:
         """The agents on hold now; those steady for ``steady_s`` are let back (and their
         history forgotten)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,13 @@ class FleetRegistry:
     def agents(self) -> list[AgentRecord]:
         with self._lock:
             return [self._agents[k] for k in sorted(self._agents)]
+
+    def online_among(self, agent_ids: Iterable[str]) -> set[str]:
+        """Which of ``agent_ids`` are online: for the planned agents, without a pass over every
+        agent ever announced."""
+        with self._lock:
+            found = (self._agents.get(a) for a in agent_ids)
+            return {r.agent_id for r in found if r is not None and r.online}
 
     def online_experts(self) -> dict[str, list[str]]:
         """agent_id -> experts it can serve, for every online agent."""

@@ -695,8 +695,13 @@ class Controller:
                     return expert.parallel
         return self.settings.agent_job_window
 
+    def _active_pairs(self) -> list[tuple[str, str]]:
+        """(agent, expert) planned on an online agent: a pass over the plan, not the fleet."""
+        planned = list(self.planner.assignments)
+        return self.planner.active(self.registry.online_among(planned))
+
     def _replicas(self, expert_id: str) -> list[str]:
-        active = self.planner.active(self.registry.online_experts())
+        active = self._active_pairs()
         return [agent for agent, expert in active if expert == expert_id]
 
     # -- prompts ------------------------------------------------------------------------
@@ -827,7 +832,7 @@ class Controller:
     def _route(self, prompt: Prompt, load: dict[str, int]) -> Route:
         """Who answers a prompt: named experts, the gate's choice among the active set under
         the budgets, or (without a gate) one replica of each active expert, least loaded."""
-        active = self.planner.active(self.registry.online_experts())
+        active = self._active_pairs()
         failed: list[ExpertFailure] = []
         if prompt.experts is not None:
             targets, failed = self._named(prompt.experts, active)
@@ -842,8 +847,9 @@ class Controller:
                 time.monotonic(),
                 PARK_GRACE_S,
             )
-            # a re-plan on its way (agents just came back) may give the prompt its experts
-            transient = coming_back or self._replans.pending
+            # a re-plan on its way (agents just came back), or a flapping agent let back once
+            # steady, may give the prompt its experts: it waits, within its deadline
+            transient = coming_back or self._replans.pending or self._damper.holding
             raise Refused(self.adaptation.no_expert_reason(), failed=failed, transient=transient)
         if self.selection is None:
             if prompt.budgets is not None:

@@ -591,12 +591,12 @@ def status_cleared(workdir: Path) -> Report:
 
 def flapping_agent(workdir: Path, flaps: int = 40, over_s: float = 60.0) -> Report:
     """An agent's status forged offline ``flaps`` times over ``over_s`` (the agent puts it
-    right each time: online again a moment later), prompts asked all along: the re-plans,
-    fleet plans and agent plans that caused, and the prompts' answers."""
+    right each time: online again a moment later) beside a steady replica, prompts asked all
+    along: the re-plans, fleet plans and agent plans that caused, and the prompts' answers."""
     drill = Drill(workdir)
     drill.start_broker()
     try:
-        fleet = drill.start_fleet("drill-flap", _agents("p-a"))
+        fleet = drill.start_fleet("drill-flap", _agents("p-a", "p-b"))
         watch = PlanWatch(fleet.endpoint, fleet.fleet)
         writer = Bus(fleet.endpoint, fleet.fleet, client_id=f"moe2-flap-{uuid.uuid4().hex[:8]}")
         writer.connect()

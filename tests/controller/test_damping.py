@@ -44,8 +44,9 @@ def test_a_hold_ending_brings_the_replan_forward_never_back() -> None:
 def test_an_agent_flapping_is_held_until_steady() -> None:
     damper = FlapDamper(limit=4, window_s=60.0, steady_s=10.0)
     assert [damper.transition("a1", t) for t in (0.0, 1.0, 2.0)] == [False] * 3
-    assert damper.held(2.5) == set()
+    assert damper.held(2.5) == set() and not damper.holding
     assert damper.transition("a1", 3.0) is True  # the fourth within the window
+    assert damper.holding
     assert damper.transition("a1", 4.0) is False  # already held: said once
     assert damper.held(5.0) == {"a1"}
     assert damper.next_release() == 14.0

@@ -402,3 +402,10 @@ def test_only_agents_that_sent_telemetry_are_heard_alive() -> None:
     reg.on_telemetry(telemetry("real"))
     assert reg.heard_alive() == {"real"}
     assert reg.get("ghost") is not None and reg.get("nobody") is None
+
+
+def test_online_among_looks_only_at_the_agents_asked() -> None:
+    reg = FleetRegistry()
+    reg.on_status(status("a"))
+    reg.on_status(status("b", "offline"))
+    assert reg.online_among(["a", "b", "nobody"]) == {"a"}
