@@ -558,10 +558,25 @@ def _retain(bus: Bus, name: str, payload: Message | bytes) -> None:
     bus.publish_to(name, payload, qos=1, retain=True).wait_for_publish(10)
 
 
+def _retained(endpoint: BrokerEndpoint, fleet: str, agent_id: str) -> set[str]:
+    """Which of an agent's status and capabilities the broker retains (a new subscriber's
+    view)."""
+    found: set[str] = set()
+    reader = Bus(endpoint, fleet, client_id=f"moe2-retained-{uuid.uuid4().hex[:8]}")
+    reader.subscribe(topics.AGENT_STATUS, lambda i: found.add("status"), agent_id=agent_id)
+    reader.subscribe(
+        topics.AGENT_CAPABILITIES, lambda i: found.add("capabilities"), agent_id=agent_id
+    )
+    reader.connect()
+    time.sleep(1.0)
+    reader.close()
+    return found
+
+
 def status_cleared(workdir: Path) -> Report:
-    """A live agent's retained status cleared (an empty retained payload, as ``mosquitto_pub
-    -r -n`` or any client may send): the agent and the controller put it right, and one-shot
-    prompts sent from that moment on are answered."""
+    """A live agent's retained status and capabilities cleared (empty retained payloads, as
+    ``mosquitto_pub -r -n`` or any client may send): the agent publishes them again, the
+    controller takes it back, and one-shot prompts sent from that moment on are answered."""
     drill = Drill(workdir)
     drill.start_broker()
     try:
@@ -574,13 +589,17 @@ def status_cleared(workdir: Path) -> Report:
             traffic.wait_all(60)
             watch.start()
             cleared = time.monotonic()
-            _retain(writer, topics.AGENT_STATUS.name(fleet.fleet, agent_id="s-a"), b"")
+            for topic in (topics.AGENT_STATUS, topics.AGENT_CAPABILITIES):
+                _retain(writer, topic.name(fleet.fleet, agent_id="s-a"), b"")
             flow(traffic, lambda: choice_prompt(timeout_s=30), 0.5, 5.0)
             traffic.wait_all(60)
+            retained = _retained(fleet.endpoint, fleet.fleet, "s-a")
             report = traffic.report(
-                "agent's retained status cleared",
+                "agent's retained status and capabilities cleared",
                 answered_again_s=traffic.latency_of_first_sent_after(cleared),
                 forgotten=float(watch.counts["forgotten"]),
+                status_restored=float("status" in retained),
+                capabilities_restored=float("capabilities" in retained),
             )
         writer.close()
         watch.close()

@@ -78,13 +78,17 @@ def test_services_started_before_the_broker_wait_for_it(tmp_path: Path) -> None:
 
 
 def test_a_live_agents_cleared_status_does_not_take_it_out(tmp_path: Path) -> None:
-    # An empty retained payload on agents/s-a/status (clearing it, as anyone may): the agent
-    # announces itself again and the controller takes it back; one-shot prompts sent from
-    # that moment on are all answered (the issue asks within 10 s; slack for a loaded host).
+    # Empty retained payloads on agents/s-a/status and capabilities (clearing them, as anyone
+    # may): the agent announces itself again and the controller takes it back; one-shot
+    # prompts sent from that moment on are all answered (the issue asks within 10 s; slack
+    # for a loaded host).
     report = drills.status_cleared(tmp_path)
     _whole(report)
     assert report.statuses == {"ok": report.asked}, report.line()
     assert report.figures["answered_again_s"] <= 20.0, report.line()
+    # the agent put back what was cleared: a new controller would find it too
+    assert report.figures["status_restored"] == 1.0, report.line()
+    assert report.figures["capabilities_restored"] == 1.0, report.line()
 
 
 def test_a_flapping_agent_costs_a_handful_of_replans(tmp_path: Path) -> None:
