@@ -526,11 +526,26 @@ class PlanWatch:
         self.bus = Bus(endpoint, fleet, client_id=f"moe2-planwatch-{uuid.uuid4().hex[:8]}")
         self.counts: Counter[str] = Counter()
         self._counting = False
-        self.bus.subscribe(topics.CONTROLLER_PLAN, lambda i: self._count("fleet_plans"))
+        self.last_plan: FleetPlan | None = None
+        self.bus.subscribe(topics.CONTROLLER_PLAN, self._on_plan)
         self.bus.subscribe(topics.AGENT_PLAN, lambda i: self._count("agent_plans"))
         self.bus.subscribe(topics.CONTROLLER_EVENTS, self._on_event)
         self.bus.connect()
         time.sleep(0.5)  # the retained plans arrive first and are not counted
+
+    def _on_plan(self, inbound: Inbound[FleetPlan]) -> None:
+        self.last_plan = inbound.message
+        self._count("fleet_plans")
+
+    def planned(self, agent_id: str, timeout_s: float) -> float:
+        """Seconds until the fleet plan holds ``agent_id`` (NaN if it did not in time)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            plan = self.last_plan
+            if plan is not None and agent_id in plan.assignments:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        return float("nan")
 
     def _count(self, what: str) -> None:
         if self._counting:
@@ -638,11 +653,13 @@ def flapping_agent(workdir: Path, flaps: int = 40, over_s: float = 60.0) -> Repo
                 time.sleep(over_s / flaps)
             calm = time.monotonic()
             traffic.send(choice_prompt(timeout_s=60))
+            back_s = watch.planned("p-a", 60.0)  # let back once steady
             traffic.wait_all(90)
             report = traffic.report(
                 f"agent flapping ({flaps} in {over_s:g} s)",
                 **watch.figures(),
                 answered_after_s=traffic.latency_of_first_sent_after(calm),
+                back_in_plan_s=back_s,
             )
         writer.close()
         watch.close()

@@ -99,6 +99,7 @@ def test_a_flapping_agent_costs_a_handful_of_replans(tmp_path: Path) -> None:
     assert report.statuses == {"ok": report.asked}, report.line()
     assert report.figures["replans"] <= 8, report.line()
     assert report.figures["fleet_plans"] <= 8, report.line()
+    assert report.figures["back_in_plan_s"] <= 40.0, report.line()  # let back once steady
 
 
 def test_ten_thousand_ghost_agents_do_not_stop_a_prompt(tmp_path: Path) -> None:
