@@ -49,6 +49,11 @@ JobKey = tuple[str, str, str]  # (request_id, expert_id, Job.digest())
 # A streamed job's text goes out at most this often (a few tokens a message, QoS 0).
 STREAM_FLUSH_S = 0.05
 
+# The agent's retained status or capabilities, found cleared or saying something else, is
+# published again at once, then at most this often (the telemetry loop catches up): a client
+# rewriting them in a loop gets no louder an echo.
+RESTORE_MIN_S = 1.0
+
 
 class _StreamOut:
     """The pieces of one streamed generation, batched a little and published in order."""
@@ -144,6 +149,10 @@ class Agent:
             None if self.sensor is None else PowerSampler(self.sensor, settings.power_sample_hz)
         )
         self._threads: list[threading.Thread] = []
+        self._restore_lock = threading.Lock()
+        self._restored: dict[str, float] = {}  # "status" / "capabilities" -> last restore
+        self._restore_due: set[str] = set()
+        self._caps_sent: AgentCapabilities | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -177,7 +186,18 @@ class Agent:
         self.bus.subscribe(topics.AGENT_PLAN, self._on_plan, agent_id=self.agent_id)
         self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=self.agent_id)
         self.bus.subscribe(topics.AGENT_CANCEL, self._on_cancel, agent_id=self.agent_id)
-        self.bus.subscribe(topics.AGENT_STATUS, self._on_own_status, agent_id=self.agent_id)
+        self.bus.subscribe(
+            topics.AGENT_STATUS,
+            self._on_own_status,
+            on_empty=lambda params: self._restore("status"),
+            agent_id=self.agent_id,
+        )
+        self.bus.subscribe(
+            topics.AGENT_CAPABILITIES,
+            self._on_own_capabilities,
+            on_empty=lambda params: self._restore("capabilities"),
+            agent_id=self.agent_id,
+        )
         if self.sampler is not None:
             self.sampler.start()
         self.bus.start()
@@ -223,11 +243,13 @@ class Agent:
     # -- outbound -----------------------------------------------------------------------
 
     def _announce(self, session_present: bool) -> None:
-        """At every (re)connect: capabilities and status online, so a controller that lost
-        track of us (a broker restarted without persistence, a controller restarted) has us
-        back. Results of jobs still waiting here go out again once reconnected."""
+        """At every (re)connect: capabilities, status online and telemetry, so a controller
+        that lost track of us (a broker restarted without persistence, a controller restarted)
+        has us back, heard alive at once. Results of jobs still waiting here go out again once
+        reconnected."""
         self.publish_capabilities()
         self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
+        self.publish_telemetry()
 
     def publish_capabilities(self) -> None:
         facts = host_facts()
@@ -247,6 +269,7 @@ class Agent:
             job_queue_capacity=self.settings.job_queue_capacity,
             expert_memory_budget_bytes=self.pool.budget_bytes,
         )
+        self._caps_sent = caps
         self.bus.publish(topics.AGENT_CAPABILITIES, caps, agent_id=self.agent_id)
 
     def telemetry(self) -> Telemetry:
@@ -398,11 +421,35 @@ class Agent:
             self.bus.publish(topics.AGENT_RESULTS, done, agent_id=self.agent_id)
 
     def _on_own_status(self, inbound: Inbound[AgentStatus]) -> None:
-        """A retained status that says this running agent is offline (its will from a dropped
-        connection, or forged) is put right at once."""
-        if inbound.message.state != "online" and not self._stop.is_set():
-            log.warning("status topic says offline (%s): announcing again", inbound.message.reason)
+        """A retained status that says something else than this running agent would (offline:
+        its will from a dropped connection, or another payload, forged or stale) is put right
+        at once; only its time may differ."""
+        heard = inbound.message.model_dump(exclude={"time_s"})
+        if heard != self._status("online").model_dump(exclude={"time_s"}):
+            self._restore("status")
+
+    def _on_own_capabilities(self, inbound: Inbound[AgentCapabilities]) -> None:
+        """Retained capabilities other than the last this agent published are put right."""
+        if inbound.message != self._caps_sent:
+            self._restore("capabilities")
+
+    def _restore(self, what: str) -> None:
+        """Publish our ``status`` or ``capabilities`` again (found cleared or overwritten): at
+        once, or when RESTORE_MIN_S has passed since the last time (the telemetry loop)."""
+        if self._stop.is_set():
+            return  # stopping: the offline status is the truth now
+        now = time.monotonic()
+        with self._restore_lock:
+            if now - self._restored.get(what, -RESTORE_MIN_S) < RESTORE_MIN_S:
+                self._restore_due.add(what)
+                return
+            self._restored[what] = now
+            self._restore_due.discard(what)
+        log.warning("retained %s cleared or overwritten: publishing it again", what)
+        if what == "status":
             self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
+        else:
+            self.publish_capabilities()
 
     def _on_cancel(self, inbound: Inbound[Cancel]) -> None:
         cancel = inbound.message
@@ -633,4 +680,6 @@ class Agent:
                     self.publish_telemetry()
                 except Exception:
                     log.exception("telemetry failed")
+            for what in sorted(self._restore_due):
+                self._restore(what)
             systemd.watchdog()

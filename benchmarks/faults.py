@@ -6,8 +6,10 @@ in the same run.
 
 Every scenario runs on real processes (Mosquitto, agents serving SmolLM2-135M or Gemma 3
 270M, controllers) through moe2/drills.py, the same code tests/moe2/test_faults.py and
-tests/moe2/test_fencing.py assert on. The fencing lines (an active controller frozen 20 s and
-30 s beside a standby and alone; its link cut 30 s beside a standby and alone, and 20 s) add
+tests/moe2/test_fencing.py assert on; the fleet's own view: a live agent's status cleared, an
+agent flapping 40 times in 60 s, 10,000 ghost agents announced (re-plans, plans published, the
+prompt's latency). The fencing lines (an active controller frozen 20 s and 30 s beside a
+standby and alone; its link cut 30 s beside a standby and alone, and 20 s) add
 epochs_monotone (1: no agent sent or holding an older plan epoch after a newer one) and
 most_active (controllers active at once). --quick leaves out the 200-prompt burst and the
 20 s cut, and shortens the early-answer comparison.
@@ -56,6 +58,9 @@ def main() -> None:
             run("burst", drills.burst, 200)
         run("burst-bound", drills.burst, 60, 5)
         run("reused-id", drills.reused_id)
+        run("cleared", drills.status_cleared)
+        run("flap", drills.flapping_agent)
+        run("ghosts", drills.ghosts)
         early, waiting = run("early", drills.early_against_waiting, 6 if args.quick else 12)
         try:
             run("state-full", drills.bad_state, "full")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from controller import __version__
 from controller.adapt import Adaptation
+from controller.damping import FlapDamper, ReplanTimer
 from controller.decisions import (
     cancelled_reason,
     fleet_coming_back,
@@ -127,11 +128,18 @@ class Controller:
         self._serving = False  # resumed as the leader on this connection, lease fresh
         self._new_term = False  # the next resume is a takeover (a new term), not a renewal
         self.lease = Lease(settings.keepalive_s / 2)
-        self._held: list[Outgoing] = []  # answers unacknowledged when the connection dropped
-        self._held_term: int | None = None  # the term they were sent under
+        # answers the broker had not acknowledged when the connection dropped, and their term
+        self._held_answers: list[Outgoing] = []
+        self._held_answers_term: int | None = None
         self._last_tick = time.monotonic()
         self._peers: dict[str, ControllerStatus] = {}
         self._resynced: dict[str, float] = {}
+        # Fleet changes make one re-plan per window; flapping agents are held out until steady.
+        self._replans = ReplanTimer(settings.replan_window_s)
+        self._damper = FlapDamper(
+            settings.flap_limit, settings.flap_window_s, settings.flap_steady_s
+        )
+        self._held: set[str] = set()  # the agents the last re-plan held out
         self._improver: threading.Thread | None = None
         self._connected_at: float | None = None
         self.selection: LiveSelection | None = None
@@ -310,13 +318,13 @@ class Controller:
                 fleet = self.settings.fleet
                 held = [m for m in self.bus.take_outgoing() if _is_answer(m.topic, fleet)]
                 if self.leader:
-                    self._held, self._held_term = held, self.term
+                    self._held_answers, self._held_answers_term = held, self.term
                 if self.leader or self._serving:
                     log.warning(
                         "controller %s reconnected: stands by until elected again (%d answers "
                         "held)",
                         self.controller_id,
-                        len(self._held),
+                        len(self._held_answers),
                     )
                 self.leader = self._serving = False
                 self.dispatcher.drop_all()
@@ -332,6 +340,7 @@ class Controller:
                 if self._linked():  # silence is measured only while the broker hears us
                     for change in self.registry.sweep():
                         self._on_change(change)
+                self._replan_if_due()
                 if self.active:
                     self._execute(self.dispatcher.tick(time.monotonic()))
                 elif time.monotonic() - last_expiry >= 1.0:  # a scan of every shadowed prompt
@@ -397,7 +406,7 @@ class Controller:
             else:
                 self._serving = False
                 self.dispatcher.drop_all()
-                self._held = []
+                self._held_answers = []
         self.publish_status()
         if not lead:
             log.warning(
@@ -431,7 +440,7 @@ class Controller:
                 len(waiting),
             )
             self.adaptation.carry_peer_costs()
-            self._release_held()
+            self._release_held_answers()
         else:
             log.info("controller %s: link confirmed, acting again", self.controller_id)
         self.replan(force=takeover)
@@ -444,11 +453,12 @@ class Controller:
             if self.dispatcher.holds(entry.request_id) is None:
                 self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
 
-    def _release_held(self) -> None:
+    def _release_held_answers(self) -> None:
         """Answers the broker never acknowledged before our connection dropped go out now if
         no controller led in between (our new term follows the one they were sent under);
         otherwise the one that led answered those prompts from its own ledger."""
-        held, term, self._held, self._held_term = self._held, self._held_term, [], None
+        held, term = self._held_answers, self._held_answers_term
+        self._held_answers, self._held_answers_term = [], None
         if not held:
             return
         if term is not None and self.term == term + 1:
@@ -527,12 +537,44 @@ class Controller:
     # -- plans, budgets, cache plans ----------------------------------------------------
 
     def _on_change(self, change: Change) -> None:
+        """An agent came or went: its jobs fail over at once; the re-plan waits for the
+        window (controller/damping.py) so a burst of changes makes one."""
         kind = "agent_online" if change.online else "agent_offline"
         self._event(kind, f"agent {change.agent_id}: {change.reason}", agent_id=change.agent_id)
         if self.active and not change.online:
             reason = f"agent {change.agent_id} went offline ({change.reason})"
             self._execute(self.dispatcher.on_agent_down(change.agent_id, reason, time.monotonic()))
-        self.replan()
+        self._replan_soon(change.agent_id)
+
+    def _replan_soon(self, moved: str | None = None) -> None:
+        """A re-plan at the end of the current window; ``moved``: an agent that went online
+        or offline, counted towards holding it out as flapping."""
+        now = time.monotonic()
+        with self._lock:
+            self._replans.note(now)
+            held = moved is not None and self._damper.transition(moved, now)
+        if held:
+            settings = self.settings
+            self._event(
+                "replan",
+                f"agent {moved} went online or offline {settings.flap_limit} times within "
+                f"{settings.flap_window_s:g} s: held out of the plan until steady for "
+                f"{settings.flap_steady_s:g} s",
+                agent_id=moved,
+            )
+
+    def _replan_if_due(self) -> None:
+        """From the watch loop: the coalesced re-plan once its window closed, and one when a
+        held agent has been steady long enough to come back."""
+        now = time.monotonic()
+        with self._lock:
+            release = self._damper.next_release()
+            if release is not None:
+                self._replans.at(release)
+            self._damper.forget_quiet(now)
+            due = self._replans.due(now)
+        if due:
+            self.replan()
 
     def replan(
         self,
@@ -546,6 +588,7 @@ class Controller:
         with self._lock:
             if solved is None:
                 self.adaptation.before_replan()  # solve with the costs learnt so far
+            self._held = self._damper.held(time.monotonic())
             try:
                 wanted, summary, result = wanted_experts(
                     self.registry,
@@ -553,6 +596,7 @@ class Controller:
                     self.cache_plan,
                     budgets or self.budgets,
                     solved,
+                    self._held,
                 )
             except BudgetError as exc:
                 if budgets is not None:
@@ -574,7 +618,7 @@ class Controller:
         fleet_plan, agent_plans = planned
         for plan in agent_plans:
             self.bus.publish(topics.AGENT_PLAN, plan, agent_id=plan.agent_id)
-        self.bus.publish(topics.CONTROLLER_PLAN, fleet_plan)
+        self._publish(topics.CONTROLLER_PLAN, fleet_plan)
         text = "; ".join(f"{a}: {', '.join(e) or '-'}" for a, e in fleet_plan.assignments.items())
         self._event("replan", f"epoch {fleet_plan.epoch}: {text or 'no agent online'}")
 
@@ -584,7 +628,9 @@ class Controller:
         when the fleet or the budgets change (the next re-plan starts again)."""
         if self._improver is not None and self._improver.is_alive():
             return
-        selection, budgets, keys = self.selection, self.budgets, online_keys(self.registry)
+        held = set(self._held)
+        selection, budgets = self.selection, self.budgets
+        keys = online_keys(self.registry, held)
         assert selection is not None
 
         def run() -> None:
@@ -592,7 +638,7 @@ class Controller:
             for _ in range(IMPROVE_SLICES):
                 if self._stop.is_set() or not self.active:
                     return
-                if self.budgets != budgets or online_keys(self.registry) != keys:
+                if self.budgets != budgets or online_keys(self.registry, held) != keys:
                     return
                 if self.selection is not selection:
                     return  # costs or the gate changed: the next re-plan starts again
@@ -680,36 +726,42 @@ class Controller:
         change = self.registry.on_status(status)
         if change is not None:
             self._on_change(change)
-        elif status.state == "online" and self.active:
-            # An agent announces itself at every connect: it may have missed its plan and jobs.
+        if status.state == "online" and self.active:
+            # An agent announces itself at every connect: it may have missed its plan and jobs
+            # (one back within the re-plan window still has its place in the plan).
             plan = self.planner.plan_for(status.agent_id)
             if plan is not None:
                 self.bus.publish(topics.AGENT_PLAN, plan, agent_id=status.agent_id)
-        if status.state == "online" and self.active:
             self._execute(self.dispatcher.resend(status.agent_id))
 
     def _on_forget(self, params: dict[str, str]) -> None:
+        """A retained status cleared: the agent is forgotten until it is heard from again (its
+        telemetry or a result brings it back; a running agent also announces itself again)."""
         agent_id = params.get("agent_id")
         if agent_id and self.registry.forget(agent_id):
             self._event("agent_offline", f"agent {agent_id} forgotten", agent_id=agent_id)
             if self.active:
                 reason = f"agent {agent_id} was forgotten"
                 self._execute(self.dispatcher.on_agent_down(agent_id, reason, time.monotonic()))
-            self.replan()
+            self._replan_soon(agent_id)
 
     def _on_capabilities(self, inbound: Inbound[AgentCapabilities]) -> None:
         if not self._agent_matches_topic(inbound, inbound.message.agent_id):
             return
         self.registry.on_capabilities(inbound.message)
-        self.replan()
+        self._replan_soon()
 
     def _on_telemetry(self, inbound: Inbound[Telemetry]) -> None:
         telemetry = inbound.message
         if not self._agent_matches_topic(inbound, telemetry.agent_id):
             return
+        record = self.registry.get(telemetry.agent_id)
+        first = record is None or record.telemetry is None  # heard alive now: plannable
         change = self.registry.on_telemetry(telemetry)
         if change is not None:
             self._on_change(change)
+        elif first:
+            self._replan_soon()
         if telemetry.plan_epoch is not None:
             self.planner.observe(telemetry.plan_epoch)  # our epochs start above the agents'
         with self._lock:
@@ -764,6 +816,9 @@ class Controller:
         result = inbound.message
         if not self._agent_matches_topic(inbound, result.agent_id):
             return
+        change = self.registry.heard(result.agent_id)  # a forgotten agent is back
+        if change is not None:
+            self._on_change(change)
         if not self.active:
             return
         if self.adaptation.on_result(result, time.monotonic()):
@@ -808,11 +863,11 @@ class Controller:
         """Jobs outstanding on an agent at most: ``agent_job_window``, or its slots (every
         expert's ``parallel``) when more, and never more than it holds (slots and queue)."""
         window = self.settings.agent_job_window
-        for record in self.registry.agents():
-            if record.agent_id == agent_id and record.capabilities is not None:
-                caps = record.capabilities
-                slots = sum(e.parallel for e in caps.experts)
-                return min(max(window, slots), caps.job_queue_capacity + slots)
+        record = self.registry.get(agent_id)
+        if record is not None and record.capabilities is not None:
+            caps = record.capabilities
+            slots = sum(e.parallel for e in caps.experts)
+            return min(max(window, slots), caps.job_queue_capacity + slots)
         return window
 
     def _slots(self, agent_id: str, expert_id: str) -> int:
@@ -820,15 +875,20 @@ class Controller:
         announces them (``parallel``), counted here from jobs sent and results back; a job
         beyond them waits in the controller's queue, not the agent's. Unknown: the agent's
         window."""
-        for record in self.registry.agents():
-            if record.agent_id == agent_id and record.capabilities is not None:
-                for expert in record.capabilities.experts:
-                    if expert.expert_id == expert_id:
-                        return expert.parallel
+        record = self.registry.get(agent_id)
+        if record is not None and record.capabilities is not None:
+            for expert in record.capabilities.experts:
+                if expert.expert_id == expert_id:
+                    return expert.parallel
         return self.settings.agent_job_window
 
+    def _active_pairs(self) -> list[tuple[str, str]]:
+        """(agent, expert) planned on an online agent: a pass over the plan, not the fleet."""
+        planned = list(self.planner.assignments)
+        return self.planner.active(self.registry.online_among(planned))
+
     def _replicas(self, expert_id: str) -> list[str]:
-        active = self.planner.active(self.registry.online_experts())
+        active = self._active_pairs()
         return [agent for agent, expert in active if expert == expert_id]
 
     # -- prompts ------------------------------------------------------------------------
@@ -974,6 +1034,7 @@ class Controller:
         )
         self._event("rejected", reason, topic="prompts", request_id=request_id)
         self._send(_refusal(request_id, reason), routes, public=False)
+
     def _on_prompt_cancel(self, inbound: Inbound[PromptCancel]) -> None:
         """An asker that no longer wants its answer (it went away): the prompt's jobs are
         cancelled on their agents, it is answered ``failed`` (``cancelled by the asker``) and
@@ -1005,7 +1066,7 @@ class Controller:
     def _route(self, prompt: Prompt, load: dict[str, int]) -> Route:
         """Who answers a prompt: named experts, the gate's choice among the active set under
         the budgets, or (without a gate) one replica of each active expert, least loaded."""
-        active = self.planner.active(self.registry.online_experts())
+        active = self._active_pairs()
         failed: list[ExpertFailure] = []
         if prompt.experts is not None:
             targets, failed = self._named(prompt.experts, active)
@@ -1020,7 +1081,10 @@ class Controller:
                 time.monotonic(),
                 PARK_GRACE_S,
             )
-            raise Refused(self.adaptation.no_expert_reason(), failed=failed, transient=coming_back)
+            # a re-plan on its way (agents just came back), or a flapping agent let back once
+            # steady, may give the prompt its experts: it waits, within its deadline
+            transient = coming_back or self._replans.pending or self._damper.holding
+            raise Refused(self.adaptation.no_expert_reason(), failed=failed, transient=transient)
         if self.selection is None:
             if prompt.budgets is not None:
                 raise Refused(

@@ -29,10 +29,13 @@ from typing import Any
 
 from messages import topics
 from messages.answers import Answer
+from messages.base import Message, now_s
 from messages.bus import BrokerEndpoint, Bus, Inbound
-from messages.controller import ControllerStatus, FleetPlan
+from messages.capabilities import AgentCapabilities, ExpertInfo
+from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.plan import ActivationPlan
 from messages.prompts import Prompt
+from messages.status import AgentStatus
 from messages.telemetry import Telemetry
 from moe2.broker import LocalBroker, free_port, start_mosquitto
 from moe2.local_fleet import AgentSpec, LocalFleet
@@ -89,9 +92,7 @@ class Traffic:
     ``resend_s=None`` it is a one-shot publisher (``mosquitto_pub``): each prompt is published
     once, never again, not even after a reconnect."""
 
-    def __init__(
-        self, endpoint: BrokerEndpoint, fleet: str, resend_s: float | None = 3.0
-    ) -> None:
+    def __init__(self, endpoint: BrokerEndpoint, fleet: str, resend_s: float | None = 3.0) -> None:
         self.fleet = fleet
         self.name = f"drill-{uuid.uuid4().hex[:8]}"
         self.resend_s = resend_s
@@ -177,6 +178,16 @@ class Traffic:
             times = [a.answered_at for a in self.asked.values() if a.answered_at is not None]
         later = [t for t in times if t >= moment]
         return min(later) - moment if later else None
+
+    def latency_of_first_sent_after(self, moment: float) -> float:
+        """Seconds the first prompt sent at or after ``moment`` waited for its answer (NaN if
+        none came)."""
+        with self._lock:
+            later = [a for a in self.asked.values() if a.sent_at >= moment]
+        first = min(later, key=lambda a: a.sent_at, default=None)
+        if first is None or first.answered_at is None:
+            return float("nan")
+        return first.answered_at - first.sent_at
 
     def report(self, name: str, **figures: float) -> Report:
         with self._lock:
@@ -641,6 +652,8 @@ def reused_id(workdir: Path, rounds: int = 2) -> Report:
             return inbox.report("reused id", restart_right=right)
     finally:
         drill.close()
+
+
 # -- state that cannot be used --------------------------------------------------------------
 
 
@@ -727,6 +740,234 @@ def _bad_state_traffic(drill: Drill, filler: Path, fault: str) -> Report:
         return traffic.report(
             f"controller started on {what}, repaired, killed", durable_again_s=durable_again_s
         )
+
+
+# -- the fleet's own view: cleared statuses, flapping agents, ghosts ------------------------
+
+
+class PlanWatch:
+    """Counts, from ``start()``, the fleet plans, the per-agent plans and the re-plans the
+    controller announces (``controller/events`` of kind replan that publish an epoch)."""
+
+    def __init__(self, endpoint: BrokerEndpoint, fleet: str) -> None:
+        self.bus = Bus(endpoint, fleet, client_id=f"moe2-planwatch-{uuid.uuid4().hex[:8]}")
+        self.counts: Counter[str] = Counter()
+        self._counting = False
+        self.last_plan: FleetPlan | None = None
+        self.bus.subscribe(topics.CONTROLLER_PLAN, self._on_plan)
+        self.bus.subscribe(topics.AGENT_PLAN, lambda i: self._count("agent_plans"))
+        self.bus.subscribe(topics.CONTROLLER_EVENTS, self._on_event)
+        self.bus.connect()
+        time.sleep(0.5)  # the retained plans arrive first and are not counted
+
+    def _on_plan(self, inbound: Inbound[FleetPlan]) -> None:
+        self.last_plan = inbound.message
+        self._count("fleet_plans")
+
+    def planned(self, agent_id: str, timeout_s: float) -> float:
+        """Seconds until the fleet plan holds ``agent_id`` (NaN if it did not in time)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            plan = self.last_plan
+            if plan is not None and agent_id in plan.assignments:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        return float("nan")
+
+    def _count(self, what: str) -> None:
+        if self._counting:
+            self.counts[what] += 1
+
+    def _on_event(self, inbound: Inbound[ControllerEvent]) -> None:
+        event = inbound.message
+        if event.kind == "replan" and event.reason.startswith("epoch"):
+            self._count("replans")
+        elif event.kind == "agent_offline" and "forgotten" in event.reason:
+            self._count("forgotten")
+
+    def start(self) -> None:
+        self.counts.clear()
+        self._counting = True
+
+    def figures(self) -> dict[str, float]:
+        return {k: float(self.counts[k]) for k in ("replans", "fleet_plans", "agent_plans")}
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+def _retain(bus: Bus, name: str, payload: Message | bytes) -> None:
+    bus.publish_to(name, payload, qos=1, retain=True).wait_for_publish(10)
+
+
+def _retained(endpoint: BrokerEndpoint, fleet: str, agent_id: str) -> set[str]:
+    """Which of an agent's status and capabilities the broker retains (a new subscriber's
+    view)."""
+    found: set[str] = set()
+    reader = Bus(endpoint, fleet, client_id=f"moe2-retained-{uuid.uuid4().hex[:8]}")
+    reader.subscribe(topics.AGENT_STATUS, lambda i: found.add("status"), agent_id=agent_id)
+    reader.subscribe(
+        topics.AGENT_CAPABILITIES, lambda i: found.add("capabilities"), agent_id=agent_id
+    )
+    reader.connect()
+    time.sleep(1.0)
+    reader.close()
+    return found
+
+
+def status_cleared(workdir: Path) -> Report:
+    """A live agent's retained status and capabilities cleared (empty retained payloads, as
+    ``mosquitto_pub -r -n`` or any client may send): the agent publishes them again, the
+    controller takes it back, and one-shot prompts sent from that moment on are answered."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-cleared", _agents("s-a"))
+        watch = PlanWatch(fleet.endpoint, fleet.fleet)
+        writer = Bus(fleet.endpoint, fleet.fleet, client_id=f"moe2-clear-{uuid.uuid4().hex[:8]}")
+        writer.connect()
+        with drill.traffic(resend_s=None) as traffic:
+            traffic.send(choice_prompt(timeout_s=30))
+            traffic.wait_all(60)
+            watch.start()
+            cleared = time.monotonic()
+            for topic in (topics.AGENT_STATUS, topics.AGENT_CAPABILITIES):
+                _retain(writer, topic.name(fleet.fleet, agent_id="s-a"), b"")
+            flow(traffic, lambda: choice_prompt(timeout_s=30), 0.5, 5.0)
+            traffic.wait_all(60)
+            retained = _retained(fleet.endpoint, fleet.fleet, "s-a")
+            report = traffic.report(
+                "agent's retained status and capabilities cleared",
+                answered_again_s=traffic.latency_of_first_sent_after(cleared),
+                forgotten=float(watch.counts["forgotten"]),
+                status_restored=float("status" in retained),
+                capabilities_restored=float("capabilities" in retained),
+            )
+        writer.close()
+        watch.close()
+        return report
+    finally:
+        drill.close()
+
+
+def flapping_agent(workdir: Path, flaps: int = 40, over_s: float = 60.0) -> Report:
+    """An agent's status forged offline ``flaps`` times over ``over_s`` (the agent puts it
+    right each time: online again a moment later) beside a steady replica, prompts asked all
+    along: the re-plans, fleet plans and agent plans that caused, and the prompts' answers."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-flap", _agents("p-a", "p-b"))
+        watch = PlanWatch(fleet.endpoint, fleet.fleet)
+        writer = Bus(fleet.endpoint, fleet.fleet, client_id=f"moe2-flap-{uuid.uuid4().hex[:8]}")
+        writer.connect()
+        offline = AgentStatus(
+            agent_id="p-a",
+            state="offline",
+            version="forged",
+            time_s=now_s(),
+            keepalive_s=4,
+            telemetry_interval_s=0.5,
+            reason="connection lost",
+        )
+        name = topics.AGENT_STATUS.name(fleet.fleet, agent_id="p-a")
+        with drill.traffic() as traffic:
+            watch.start()
+            for index in range(flaps):
+                _retain(writer, name, offline)
+                if index % 4 == 0:
+                    traffic.send(choice_prompt(timeout_s=60))
+                time.sleep(over_s / flaps)
+            calm = time.monotonic()
+            traffic.send(choice_prompt(timeout_s=60))
+            back_s = watch.planned("p-a", 60.0)  # let back once steady
+            traffic.wait_all(90)
+            report = traffic.report(
+                f"agent flapping ({flaps} in {over_s:g} s)",
+                **watch.figures(),
+                answered_after_s=traffic.latency_of_first_sent_after(calm),
+                back_in_plan_s=back_s,
+            )
+        writer.close()
+        watch.close()
+        return report
+    finally:
+        drill.close()
+
+
+def _ghost(index: int, expert_id: str) -> tuple[AgentStatus, AgentCapabilities]:
+    agent_id = f"ghost-{index:05d}"
+    status = AgentStatus(
+        agent_id=agent_id,
+        state="online",
+        version="ghost",
+        time_s=now_s(),
+        keepalive_s=5 if index % 2 else 3600,  # half never found silent by keepalive
+        telemetry_interval_s=1.0,
+    )
+    expert = ExpertInfo(
+        expert_id=expert_id,
+        model="ghost.gguf",
+        backend="llama.cpp",
+        format="gguf",
+        file_size_bytes=1,
+        context_length=512,
+        chat_template=False,
+        template="cloze",
+    )
+    caps = AgentCapabilities(
+        agent_id=agent_id,
+        hostname="ghost",
+        platform="p",
+        python="3",
+        cpu_count=1,
+        memory_total_bytes=1,
+        power_sensor="none",
+        backends=["llama.cpp"],
+        experts=[expert],
+        job_queue_capacity=4,
+    )
+    return status, caps
+
+
+def ghosts(workdir: Path, count: int = 10_000, over_s: float = 15.0) -> Report:
+    """``count`` agents announced over ``over_s`` on an open broker (retained status and
+    capabilities, claiming the real agent's expert, never any telemetry) beside one real
+    agent; then prompts: answered, and the re-plans and plans the ghosts caused in 30 s."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-ghosts", _agents("g-real"))
+        watch = PlanWatch(fleet.endpoint, fleet.fleet)
+        writer = Bus(fleet.endpoint, fleet.fleet, client_id=f"moe2-ghosts-{uuid.uuid4().hex[:8]}")
+        writer.connect()
+        with drill.traffic() as traffic:
+            watch.start()
+            started = time.monotonic()
+            for index in range(count):
+                status, caps = _ghost(index, SMOLLM2["id"])
+                agent_id = status.agent_id
+                writer.publish(topics.AGENT_CAPABILITIES, caps, agent_id=agent_id)
+                writer.publish(topics.AGENT_STATUS, status, agent_id=agent_id)
+                pause = started + over_s * (index + 1) / count - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+            announced = time.monotonic() - started
+            asked = time.monotonic()
+            traffic.send(choice_prompt(timeout_s=60))
+            traffic.wait_all(90)
+            time.sleep(max(0.0, started + 30.0 - time.monotonic()))
+            report = traffic.report(
+                f"{count} ghost agents",
+                announced_s=announced,
+                answered_s=traffic.latency_of_first_sent_after(asked),
+                **watch.figures(),
+            )
+        writer.close()
+        watch.close()
+        return report
+    finally:
+        drill.close()
 
 
 # -- fencing: a controller frozen or cut off must not answer twice ---------------------------
