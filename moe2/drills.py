@@ -6,7 +6,9 @@ prints them.
 
 The client behaves as the contract asks of one: each prompt has its own request id and is
 published again after a reconnect and every ``resend_s`` until answered (the controller takes
-the same prompt once). A prompt is *lost* when no answer ever comes; *duplicated* when two
+the same prompt once). A prompt is *asked* when the broker acknowledged one of its publishes
+(PUBACK); one it never acknowledged (published into a broker going down) is counted apart, as
+*unacknowledged*. An asked prompt is *lost* when no answer ever comes; *duplicated* when two
 different answers come for one request id.
 """
 
@@ -22,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import paho.mqtt.client as mqtt
 
 from messages import topics
 from messages.answers import Answer
@@ -42,6 +46,8 @@ class _Asked:
     sent_at: float
     answers: list[Answer] = field(default_factory=list)
     answered_at: float | None = None
+    mids: list[int] = field(default_factory=list)  # the MQTT message ids of its publishes
+    acknowledged: bool = False  # the broker acknowledged (PUBACK) one of them
 
 
 @dataclass
@@ -57,6 +63,8 @@ class Report:
     latencies_s: list[float]
     figures: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # why each answer that is not ok says so
+    unacknowledged: int = 0  # published, never acknowledged by the broker: not asked
+    unacknowledged_answered: int = 0  # of those, answered all the same
 
     def p(self, q: float) -> float:
         if not self.latencies_s:
@@ -74,6 +82,12 @@ class Report:
             f"{self.name}: asked {self.asked}, answered {self.answered}, lost {self.lost}, "
             f"duplicated {self.duplicated}, statuses {dict(self.statuses)}, "
             f"p50 {self.p50_s:.2f} s, p99 {self.p(0.99):.2f} s {extra}".rstrip()
+            + (
+                f"; unacknowledged {self.unacknowledged} "
+                f"({self.unacknowledged_answered} answered)"
+                if self.unacknowledged
+                else ""
+            )
             + "".join(f"\n  {problem}" for problem in self.problems)
         )
 
@@ -81,20 +95,45 @@ class Report:
 class Traffic:
     """A client asking the fleet over its own reply topic, counting every answer. With
     ``resend_s=None`` it is a one-shot publisher (``mosquitto_pub``): each prompt is published
-    once, never again, not even after a reconnect."""
+    once, never again, not even after a reconnect.
+
+    ``durable``: it listens with a persistent session (``mosquitto_sub -c -i ID -q 1``), so the
+    broker keeps its reply subscription and queues the answers published while it is away,
+    as docs/reliability.md asks of a one-shot asker. ``back_after_s``: after losing the
+    broker it tries again only that long later (a client slower to come back than the fleet).
+    """
 
     def __init__(
-        self, endpoint: BrokerEndpoint, fleet: str, resend_s: float | None = 3.0
+        self,
+        endpoint: BrokerEndpoint,
+        fleet: str,
+        resend_s: float | None = 3.0,
+        durable: bool = False,
+        back_after_s: float | None = None,
     ) -> None:
         self.fleet = fleet
         self.name = f"drill-{uuid.uuid4().hex[:8]}"
         self.resend_s = resend_s
         self.asked: dict[str, _Asked] = {}
+        self.started = time.monotonic()
         self._lock = threading.Condition()
         self._stop = threading.Event()
         resend = [self._resend_all] if resend_s is not None else []
-        self.bus = Bus(endpoint, fleet, client_id=f"moe2-{self.name}", on_connected=resend)
+        self.bus = Bus(
+            endpoint,
+            fleet,
+            client_id=f"moe2-{self.name}",
+            on_connected=resend,
+            persistent=durable,
+            session_expiry_s=600,
+        )
+        if back_after_s is not None:
+            self.bus.client.reconnect_delay_set(back_after_s, back_after_s)
         self.bus.subscribe(topics.REPLIES, self._on_answer, client_id=self.name)
+        # PUBACKs, by message id: paho sends a publish made while disconnected once it
+        # reconnects, so only the broker's acknowledgement says a prompt reached it
+        self._acked: set[int] = set()
+        self.bus.client.on_publish = self._on_puback
         self._resender = threading.Thread(target=self._resend_loop, daemon=True)
 
     def __enter__(self) -> Traffic:
@@ -123,15 +162,18 @@ class Traffic:
         return request_id
 
     def _publish(self, request_id: str) -> None:
-        prompt = self.asked[request_id].prompt
+        asked = self.asked[request_id]
         reply = topics.REPLIES.name(self.fleet, client_id=self.name, request_id=request_id)
-        self.bus.publish_to(
+        info = self.bus.publish_to(
             topics.PROMPTS.name(self.fleet),
-            prompt,
+            asked.prompt,
             qos=1,
             response_topic=reply if self.bus.mqtt5 else None,
             correlation_data=request_id.encode() if self.bus.mqtt5 else None,
         )
+        with self._lock:
+            asked.mids.append(info.mid)
+            asked.acknowledged |= info.mid in self._acked
 
     def _unanswered(self) -> list[str]:
         with self._lock:
@@ -147,6 +189,18 @@ class Traffic:
             if self.bus.connected:
                 self._resend_all(False)
 
+    def _on_puback(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        if getattr(reason, "is_failure", False):
+            return  # refused (MQTT 5 reason code), not taken
+        with self._lock:
+            self._acked.add(mid)
+            for asked in self.asked.values():
+                if mid in asked.mids:
+                    asked.acknowledged = True
+            self._lock.notify_all()
+
     def _on_answer(self, inbound: Inbound[Answer]) -> None:
         answer = inbound.message
         with self._lock:
@@ -160,9 +214,12 @@ class Traffic:
             self._lock.notify_all()
 
     def wait_all(self, timeout_s: float) -> bool:
+        """Wait until every prompt the broker acknowledged is answered (a one-shot client's
+        prompt that was never acknowledged is not waited for: nothing may hold it)."""
         with self._lock:
             return self._lock.wait_for(
-                lambda: all(a.answers for a in self.asked.values()), timeout_s
+                lambda: all(a.answers for a in self.asked.values() if a.acknowledged),
+                timeout_s,
             )
 
     def first_answer_after(self, moment: float) -> float | None:
@@ -174,7 +231,9 @@ class Traffic:
 
     def report(self, name: str, **figures: float) -> Report:
         with self._lock:
-            items = list(self.asked.values())
+            everything = list(self.asked.values())
+        items = [a for a in everything if a.acknowledged]
+        unacknowledged = [a for a in everything if not a.acknowledged]
         statuses = Counter(a.answers[0].status for a in items if a.answers)
         return Report(
             name=name,
@@ -187,7 +246,14 @@ class Traffic:
             figures=dict(figures),
             problems=[
                 _problem(a.answers[0]) for a in items if a.answers and a.answers[0].status != "ok"
+            ]
+            + [
+                f"{a.prompt.request_id} lost (sent {a.sent_at - self.started:.1f} s in)"
+                for a in items
+                if not a.answers
             ],
+            unacknowledged=len(unacknowledged),
+            unacknowledged_answered=sum(1 for a in unacknowledged if a.answers),
         )
 
 
@@ -254,10 +320,15 @@ class Drill:
         self.fleet.wait_ready([s.agent_id for s in agents], timeout_s=180)
         return self.fleet
 
-    def traffic(self, resend_s: float | None = 3.0) -> Traffic:
-        """A client on the fleet; ``resend_s=None``: a one-shot publisher."""
+    def traffic(
+        self,
+        resend_s: float | None = 3.0,
+        durable: bool = False,
+        back_after_s: float | None = None,
+    ) -> Traffic:
+        """A client on the fleet; ``resend_s=None``: a one-shot publisher (see Traffic)."""
         assert self.fleet is not None
-        return Traffic(self.fleet.endpoint, self.fleet.fleet, resend_s)
+        return Traffic(self.fleet.endpoint, self.fleet.fleet, resend_s, durable, back_after_s)
 
     def close(self) -> None:
         if self.fleet is not None:
@@ -272,20 +343,42 @@ def _agents(*ids: str, model: dict[str, Any] = SMOLLM2) -> list[AgentSpec]:
 # -- the scenarios --------------------------------------------------------------------------
 
 
-def broker_restarts(workdir: Path, persistence: bool, restarts: int = 2) -> Report:
-    """Prompts every 0.5 s while the broker is stopped (SIGTERM) and started again twice."""
+def broker_restarts(
+    workdir: Path,
+    persistence: bool,
+    restarts: int = 2,
+    one_shot: bool = False,
+    durable: bool = True,
+) -> Report:
+    """Prompts every 0.5 s while the broker is stopped (SIGTERM) and started again twice.
+
+    ``one_shot``: from a client that publishes each prompt once (``mosquitto_pub``) and
+    listens for its answers with a persistent session (``mosquitto_sub -c``; a clean one
+    unless ``durable``). It comes back about 1 s after the fleet (it retries 4 s after losing
+    the broker, the agents and the controller within 2 s), and a longer prompt is in flight at
+    each stop: answers are published while it is away. Counted: the prompts the broker
+    acknowledged (PUBACK); the others apart.
+    """
     drill = Drill(workdir, persistence)
     drill.start_broker()
     recoveries = []
     try:
         drill.start_fleet("drill-broker", _agents("b-a", "b-b"))
-        with drill.traffic() as traffic:
+        traffic = (
+            drill.traffic(resend_s=None, durable=durable, back_after_s=4.0)
+            if one_shot
+            else drill.traffic()
+        )
+        with traffic:
             sender = threading.Thread(
                 target=flow, args=(traffic, choice_prompt, 0.5, 6.0 * restarts + 4.0)
             )
             sender.start()
             for _ in range(restarts):
-                time.sleep(2.0)
+                time.sleep(1.8)
+                if one_shot:
+                    traffic.send(text_prompt(max_tokens=48))
+                time.sleep(0.2)
                 drill.stop_broker()
                 time.sleep(2.0)
                 drill.start_broker()
@@ -296,8 +389,11 @@ def broker_restarts(workdir: Path, persistence: bool, restarts: int = 2) -> Repo
             traffic.wait_all(90)
             waits = [traffic.first_answer_after(b) for b in recoveries]
             recovery = max((w for w in waits if w is not None), default=float("nan"))
-            name = f"broker restarts ({'persistent' if persistence else 'no persistence'})"
-            return traffic.report(name, recovery_s=recovery)
+            kind = "persistent" if persistence else "no persistence"
+            client = ""
+            if one_shot:
+                client = f", one-shot client, {'persistent' if durable else 'clean'} session"
+            return traffic.report(f"broker restarts ({kind}{client})", recovery_s=recovery)
     finally:
         drill.close()
 
