@@ -35,17 +35,24 @@ log = logging.getLogger(__name__)
 
 
 # Results kept to answer a job delivered again (a redelivery, a controller re-sending after a
-# reconnect or a takeover) without running it twice.
+# reconnect or a takeover) without running it twice. They are kept by what the job is (its
+# request id, expert and content digest): another prompt under a request id used before is a
+# new job, run anew.
 RESULTS_KEPT = 1024
 # A job issued longer ago than its timeout plus this (wall clock, controller to agent) waited in
 # a broker's queue while this agent was away: nobody waits for its answer any more. The slack
 # covers clocks that disagree by less than that.
 CLOCK_SLACK_S = 30.0
 
-JobKey = tuple[str, str]  # (request_id, expert_id)
+JobKey = tuple[str, str, str]  # (request_id, expert_id, Job.digest())
 
 # A streamed job's text goes out at most this often (a few tokens a message, QoS 0).
 STREAM_FLUSH_S = 0.05
+
+# The agent's retained status or capabilities, found cleared or saying something else, is
+# published again at once, then at most this often (the telemetry loop catches up): a client
+# rewriting them in a loop gets no louder an echo.
+RESTORE_MIN_S = 1.0
 
 
 class _StreamOut:
@@ -87,10 +94,14 @@ class _QueuedJob:
     job: Job
     received: float  # time.monotonic() at receipt
     cancel: threading.Event = field(default_factory=threading.Event)
+    key: JobKey = field(init=False)
 
-    @property
-    def key(self) -> JobKey:
-        return (self.job.request_id, self.job.expert_id)
+    def __post_init__(self) -> None:
+        self.key = _job_key(self.job)
+
+
+def _job_key(job: Job) -> JobKey:
+    return (job.request_id, job.expert_id, job.digest())
 
 
 class Agent:
@@ -138,6 +149,10 @@ class Agent:
             None if self.sensor is None else PowerSampler(self.sensor, settings.power_sample_hz)
         )
         self._threads: list[threading.Thread] = []
+        self._restore_lock = threading.Lock()
+        self._restored: dict[str, float] = {}  # "status" / "capabilities" -> last restore
+        self._restore_due: set[str] = set()
+        self._caps_sent: AgentCapabilities | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -171,7 +186,18 @@ class Agent:
         self.bus.subscribe(topics.AGENT_PLAN, self._on_plan, agent_id=self.agent_id)
         self.bus.subscribe(topics.AGENT_JOBS, self._on_job, agent_id=self.agent_id)
         self.bus.subscribe(topics.AGENT_CANCEL, self._on_cancel, agent_id=self.agent_id)
-        self.bus.subscribe(topics.AGENT_STATUS, self._on_own_status, agent_id=self.agent_id)
+        self.bus.subscribe(
+            topics.AGENT_STATUS,
+            self._on_own_status,
+            on_empty=lambda params: self._restore("status"),
+            agent_id=self.agent_id,
+        )
+        self.bus.subscribe(
+            topics.AGENT_CAPABILITIES,
+            self._on_own_capabilities,
+            on_empty=lambda params: self._restore("capabilities"),
+            agent_id=self.agent_id,
+        )
         if self.sampler is not None:
             self.sampler.start()
         self.bus.start()
@@ -217,11 +243,13 @@ class Agent:
     # -- outbound -----------------------------------------------------------------------
 
     def _announce(self, session_present: bool) -> None:
-        """At every (re)connect: capabilities and status online, so a controller that lost
-        track of us (a broker restarted without persistence, a controller restarted) has us
-        back. Results of jobs still waiting here go out again once reconnected."""
+        """At every (re)connect: capabilities, status online and telemetry, so a controller
+        that lost track of us (a broker restarted without persistence, a controller restarted)
+        has us back, heard alive at once. Results of jobs still waiting here go out again once
+        reconnected."""
         self.publish_capabilities()
         self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
+        self.publish_telemetry()
 
     def publish_capabilities(self) -> None:
         facts = host_facts()
@@ -241,6 +269,7 @@ class Agent:
             job_queue_capacity=self.settings.job_queue_capacity,
             expert_memory_budget_bytes=self.pool.budget_bytes,
         )
+        self._caps_sent = caps
         self.bus.publish(topics.AGENT_CAPABILITIES, caps, agent_id=self.agent_id)
 
     def telemetry(self) -> Telemetry:
@@ -276,16 +305,29 @@ class Agent:
     def publish_telemetry(self) -> None:
         self.bus.publish(topics.AGENT_TELEMETRY, self.telemetry(), agent_id=self.agent_id)
 
-    def _event(self, kind: str, reason: str, topic: str | None = None) -> None:
-        log.log(logging.INFO if kind == "plan_applied" else logging.WARNING, "%s: %s", kind, reason)
+    def _event(self, kind: str, reason: str, topic: str | None = None, **fields: Any) -> None:
+        quiet = kind in ("plan_applied", "job_cancelled")
+        log.log(logging.INFO if quiet else logging.WARNING, "%s: %s", kind, reason)
         event = AgentEvent(
             agent_id=self.agent_id,
             time_s=now_s(),
-            kind=kind,
+            kind=kind,  # type: ignore[arg-type]
             topic=topic,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
+            **fields,
         )
         self.bus.publish(topics.AGENT_EVENTS, event, agent_id=self.agent_id)
+
+    def _cancelled(self, job: Job, completion_tokens: int | None, running: bool) -> None:
+        """Say that a job stopped on a cancel (it publishes no result: nobody waits for it)."""
+        where = f"after {completion_tokens} tokens" if completion_tokens is not None else "running"
+        self._event(
+            "job_cancelled",
+            f"job {job.request_id} on {job.expert_id} stopped "
+            + (where if running else "before it ran"),
+            request_id=job.request_id,
+            completion_tokens=completion_tokens if running else 0,
+        )
 
     def _on_reject(self, topic: Topic[Any], name: str, reason: str) -> None:
         self._event("rejected", reason, name)
@@ -364,11 +406,35 @@ class Agent:
             self.bus.publish(topics.AGENT_RESULTS, done, agent_id=self.agent_id)
 
     def _on_own_status(self, inbound: Inbound[AgentStatus]) -> None:
-        """A retained status that says this running agent is offline (its will from a dropped
-        connection, or forged) is put right at once."""
-        if inbound.message.state != "online" and not self._stop.is_set():
-            log.warning("status topic says offline (%s): announcing again", inbound.message.reason)
+        """A retained status that says something else than this running agent would (offline:
+        its will from a dropped connection, or another payload, forged or stale) is put right
+        at once; only its time may differ."""
+        heard = inbound.message.model_dump(exclude={"time_s"})
+        if heard != self._status("online").model_dump(exclude={"time_s"}):
+            self._restore("status")
+
+    def _on_own_capabilities(self, inbound: Inbound[AgentCapabilities]) -> None:
+        """Retained capabilities other than the last this agent published are put right."""
+        if inbound.message != self._caps_sent:
+            self._restore("capabilities")
+
+    def _restore(self, what: str) -> None:
+        """Publish our ``status`` or ``capabilities`` again (found cleared or overwritten): at
+        once, or when RESTORE_MIN_S has passed since the last time (the telemetry loop)."""
+        if self._stop.is_set():
+            return  # stopping: the offline status is the truth now
+        now = time.monotonic()
+        with self._restore_lock:
+            if now - self._restored.get(what, -RESTORE_MIN_S) < RESTORE_MIN_S:
+                self._restore_due.add(what)
+                return
+            self._restored[what] = now
+            self._restore_due.discard(what)
+        log.warning("retained %s cleared or overwritten: publishing it again", what)
+        if what == "status":
             self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
+        else:
+            self.publish_capabilities()
 
     def _on_cancel(self, inbound: Inbound[Cancel]) -> None:
         cancel = inbound.message
@@ -426,9 +492,9 @@ class Agent:
         started = False
         for item in list(self._waiting):
             if item.cancel.is_set():
-                log.debug("job %s on %s cancelled before it ran", *item.key)
                 self._waiting.remove(item)
                 self._live.pop(item.key, None)
+                self._cancelled(item.job, None, running=False)
                 continue
             expert = item.job.expert_id
             if self._running[expert] >= slots(self.pool.configs[expert]):
@@ -471,13 +537,13 @@ class Agent:
                 first, fields = self._infer(backend, job, received, deadline, item.cancel)
         except Exception as exc:
             if item.cancel.is_set():
-                log.debug("job %s on %s cancelled while running", *item.key)
+                self._cancelled(job, None, running=True)
                 return  # nobody waits for it: no result
             self._event("job_failed", f"job {job.request_id} on {job.expert_id}: {exc}")
             self._fail(job, f"{type(exc).__name__}: {exc}", received, load_s)
             return
         if item.cancel.is_set():
-            log.debug("job %s on %s cancelled while running", *item.key)
+            self._cancelled(job, fields.get("completion_tokens"), running=True)
             return
         total = time.monotonic() - received
         result = JobResult(
@@ -491,15 +557,16 @@ class Agent:
             # measured when the device has a sensor, else the declared model's estimate (marked
             # estimated), else absent: never invented
             energy=energy.energy_reading() if energy is not None else None,
+            job_digest=item.key[2],
             **fields,
         )
         self.jobs_done += 1
         self.last_latency_s = total
-        self._publish_result(result)
+        self._publish_result(result, item.key)
 
-    def _publish_result(self, result: JobResult) -> None:
+    def _publish_result(self, result: JobResult, key: JobKey) -> None:
+        """Publish and keep a result as the answer to the job ``key`` if it comes again."""
         with self._jobs_lock:
-            key = (result.request_id, result.expert_id)
             self._results[key] = result
             self._results.move_to_end(key)
             while len(self._results) > RESULTS_KEPT:
@@ -566,6 +633,7 @@ class Agent:
         is not: the job may fit when it comes again)."""
         now = time.monotonic()
         self.jobs_failed += 1
+        key = _job_key(job)
         result = JobResult(
             request_id=job.request_id,
             expert_id=job.expert_id,
@@ -573,9 +641,10 @@ class Agent:
             ok=False,
             error=error,
             latency=LatencyBreakdown(queue_s=0.0, load_s=load_s, total_s=now - received),
+            job_digest=key[2],
         )
         if keep:
-            self._publish_result(result)
+            self._publish_result(result, key)
         else:
             self.bus.publish(topics.AGENT_RESULTS, result, agent_id=self.agent_id)
 
@@ -594,4 +663,6 @@ class Agent:
                     self.publish_telemetry()
                 except Exception:
                     log.exception("telemetry failed")
+            for what in sorted(self._restore_due):
+                self._restore(what)
             systemd.watchdog()

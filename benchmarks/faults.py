@@ -1,11 +1,14 @@
-"""Fault drills with figures: lost, duplicated, recovery seconds, and p50/p99 latency with
-answers as soon as decided against waiting for every expert, in the same run.
+"""Fault drills with figures: lost, duplicated, wrong (another prompt's answer), recovery
+seconds, and p50/p99 latency with answers as soon as decided against waiting for every expert,
+in the same run.
 
     .venv/bin/python benchmarks/faults.py [--quick]
 
 Every scenario runs on real processes (Mosquitto, agents serving SmolLM2-135M or Gemma 3
 270M, controllers) through moe2/drills.py, the same code tests/moe2/test_faults.py asserts
-on. --quick leaves out the 200-prompt burst and shortens the early-answer comparison.
+on; the fleet's own view: a live agent's status cleared, an agent flapping 40 times in 60 s,
+10,000 ghost agents announced (re-plans, plans published, the prompt's latency). --quick
+leaves out the 200-prompt burst and shortens the early-answer comparison.
 """
 
 from __future__ import annotations
@@ -53,7 +56,16 @@ def main() -> None:
         if not args.quick:
             run("burst", drills.burst, 200)
         run("burst-bound", drills.burst, 60, 5)
+        run("reused-id", drills.reused_id)
+        run("cleared", drills.status_cleared)
+        run("flap", drills.flapping_agent)
+        run("ghosts", drills.ghosts)
         early, waiting = run("early", drills.early_against_waiting, 6 if args.quick else 12)
+        try:
+            run("state-full", drills.bad_state, "full")
+        except drills.CannotMount as exc:
+            print(f"state-full skipped: {exc}", flush=True)
+        run("state-file", drills.bad_state, "file")
     print()
     print("| scenario | asked | answered | lost | duplicated | statuses | p50 s | p99 s | figures")
     print("|---|---|---|---|---|---|---|---|---")

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 from controller.costs import CostModel, Seed, seeds_from_profile
 from controller.drift import DriftDetector, Move
 from controller.explain import infeasible
-from controller.selection.live import LiveSelection
 from messages import topics
 from messages.base import now_s
 from messages.costs import CostTable, ExpertCostRow
@@ -79,6 +78,7 @@ class Adaptation:
         self._peer_table: CostTable | None = None
         self._working: Profile | None = None
         self._suite_problem: str | None = None
+        self._save_problem: str | None = None
         if controller.selection is None:
             return
         self._adopt_extended()
@@ -118,6 +118,8 @@ class Adaptation:
         return {k: v for k, v in self.model.costs().items() if k in keys}
 
     def _swap(self, gated: GatedProfile) -> None:
+        from controller.selection.live import LiveSelection
+
         old = self.c.selection
         assert old is not None
         self.c.selection = LiveSelection(
@@ -208,11 +210,24 @@ class Adaptation:
                     self.publish()
                 if now - last_save >= SAVE_S:
                     last_save = now
-                    self.model.save(self.path)
+                    self._save()
             except Exception:  # the loop must outlive any one bad step
                 log.exception("adaptation step failed")
-        if self.model is not None:
+        self._save()
+
+    def _save(self) -> None:
+        """Keep the live costs for a restart; a state folder that cannot take them (a full
+        disk, a file in its place) costs one log line, not the loop."""
+        if self.model is None:
+            return
+        try:
             self.model.save(self.path)
+        except OSError as exc:
+            if str(exc) != self._save_problem:
+                log.warning("live costs not saved to %s (%s); trying again later", self.path, exc)
+            self._save_problem = str(exc)
+        else:
+            self._save_problem = None
 
     def _online_keys(self) -> set[str]:
         return {

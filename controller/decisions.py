@@ -10,6 +10,9 @@ from collections.abc import Iterable, Mapping
 
 from controller.aggregate import normalised_weights, uniform_weights
 from messages.results import JobResult
+from messages.topics import PREFIX
+
+CANCELLED = "cancelled by the asker"
 
 # The leading choice must beat the runner-up by more than the weight still out, plus this.
 MARGIN = 1e-9
@@ -96,3 +99,23 @@ def fleet_coming_back(
         return False
     recent = now - max(heard) < window_s
     return recent or (connected_at is not None and now - connected_at < window_s)
+
+
+def may_cancel(routes: Iterable[str], owner: str | None, fleet: str) -> bool:
+    """Whether a prompt cancel may stop a prompt whose answer goes to ``routes`` (topics).
+
+    ``owner`` is the login of a cancel on its own ``clients/{owner}/prompts/cancel`` (the secure
+    broker lets only that login publish there): it stops only prompts answered under its own
+    ``replies/{owner}/``, never another login's. A cancel on the shared ``prompts/cancel``
+    (``owner`` None: the open broker, or a controller's login) stops any prompt by its id."""
+    if owner is None:
+        return True
+    own = f"{PREFIX}/{fleet}/replies/{owner}/"
+    topics = list(routes)
+    return bool(topics) and all(t.startswith(own) for t in topics)
+
+
+def cancelled_reason(reason: str) -> str:
+    """The error a cancelled prompt is answered with: CANCELLED, and the asker's reason."""
+    reason = reason.strip()
+    return CANCELLED if reason in ("", CANCELLED) else f"{CANCELLED}: {reason}"

@@ -271,6 +271,12 @@ class Dispatcher:
             if pending is None:
                 self.late_results += 1
                 return actions, None
+            job = pending.sent.get(pair)
+            if job is not None and result.job_digest not in (None, job.digest()):
+                return actions, (
+                    f"result of {result.expert_id}@{result.agent_id} for request "
+                    f"{result.request_id} answers another job (other content under that id)"
+                )
             if pair in pending.arrivals:
                 return actions, None  # the same result again (a re-sent job): already counted
             if pair not in pending.jobs:
@@ -297,6 +303,35 @@ class Dispatcher:
             return
         if decided(pending.prompt.choices, arrived, outstanding, pending.weights):
             self._finish(actions, pending, now, "decided")
+
+    def withdraw(self, entry: Entry, reason: str, now: float) -> Actions:
+        """Stop a prompt its asker no longer wants: out of the queue, or each job still out
+        cancelled on its agent; answered ``failed`` with ``reason`` (whether or not it was
+        held here), and the room it took given to the prompts waiting."""
+        actions = Actions()
+        request_id = entry.request_id
+        with self._lock:
+            received, stopped = now, []
+            pending = self.pending.pop(request_id, None)
+            if pending is not None:
+                received = pending.received
+                pending.parked.clear()
+                for agent, expert in list(pending.jobs):
+                    self._release(pending, (agent, expert))
+                    stopped.append(ExpertFailure(agent_id=agent, expert_id=expert, reason=reason))
+                    cancel = Cancel(
+                        request_id=request_id,
+                        expert_id=expert,
+                        reason=reason[:200],
+                        time_s=now_s(),
+                    )
+                    actions.cancels.append((agent, cancel))
+            for item in [q for q in self.queue if q.entry.request_id == request_id]:
+                self.queue.remove(item)
+                received = item.received
+            self._answer(actions, entry, received, now, "failed", reason, stopped)
+            actions.extend(self.pump(now))
+        return actions
 
     def on_agent_down(self, agent_id: str, reason: str, now: float) -> Actions:
         """Every job outstanding on the agent goes to another active replica of its expert

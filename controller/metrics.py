@@ -1,26 +1,27 @@
 """Prometheus metrics of a controller: prompts by status, end-to-end latency, per-expert latency
-and energy (by source), fleet power from telemetry, agents online, plan epoch, queue depth and
-rejected messages by topic. ``moe2 controller run --metrics HOST:PORT`` serves them.
+and energy (by source), fleet power from telemetry, agents online, plan epoch, queue depth,
+rejected messages by topic and whether the ledger is durable. ``moe2 controller run --metrics
+HOST:PORT`` serves them.
 
 Counters and histograms are observed as answers and results pass; the fleet's state (power,
 agents, epoch, queue, rejections) is read from the controller at each scrape, so it is never
-stale and costs nothing between scrapes.
+stale and costs nothing between scrapes. prometheus_client is imported at the first answer,
+result or ``serve``: a controller at rest does without it.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from messages.answers import Answer
 from messages.results import JobResult
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
     from controller.service import Controller
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -41,13 +42,15 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
-class _FleetState(Collector):
-    """What the controller knows now, read at every scrape."""
+class _FleetState:
+    """What the controller knows now, read at every scrape (a prometheus_client collector)."""
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         c = self.controller
         online = [r for r in c.registry.agents() if r.online]
         power = GaugeMetricFamily(
@@ -95,6 +98,13 @@ class _FleetState(Collector):
             "1 on the active controller, 0 on a standby",
             value=1 if c.active else 0,
         )
+        yield GaugeMetricFamily(
+            "moe2_ledger_durable",
+            "1 while accepted prompts are written to the ledger on disk, 0 while they are kept "
+            "in memory only (the state folder or disk is at fault: see the status's "
+            "state_problem)",
+            value=1 if c.ledger.durable else 0,
+        )
         rejected = CounterMetricFamily(
             "moe2_rejected_messages", "Payloads rejected, by topic pattern", labels=["topic"]
         )
@@ -107,7 +117,32 @@ class ControllerMetrics:
     """One controller's metrics in their own registry (several controllers in one process, as
     in tests, do not collide)."""
 
+    registry: CollectorRegistry
+    prompts: Counter
+    latency: Histogram
+    expert_latency: Histogram
+    expert_results: Counter
+    expert_energy: Counter
+
     def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.server: Any = None
+        self._opened = False
+        self._open_lock = threading.Lock()
+
+    def _open(self) -> None:
+        """Make the registry and the instruments, once (at the first answer, result or serve)."""
+        if self._opened:
+            return
+        with self._open_lock:
+            if self._opened:
+                return
+            self._build()
+            self._opened = True
+
+    def _build(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
         self.registry = CollectorRegistry()
         r = self.registry
         self.prompts = Counter(
@@ -139,15 +174,16 @@ class ControllerMetrics:
             ["expert", "agent", "source"],
             registry=r,
         )
-        r.register(_FleetState(controller))
-        self.server: Any = None
+        r.register(_FleetState(self.controller))
 
     def answered(self, answer: Answer) -> None:
+        self._open()
         self.prompts.labels(answer.status).inc()
         if answer.status in ("ok", "partial", "failed"):
             self.latency.observe(answer.latency_s)
 
     def result(self, result: JobResult) -> None:
+        self._open()
         labels = (result.expert_id, result.agent_id)
         self.expert_results.labels(*labels, "true" if result.ok else "false").inc()
         if result.ok:
@@ -157,6 +193,9 @@ class ControllerMetrics:
 
     def serve(self, host: str, port: int) -> None:
         """Serve ``/metrics`` (Prometheus text) on a background thread."""
+        from prometheus_client import start_http_server
+
+        self._open()
         self.server, _ = start_http_server(port, addr=host, registry=self.registry)
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Container
 from typing import Any
 
 from messages.base import MAX_PLAN_EPOCH, now_s
@@ -75,7 +76,7 @@ class Planner:
             incarnation=self.incarnation,
         )
 
-    def active(self, online: dict[str, list[str]]) -> list[tuple[str, str]]:
+    def active(self, online: Container[str]) -> list[tuple[str, str]]:
         """(agent_id, expert_id) pairs that are planned and on an online agent."""
         return [
             (agent, expert)

@@ -4,13 +4,17 @@ registry sees it; the controller service publishes what they decide."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
+from controller.damping import plannable
 from controller.registry import FleetRegistry
-from controller.selection.live import LiveSelection
-from controller.selection.solver import SelectionResult
 from messages.budgets import Budgets
 from messages.cache_plan import CachePlan
+
+if TYPE_CHECKING:  # numpy and numba are imported only with a gate
+    from controller.selection.live import LiveSelection
+    from controller.selection.solver import SelectionResult
 
 Wanted = dict[str, list[str]]
 
@@ -58,9 +62,20 @@ def cache_plan_problem(registry: FleetRegistry, plan: CachePlan) -> str | None:
     return None
 
 
-def online_keys(registry: FleetRegistry) -> set[str]:
-    """``expert@agent`` of every expert on an online agent: what a selection chooses from."""
-    return {f"{e}@{a}" for a, experts in registry.online_experts().items() for e in experts}
+def plannable_experts(registry: FleetRegistry, held: Collection[str] = ()) -> Wanted:
+    """The experts of every online agent a plan may use: not ``held`` (flapping), and heard
+    alive once any agent is (controller/damping.py)."""
+    return plannable(registry.online_experts(), registry.heard_alive(), set(held))
+
+
+def expert_keys(pool: Wanted) -> set[str]:
+    """``expert@agent`` of every expert in ``pool``."""
+    return {f"{e}@{a}" for a, experts in pool.items() for e in experts}
+
+
+def online_keys(registry: FleetRegistry, held: Collection[str] = ()) -> set[str]:
+    """``expert@agent`` of every expert a plan may use: what a selection chooses from."""
+    return expert_keys(plannable_experts(registry, held))
 
 
 def wanted_experts(
@@ -69,11 +84,13 @@ def wanted_experts(
     cache_plan: CachePlan | None,
     budgets: Budgets,
     solved: SelectionResult | None = None,
+    held: Collection[str] = (),
 ) -> tuple[Wanted, dict[str, Any], SelectionResult | None]:
-    """Experts each online agent must hold, the plan's summary, and the selection result when
-    one was solved (``solved``: a result found already, by a background improvement). Raises
-    BudgetError when no set fits (the caller keeps the plan it has)."""
-    online = registry.online_experts()
+    """Experts each plannable agent must hold (online, not ``held``, heard alive once any is),
+    the plan's summary, and the selection result when one was solved (``solved``: a result
+    found already, by a background improvement). Raises BudgetError when no set fits (the
+    caller keeps the plan it has)."""
+    online = plannable_experts(registry, held)
     if cache_plan is not None:
         placement = cache_plan.placement
         wanted = {a: [e for e in placement.get(a, []) if e in online[a]] for a in online}
@@ -83,7 +100,7 @@ def wanted_experts(
         return wanted, summary, None
     if selection is None:
         return fitting(registry, online), {}, None
-    result = solved or selection.solve(budgets, online_keys(registry))
+    result = solved or selection.solve(budgets, expert_keys(online))
     wanted = {agent: [] for agent in online}
     for chosen in result.selected:
         expert, _, agent = chosen.partition("@")

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from messages.capabilities import AgentCapabilities
 from messages.status import AgentStatus
 from messages.telemetry import Telemetry
+
+# Agents whose retained status was cleared are remembered (at most this many, the latest), so
+# that one still alive is brought back by its telemetry or results.
+FORGOTTEN_KEPT = 4096
 
 
 @dataclass
@@ -49,6 +55,7 @@ class FleetRegistry:
     def __init__(self, silence_factor: float = 3.0) -> None:
         self.silence_factor = silence_factor
         self._agents: dict[str, AgentRecord] = {}
+        self._forgotten: OrderedDict[str, AgentRecord] = OrderedDict()
         self._lock = threading.Lock()
 
     def _record(self, agent_id: str) -> AgentRecord:
@@ -56,8 +63,11 @@ class FleetRegistry:
 
     def on_status(self, status: AgentStatus) -> Change | None:
         with self._lock:
+            forgotten = self._forgotten.pop(status.agent_id, None)
+            if forgotten is not None:  # announced again after its status was cleared
+                self._agents[status.agent_id] = forgotten
             record = self._record(status.agent_id)
-            was = record.online
+            was = record.online and forgotten is None
             record.status = status
             record.silent = False
             record.last_heard = time.monotonic()
@@ -67,23 +77,62 @@ class FleetRegistry:
         return None
 
     def forget(self, agent_id: str) -> bool:
-        """Drop an agent whose retained status was cleared (``moe2 fleet --forget``)."""
+        """Drop an agent whose retained status was cleared (``moe2 fleet --forget``, or anyone
+        clearing it). It is kept aside: telemetry or a result from it brings it back."""
         with self._lock:
-            return self._agents.pop(agent_id, None) is not None
+            record = self._agents.pop(agent_id, None)
+            if record is None:
+                return False
+            self._forgotten[agent_id] = record
+            self._forgotten.move_to_end(agent_id)
+            while len(self._forgotten) > FORGOTTEN_KEPT:
+                self._forgotten.popitem(last=False)
+            return True
+
+    def _revive(self, agent_id: str) -> Change | None:
+        """Under the lock: a forgotten agent that was heard from is back as it was, its
+        silence clock restarted; a Change when that makes it online."""
+        record = self._forgotten.pop(agent_id, None)
+        if record is None:
+            return None
+        self._agents.setdefault(agent_id, record)
+        record.silent = False
+        record.last_heard = time.monotonic()
+        if record.online:
+            return Change(agent_id, True, "heard alive after its status was cleared")
+        return None
+
+    def heard(self, agent_id: str) -> Change | None:
+        """A message from the agent itself (a result): a forgotten one comes back."""
+        with self._lock:
+            return self._revive(agent_id)
+
+    def get(self, agent_id: str) -> AgentRecord | None:
+        with self._lock:
+            return self._agents.get(agent_id)
 
     def on_capabilities(self, caps: AgentCapabilities) -> None:
         with self._lock:
-            self._record(caps.agent_id).capabilities = caps
+            record = self._forgotten.get(caps.agent_id) or self._record(caps.agent_id)
+            record.capabilities = caps
 
     def on_telemetry(self, telemetry: Telemetry) -> Change | None:
         with self._lock:
+            revived = self._revive(telemetry.agent_id)
             record = self._record(telemetry.agent_id)
             record.telemetry = telemetry
             record.last_heard = time.monotonic()
+            if revived is not None:
+                return revived
             if record.silent:
                 record.silent = False
                 return Change(telemetry.agent_id, record.online, "telemetry resumed")
         return None
+
+    def heard_alive(self) -> set[str]:
+        """Agents that have sent telemetry (online or not): more than an announcement."""
+        with self._lock:
+            return {a for a, r in self._agents.items() if r.telemetry is not None}
 
     def sweep(self) -> list[Change]:
         """Mark agents silent for too long as offline."""
@@ -100,6 +149,13 @@ class FleetRegistry:
     def agents(self) -> list[AgentRecord]:
         with self._lock:
             return [self._agents[k] for k in sorted(self._agents)]
+
+    def online_among(self, agent_ids: Iterable[str]) -> set[str]:
+        """Which of ``agent_ids`` are online: for the planned agents, without a pass over every
+        agent ever announced."""
+        with self._lock:
+            found = (self._agents.get(a) for a in agent_ids)
+            return {r.agent_id for r in found if r is not None and r.online}
 
     def online_experts(self) -> dict[str, list[str]]:
         """agent_id -> experts it can serve, for every online agent."""

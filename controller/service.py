@@ -14,11 +14,18 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from controller import __version__
 from controller.adapt import Adaptation
-from controller.decisions import fleet_coming_back, one_replica_each
+from controller.damping import FlapDamper, ReplanTimer
+from controller.decisions import (
+    cancelled_reason,
+    fleet_coming_back,
+    may_cancel,
+    one_replica_each,
+)
 from controller.dispatch import PARK_GRACE_S, Actions, Dispatcher, Refused, Route
 from controller.identity import ControllerIdentity, claim, default_state_root
 from controller.leadership import should_lead
@@ -27,8 +34,8 @@ from controller.metrics import ControllerMetrics
 from controller.planner import Planner
 from controller.planning import cache_plan_problem, online_keys, tighter, wanted_experts
 from controller.registry import Change, FleetRegistry
-from controller.selection.live import BudgetError, LiveSelection
-from controller.selection.solver import SelectionResult
+from controller.request_ids import scoped_id
+from controller.selection.errors import BudgetError
 from controller.settings import ControllerSettings
 from messages import topics
 from messages.answers import Answer, ExpertFailure
@@ -39,6 +46,7 @@ from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
 from messages.codec import MAX_PAYLOAD_BYTES, encode
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.prompt_cancel import PromptCancel
 from messages.prompts import Prompt
 from messages.results import JobResult
 from messages.routes import RouteError, check_reply_route
@@ -47,7 +55,12 @@ from messages.stream import StreamChunk
 from messages.telemetry import Telemetry
 from messages.topics import Topic
 
+if TYPE_CHECKING:  # numpy and numba are imported only with a gate (controller/selection)
+    from controller.selection.live import LiveSelection
+    from controller.selection.solver import SelectionResult
+
 log = logging.getLogger(__name__)
+M = TypeVar("M", Answer, StreamChunk)
 
 # An agent whose telemetry shows another plan than it was sent gets it again, at most this often.
 RESYNC_S = 5.0
@@ -106,6 +119,12 @@ class Controller:
         self.active = False
         self._peers: dict[str, ControllerStatus] = {}
         self._resynced: dict[str, float] = {}
+        # Fleet changes make one re-plan per window; flapping agents are held out until steady.
+        self._replans = ReplanTimer(settings.replan_window_s)
+        self._damper = FlapDamper(
+            settings.flap_limit, settings.flap_window_s, settings.flap_steady_s
+        )
+        self._held: set[str] = set()  # the agents the last re-plan held out
         self._improver: threading.Thread | None = None
         self._connected_at: float | None = None
         self.selection: LiveSelection | None = None
@@ -119,6 +138,7 @@ class Controller:
         self.budgets = self.configured_budgets
         if settings.profile is not None and settings.gate is not None:
             from controller.selection.from_profile import load_gated_profile  # needs torch
+            from controller.selection.live import LiveSelection
 
             self.selection = LiveSelection(
                 load_gated_profile(settings.profile, settings.gate),
@@ -158,6 +178,8 @@ class Controller:
             late_results=self.dispatcher.late_results,
             rejected=dict(self.rejected),
             plan_problem=self.adaptation.problem if state == "online" else None,
+            durable=self.ledger.durable,
+            state_problem=self.ledger.state_problem,
         )
 
     def start(self, wait_s: float = 0.0) -> None:
@@ -174,6 +196,8 @@ class Controller:
             self.bus.subscribe(prompt_topic, self._on_prompt, on_invalid=self._on_invalid_prompt)
         for text_topic in (topics.PROMPTS_TEXT, topics.CLIENT_PROMPTS_TEXT):
             self.bus.subscribe(text_topic, self._on_text_prompt)
+        for cancel_topic in (topics.PROMPTS_CANCEL, topics.CLIENT_PROMPTS_CANCEL):
+            self.bus.subscribe(cancel_topic, self._on_prompt_cancel)
         self.bus.subscribe(topics.ANSWERS, self._on_answer)
         self.bus.subscribe(topics.CONTROLLER_STATUS, self._on_peer)
         self.bus.subscribe(topics.CONTROLLER_PLAN, self._on_fleet_plan)
@@ -251,6 +275,7 @@ class Controller:
                 self._elect()
                 for change in self.registry.sweep():
                     self._on_change(change)
+                self._replan_if_due()
                 if self.active:
                     self._execute(self.dispatcher.tick(time.monotonic()))
                 elif time.monotonic() - last_expiry >= 1.0:  # a scan of every shadowed prompt
@@ -360,7 +385,7 @@ class Controller:
             try:
                 self.bus.publish_to(
                     route.topic,
-                    answer,
+                    _as_asked(answer, route),
                     qos=topics.ANSWERS.qos,
                     correlation_data=route.correlation_data,
                 )
@@ -370,12 +395,44 @@ class Controller:
     # -- plans, budgets, cache plans ----------------------------------------------------
 
     def _on_change(self, change: Change) -> None:
+        """An agent came or went: its jobs fail over at once; the re-plan waits for the
+        window (controller/damping.py) so a burst of changes makes one."""
         kind = "agent_online" if change.online else "agent_offline"
         self._event(kind, f"agent {change.agent_id}: {change.reason}", agent_id=change.agent_id)
         if self.active and not change.online:
             reason = f"agent {change.agent_id} went offline ({change.reason})"
             self._execute(self.dispatcher.on_agent_down(change.agent_id, reason, time.monotonic()))
-        self.replan()
+        self._replan_soon(change.agent_id)
+
+    def _replan_soon(self, moved: str | None = None) -> None:
+        """A re-plan at the end of the current window; ``moved``: an agent that went online
+        or offline, counted towards holding it out as flapping."""
+        now = time.monotonic()
+        with self._lock:
+            self._replans.note(now)
+            held = moved is not None and self._damper.transition(moved, now)
+        if held:
+            settings = self.settings
+            self._event(
+                "replan",
+                f"agent {moved} went online or offline {settings.flap_limit} times within "
+                f"{settings.flap_window_s:g} s: held out of the plan until steady for "
+                f"{settings.flap_steady_s:g} s",
+                agent_id=moved,
+            )
+
+    def _replan_if_due(self) -> None:
+        """From the watch loop: the coalesced re-plan once its window closed, and one when a
+        held agent has been steady long enough to come back."""
+        now = time.monotonic()
+        with self._lock:
+            release = self._damper.next_release()
+            if release is not None:
+                self._replans.at(release)
+            self._damper.forget_quiet(now)
+            due = self._replans.due(now)
+        if due:
+            self.replan()
 
     def replan(
         self,
@@ -389,6 +446,7 @@ class Controller:
         with self._lock:
             if solved is None:
                 self.adaptation.before_replan()  # solve with the costs learnt so far
+            self._held = self._damper.held(time.monotonic())
             try:
                 wanted, summary, result = wanted_experts(
                     self.registry,
@@ -396,6 +454,7 @@ class Controller:
                     self.cache_plan,
                     budgets or self.budgets,
                     solved,
+                    self._held,
                 )
             except BudgetError as exc:
                 if budgets is not None:
@@ -417,7 +476,7 @@ class Controller:
         fleet_plan, agent_plans = planned
         for plan in agent_plans:
             self.bus.publish(topics.AGENT_PLAN, plan, agent_id=plan.agent_id)
-        self.bus.publish(topics.CONTROLLER_PLAN, fleet_plan)
+        self._publish(topics.CONTROLLER_PLAN, fleet_plan)
         text = "; ".join(f"{a}: {', '.join(e) or '-'}" for a, e in fleet_plan.assignments.items())
         self._event("replan", f"epoch {fleet_plan.epoch}: {text or 'no agent online'}")
 
@@ -427,7 +486,9 @@ class Controller:
         when the fleet or the budgets change (the next re-plan starts again)."""
         if self._improver is not None and self._improver.is_alive():
             return
-        selection, budgets, keys = self.selection, self.budgets, online_keys(self.registry)
+        held = set(self._held)
+        selection, budgets = self.selection, self.budgets
+        keys = online_keys(self.registry, held)
         assert selection is not None
 
         def run() -> None:
@@ -435,7 +496,7 @@ class Controller:
             for _ in range(IMPROVE_SLICES):
                 if self._stop.is_set() or not self.active:
                     return
-                if self.budgets != budgets or online_keys(self.registry) != keys:
+                if self.budgets != budgets or online_keys(self.registry, held) != keys:
                     return
                 if self.selection is not selection:
                     return  # costs or the gate changed: the next re-plan starts again
@@ -521,36 +582,42 @@ class Controller:
         change = self.registry.on_status(status)
         if change is not None:
             self._on_change(change)
-        elif status.state == "online" and self.active:
-            # An agent announces itself at every connect: it may have missed its plan and jobs.
+        if status.state == "online" and self.active:
+            # An agent announces itself at every connect: it may have missed its plan and jobs
+            # (one back within the re-plan window still has its place in the plan).
             plan = self.planner.plan_for(status.agent_id)
             if plan is not None:
                 self.bus.publish(topics.AGENT_PLAN, plan, agent_id=status.agent_id)
-        if status.state == "online" and self.active:
             self._execute(self.dispatcher.resend(status.agent_id))
 
     def _on_forget(self, params: dict[str, str]) -> None:
+        """A retained status cleared: the agent is forgotten until it is heard from again (its
+        telemetry or a result brings it back; a running agent also announces itself again)."""
         agent_id = params.get("agent_id")
         if agent_id and self.registry.forget(agent_id):
             self._event("agent_offline", f"agent {agent_id} forgotten", agent_id=agent_id)
             if self.active:
                 reason = f"agent {agent_id} was forgotten"
                 self._execute(self.dispatcher.on_agent_down(agent_id, reason, time.monotonic()))
-            self.replan()
+            self._replan_soon(agent_id)
 
     def _on_capabilities(self, inbound: Inbound[AgentCapabilities]) -> None:
         if not self._agent_matches_topic(inbound, inbound.message.agent_id):
             return
         self.registry.on_capabilities(inbound.message)
-        self.replan()
+        self._replan_soon()
 
     def _on_telemetry(self, inbound: Inbound[Telemetry]) -> None:
         telemetry = inbound.message
         if not self._agent_matches_topic(inbound, telemetry.agent_id):
             return
+        record = self.registry.get(telemetry.agent_id)
+        first = record is None or record.telemetry is None  # heard alive now: plannable
         change = self.registry.on_telemetry(telemetry)
         if change is not None:
             self._on_change(change)
+        elif first:
+            self._replan_soon()
         if self.active:
             self._resync_plan(telemetry)
 
@@ -579,6 +646,9 @@ class Controller:
         result = inbound.message
         if not self._agent_matches_topic(inbound, result.agent_id):
             return
+        change = self.registry.heard(result.agent_id)  # a forgotten agent is back
+        if change is not None:
+            self._on_change(change)
         if not self.active:
             return
         if self.adaptation.on_result(result, time.monotonic()):
@@ -612,7 +682,7 @@ class Controller:
             try:
                 self.bus.publish_to(
                     route.topic + "/stream",
-                    chunk,
+                    _as_asked(chunk, route),
                     qos=topics.ANSWER_STREAM.qos,
                     correlation_data=route.correlation_data,
                 )
@@ -623,11 +693,11 @@ class Controller:
         """Jobs outstanding on an agent at most: ``agent_job_window``, or its slots (every
         expert's ``parallel``) when more, and never more than it holds (slots and queue)."""
         window = self.settings.agent_job_window
-        for record in self.registry.agents():
-            if record.agent_id == agent_id and record.capabilities is not None:
-                caps = record.capabilities
-                slots = sum(e.parallel for e in caps.experts)
-                return min(max(window, slots), caps.job_queue_capacity + slots)
+        record = self.registry.get(agent_id)
+        if record is not None and record.capabilities is not None:
+            caps = record.capabilities
+            slots = sum(e.parallel for e in caps.experts)
+            return min(max(window, slots), caps.job_queue_capacity + slots)
         return window
 
     def _slots(self, agent_id: str, expert_id: str) -> int:
@@ -635,15 +705,20 @@ class Controller:
         announces them (``parallel``), counted here from jobs sent and results back; a job
         beyond them waits in the controller's queue, not the agent's. Unknown: the agent's
         window."""
-        for record in self.registry.agents():
-            if record.agent_id == agent_id and record.capabilities is not None:
-                for expert in record.capabilities.experts:
-                    if expert.expert_id == expert_id:
-                        return expert.parallel
+        record = self.registry.get(agent_id)
+        if record is not None and record.capabilities is not None:
+            for expert in record.capabilities.experts:
+                if expert.expert_id == expert_id:
+                    return expert.parallel
         return self.settings.agent_job_window
 
+    def _active_pairs(self) -> list[tuple[str, str]]:
+        """(agent, expert) planned on an online agent: a pass over the plan, not the fleet."""
+        planned = list(self.planner.assignments)
+        return self.planner.active(self.registry.online_among(planned))
+
     def _replicas(self, expert_id: str) -> list[str]:
-        active = self.planner.active(self.registry.online_experts())
+        active = self._active_pairs()
         return [agent for agent, expert in active if expert == expert_id]
 
     # -- prompts ------------------------------------------------------------------------
@@ -698,9 +773,9 @@ class Controller:
         if owner is not None and valid_id:
             name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=request_id)
             routes.append(ReplyRoute(name, inbound.correlation_data))
-        self._send(
-            answer, routes, public=bool(valid_id) and not self.ledger.entries.get(request_id)
-        )
+        # answers/{request_id} is the shared namespace: a login's ids are its own (request_ids)
+        public = owner is None and bool(valid_id) and not self.ledger.entries.get(request_id)
+        self._send(answer, routes, public=public)
 
     def accept(
         self,
@@ -714,16 +789,18 @@ class Controller:
         The same prompt delivered again (same content and reply routes: an MQTT redelivery, an
         asker re-sending after a reconnect) joins the one in flight, or gets the answer already
         sent; a prompt without a request id gets one derived from its content for that reason.
-        A different prompt under a request id in flight is refused to its own routes only. A
-        prompt from a login's own topic (``owner``) is answered under ``replies/{owner}/``
-        when it names no route; one whose route was ``refused``, or too large to hand to an
-        agent, is answered ``rejected`` with the reason.
+        A different prompt (other content or routes) under a request id in flight or answered
+        (among the answers the ledger remembers) is refused ``rejected`` to its own routes
+        only: a request id names one prompt, and never gets another's result. A prompt from a
+        login's own topic (``owner``) is kept under its id scoped by the login (one login's
+        ids are never another's), answered under ``replies/{owner}/`` when it names no route,
+        with the id it sent; one whose route was ``refused``, or too large to hand to an
+        agent, is answered ``rejected`` with the reason. Returns the controller's key.
         """
         mark = fingerprint(prompt, routes)
-        request_id = prompt.request_id or f"p{mark[:15]}"
-        if owner is not None and not routes:
-            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=request_id)
-            routes = [ReplyRoute(name)]
+        asked_id = prompt.request_id or f"p{mark[:15]}"
+        request_id = scoped_id(owner, asked_id)
+        routes = self._owned_routes(owner, asked_id, routes)
         problem = "; ".join(refused or []) or _too_big_for_agents(prompt)
         if problem:
             if self.active:
@@ -736,16 +813,14 @@ class Controller:
                 )
             return request_id
         with self._lock:
+            bound = self.ledger.bound(request_id)
+            if bound is not None and bound[0] != mark:
+                if self.active:
+                    self._refuse_reused(request_id, asked_id, bound[1], routes)
+                return request_id
             held = self.ledger.entries.get(request_id)
             if held is not None:
-                if held.fingerprint == mark:
-                    held.add_routes(routes)
-                    return request_id
-                if self.active:
-                    self.rejected[topics.PROMPTS.pattern] += 1
-                    reason = f"request id {request_id!r} is already in use by another prompt"
-                    self._event("rejected", reason, topic="prompts", request_id=request_id)
-                    self._send(_refusal(request_id, reason), routes, public=False)
+                held.add_routes(routes)
                 return request_id
             if self.active:
                 earlier = self.ledger.answered(request_id, mark)
@@ -765,6 +840,53 @@ class Controller:
         self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
         return request_id
 
+    def _owned_routes(
+        self, owner: str | None, asked_id: str, routes: list[ReplyRoute]
+    ) -> list[ReplyRoute]:
+        """A login's prompt is answered under ``replies/{owner}/{asked_id}`` when it names no
+        route, and on every route under the id it sent (the controller keys it scoped)."""
+        if owner is None:
+            return routes
+        if not routes:
+            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=asked_id)
+            routes = [ReplyRoute(name)]
+        return [replace(route, request_id=asked_id) for route in routes]
+
+    def _refuse_reused(
+        self, request_id: str, asked_id: str, state: str, routes: list[ReplyRoute]
+    ) -> None:
+        """Another prompt under an id that names one in flight or answered: ``rejected`` on
+        its own routes only (answers/{request_id} is the first prompt's)."""
+        self.rejected[topics.PROMPTS.pattern] += 1
+        reason = (
+            f"request id {asked_id!r} is already in use by another prompt ({state}): "
+            "send this one under a fresh request id"
+        )
+        self._event("rejected", reason, topic="prompts", request_id=request_id)
+        self._send(_refusal(request_id, reason), routes, public=False)
+
+    def _on_prompt_cancel(self, inbound: Inbound[PromptCancel]) -> None:
+        """An asker that no longer wants its answer (it went away): the prompt's jobs are
+        cancelled on their agents, it is answered ``failed`` (``cancelled by the asker``) and
+        forgotten, so no takeover runs it again; a standby only forgets it. A cancel for a
+        prompt not held (unknown, answered) changes nothing; one from a login for another
+        login's prompt is refused."""
+        cancel, owner = inbound.message, inbound.params.get("client_id")
+        key = scoped_id(owner, cancel.request_id)  # a login cancels under the id it sent
+        with self._lock:
+            entry = self.ledger.entries.get(key)
+            if entry is None:
+                return
+            if not may_cancel([r.topic for r in entry.routes], owner, self.settings.fleet):
+                why = f"request {cancel.request_id} is not a prompt of login {owner!r}"
+                self._on_reject(topics.CLIENT_PROMPTS_CANCEL, inbound.topic, why)
+                return
+            if not self.active:
+                self.ledger.done(key)
+                return
+        reason = cancelled_reason(cancel.reason)
+        self._execute(self.dispatcher.withdraw(entry, reason, time.monotonic()))
+
     def _on_answer(self, inbound: Inbound[Answer]) -> None:
         """Answers on the bus: a standby forgets the prompts the active controller answered."""
         answer = inbound.message
@@ -774,7 +896,7 @@ class Controller:
     def _route(self, prompt: Prompt, load: dict[str, int]) -> Route:
         """Who answers a prompt: named experts, the gate's choice among the active set under
         the budgets, or (without a gate) one replica of each active expert, least loaded."""
-        active = self.planner.active(self.registry.online_experts())
+        active = self._active_pairs()
         failed: list[ExpertFailure] = []
         if prompt.experts is not None:
             targets, failed = self._named(prompt.experts, active)
@@ -789,7 +911,10 @@ class Controller:
                 time.monotonic(),
                 PARK_GRACE_S,
             )
-            raise Refused(self.adaptation.no_expert_reason(), failed=failed, transient=coming_back)
+            # a re-plan on its way (agents just came back), or a flapping agent let back once
+            # steady, may give the prompt its experts: it waits, within its deadline
+            transient = coming_back or self._replans.pending or self._damper.holding
+            raise Refused(self.adaptation.no_expert_reason(), failed=failed, transient=transient)
         if self.selection is None:
             if prompt.budgets is not None:
                 raise Refused(
@@ -859,6 +984,14 @@ def _loose_json(payload: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {}
     return raw if isinstance(raw, dict) else {}
+
+
+def _as_asked(message: M, route: ReplyRoute) -> M:
+    """An answer or stream chunk as the asker on ``route`` knows it: under the request id it
+    sent (a login's prompt is keyed by its scoped id, controller/request_ids.py)."""
+    if route.request_id is None:
+        return message
+    return message.model_copy(update={"request_id": route.request_id})
 
 
 def _too_large(answer: Answer) -> Answer:

@@ -61,6 +61,22 @@ class ControllerSettings(FleetSettings):
         le=60,
         description="After (re)connecting, seconds to hear the other controllers before leading",
     )
+    replan_window_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=60,
+        description="Agents joining, leaving or flapping within this many seconds make one "
+        "re-plan (a job on an agent that left fails over at once, not after it)",
+    )
+    flap_limit: int = Field(
+        default=4,
+        ge=2,
+        le=1000,
+        description="An agent that goes online or offline this many times within flap_window_s "
+        "is held out of the plan until steady for flap_steady_s",
+    )
+    flap_window_s: float = Field(default=60.0, gt=0, le=86_400)
+    flap_steady_s: float = Field(default=10.0, gt=0, le=86_400)
     profile: Path | None = Field(
         default=None, description="Fleet profile (moe2 profile); with gate, enables selection"
     )

@@ -12,6 +12,7 @@ from messages.costs import CostTable, ExpertCostRow
 from messages.events import AgentEvent
 from messages.jobs import Job
 from messages.plan import ActivationPlan
+from messages.prompt_cancel import PromptCancel
 from messages.prompts import ChatMessage, Prompt
 from messages.results import EnergyReading, JobResult, LatencyBreakdown
 from messages.status import AgentStatus
@@ -47,6 +48,7 @@ __all__ = [
     "Message",
     "PayloadError",
     "Prompt",
+    "PromptCancel",
     "StreamChunk",
     "Telemetry",
     "Topic",

@@ -45,6 +45,16 @@ class ControllerStatus(Message):
         description="Why no online expert fits the budgets (each one's cost against them), when "
         "none does",
     )
+    durable: bool = Field(
+        default=True,
+        description="Whether the prompts it accepts are written to its ledger on disk (False: "
+        "kept in memory only until the ledger can be written again; see state_problem)",
+    )
+    state_problem: str | None = Field(
+        default=None,
+        description="What is wrong with its state folder or ledger (path, cause, what it does "
+        "about it), or what it moved aside at start",
+    )
 
 
 class FleetPlan(Message):

@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pydantic import Field, model_validator
 
 from messages.base import TimestampS, TopicLevel
 from messages.prompts import GenerationOptions
+
+# What a job is: not when it was issued nor how long it may still take (a job re-sent after a
+# reconnect or a takeover is the same job), nor whether it streams (the result is the same).
+JOB_CONTENT_FIELDS = frozenset(
+    {
+        "request_id",
+        "expert_id",
+        "prompt",
+        "choices",
+        "question",
+        "max_tokens",
+        "messages",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+    }
+)
+# Hex digits of a job's digest (128 bits).
+JOB_DIGEST_CHARS = 32
 
 
 class Job(GenerationOptions):
@@ -32,3 +56,11 @@ class Job(GenerationOptions):
         if self.choices is not None and self.messages is not None:
             raise ValueError("choices are scored after a bare prompt, not after messages")
         return self
+
+    def digest(self) -> str:
+        """What this job is, as hex: its request id, expert, prompt, choices, turns and
+        sampling. The same job re-sent has the same digest; another prompt sent under the same
+        request id has another, so a result kept for the first is never the second's."""
+        content = self.model_dump(include=set(JOB_CONTENT_FIELDS), mode="json")
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:JOB_DIGEST_CHARS]

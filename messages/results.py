@@ -16,6 +16,7 @@ from messages.base import (
     TokenCount,
     TopicLevel,
 )
+from messages.jobs import JOB_DIGEST_CHARS
 
 
 class LatencyBreakdown(Message):
@@ -47,6 +48,12 @@ class JobResult(Message):
     completion_tokens: TokenCount = 0
     latency: LatencyBreakdown
     energy: EnergyReading | None = None
+    job_digest: str | None = Field(
+        default=None,
+        pattern=rf"^[0-9a-f]{{{JOB_DIGEST_CHARS}}}$",
+        description="The digest of the job this answers (Job.digest): a result is bound to its "
+        "job's content, not to its request id alone",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> JobResult:

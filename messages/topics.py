@@ -20,6 +20,7 @@ from messages.costs import CostTable
 from messages.events import AgentEvent
 from messages.jobs import Job
 from messages.plan import ActivationPlan
+from messages.prompt_cancel import PromptCancel
 from messages.prompts import Prompt
 from messages.results import JobResult
 from messages.status import AgentStatus
@@ -165,6 +166,14 @@ CLIENT_PROMPTS = Topic(
     "a prompt from the login {client_id} (the secure broker lets only it publish here); its "
     "answer goes to replies/{client_id}/... only",
 )
+PROMPTS_CANCEL = Topic(
+    "prompts/cancel",
+    PromptCancel,
+    1,
+    False,
+    "an asker no longer wants an answer (it went away): its jobs are cancelled, the prompt "
+    "answered failed and forgotten",
+)
 CLIENT_PROMPTS_TEXT = Topic(
     "clients/{client_id}/prompts/text",
     None,
@@ -172,6 +181,13 @@ CLIENT_PROMPTS_TEXT = Topic(
     False,
     "a bare UTF-8 prompt from the login {client_id}; the answer goes to "
     "replies/{client_id}/{request_id}",
+)
+CLIENT_PROMPTS_CANCEL = Topic(
+    "clients/{client_id}/prompts/cancel",
+    PromptCancel,
+    1,
+    False,
+    "the login {client_id} cancels one of its own prompts (another login's is left alone)",
 )
 ANSWERS = Topic(
     "answers/{request_id}",
@@ -250,8 +266,10 @@ TOPICS: tuple[Topic, ...] = (
     AGENT_STREAM,
     PROMPTS,
     PROMPTS_TEXT,
+    PROMPTS_CANCEL,
     CLIENT_PROMPTS,
     CLIENT_PROMPTS_TEXT,
+    CLIENT_PROMPTS_CANCEL,
     ANSWERS,
     REPLIES,
     ANSWER_STREAM,

@@ -10,8 +10,10 @@ from typing import Any
 
 from messages import topics
 from messages.answers import Answer
+from messages.base import now_s
 from messages.bus import BrokerEndpoint, Bus, Inbound
 from messages.controller import ControllerStatus
+from messages.prompt_cancel import PromptCancel
 from messages.prompts import Prompt
 
 
@@ -29,7 +31,8 @@ class Asker:
     A prompt is published again after every reconnect and every ``resend_s`` while its answer
     is awaited: the controller takes the same prompt (same request id, content and reply topic)
     once, and answers a repeat of an answered one with the same answer, so a prompt or an
-    answer lost with a restarting broker is not lost for the asker.
+    answer lost with a restarting broker is not lost for the asker. :meth:`cancel` stops
+    that and asks the controller to stop the prompt's jobs; :meth:`forget` stops waiting.
     """
 
     endpoint: BrokerEndpoint
@@ -53,7 +56,13 @@ class Asker:
             if user
             else topics.PROMPTS.name(self.fleet)
         )
+        self.cancel_topic = (
+            topics.CLIENT_PROMPTS_CANCEL.name(self.fleet, client_id=user)
+            if user
+            else topics.PROMPTS_CANCEL.name(self.fleet)
+        )
         self._answers: dict[str, Answer] = {}
+        self._awaited: set[str] = set()  # answers kept when they come; others are dropped
         self._arrived = threading.Condition()
         self._controllers: dict[str, ControllerStatus] = {}
         self._controller_seen = threading.Event()
@@ -72,8 +81,9 @@ class Asker:
 
     def _on_answer(self, inbound: Inbound[Answer]) -> None:
         with self._arrived:
-            self._answers[inbound.message.request_id] = inbound.message
-            self._arrived.notify_all()
+            if inbound.message.request_id in self._awaited:
+                self._answers[inbound.message.request_id] = inbound.message
+                self._arrived.notify_all()
 
     def _on_controller(self, inbound: Inbound[ControllerStatus]) -> None:
         self._controllers[inbound.message.controller_id] = inbound.message
@@ -93,13 +103,18 @@ class Asker:
             raise AskError(f"every controller of fleet {self.fleet!r} is offline ({names})")
 
     def send(self, prompt: Prompt) -> str:
-        """Publish a prompt; returns its request id."""
+        """Publish a prompt under a new random request id (unless it names one: an id names
+        one prompt, and the controller refuses another prompt under an id it knows); returns
+        the request id."""
         request_id = prompt.request_id or uuid.uuid4().hex[:16]
         reply = topics.REPLIES.name(self.fleet, client_id=self.client_id, request_id=request_id)
         fields = {"request_id": request_id}
         if not self.bus.mqtt5:
             fields["reply_to"] = reply
         prompt = prompt.model_copy(update=fields)
+        with self._arrived:
+            self._awaited.add(request_id)
+            self._answers.pop(request_id, None)
         self._sent[request_id] = (
             prompt.model_dump_json(),
             request_id.encode(),
@@ -107,6 +122,30 @@ class Asker:
         )
         self._publish(request_id).wait_for_publish(5)
         return request_id
+
+    def cancel(
+        self, request_id: str, reason: str = "the asker went away", wait_s: float = 0.0
+    ) -> None:
+        """Stop re-sending a prompt and ask the controller to stop its jobs (waiting up to
+        ``wait_s`` for the broker to take the cancel); its answer (the controller's ``failed``,
+        "cancelled by the asker", or one decided before) still comes to :meth:`wait`, which a
+        caller may use to learn that the fleet has let go of it."""
+        with self._arrived:  # a re-send under way in wait() goes out before the cancel
+            self._sent.pop(request_id, None)
+        message = PromptCancel(request_id=request_id, reason=reason[:200], time_s=now_s())
+        if self.bus.connected:
+            sent = self.bus.publish_to(self.cancel_topic, message, qos=topics.PROMPTS_CANCEL.qos)
+            if wait_s > 0:
+                sent.wait_for_publish(wait_s)
+
+    def forget(self, request_id: str) -> None:
+        """Wait no longer for an answer: a :meth:`wait` on it raises AskError at once, and the
+        answer is dropped when it comes."""
+        self._sent.pop(request_id, None)
+        with self._arrived:
+            self._awaited.discard(request_id)
+            self._answers.pop(request_id, None)
+            self._arrived.notify_all()
 
     def _publish(self, request_id: str) -> Any:
         payload, correlation, response_topic = self._sent[request_id]
@@ -124,19 +163,31 @@ class Asker:
 
     def wait(self, request_id: str, timeout_s: float) -> Answer:
         deadline = time.monotonic() + timeout_s
+
+        def over() -> bool:
+            return request_id in self._answers or request_id not in self._awaited
+
         with self._arrived:
-            while request_id not in self._answers:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._sent.pop(request_id, None)
-                    raise AskError(f"no answer to request {request_id} within {timeout_s:g} s")
-                arrived = self._arrived.wait_for(
-                    lambda: request_id in self._answers, min(left, self.resend_s)
-                )
-                if not arrived and request_id in self._sent and self.bus.connected:
-                    self._publish(request_id)
-            self._sent.pop(request_id, None)
-            return self._answers.pop(request_id)
+            try:
+                while not over():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise AskError(f"no answer to request {request_id} within {timeout_s:g} s")
+                    arrived = self._arrived.wait_for(over, min(left, self.resend_s))
+                    if not arrived and request_id in self._sent and self.bus.connected:
+                        self._publish(request_id)
+                if request_id not in self._answers:
+                    raise AskError(f"request {request_id} is no longer awaited")
+                return self._answers.pop(request_id)
+            finally:
+                self._sent.pop(request_id, None)
+                self._awaited.discard(request_id)
 
     def ask(self, prompt: Prompt, grace_s: float = 5.0) -> Answer:
-        return self.wait(self.send(prompt), prompt.timeout_s + grace_s)
+        """Send and wait; interrupted (Ctrl-C), cancel the prompt before going."""
+        request_id = self.send(prompt)
+        try:
+            return self.wait(request_id, prompt.timeout_s + grace_s)
+        except KeyboardInterrupt:
+            self.cancel(request_id, "the asker was interrupted", wait_s=2.0)
+            raise

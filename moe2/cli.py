@@ -295,7 +295,7 @@ def controller_run(
     from controller.gate.errors import GateError
     from controller.identity import IdentityError
     from controller.profile import ProfileError
-    from controller.selection.live import BudgetError
+    from controller.selection.errors import BudgetError
     from controller.service import Controller
     from controller.settings import ControllerSettings
 

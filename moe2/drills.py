@@ -14,13 +14,16 @@ different answers come for one request id.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import signal
 import statistics
+import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +32,12 @@ import paho.mqtt.client as mqtt
 
 from messages import topics
 from messages.answers import Answer
+from messages.base import Message, now_s
 from messages.bus import BrokerEndpoint, Bus, Inbound
-from messages.controller import FleetPlan
+from messages.capabilities import AgentCapabilities, ExpertInfo
+from messages.controller import ControllerEvent, FleetPlan
 from messages.prompts import Prompt
+from messages.status import AgentStatus
 from moe2.broker import LocalBroker, free_port, start_mosquitto
 from moe2.local_fleet import AgentSpec, LocalFleet
 
@@ -215,12 +221,9 @@ class Traffic:
             self._lock.notify_all()
 
     def wait_all(self, timeout_s: float) -> bool:
-        """Wait until every prompt the broker acknowledged is answered (a one-shot client's
-        prompt that was never acknowledged is not waited for: nothing may hold it)."""
         with self._lock:
             return self._lock.wait_for(
-                lambda: all(a.answers for a in self.asked.values() if a.acknowledged),
-                timeout_s,
+                lambda: all(a.answers for a in self.asked.values()), timeout_s
             )
 
     def first_answer_after(self, moment: float) -> float | None:
@@ -230,32 +233,47 @@ class Traffic:
         later = [t for t in times if t >= moment]
         return min(later) - moment if later else None
 
+    def latency_of_first_sent_after(self, moment: float) -> float:
+        """Seconds the first prompt sent at or after ``moment`` waited for its answer (NaN if
+        none came)."""
+        with self._lock:
+            later = [a for a in self.asked.values() if a.sent_at >= moment]
+        first = min(later, key=lambda a: a.sent_at, default=None)
+        if first is None or first.answered_at is None:
+            return float("nan")
+        return first.answered_at - first.sent_at
+
     def report(self, name: str, **figures: float) -> Report:
         with self._lock:
             everything = list(self.asked.values())
-        items = [a for a in everything if a.acknowledged]
         unacknowledged = [a for a in everything if not a.acknowledged]
-        statuses = Counter(a.answers[0].status for a in items if a.answers)
-        return Report(
-            name=name,
-            asked=len(items),
-            answered=sum(1 for a in items if a.answers),
-            lost=sum(1 for a in items if not a.answers),
-            duplicated=sum(1 for a in items if len(a.answers) > 1),
-            statuses=dict(statuses),
-            latencies_s=[a.answered_at - a.sent_at for a in items if a.answered_at is not None],
-            figures=dict(figures),
-            problems=[
-                _problem(a.answers[0]) for a in items if a.answers and a.answers[0].status != "ok"
-            ]
-            + [
-                f"{a.prompt.request_id} lost (sent {a.sent_at - self.started:.1f} s in)"
-                for a in items
-                if not a.answers
-            ],
-            unacknowledged=len(unacknowledged),
-            unacknowledged_answered=sum(1 for a in unacknowledged if a.answers),
-        )
+        report = _report(name, [a for a in everything if a.acknowledged], **figures)
+        report.problems += [
+            f"{a.prompt.request_id} lost (sent {a.sent_at - self.started:.1f} s in)"
+            for a in everything
+            if a.acknowledged and not a.answers
+        ]
+        report.unacknowledged = len(unacknowledged)
+        report.unacknowledged_answered = sum(1 for a in unacknowledged if a.answers)
+        return report
+
+
+def _report(name: str, items: list[_Asked], **figures: float) -> Report:
+    """What a client counted of the prompts it asked."""
+    statuses = Counter(a.answers[0].status for a in items if a.answers)
+    return Report(
+        name=name,
+        asked=len(items),
+        answered=sum(1 for a in items if a.answers),
+        lost=sum(1 for a in items if not a.answers),
+        duplicated=sum(1 for a in items if len(a.answers) > 1),
+        statuses=dict(statuses),
+        latencies_s=[a.answered_at - a.sent_at for a in items if a.answered_at is not None],
+        figures=dict(figures),
+        problems=[
+            _problem(a.answers[0]) for a in items if a.answers and a.answers[0].status != "ok"
+        ],
+    )
 
 
 def _problem(answer: Answer) -> str:
@@ -588,5 +606,451 @@ def broker_comes_late(workdir: Path, late_s: float = 4.0) -> Report:
             return traffic.report(
                 "services started before the broker", ready_s=time.monotonic() - up
             )
+    finally:
+        drill.close()
+
+
+# -- request ids used again (issue 22) --------------------------------------------------------
+
+JAPAN = ("The capital of Japan is", ["Lima", "Tokyo"], "Tokyo")
+FRANCE = ("The capital of France is", ["Paris", "Rome"], "Paris")
+
+
+@dataclass
+class Reuse:
+    """One choice prompt asked under a request id that another prompt uses or used, read on
+    its own reply route."""
+
+    asked: _Asked
+    expected: str  # the right choice, which SmolLM2 names with confidence
+    route: str
+
+    @property
+    def wrong(self) -> bool:
+        """Answered with another prompt's result: under another request id, or ok (or
+        partial) naming anything but this prompt's own right choice."""
+        return any(
+            a.request_id != self.asked.prompt.request_id
+            or (a.status in ("ok", "partial") and a.answer != self.expected)
+            for a in self.asked.answers
+        )
+
+
+class _Inbox:
+    """Asks choice prompts under chosen request ids, one-shot, and reads every answer under
+    ``replies/``: on the shared prompt topic with a ``reply_to`` under the asker's name, or on
+    a login's own prompt topic (answered on ``replies/{login}/{request_id}``)."""
+
+    def __init__(self, endpoint: BrokerEndpoint, fleet: str) -> None:
+        self.fleet = fleet
+        self.asked: list[Reuse] = []
+        self._by_route: dict[str, Reuse] = {}
+        self._lock = threading.Condition()
+        self.bus = Bus(endpoint, fleet, client_id=f"moe2-inbox-{uuid.uuid4().hex[:8]}")
+        self.bus.subscribe(topics.REPLIES, self._on_answer)
+
+    def __enter__(self) -> _Inbox:
+        self.bus.start()
+        if not self.bus.wait_connected(10):
+            raise ConnectionError("drill client cannot reach the broker")
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bus.close()
+
+    def ask(
+        self,
+        case: tuple[str, list[str], str],
+        request_id: str,
+        asker: str | None = None,
+        login: str | None = None,
+    ) -> Reuse:
+        text, choices, expected = case
+        prompt = Prompt(prompt=text, choices=choices, request_id=request_id, timeout_s=60.0)
+        if login is not None:
+            topic = topics.CLIENT_PROMPTS.name(self.fleet, client_id=login)
+            route = topics.REPLIES.name(self.fleet, client_id=login, request_id=request_id)
+        else:
+            topic = topics.PROMPTS.name(self.fleet)
+            route = topics.REPLIES.name(self.fleet, client_id=asker or "x", request_id=request_id)
+            prompt = prompt.model_copy(update={"reply_to": route})
+        reuse = Reuse(_Asked(prompt, time.monotonic()), expected, route)
+        with self._lock:
+            self.asked.append(reuse)
+            self._by_route[route] = reuse
+        self.bus.publish_to(topic, prompt, qos=1).wait_for_publish(5)
+        return reuse
+
+    def _on_answer(self, inbound: Inbound[Answer]) -> None:
+        with self._lock:
+            reuse = self._by_route.get(inbound.topic)
+            if reuse is None:
+                return
+            asked = reuse.asked
+            if all(a != inbound.message for a in asked.answers):
+                asked.answers.append(inbound.message)
+            if asked.answered_at is None:
+                asked.answered_at = time.monotonic()
+            self._lock.notify_all()
+
+    def wait_all(self, timeout_s: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: all(r.asked.answers for r in self.asked), timeout_s)
+
+    def report(self, name: str, **figures: float) -> Report:
+        with self._lock:
+            items = list(self.asked)
+        wrong = float(sum(r.wrong for r in items))
+        return _report(name, [r.asked for r in items], wrong=wrong, **figures)
+
+
+def reused_id(workdir: Path, rounds: int = 2) -> Report:
+    """Request ids used again with other content, SmolLM2 scoring Japan [Lima, Tokyo] and
+    France [Paris, Rome]. Each round: on the shared prompt topic, Japan then France under one
+    id (the first answered), and again with the first still in flight (two askers, two reply
+    routes: the second is refused ``rejected``); on two logins' own topics, Japan and France
+    under one id at once (each answered its own). Then the controller is restarted (the
+    answers it remembered are gone) and France is asked under an id Japan used: the agent,
+    which still keeps Japan's result under that id, runs it anew. ``wrong``: answers with
+    another prompt's result (figure ``restart_right``: 1 when that last one named Paris)."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-reuse", _agents("i-a"))
+        with _Inbox(fleet.endpoint, fleet.fleet) as inbox:
+            for i in range(rounds):
+                inbox.ask(JAPAN, f"after-{i}", asker="first")
+                inbox.wait_all(60)
+                inbox.ask(FRANCE, f"after-{i}", asker="second")
+                inbox.ask(JAPAN, f"during-{i}", asker="first")
+                inbox.ask(FRANCE, f"during-{i}", asker="second")
+                inbox.ask(JAPAN, f"login-{i}", login="la")
+                inbox.ask(FRANCE, f"login-{i}", login="lb")
+                inbox.wait_all(60)
+            fleet.kill("c1", signal.SIGTERM)
+            fleet.start_controller("c1")
+            fleet.wait_ready(["i-a"], timeout_s=120)
+            last = inbox.ask(FRANCE, "after-0", asker="third")
+            inbox.wait_all(60)
+            answers = last.asked.answers
+            right = float(bool(answers) and not last.wrong and answers[0].status == "ok")
+            return inbox.report("reused id", restart_right=right)
+    finally:
+        drill.close()
+
+
+# -- state that cannot be used --------------------------------------------------------------
+
+
+class CannotMount(RuntimeError):
+    """This machine will not mount a small file system for a drill (not root, a sandbox)."""
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size_kib: int = 256) -> Iterator[Path]:
+    """A real file system of ``size_kib`` KiB mounted on ``folder``: a disk that can be filled
+    for real (ENOSPC from the kernel). Needs root; raises CannotMount where it cannot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        raise CannotMount(f"cannot mount a small tmpfs on {folder}: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write a filler file in ``folder`` until its file system has no block left."""
+    filler = folder / "filler"
+    chunk = b"\0" * 4096
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(chunk)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return filler
+
+
+def _wait_log(fleet: LocalFleet, name: str, text: str, timeout_s: float) -> float:
+    """Seconds until ``text`` is in the log of ``name`` (NaN if it never is)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if text in fleet.log_tail(name, 400):
+            return time.monotonic() - started
+        time.sleep(0.2)
+    return float("nan")
+
+
+def bad_state(workdir: Path, fault: str = "full") -> Report:
+    """The controller started on state it cannot use (``full``: its state folder on a full
+    file system; ``file``: a file where its state folder should be), one-shot prompts every
+    0.5 s and a few long ones; the state repaired; once the ledger is durable again the
+    controller is SIGKILLed with prompts in flight and started again. What it accepted while
+    not durable is written out when it can be, so the restart answers it: nothing is lost."""
+    drill = Drill(workdir)
+    state = workdir / "state"
+    with contextlib.ExitStack() as stack:
+        if fault == "full":
+            filler = fill_disk(stack.enter_context(small_tmpfs(state)))
+        else:
+            state.write_text("a file where the state folder should be")
+            filler = state
+        stack.callback(drill.close)
+        drill.start_broker()
+        report = _bad_state_traffic(drill, filler, fault)
+    return report
+
+
+def _bad_state_traffic(drill: Drill, filler: Path, fault: str) -> Report:
+    fleet = drill.start_fleet("drill-state", _agents("s-a"))
+    with drill.traffic(resend_s=None) as traffic:
+        flow(traffic, choice_prompt, 0.5, 4.0)
+        for _ in range(4):
+            traffic.send(text_prompt(max_tokens=48))
+        filler.unlink()
+        durable_again_s = _wait_log(fleet, "c1", "is written again", 60)
+        time.sleep(0.3)
+        fleet.kill("c1", signal.SIGKILL)
+        flow(traffic, choice_prompt, 0.5, 2.0)
+        fleet.start_controller("c1")
+        traffic.wait_all(120)
+        what = "a full disk" if fault == "full" else "a state folder that is a file"
+        return traffic.report(
+            f"controller started on {what}, repaired, killed", durable_again_s=durable_again_s
+        )
+
+
+# -- the fleet's own view: cleared statuses, flapping agents, ghosts ------------------------
+
+
+class PlanWatch:
+    """Counts, from ``start()``, the fleet plans, the per-agent plans and the re-plans the
+    controller announces (``controller/events`` of kind replan that publish an epoch)."""
+
+    def __init__(self, endpoint: BrokerEndpoint, fleet: str) -> None:
+        self.bus = Bus(endpoint, fleet, client_id=f"moe2-planwatch-{uuid.uuid4().hex[:8]}")
+        self.counts: Counter[str] = Counter()
+        self._counting = False
+        self.last_plan: FleetPlan | None = None
+        self.bus.subscribe(topics.CONTROLLER_PLAN, self._on_plan)
+        self.bus.subscribe(topics.AGENT_PLAN, lambda i: self._count("agent_plans"))
+        self.bus.subscribe(topics.CONTROLLER_EVENTS, self._on_event)
+        self.bus.connect()
+        time.sleep(0.5)  # the retained plans arrive first and are not counted
+
+    def _on_plan(self, inbound: Inbound[FleetPlan]) -> None:
+        self.last_plan = inbound.message
+        self._count("fleet_plans")
+
+    def planned(self, agent_id: str, timeout_s: float) -> float:
+        """Seconds until the fleet plan holds ``agent_id`` (NaN if it did not in time)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            plan = self.last_plan
+            if plan is not None and agent_id in plan.assignments:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        return float("nan")
+
+    def _count(self, what: str) -> None:
+        if self._counting:
+            self.counts[what] += 1
+
+    def _on_event(self, inbound: Inbound[ControllerEvent]) -> None:
+        event = inbound.message
+        if event.kind == "replan" and event.reason.startswith("epoch"):
+            self._count("replans")
+        elif event.kind == "agent_offline" and "forgotten" in event.reason:
+            self._count("forgotten")
+
+    def start(self) -> None:
+        self.counts.clear()
+        self._counting = True
+
+    def figures(self) -> dict[str, float]:
+        return {k: float(self.counts[k]) for k in ("replans", "fleet_plans", "agent_plans")}
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+def _retain(bus: Bus, name: str, payload: Message | bytes) -> None:
+    bus.publish_to(name, payload, qos=1, retain=True).wait_for_publish(10)
+
+
+def _retained(endpoint: BrokerEndpoint, fleet: str, agent_id: str) -> set[str]:
+    """Which of an agent's status and capabilities the broker retains (a new subscriber's
+    view)."""
+    found: set[str] = set()
+    reader = Bus(endpoint, fleet, client_id=f"moe2-retained-{uuid.uuid4().hex[:8]}")
+    reader.subscribe(topics.AGENT_STATUS, lambda i: found.add("status"), agent_id=agent_id)
+    reader.subscribe(
+        topics.AGENT_CAPABILITIES, lambda i: found.add("capabilities"), agent_id=agent_id
+    )
+    reader.connect()
+    time.sleep(1.0)
+    reader.close()
+    return found
+
+
+def status_cleared(workdir: Path) -> Report:
+    """A live agent's retained status and capabilities cleared (empty retained payloads, as
+    ``mosquitto_pub -r -n`` or any client may send): the agent publishes them again, the
+    controller takes it back, and one-shot prompts sent from that moment on are answered."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-cleared", _agents("s-a"))
+        watch = PlanWatch(fleet.endpoint, fleet.fleet)
+        writer = Bus(fleet.endpoint, fleet.fleet, client_id=f"moe2-clear-{uuid.uuid4().hex[:8]}")
+        writer.connect()
+        with drill.traffic(resend_s=None) as traffic:
+            traffic.send(choice_prompt(timeout_s=30))
+            traffic.wait_all(60)
+            watch.start()
+            cleared = time.monotonic()
+            for topic in (topics.AGENT_STATUS, topics.AGENT_CAPABILITIES):
+                _retain(writer, topic.name(fleet.fleet, agent_id="s-a"), b"")
+            flow(traffic, lambda: choice_prompt(timeout_s=30), 0.5, 5.0)
+            traffic.wait_all(60)
+            retained = _retained(fleet.endpoint, fleet.fleet, "s-a")
+            report = traffic.report(
+                "agent's retained status and capabilities cleared",
+                answered_again_s=traffic.latency_of_first_sent_after(cleared),
+                forgotten=float(watch.counts["forgotten"]),
+                status_restored=float("status" in retained),
+                capabilities_restored=float("capabilities" in retained),
+            )
+        writer.close()
+        watch.close()
+        return report
+    finally:
+        drill.close()
+
+
+def flapping_agent(workdir: Path, flaps: int = 40, over_s: float = 60.0) -> Report:
+    """An agent's status forged offline ``flaps`` times over ``over_s`` (the agent puts it
+    right each time: online again a moment later) beside a steady replica, prompts asked all
+    along: the re-plans, fleet plans and agent plans that caused, and the prompts' answers."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-flap", _agents("p-a", "p-b"))
+        watch = PlanWatch(fleet.endpoint, fleet.fleet)
+        writer = Bus(fleet.endpoint, fleet.fleet, client_id=f"moe2-flap-{uuid.uuid4().hex[:8]}")
+        writer.connect()
+        offline = AgentStatus(
+            agent_id="p-a",
+            state="offline",
+            version="forged",
+            time_s=now_s(),
+            keepalive_s=4,
+            telemetry_interval_s=0.5,
+            reason="connection lost",
+        )
+        name = topics.AGENT_STATUS.name(fleet.fleet, agent_id="p-a")
+        with drill.traffic() as traffic:
+            watch.start()
+            for index in range(flaps):
+                _retain(writer, name, offline)
+                if index % 4 == 0:
+                    traffic.send(choice_prompt(timeout_s=60))
+                time.sleep(over_s / flaps)
+            calm = time.monotonic()
+            traffic.send(choice_prompt(timeout_s=60))
+            back_s = watch.planned("p-a", 60.0)  # let back once steady
+            traffic.wait_all(90)
+            report = traffic.report(
+                f"agent flapping ({flaps} in {over_s:g} s)",
+                **watch.figures(),
+                answered_after_s=traffic.latency_of_first_sent_after(calm),
+                back_in_plan_s=back_s,
+            )
+        writer.close()
+        watch.close()
+        return report
+    finally:
+        drill.close()
+
+
+def _ghost(index: int, expert_id: str) -> tuple[AgentStatus, AgentCapabilities]:
+    agent_id = f"ghost-{index:05d}"
+    status = AgentStatus(
+        agent_id=agent_id,
+        state="online",
+        version="ghost",
+        time_s=now_s(),
+        keepalive_s=5 if index % 2 else 3600,  # half never found silent by keepalive
+        telemetry_interval_s=1.0,
+    )
+    expert = ExpertInfo(
+        expert_id=expert_id,
+        model="ghost.gguf",
+        backend="llama.cpp",
+        format="gguf",
+        file_size_bytes=1,
+        context_length=512,
+        chat_template=False,
+        template="cloze",
+    )
+    caps = AgentCapabilities(
+        agent_id=agent_id,
+        hostname="ghost",
+        platform="p",
+        python="3",
+        cpu_count=1,
+        memory_total_bytes=1,
+        power_sensor="none",
+        backends=["llama.cpp"],
+        experts=[expert],
+        job_queue_capacity=4,
+    )
+    return status, caps
+
+
+def ghosts(workdir: Path, count: int = 10_000, over_s: float = 15.0) -> Report:
+    """``count`` agents announced over ``over_s`` on an open broker (retained status and
+    capabilities, claiming the real agent's expert, never any telemetry) beside one real
+    agent; then prompts: answered, and the re-plans and plans the ghosts caused in 30 s."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    try:
+        fleet = drill.start_fleet("drill-ghosts", _agents("g-real"))
+        watch = PlanWatch(fleet.endpoint, fleet.fleet)
+        writer = Bus(fleet.endpoint, fleet.fleet, client_id=f"moe2-ghosts-{uuid.uuid4().hex[:8]}")
+        writer.connect()
+        with drill.traffic() as traffic:
+            watch.start()
+            started = time.monotonic()
+            for index in range(count):
+                status, caps = _ghost(index, SMOLLM2["id"])
+                agent_id = status.agent_id
+                writer.publish(topics.AGENT_CAPABILITIES, caps, agent_id=agent_id)
+                writer.publish(topics.AGENT_STATUS, status, agent_id=agent_id)
+                pause = started + over_s * (index + 1) / count - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+            announced = time.monotonic() - started
+            asked = time.monotonic()
+            traffic.send(choice_prompt(timeout_s=60))
+            traffic.wait_all(90)
+            time.sleep(max(0.0, started + 30.0 - time.monotonic()))
+            report = traffic.report(
+                f"{count} ghost agents",
+                announced_s=announced,
+                answered_s=traffic.latency_of_first_sent_after(asked),
+                **watch.figures(),
+            )
+        writer.close()
+        watch.close()
+        return report
     finally:
         drill.close()

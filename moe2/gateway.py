@@ -8,6 +8,11 @@ prompt on ``prompts`` with a reply route of the gateway's own, and the answer (a
 ``GET /healthz`` and ``GET /metrics`` (Prometheus text). Budgets, category, top-k and experts
 ride in the body as ``"moe2": {...}``; the response carries the per-expert breakdown under
 ``"moe2"``. Errors have OpenAI's shape and status codes.
+
+A client that disconnects before its answer has its prompt cancelled at the controller (which
+stops the jobs) and no longer re-sent; its in-flight slot is held until the fleet has let go of
+it. The key is checked before the body is read, and the body read within limits
+(``moe2.gateway_guard``).
 """
 
 from __future__ import annotations
@@ -20,10 +25,9 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -36,9 +40,11 @@ from messages.budgets import Budgets
 from messages.bus import Inbound
 from messages.controller import FleetPlan
 from messages.prompts import Prompt
+from messages.routes import shown
 from messages.status import AgentStatus
 from messages.stream import StreamChunk
 from moe2.ask import Asker, AskError
+from moe2.gateway_guard import BodyError, client_gone, endpoint_label, read_body
 
 ENSEMBLE_MODEL = "moe2"
 DEFAULT_MAX_TOKENS = 256
@@ -367,9 +373,16 @@ def read_api_keys(path: Path) -> set[str]:
 
 @dataclass
 class GatewaySettings:
+    """How the gateway answers, and the limits that keep a stranger from loading it."""
+
     timeout_s: float = 60.0
     max_inflight: int = 64
     api_keys: set[str] | None = None
+    max_body_bytes: int = 1024 * 1024
+    body_timeout_s: float = 30.0
+    # A request whose client went away holds its in-flight slot until the fleet has let go of
+    # it (the controller's answer to the cancel), or this long at most.
+    cancel_wait_s: float = 10.0
 
 
 def _usage(answer: Answer) -> dict[str, int]:
@@ -425,6 +438,74 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+R = TypeVar("R", bound=BaseModel)
+
+
+def parse_body(model: type[R], raw: bytes) -> R:
+    """A request from its JSON body; a 400 that names the first bad field."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise GatewayError(400, "the body is not valid JSON") from None
+        where = ".".join(str(p) for p in first["loc"]) or None
+        message = f"{where}: {first['msg']}" if where else str(first["msg"])
+        raise GatewayError(400, message, param=where) from None
+
+
+def has_key(request: Request, keys: set[str] | None) -> bool:
+    """Whether the request may use the gateway: no keys configured, or one of them as a bearer."""
+    if keys is None:
+        return True
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and key.strip() in keys
+
+
+@dataclass
+class _Inflight:
+    """Requests being answered, or let go of by the fleet after their client left."""
+
+    limit: int
+    gauge: Gauge
+    count: int = 0
+
+    def take(self) -> None:
+        if self.count >= self.limit:
+            raise GatewayError(
+                429,
+                f"the gateway is answering {self.count} requests, its limit; retry shortly",
+                kind="rate_limit_error",
+                code="gateway_busy",
+                headers={"Retry-After": "1"},
+            )
+        self.count += 1
+        self.gauge.inc()
+
+    def give(self) -> None:
+        self.count -= 1
+        self.gauge.dec()
+
+
+def _error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """Every error in OpenAI's shape, counted under its endpoint (unknown paths: "other")."""
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        metrics.requests.labels(endpoint_label(request.url.path), str(exc.status)).inc()
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = (
+            f"no route {request.method} {shown(request.url.path)}"
+            if exc.status_code == 404
+            else str(exc.detail)
+        )
+        code = "not_found" if exc.status_code == 404 else None
+        return await _gateway_error(request, GatewayError(exc.status_code, message, code=code))
+
+
 def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
     """The FastAPI app around a connected ``client``."""
     app = FastAPI(title="moe2 gateway", docs_url=None, redoc_url=None)
@@ -433,44 +514,15 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
     executor = ThreadPoolExecutor(
         max_workers=max(4, settings.max_inflight), thread_name_prefix="ask"
     )
-    inflight = 0
-
-    @app.exception_handler(GatewayError)
-    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        metrics.requests.labels(request.url.path, str(exc.status)).inc()
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        where = ".".join(loc) or None
-        message = f"{where}: {first['msg']}" if where else str(first["msg"])
-        if first.get("type") == "json_invalid":
-            message = "the body is not valid JSON"
-        return await _gateway_error(request, GatewayError(400, message, param=where))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = (
-            f"no route {request.method} {request.url.path}"
-            if exc.status_code == 404
-            else str(exc.detail)
-        )
-        return await _gateway_error(
-            request,
-            GatewayError(
-                exc.status_code, message, code="not_found" if exc.status_code == 404 else None
-            ),
-        )
+    inflight = _Inflight(settings.max_inflight, metrics.inflight)
+    letting_go: set[asyncio.Task[None]] = set()
+    _error_handlers(app, metrics)
 
     def authorise(request: Request) -> None:
-        if settings.api_keys is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or key.strip() not in settings.api_keys:
+        """From the request head alone: a request without a key is refused before its body is
+        read."""
+        if not has_key(request, settings.api_keys):
+            header = request.headers.get("authorization", "")
             raise GatewayError(
                 401,
                 "Incorrect API key provided"
@@ -519,19 +571,48 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
         update = {"request_id": request_id}
         await loop.run_in_executor(executor, client.send, prompt.model_copy(update=update))
 
+    def let_go(request_id: str, waiter: asyncio.Future[Any]) -> None:
+        """The client went away: the prompt is cancelled at the controller (and no longer
+        re-sent), and its in-flight slot held until the fleet has let go of it (its answer,
+        the cancel's, arrives) or ``cancel_wait_s`` passed."""
+        client.cancel(request_id, "the HTTP client went away")
+
+        async def hold() -> None:
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), settings.cancel_wait_s)
+            except (TimeoutError, GatewayError):
+                pass
+            finally:
+                client.forget(request_id)
+                inflight.give()
+
+        task = asyncio.get_running_loop().create_task(hold())
+        letting_go.add(task)
+        task.add_done_callback(letting_go.discard)
+
+    async def first_or_gone(request: Request, waited: asyncio.Future[Any]) -> bool:
+        """Whether ``waited`` finished before the client went away."""
+        gone = asyncio.ensure_future(client_gone(request))
+        try:
+            await asyncio.wait({waited, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        return waited.done()
+
     @app.get("/healthz")
-    async def healthz() -> JSONResponse:
+    async def healthz(request: Request) -> JSONResponse:
         ok = client.bus.connected and client.controller_online()
-        body = {
-            "status": "ok" if ok else "degraded",
-            "broker_connected": client.bus.connected,
-            "controller_online": client.controller_online(),
-            "fleet": client.fleet,
-            "experts_active": sorted(client.active_experts()),
-        }
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded"}
+        if has_key(request, settings.api_keys):  # the details are for key holders only
+            body |= {
+                "broker_connected": client.bus.connected,
+                "controller_online": client.controller_online(),
+                "fleet": client.fleet,
+                "experts_active": sorted(client.active_experts()),
+            }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(authorise)])
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -552,12 +633,17 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
         metrics.requests.labels("/v1/models", "200").inc()
         return JSONResponse({"object": "list", "data": data})
 
-    async def complete(request: Request, body: _Common, chat: bool) -> Any:
-        nonlocal inflight
+    async def read_request(request: Request, chat: bool) -> tuple[_Common, Prompt]:
+        """The body (within the limits), parsed, and the fleet prompt it asks for."""
+        try:
+            raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        except BodyError as exc:
+            code = {413: "body_too_large", 408: "body_timeout"}.get(exc.status)
+            raise GatewayError(exc.status, exc.message, code=code) from None
+        body = parse_body(ChatRequest if chat else CompletionRequest, raw)
         body.refuse_unsupported()
         check_model(body.model)
-        if chat:
-            assert isinstance(body, ChatRequest)
+        if isinstance(body, ChatRequest):
             max_tokens = body.max_completion_tokens or body.max_tokens
             prompt = build_prompt(
                 body,
@@ -566,107 +652,98 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
                 max_tokens=max_tokens,
                 timeout_s=settings.timeout_s,
             )
-        else:
-            assert isinstance(body, CompletionRequest)
-            texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-            if len(texts) != 1:
-                raise GatewayError(400, "prompt must be one string", param="prompt")
-            prompt = build_prompt(
-                body,
-                messages=None,
-                text=texts[0],
-                max_tokens=body.max_tokens or 16,
-                timeout_s=settings.timeout_s,
-            )
+            return body, prompt
+        assert isinstance(body, CompletionRequest)
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(texts) != 1:
+            raise GatewayError(400, "prompt must be one string", param="prompt")
+        prompt = build_prompt(
+            body,
+            messages=None,
+            text=texts[0],
+            max_tokens=body.max_tokens or 16,
+            timeout_s=settings.timeout_s,
+        )
+        return body, prompt
+
+    async def complete(request: Request, chat: bool) -> Any:
+        body, prompt = await read_request(request, chat)
         ready()
-        if inflight >= settings.max_inflight:
-            raise GatewayError(
-                429,
-                f"the gateway is answering {inflight} requests, its limit; retry shortly",
-                kind="rate_limit_error",
-                code="gateway_busy",
-                headers={"Retry-After": "1"},
-            )
+        inflight.take()
         path = request.url.path
         started = time.monotonic()
         request_id = uuid.uuid4().hex[:24]
-        kind = "chat.completion" if chat else "text_completion"
-        ident = ("chatcmpl-" if chat else "cmpl-") + request_id
-        created = int(time.time())
-        inflight += 1
-        metrics.inflight.inc()
+        exchange = _Exchange(
+            request_id=request_id,
+            ident=("chatcmpl-" if chat else "cmpl-") + request_id,
+            created=int(time.time()),
+            body=body,
+            chat=chat,
+            started=started,
+        )
 
-        closed = False
-
-        def done(code: int) -> None:
-            """Count the request once, however it ends (499: the client went away)."""
-            nonlocal inflight, closed
-            if closed:
+        def done(code: int, release: bool = True) -> None:
+            """Count the request once, however it ends (499: the client went away; its slot is
+            then given back by let_go)."""
+            if exchange.counted:
                 return
-            closed = True
-            inflight -= 1
-            metrics.inflight.dec()
+            exchange.counted = True
+            if release:
+                inflight.give()
             metrics.requests.labels(path, str(code)).inc()
             metrics.latency.labels(path, str(body.stream).lower()).observe(
                 time.monotonic() - started
             )
 
+        exchange.done = done
         if not body.stream:
-            try:
-                await send(prompt, request_id)
-                answer = await answer_of(prompt, request_id)
-                error = answer_error(answer)
-                if error is not None:
-                    raise error
-            except GatewayError as exc:
-                done(exc.status)
-                return exc.response()
-            except BaseException:  # the client went away: the task was cancelled
-                done(499)
-                raise
-            done(200)
-            usage = _usage(answer)
-            metrics.tokens.labels("prompt").inc(usage["prompt_tokens"])
-            metrics.tokens.labels("completion").inc(usage["completion_tokens"])
-            finish = _finish_reason(answer, prompt.max_tokens)
-            text = answer.answer or ""
-            choice: dict[str, Any] = (
-                {"index": 0, "message": {"role": "assistant", "content": text}}
-                if chat
-                else {"index": 0, "text": text, "logprobs": None}
-            )
-            choice["finish_reason"] = finish
-            return JSONResponse(
-                {
-                    "id": ident,
-                    "object": kind,
-                    "created": created,
-                    "model": body.model,
-                    "choices": [choice],
-                    "usage": usage,
-                    "moe2": breakdown(answer),
-                }
-            )
+            return await whole(request, prompt, exchange)
         try:
-            return await stream(prompt, request_id, ident, created, body, chat, started, done)
+            return await stream(request, prompt, exchange)
+        except GatewayError as exc:
+            done(exc.status)
+            return exc.response()
         except BaseException:
-            done(499)
+            done(499)  # a no-op when the request was handed to let_go already
             raise
 
-    async def stream(
-        prompt: Prompt,
-        request_id: str,
-        ident: str,
-        created: int,
-        body: _Common,
-        chat: bool,
-        started: float,
-        done: Callable[[int], None],
-    ) -> Any:
+    async def whole(request: Request, prompt: Prompt, exchange: _Exchange) -> Any:
+        """A response in one piece, or nothing when the client leaves before it."""
+        request_id, done = exchange.request_id, exchange.done
+        waiter: asyncio.Future[Answer] | None = None
+        try:
+            await send(prompt, request_id)
+            waiter = asyncio.ensure_future(answer_of(prompt, request_id))
+            if not await first_or_gone(request, waiter):
+                done(499, release=False)
+                let_go(request_id, waiter)
+                return PlainTextResponse("", status_code=499)
+            answer = waiter.result()
+            error = answer_error(answer)
+            if error is not None:
+                raise error
+        except GatewayError as exc:
+            done(exc.status)
+            return exc.response()
+        except BaseException:  # the server cancelled the request
+            if not exchange.counted:
+                done(499, release=waiter is None)
+                if waiter is not None:
+                    let_go(request_id, waiter)
+            raise
+        done(200)
+        return JSONResponse(whole_body(answer, prompt, exchange, metrics))
+
+    async def stream(request: Request, prompt: Prompt, exchange: _Exchange) -> Any:
         loop = asyncio.get_running_loop()
+        request_id, done = exchange.request_id, exchange.done
         events: asyncio.Queue[StreamChunk | Answer | GatewayError] = asyncio.Queue()
         client.listen(request_id, lambda c: loop.call_soon_threadsafe(events.put_nowait, c))
-        await send(prompt, request_id)
+        try:
+            await send(prompt, request_id)
+        except BaseException:
+            client.listen(request_id, None)
+            raise
 
         async def wait_answer() -> None:
             try:
@@ -674,28 +751,22 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
             except GatewayError as exc:
                 events.put_nowait(exc)
 
-        waiter = asyncio.create_task(wait_answer())
-        obj = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(delta: str | None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
-            if chat:
-                piece: dict[str, Any] = {
-                    "index": 0,
-                    "delta": {} if delta is None else {"content": delta},
-                }
-            else:
-                piece = {"index": 0, "text": delta or "", "logprobs": None}
-            piece["finish_reason"] = finish
-            return {
-                "id": ident,
-                "object": obj,
-                "created": created,
-                "model": body.model,
-                "choices": [piece],
-                **extra,
-            }
-
-        first = await events.get()  # a chunk starts the stream; an error before it is an error
+        waiter = asyncio.ensure_future(wait_answer())
+        getter = asyncio.ensure_future(events.get())
+        try:
+            arrived = await first_or_gone(request, getter)
+        except BaseException:
+            arrived = False
+            raise
+        finally:
+            if not arrived:  # the client left before the first token
+                getter.cancel()
+                client.listen(request_id, None)
+                done(499, release=False)
+                let_go(request_id, waiter)
+        if not arrived:
+            return PlainTextResponse("", status_code=499)
+        first = getter.result()  # a chunk starts the stream; an error before it is an error
         if isinstance(first, GatewayError) or (
             isinstance(first, Answer) and answer_error(first) is not None
         ):
@@ -705,79 +776,180 @@ def create_app(client: FleetClient, settings: GatewaySettings) -> FastAPI:
             done(error.status)
             return error.response()
 
-        async def events_out() -> AsyncIterator[bytes]:
-            sent = ""
-            expected = 0
-            pending: StreamChunk | Answer | GatewayError | None = first
-            first_token = True
-            try:
-                if chat:
-                    opening = chunk(None)
-                    opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-                    yield _sse(opening)
-                while True:
-                    item = pending if pending is not None else await events.get()
-                    pending = None
-                    if isinstance(item, StreamChunk):
-                        if item.seq < expected or not item.text:
-                            expected = max(expected, item.seq + 1)
-                            continue
-                        expected = item.seq + 1
-                        if first_token:
-                            metrics.first_token.observe(time.monotonic() - started)
-                            first_token = False
-                        sent += item.text
-                        yield _sse(chunk(item.text))
-                        continue
-                    if isinstance(item, GatewayError):
-                        yield _sse(item.body())
-                        done(item.status)
-                        break
-                    error = answer_error(item)
-                    if error is not None:
-                        yield _sse(error.body())
-                        done(error.status)
-                        break
-                    text = item.answer or ""
-                    # The stream previews the leading expert; the answer is the ensemble's.
-                    # When it continues what was streamed, the rest follows; otherwise the
-                    # final chunk's moe2.answer says what the ensemble answered.
-                    if text.startswith(sent) and len(text) > len(sent):
-                        if first_token:
-                            metrics.first_token.observe(time.monotonic() - started)
-                        yield _sse(chunk(text[len(sent) :]))
-                    usage = _usage(item)
-                    metrics.tokens.labels("prompt").inc(usage["prompt_tokens"])
-                    metrics.tokens.labels("completion").inc(usage["completion_tokens"])
-                    extra = {"moe2": {**breakdown(item), "answer": text}}
-                    yield _sse(chunk(None, _finish_reason(item, prompt.max_tokens), **extra))
-                    if body.stream_options is not None and body.stream_options.include_usage:
-                        tail = chunk(None)
-                        tail["choices"] = []
-                        tail["usage"] = usage
-                        yield _sse(tail)
-                    done(200)
-                    break
-                yield _sse("[DONE]")
-            finally:
-                done(499)  # a no-op unless the client went away mid-stream
+        async def watch_gone() -> None:
+            """A client that leaves before the stream starts has no stream to end: this lets
+            go of its request (the stream's own end does it once started)."""
+            await client_gone(request)
+            if not exchange.counted:
                 client.listen(request_id, None)
-                if not waiter.done():
-                    waiter.cancel()
+                done(499, release=False)
+                let_go(request_id, waiter)
 
+        exchange.watcher = asyncio.ensure_future(watch_gone())
         return StreamingResponse(
-            events_out(),
+            _events_out(first, events, prompt, exchange, metrics, client, let_go, waiter),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorise)])
-    async def chat_completions(request: Request, body: ChatRequest) -> Any:
-        return await complete(request, body, chat=True)
+    async def chat_completions(request: Request) -> Any:
+        return await complete(request, chat=True)
 
     @app.post("/v1/completions", dependencies=[Depends(authorise)])
-    async def completions(request: Request, body: CompletionRequest) -> Any:
-        return await complete(request, body, chat=False)
+    async def completions(request: Request) -> Any:
+        return await complete(request, chat=False)
 
     app.state.executor = executor
+    app.state.letting_go = letting_go
     return app
+
+
+@dataclass
+class _Exchange:
+    """One completion request: what its response chunks carry, and how it is counted."""
+
+    request_id: str
+    ident: str
+    created: int
+    body: _Common
+    chat: bool
+    started: float
+    counted: bool = False
+    done: Callable[..., None] = field(default=lambda *a, **k: None)
+    watcher: asyncio.Future[None] | None = None  # lets go of it should the client leave
+
+    def chunk(self, delta: str | None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        if self.chat:
+            piece: dict[str, Any] = {
+                "index": 0,
+                "delta": {} if delta is None else {"content": delta},
+            }
+        else:
+            piece = {"index": 0, "text": delta or "", "logprobs": None}
+        piece["finish_reason"] = finish
+        return {
+            "id": self.ident,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.body.model,
+            "choices": [piece],
+            **extra,
+        }
+
+
+def whole_body(
+    answer: Answer, prompt: Prompt, exchange: _Exchange, metrics: GatewayMetrics
+) -> dict[str, Any]:
+    """The OpenAI response to a request answered in one piece."""
+    usage = _usage(answer)
+    metrics.tokens.labels("prompt").inc(usage["prompt_tokens"])
+    metrics.tokens.labels("completion").inc(usage["completion_tokens"])
+    text = answer.answer or ""
+    choice: dict[str, Any] = (
+        {"index": 0, "message": {"role": "assistant", "content": text}}
+        if exchange.chat
+        else {"index": 0, "text": text, "logprobs": None}
+    )
+    choice["finish_reason"] = _finish_reason(answer, prompt.max_tokens)
+    return {
+        "id": exchange.ident,
+        "object": "chat.completion" if exchange.chat else "text_completion",
+        "created": exchange.created,
+        "model": exchange.body.model,
+        "choices": [choice],
+        "usage": usage,
+        "moe2": breakdown(answer),
+    }
+
+
+async def _events_out(
+    first: StreamChunk | Answer | GatewayError,
+    events: asyncio.Queue[StreamChunk | Answer | GatewayError],
+    prompt: Prompt,
+    exchange: _Exchange,
+    metrics: GatewayMetrics,
+    client: FleetClient,
+    let_go: Callable[[str, asyncio.Future[Any]], None],
+    waiter: asyncio.Future[Any],
+) -> AsyncIterator[bytes]:
+    """The server-sent events of a streamed response; a client that leaves mid-stream has its
+    prompt let go of."""
+    sent = ""
+    expected = 0
+    pending: StreamChunk | Answer | GatewayError | None = first
+    first_token = True
+    done = exchange.done
+    try:
+        if exchange.chat:
+            opening = exchange.chunk(None)
+            opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+            yield _sse(opening)
+        while True:
+            item = pending if pending is not None else await events.get()
+            pending = None
+            if isinstance(item, StreamChunk):
+                if item.seq < expected or not item.text:
+                    expected = max(expected, item.seq + 1)
+                    continue
+                expected = item.seq + 1
+                if first_token:
+                    metrics.first_token.observe(time.monotonic() - exchange.started)
+                    first_token = False
+                sent += item.text
+                yield _sse(exchange.chunk(item.text))
+                continue
+            if isinstance(item, GatewayError):
+                yield _sse(item.body())
+                done(item.status)
+                break
+            error = answer_error(item)
+            if error is not None:
+                yield _sse(error.body())
+                done(error.status)
+                break
+            for piece in _closing(item, sent, first_token, prompt, exchange, metrics):
+                yield piece
+            done(200)
+            break
+        yield _sse("[DONE]")
+    finally:
+        client.listen(exchange.request_id, None)
+        if not exchange.counted:  # the client went away mid-stream
+            done(499, release=False)
+            let_go(exchange.request_id, waiter)
+        elif not waiter.done():
+            waiter.cancel()
+        if exchange.watcher is not None:
+            exchange.watcher.cancel()
+
+
+def _closing(
+    answer: Answer,
+    sent: str,
+    first_token: bool,
+    prompt: Prompt,
+    exchange: _Exchange,
+    metrics: GatewayMetrics,
+) -> list[bytes]:
+    """The last events of a stream: the rest of the answer, the finish, the usage."""
+    out = []
+    text = answer.answer or ""
+    # The stream previews the leading expert; the answer is the ensemble's. When it continues
+    # what was streamed, the rest follows; otherwise the final chunk's moe2.answer says what
+    # the ensemble answered.
+    if text.startswith(sent) and len(text) > len(sent):
+        if first_token:
+            metrics.first_token.observe(time.monotonic() - exchange.started)
+        out.append(_sse(exchange.chunk(text[len(sent) :])))
+    usage = _usage(answer)
+    metrics.tokens.labels("prompt").inc(usage["prompt_tokens"])
+    metrics.tokens.labels("completion").inc(usage["completion_tokens"])
+    extra = {"moe2": {**breakdown(answer), "answer": text}}
+    out.append(_sse(exchange.chunk(None, _finish_reason(answer, prompt.max_tokens), **extra)))
+    if exchange.body.stream_options is not None and exchange.body.stream_options.include_usage:
+        tail = exchange.chunk(None)
+        tail["choices"] = []
+        tail["usage"] = usage
+        out.append(_sse(tail))
+    return out

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -87,6 +86,8 @@ def gate_train(
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation and training")] = 0,
 ) -> None:
     """Train the gate once on every expert of the profile."""
+    import numpy as np
+
     from controller.gate.dataset import GateData
     from controller.gate.encoder import EncoderUnavailable, PromptEncoder
     from controller.gate.gate import Gate, file_sha256

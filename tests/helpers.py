@@ -1,12 +1,15 @@
-"""Small test helpers: a recording MQTT client on the real broker, and a scripted agent that
-speaks the agent's protocol (also the instant agent of benchmarks/overhead.py)."""
+"""Small test helpers: a recording MQTT client on the real broker, a scripted agent that speaks
+the agent's protocol (also the instant agent of benchmarks/overhead.py), and a small real file
+system that a test can fill."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from messages import topics
@@ -175,3 +178,20 @@ class ScriptedAgent:
         self._stop.set()
         self.bus.publish(topics.AGENT_STATUS, self.status("offline"), agent_id=self.agent_id)
         self.bus.close()
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size_kib: int = 256) -> Iterator[Path]:
+    """``moe2.drills.small_tmpfs`` (a small real file system to fill), or the test skipped
+    where this sandbox cannot mount one."""
+    import pytest
+
+    from moe2.drills import CannotMount
+    from moe2.drills import small_tmpfs as mount
+
+    with contextlib.ExitStack() as stack:
+        try:
+            disk = stack.enter_context(mount(folder, size_kib))
+        except CannotMount as exc:
+            pytest.skip(str(exc))
+        yield disk

@@ -11,13 +11,16 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from controller.gate.dataset import GateData
-from controller.gate.gate import Gate
 from controller.profile import Profile, ProfileError
 from controller.selection.instance import SelectionInstance, parse_instance
+
+if TYPE_CHECKING:  # numpy and torch are imported only when a gate is loaded
+    import numpy as np
+
+    from controller.gate.dataset import GateData
+    from controller.gate.gate import Gate
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,9 @@ class GatedProfile:
 
 def load_gated_profile(profile_path: Path, gate_path: Path) -> GatedProfile:
     """Raises ProfileError or GateError with a clear message (another fleet, other experts...)."""
+    from controller.gate.dataset import GateData
     from controller.gate.encoder import PromptEncoder
+    from controller.gate.gate import Gate
     from controller.profile import load_profile
 
     profile = load_profile(profile_path)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from controller.selection.errors import BudgetError
 from controller.selection.instance import SelectionInstance, parse_instance
 from controller.selection.loss import Evaluator
 from controller.selection.search import TIE_TOL, AnytimeSearch
@@ -20,10 +21,6 @@ from messages.budgets import Budgets
 
 if TYPE_CHECKING:  # torch is imported only when a gate is loaded
     from controller.selection.from_profile import GatedProfile
-
-
-class BudgetError(ValueError):
-    """Budgets that cannot be used (unknown category, nothing fits); the plan stays as it was."""
 
 
 def restrict_instance(instance: SelectionInstance, keep: list[str]) -> SelectionInstance:

@@ -199,12 +199,14 @@ for agent_id, u in sorted(creds["agents"].items()):
 for client, u in sorted(creds["clients"].items()):
     # clients/{login}/prompts: a prompt topic only this login may publish on, so whoever
     # reads it knows the asker's login (MQTT does not tell a subscriber who published) and
-    # answers it under replies/{login}/ only. The shared prompts topics are not a client's:
+    # answers it under replies/{login}/ only (and a cancel there stops only the login's own
+    # prompts). The shared prompts topics are not a client's:
     # a prompt there could ask for its answer in another client's inbox.
     acl += [f"# client {client}: its own prompt topics; reads only the replies under its name",
             f"user {u['username']}",
             f"topic write {p}/clients/{u['username']}/prompts",
             f"topic write {p}/clients/{u['username']}/prompts/text",
+            f"topic write {p}/clients/{u['username']}/prompts/cancel",
             f"topic read {p}/replies/{u['username']}/#",
             f"topic read {p}/controller/status",
             f"topic read {p}/controllers/+/status",

@@ -348,3 +348,64 @@ def test_snapshot_of_an_agent_seen_only_by_telemetry() -> None:
     assert row["reason"] is None
     assert row["version"] is None
     assert row["power_w"] == 5.5
+
+
+def test_a_forgotten_agent_heard_alive_comes_back_as_it_was(clock: Clock) -> None:
+    # Its retained status cleared while it runs (moe2 fleet --forget, or anyone): forgotten,
+    # but its telemetry brings it back with its capabilities and status.
+    reg = FleetRegistry()
+    reg.on_capabilities(capabilities("a", "smol"))
+    reg.on_status(status("a"))
+    assert reg.forget("a") and reg.agents() == [] and reg.online_experts() == {}
+    assert not reg.forget("a")  # forgotten once
+    clock.advance(60)  # longer than its silence limit: the silence clock starts again
+    change = reg.on_telemetry(telemetry("a"))
+    assert change == Change("a", True, "heard alive after its status was cleared")
+    assert reg.online_experts() == {"a": ["smol"]} and reg.sweep() == []
+    assert reg.heard_alive() == {"a"}
+
+
+def test_a_result_brings_a_forgotten_agent_back_and_others_are_no_change() -> None:
+    reg = FleetRegistry()
+    reg.on_capabilities(capabilities("a", "smol"))
+    reg.on_status(status("a"))
+    assert reg.heard("a") is None  # not forgotten: nothing to do
+    reg.forget("a")
+    assert reg.heard("a") == Change("a", True, "heard alive after its status was cleared")
+    assert reg.heard("stranger") is None and [r.agent_id for r in reg.agents()] == ["a"]
+
+
+def test_a_forgotten_agent_announcing_again_is_a_change_and_keeps_its_capabilities() -> None:
+    reg = FleetRegistry()
+    reg.on_capabilities(capabilities("a", "smol"))
+    reg.on_status(status("a"))
+    reg.forget("a")
+    reg.on_capabilities(capabilities("a", "smol", "gemma"))  # kept aside, not back by itself
+    assert reg.online_experts() == {}
+    assert reg.on_status(status("a")) == Change("a", True, "online")
+    assert reg.online_experts() == {"a": ["smol", "gemma"]}
+
+
+def test_a_forgotten_offline_agent_heard_from_stays_offline() -> None:
+    reg = FleetRegistry()
+    reg.on_status(status("a", "offline", reason="shutdown"))
+    reg.forget("a")
+    assert reg.heard("a") is None and not reg.agents()[0].online
+
+
+def test_only_agents_that_sent_telemetry_are_heard_alive() -> None:
+    reg = FleetRegistry()
+    for agent_id in ("ghost", "real"):
+        reg.on_capabilities(capabilities(agent_id, "smol"))
+        reg.on_status(status(agent_id))
+    assert reg.heard_alive() == set()
+    reg.on_telemetry(telemetry("real"))
+    assert reg.heard_alive() == {"real"}
+    assert reg.get("ghost") is not None and reg.get("nobody") is None
+
+
+def test_online_among_looks_only_at_the_agents_asked() -> None:
+    reg = FleetRegistry()
+    reg.on_status(status("a"))
+    reg.on_status(status("b", "offline"))
+    assert reg.online_among(["a", "b", "nobody"]) == {"a"}

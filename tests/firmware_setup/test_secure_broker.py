@@ -281,14 +281,21 @@ def test_client_cannot_read_another_clients_replies(clients: Any) -> None:
 
 def test_a_client_publishes_prompts_only_under_its_own_login(clients: Any) -> None:
     # The topic a prompt arrives on names the asker's login: c1 cannot pose as c2.
-    controller = clients("controller").subscribe(topic("clients/#"))
+    controller = clients("controller").subscribe(topic("clients/#")).subscribe(topic("prompts/#"))
     c1 = clients("clients:c1")
     c1.publish(topic("clients/c1/prompts"), b"mine")
     c1.publish(topic("clients/c1/prompts/text"), b"mine too")
+    c1.publish(topic("clients/c1/prompts/cancel"), b"my cancel")
     c1.publish(topic("clients/c2/prompts"), b"posing as c2")
     c1.publish(topic("clients/c2/prompts/text"), b"posing as c2")
+    c1.publish(topic("clients/c2/prompts/cancel"), b"cancelling c2's prompt")
+    c1.publish(topic("prompts/cancel"), b"cancelling anyone's prompt")
     time.sleep(0.5)
-    assert controller.topics() == [topic("clients/c1/prompts"), topic("clients/c1/prompts/text")]
+    assert controller.topics() == [
+        topic("clients/c1/prompts"),
+        topic("clients/c1/prompts/text"),
+        topic("clients/c1/prompts/cancel"),
+    ]
 
 
 def test_no_other_login_can_take_over_an_agents_session(broker: SecureBroker, clients: Any) -> None:
@@ -396,18 +403,25 @@ def moe2_env(broker: SecureBroker, who: str, port: int | None = None) -> dict[st
     )
 
 
-def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None:
-    # The agent takes everything from its config file; controller and client from MOE2_*.
-    username, password = broker.login("agents:a1")
-    password_file = tmp_path / "a1.password"
+def agent_config(broker: SecureBroker, folder: Path, agent: str = "a1") -> Path:
+    """The config file of agent ``agent`` serving SmolLM2 on the fleet port with its own login
+    (a password file beside it): everything the agent needs, no MOE2_* variables."""
+    username, password = broker.login(f"agents:{agent}")
+    password_file = folder / f"{agent}.password"
     password_file.write_text(password + "\n")
-    config = tmp_path / "a1.toml"
+    config = folder / f"{agent}.toml"
     config.write_text(
-        f'broker = "mqtts://localhost:{broker.port}"\nfleet = "{FLEET}"\nagent_id = "a1"\n'
+        f'broker = "mqtts://localhost:{broker.port}"\nfleet = "{FLEET}"\nagent_id = "{agent}"\n'
         f'username = "{username}"\npassword_file = "{password_file}"\nca_file = "{broker.ca}"\n'
         "keepalive_s = 5\ntelemetry_interval_s = 1.0\n\n"
         '[[experts]]\nid = "smollm2"\nmodel = "smollm2-135m"\nn_ctx = 512\n'
     )
+    return config
+
+
+def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None:
+    # The agent takes everything from its config file; controller and client from MOE2_*.
+    config = agent_config(broker, tmp_path)
     agent_env = {k: v for k, v in os.environ.items() if not k.startswith("MOE2_")}
     logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("controller", "agent")}  # noqa: SIM115
     procs = {

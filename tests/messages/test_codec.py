@@ -32,6 +32,7 @@ from messages import (
     Message,
     PayloadError,
     Prompt,
+    PromptCancel,
     StreamChunk,
     Telemetry,
     decode,
@@ -187,6 +188,7 @@ SAMPLES: list[Message] = [
         energy_j=3.25,
     ),
     Cancel(request_id="r-17", expert_id="smol", reason="decided", time_s=T0),
+    PromptCancel(request_id="q-1", reason="the HTTP client went away", time_s=T0),
     ControllerStatus(
         controller_id="laptop",
         state="online",
@@ -239,7 +241,7 @@ def test_samples_cover_every_exported_message_model() -> None:
         for obj in vars(messages).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message
     }
-    assert len(exported) == 24
+    assert len(exported) == 25
     assert {type(m) for m in SAMPLES} == exported
 
 

@@ -87,6 +87,8 @@ def test_match_inverts_name_for_every_topic() -> None:
         (topics.AGENT_STATUS, "x/moe2/lab/agents/orin-1/status"),  # anchored at the start
         (topics.PROMPTS, "moe2/lab/prompts/text"),  # prompts is not a prefix of prompts/text
         (topics.PROMPTS_TEXT, "moe2/lab/prompts"),
+        (topics.PROMPTS, "moe2/lab/prompts/cancel"),  # a cancel is not a prompt
+        (topics.CLIENT_PROMPTS, "moe2/lab/clients/c1/prompts/cancel"),
         (topics.ANSWERS, "moe2/lab/replies/c/r"),
         (topics.CONTROLLER_STATUS, "moe2/labx/controllers/c1/status"),
         (topics.CONTROLLER_STATUS, "moe2/lab/controller/status"),
@@ -152,7 +154,7 @@ def test_every_pattern_is_unique() -> None:
 def test_registry_holds_every_topic_declared_in_the_module() -> None:
     declared = {id(v) for v in vars(topics).values() if isinstance(v, Topic)}
     assert declared == {id(t) for t in TOPICS}
-    assert len(TOPICS) == 23
+    assert len(TOPICS) == 25
 
 
 def test_every_topic_has_a_message_type_except_bare_text_prompts() -> None:

@@ -4,17 +4,22 @@ official ``openai`` client and plain mosquitto_pub/sub as the askers."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from messages import topics
 from messages.answers import Answer
 from messages.bus import BrokerEndpoint
+from messages.events import AgentEvent
+from messages.jobs import Job
 from messages.prompts import Prompt
+from messages.results import JobResult
 from messages.stream import StreamChunk
 from moe2.broker import LocalBroker, free_port
 from moe2.local_fleet import AgentSpec, LocalFleet, wait_until
@@ -41,20 +49,32 @@ CHAT = [
 ]
 
 
+# Short, so that the slow-loris test is quick; real clients send their head at once.
+HEADER_TIMEOUT_S = 3.0
+
+
 @dataclass
 class Gateway:
     fleet: LocalFleet
     url: str
     metrics_url: str
     mosquitto: LocalBroker
+    port: int
 
     def client(self, key: str = KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=90)
 
+    @property
+    def pid(self) -> int:
+        return self.fleet.processes["gateway"].pid
 
-def _get(url: str) -> tuple[int, str]:
+
+def _get(url: str, key: str | None = None) -> tuple[int, str]:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
     try:
-        with urllib.request.urlopen(url, timeout=10) as reply:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=10
+        ) as reply:
             return reply.status, reply.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -90,6 +110,8 @@ def gateway(mosquitto: LocalBroker, tmp_path_factory: pytest.TempPathFactory) ->
                 str(keys),
                 "--max-inflight",
                 "1",
+                "--header-timeout",
+                str(HEADER_TIMEOUT_S),
                 "--log-level",
                 "warning",
             ],
@@ -97,7 +119,7 @@ def gateway(mosquitto: LocalBroker, tmp_path_factory: pytest.TempPathFactory) ->
         url = f"http://127.0.0.1:{http_port}"
         if not wait_until(lambda: _get(url + "/healthz")[0] == 200, 60, 0.3):
             raise AssertionError(f"gateway not healthy:\n{fleet.log_tail('gateway')}")
-        yield Gateway(fleet, url, f"http://127.0.0.1:{metrics_port}/metrics", mosquitto)
+        yield Gateway(fleet, url, f"http://127.0.0.1:{metrics_port}/metrics", mosquitto, http_port)
     finally:
         fleet.stop()
 
@@ -213,6 +235,19 @@ def test_errors_have_openai_shape_and_status(gateway: Gateway) -> None:
     assert late.value.status_code == 504 and late.value.body["type"] == "timeout"  # type: ignore[index]
 
 
+def _slot_comes_back(client: openai.OpenAI) -> bool:
+    """Whether a request is answered, not refused 429, within 30 s."""
+
+    def answered() -> bool:
+        try:
+            client.chat.completions.create(model="moe2", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+        except openai.RateLimitError:
+            return False
+        return True
+
+    return wait_until(answered, 30, 0.5)
+
+
 def test_a_busy_gateway_answers_429(gateway: Gateway) -> None:
     client = gateway.client()
     stream = client.chat.completions.create(
@@ -227,15 +262,7 @@ def test_a_busy_gateway_answers_429(gateway: Gateway) -> None:
     assert busy.value.status_code == 429
     assert busy.value.response.headers["retry-after"] == "1"
     stream.close()  # the client goes away mid-stream: its slot must come back
-
-    def answered() -> bool:
-        try:
-            client.chat.completions.create(model="moe2", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
-        except openai.RateLimitError:
-            return False
-        return True
-
-    assert wait_until(answered, 30, 0.5)
+    assert _slot_comes_back(client)
 
 
 def test_sampling_with_a_seed_repeats_and_stop_cuts(gateway: Gateway) -> None:
@@ -317,7 +344,7 @@ def test_a_streamed_prompt_over_mqtt_relays_tokens_before_the_answer(gateway: Ga
 
 
 def _series(url: str) -> dict[str, float]:
-    status, text = _get(url)
+    status, text = _get(url, KEY)
     assert status == 200
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -413,6 +440,11 @@ def test_gateway_refuses_bad_flags(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert nokeys.returncode == 2 and "no API key" in nokeys.stderr
+    everyone = subprocess.run(
+        [sys.executable, "-m", "moe2", "gateway", "--listen", f":{free_port()}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert everyone.returncode == 2 and "--allow-anonymous" in everyone.stderr
     metrics = subprocess.run(
         [sys.executable, "-m", "moe2", "controller", "run", "--metrics", "127.0.0.1:99999"],
         capture_output=True, text=True, timeout=60,
@@ -420,3 +452,222 @@ def test_gateway_refuses_bad_flags(tmp_path: Path) -> None:
     assert (
         metrics.returncode == 2 and "--metrics" in metrics.stderr and "HOST:PORT" in metrics.stderr
     )
+
+
+# -- a client that goes away ---------------------------------------------------------------
+
+
+def _job_cancelled(rid: str) -> Any:
+    return lambda m: isinstance(m, AgentEvent) and m.kind == "job_cancelled" and m.request_id == rid
+
+
+def test_a_stream_closed_after_its_first_token_stops_the_agents_job(gateway: Gateway) -> None:
+    endpoint = gateway.mosquitto.endpoint
+    with (
+        Recorder(endpoint, FLEET)
+        .watch(topics.AGENT_EVENTS, agent_id="gw-a")
+        .watch(topics.AGENT_RESULTS, agent_id="gw-a")
+        .watch(topics.PROMPTS)
+        .watch(topics.ANSWERS) as rec
+    ):
+        stream = gateway.client().chat.completions.create(
+            model="moe2",
+            messages=[{"role": "user", "content": "Write a very long story about the sea."}],
+            max_tokens=400,
+            stream=True,
+        )
+        first = next(c for c in stream if c.choices and c.choices[0].delta.content)
+        rid = first.id.removeprefix("chatcmpl-")
+        stream.close()
+        closed_s = time.time()
+        stopped = rec.wait_for(_job_cancelled(rid), 60)
+        answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == rid, 30)
+        sent_at_close = [m for m in rec.messages(Prompt) if m.request_id == rid]
+        time.sleep(6.0)  # longer than the gateway's re-send interval (5 s)
+        sent = [m for m in rec.messages(Prompt) if m.request_id == rid]
+        results = [m for m in rec.messages(JobResult) if m.request_id == rid]
+    # The agent stopped within 2 s of the close (slack for a loaded machine), far short of 400.
+    print(f"job stopped {stopped.time_s - closed_s:.2f} s after the close, "
+          f"{stopped.completion_tokens} tokens generated")  # fmt: skip
+    assert stopped.time_s - closed_s < 6.0
+    assert stopped.completion_tokens is not None and stopped.completion_tokens < 100
+    assert results == []  # a cancelled job publishes no result
+    assert answer.status == "failed" and "cancelled by the asker" in (answer.error or "")
+    assert len(sent) == len(sent_at_close)  # not published again after the close
+
+
+def test_a_request_whose_client_leaves_is_cancelled_and_its_slot_comes_back(
+    gateway: Gateway,
+) -> None:
+    body = json.dumps(
+        {
+            "model": "moe2",
+            "max_tokens": 400,
+            "messages": [{"role": "user", "content": "Write a very long story about a fox."}],
+        }
+    ).encode()
+    endpoint = gateway.mosquitto.endpoint
+    with (
+        Recorder(endpoint, FLEET)
+        .watch(topics.AGENT_JOBS, agent_id="gw-a")
+        .watch(topics.AGENT_EVENTS, agent_id="gw-a") as rec
+    ):
+        sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+        sock.sendall(_head("POST", "/v1/chat/completions", len(body), KEY) + body)
+        job = rec.wait_for(lambda m: isinstance(m, Job), 60)
+        time.sleep(0.5)
+        sock.close()  # the client goes away before its answer
+        stopped = rec.wait_for(_job_cancelled(job.request_id), 60)
+    assert stopped.completion_tokens is not None and stopped.completion_tokens < 200
+    # --max-inflight 1: the slot comes back once the fleet has let go of the request
+    assert _slot_comes_back(gateway.client())
+
+
+# -- strangers -------------------------------------------------------------------------------
+
+
+def _head(method: str, path: str, length: int | None = None, key: str | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    if key is not None:
+        lines.append(f"Authorization: Bearer {key}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _status_of(sock: socket.socket) -> int:
+    head = b""
+    while b"\r\n" not in head:
+        part = sock.recv(4096)
+        if not part:
+            break
+        head += part
+    return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+
+
+def _ask_raw(port: int, head: bytes, body: bytes = b"") -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body)
+        return _status_of(sock)
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_unknown_paths_do_not_grow_the_metrics(gateway: Gateway) -> None:
+    before = len(_get(gateway.url + "/metrics", KEY)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+    for _ in range(1500):
+        conn.request("GET", f"/no/such/{uuid.uuid4().hex}")
+        reply = conn.getresponse()
+        reply.read()
+        assert reply.status == 404
+    conn.close()
+    status, text = _get(gateway.url + "/metrics", KEY)
+    assert status == 200 and len(text) - before < 20_000, len(text) - before
+    assert 'endpoint="other"' in text and "/no/such" not in text
+
+
+def test_metrics_and_health_details_need_the_key(gateway: Gateway) -> None:
+    assert _get(gateway.url + "/metrics")[0] == 401
+    status, text = _get(gateway.url + "/healthz")
+    assert status == 200 and json.loads(text) == {"status": "ok"}
+    status, text = _get(gateway.url + "/healthz", KEY)
+    assert json.loads(text)["fleet"] == FLEET and json.loads(text)["experts_active"]
+
+
+def test_a_body_is_not_read_before_the_key_is_checked(gateway: Gateway) -> None:
+    port, path = gateway.port, "/v1/chat/completions"
+    bad = b"{not json"
+    assert _ask_raw(port, _head("POST", path, len(bad)), bad) == 401
+    assert _ask_raw(port, _head("POST", path, len(bad), KEY), bad) == 400
+    # A 20 MB body, declared: refused as soon as the head is in, before a byte of it is sent.
+    size = 20 * 1024 * 1024
+    assert _ask_raw(port, _head("POST", path, size)) == 401
+    assert _ask_raw(port, _head("POST", path, size, KEY)) == 413
+    # A chunked body (no Content-Length) is cut off at the limit.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        head = _head("POST", path, key=KEY).replace(
+            b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        piece = b"x" * 65536
+        with contextlib.suppress(OSError):  # answered and closed before the end
+            sock.sendall(head + b"".join(b"10000\r\n" + piece + b"\r\n" for _ in range(32)))
+        assert _status_of(sock) == 413
+    # Five sent in parallel without a key: the gateway's memory does not take them in.
+    before = _peak_rss_bytes(gateway.pid)
+    body = b"x" * size
+
+    def push() -> int:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            # the gateway answers and closes before taking it all: the send fails
+            with contextlib.suppress(OSError):
+                sock.sendall(_head("POST", path, size) + body)
+            return _status_of(sock)
+
+    with ThreadPoolExecutor(5) as pool:
+        codes = list(pool.map(lambda _: push(), range(5)))
+    assert set(codes) <= {401, 0}, codes
+    grown = _peak_rss_bytes(gateway.pid) - before
+    assert grown < size, grown
+
+
+def test_slow_loris_connections_are_closed_after_the_header_timeout(gateway: Gateway) -> None:
+    started = time.monotonic()
+    socks = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(100)]
+    for sock in socks:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        sock.setblocking(False)
+    open_ = set(range(len(socks)))
+    served_meanwhile = _get(gateway.url + "/healthz")[0] == 200
+    closed_after: list[float] = []
+    while open_ and time.monotonic() - started < 60:
+        for i in sorted(open_):
+            try:
+                gone = socks[i].recv(4096) == b""
+                if not gone:
+                    continue  # an answer (408/400) comes before the close: read on
+            except BlockingIOError:
+                try:
+                    socks[i].send(b"X")  # one more byte of a header that never ends
+                except OSError:
+                    gone = True
+                else:
+                    continue
+            except OSError:
+                gone = True
+            open_.discard(i)
+            closed_after.append(time.monotonic() - started)
+        time.sleep(0.5)
+    for sock in socks:
+        sock.close()
+    assert not open_, f"{len(open_)} slow-loris connections still open after 60 s"
+    assert min(closed_after) >= HEADER_TIMEOUT_S * 0.9  # not before their time
+    assert served_meanwhile and _get(gateway.url + "/healthz")[0] == 200
+
+
+def test_serving_every_interface_without_keys_is_said_loudly(mosquitto: LocalBroker) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moe2", "gateway", "--broker", mosquitto.url, "--fleet", "loud",
+         "--listen", f"0.0.0.0:{port}", "--allow-anonymous"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    watchdog = threading.Timer(60, proc.terminate)  # a gateway that never says it: stop
+    watchdog.start()
+    try:
+        assert proc.stderr is not None
+        warned = False
+        for line in proc.stderr:
+            if "WITHOUT API KEYS" in line:
+                warned = True
+                break
+    finally:
+        watchdog.cancel()
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert warned
