@@ -50,6 +50,9 @@ def main() -> None:
 
         run("restart-persistent", drills.broker_restarts, True)
         run("restart-plain", drills.broker_restarts, False)
+        run("restart-one-shot", drills.broker_restarts, True, one_shot=True)
+        # the same asker listening with a clean session: answers published while it is away
+        run("restart-one-shot-clean", drills.broker_restarts, True, one_shot=True, durable=False)
         run("controller", drills.controller_killed)
         run("standby", drills.standby_takeover)
         run("agent-killed", drills.agent_killed)

@@ -87,6 +87,14 @@ class FlapDamper:
             return None
         return min(self._moves[a][-1] for a in self._held) + self.steady_s
 
+    def forget_all(self) -> None:
+        """Forget every agent's history and let every held agent back: the controller was
+        away (its own connection dropped: a broker restart publishes every agent's will at
+        once, and they all come back together), so the moves it saw are its absence, not the
+        agents flapping."""
+        self._moves.clear()
+        self._held.clear()
+
     def forget_quiet(self, now: float) -> None:
         """Drop the history of agents not on hold whose last transition left the window (the
         memory stays bounded by the agents that moved recently)."""

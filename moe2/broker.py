@@ -7,9 +7,13 @@ uses it must connect with ``mqtt_version="3.1.1"``.
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
+import os
+import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -69,10 +73,13 @@ class LocalBroker:
         self.stop()
 
 
-def mosquitto_config(port: int, persistence_dir: Path | None = None) -> str:
+def mosquitto_config(
+    port: int, persistence_dir: Path | None = None, user: str | None = None
+) -> str:
     """An open broker on loopback only (anyone on this machine may publish anything: see
     docs/security.md); with ``persistence_dir`` it keeps sessions, queued QoS 1 messages and
-    retained messages across a restart."""
+    retained messages across a restart. ``user``: the account it runs as when started as root
+    (Mosquitto's default: mosquitto)."""
     persistence = (
         ["persistence true", f"persistence_location {persistence_dir}/", "autosave_interval 1"]
         if persistence_dir is not None
@@ -83,6 +90,7 @@ def mosquitto_config(port: int, persistence_dir: Path | None = None) -> str:
             f"listener {port} 127.0.0.1",
             "allow_anonymous true",
             *persistence,
+            *([f"user {user}"] if user is not None else []),
             "log_dest stderr",
             "log_type error",
             "log_type warning",
@@ -93,13 +101,44 @@ def mosquitto_config(port: int, persistence_dir: Path | None = None) -> str:
     )
 
 
-def _writable_by_mosquitto(folder: Path) -> None:
-    """Mosquitto started as root drops to the mosquitto user: let it write its database."""
+def reachable(folder: Path, uid: int, gids: set[int]) -> bool:
+    """Whether a process of user ``uid`` (in groups ``gids``) may enter ``folder`` and every
+    folder above it (the search bit of the owner, the group or the others, as it applies)."""
+    for part in [folder, *folder.parents]:
+        st = part.stat()
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in gids:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _persistence_user(folder: Path) -> str | None:
+    """Make ``folder`` the broker's database folder; returns the account the broker must run
+    as, or None for its default. Mosquitto started as root drops to the mosquitto user, which
+    must reach and write the folder: where it cannot (a folder under a private one, such as
+    pytest's), the broker stays root, or it would never write its database and forget every
+    session at a restart, saying so only in its log."""
     folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return None  # it runs as this user, who made the folder
     try:
-        shutil.chown(folder, "mosquitto")
-    except (LookupError, PermissionError, OSError):
-        folder.chmod(0o777)
+        account = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return "root"
+    gids = {account.pw_gid} | {g.gr_gid for g in grp.getgrall() if "mosquitto" in g.gr_mem}
+    if not reachable(folder.resolve(), account.pw_uid, gids):
+        log.warning(
+            "the mosquitto user cannot reach %s: the broker runs as root to keep its database",
+            folder,
+        )
+        return "root"
+    shutil.chown(folder, account.pw_uid, account.pw_gid)
+    return None
 
 
 def start_mosquitto(
@@ -111,10 +150,9 @@ def start_mosquitto(
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="moe2-mosquitto-"))
     workdir.chmod(0o755)  # run as root, mosquitto drops to its own user
-    if persistence_dir is not None:
-        _writable_by_mosquitto(persistence_dir)
+    user = _persistence_user(persistence_dir) if persistence_dir is not None else None
     conf = workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_config(port, persistence_dir))
+    conf.write_text(mosquitto_config(port, persistence_dir, user))
     conf.chmod(0o644)
     err = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=err, stderr=err)

@@ -8,14 +8,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, get_args
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from typer.core import TyperArgument, TyperGroup
 
+from moe2.lazy_commands import Lazy, LazyCommands
 from moe2.options import (
     EXIT_FAILURE,
     BrokerOpt,
@@ -31,21 +29,41 @@ from moe2.options import (
     UsernameOpt,
     VersionOpt,
     connection,
+    console,
     fail,
     load_settings,
 )
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 class HelpGroup(TyperGroup):
     """The command tree with help that says what it means. Typer's rich help reads every help
     string as rich markup, so "[@AGENT]" or "[default: ...]" vanished: help strings are escaped
-    here (none uses markup). And Typer names each value by its Python type ("<str>",
-    "<list[str]>", "<bool>" beside a flag that takes no value): values get click's names
-    (TEXT, INTEGER, FLOAT, PATH, a choice's values), flags none, arguments their own name."""
+    when help is shown (HelpContext; none uses markup). And Typer names each value by its
+    Python type ("<str>", "<list[str]>", "<bool>" beside a flag that takes no value): values get
+    click's names (TEXT, INTEGER, FLOAT, PATH, a choice's values), flags none, arguments their
+    own name. The commands in ``lazy`` are imported when named (moe2/lazy_commands.py)."""
+
+    lazy: ClassVar[Lazy] = Lazy()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         tidy_help(self)
+        self.commands = LazyCommands(self.commands, self.lazy, self, tidy_help)
+
+
+class HelpContext(typer.Context):
+    """A command's context that escapes the help strings of its command and of the commands it
+    lists before its help is made: rich (which reads them) is imported only when help is shown,
+    never by a service run."""
+
+    def get_help(self) -> str:
+        escape_help(self.command)
+        for sub in getattr(self.command, "commands", {}).values():
+            escape_help(sub)
+        return super().get_help()
 
 
 # The names click gives values, by Python type.
@@ -53,19 +71,36 @@ VALUE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH"
 
 
 def tidy_help(command: Any) -> None:
-    """Escape every help string and set every metavar of ``command`` and its subcommands."""
-    if command.help:
-        command.help = escape(command.help)
-    help_option = _help_option(command)
-    for param in [*command.params, *([help_option] if help_option is not None else [])]:
-        if getattr(param, "help", None):
-            param.help = escape(param.help)
+    """Set every metavar of ``command`` and of its subcommands built so far, and the context
+    that escapes their help strings when help is shown."""
+    command.context_class = HelpContext
+    for param in _params_and_help(command):
         if param.metavar is None:
             param.metavar = value_name(param)
         if isinstance(param, TyperArgument):  # its name says it: no "<str>" beside it
             param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
-    for sub in getattr(command, "commands", {}).values():
+    commands = getattr(command, "commands", {})
+    for sub in commands.built() if isinstance(commands, LazyCommands) else commands.values():
         tidy_help(sub)
+
+
+def escape_help(command: Any) -> None:
+    """Escape the help strings of ``command`` and its parameters, once."""
+    from rich.markup import escape
+
+    if getattr(command, "help_escaped", False):
+        return
+    command.help_escaped = True
+    if command.help:
+        command.help = escape(command.help)
+    for param in _params_and_help(command):
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+
+
+def _params_and_help(command: Any) -> list[Any]:
+    help_option = _help_option(command)
+    return [*command.params, *([help_option] if help_option is not None else [])]
 
 
 def _help_option(command: Any) -> Any:
@@ -94,8 +129,24 @@ def value_name(param: Any) -> str:
     return VALUE_NAMES.get(name, name.upper())
 
 
+class MoeGroup(HelpGroup):
+    # Commands that live in their own modules, imported when named.
+    lazy = Lazy(
+        commands={
+            "profile": "moe2.moe2_cli:profile",
+            "sweep": "moe2.moe2_cli:sweep",
+            "select": "moe2.select_cli:select",
+            "cache-plan": "moe2.cache_cli:cache_plan",
+            "gateway": "moe2.gateway_cli:gateway",
+            "costs": "moe2.costs_cli:costs",
+            "export-onnx": "agent.onnx.export_cli:export_onnx_command",
+        },
+        groups={"gate": "moe2.moe2_cli:gate_app"},
+    )
+
+
 app = typer.Typer(
-    cls=HelpGroup,
+    cls=MoeGroup,
     name="moe2",
     help="Mixture-of-Edge-Experts: a fleet of edge LLMs answering prompts over MQTT.\n\n"
     "Exit status: 0 ok; 1 a runtime failure (broker unreachable, no answer, refused); "
@@ -126,13 +177,16 @@ def main(
     pass
 
 
-agent_app = typer.Typer(help="Run or inspect the agent on this device.", no_args_is_help=True)
+class AgentGroup(HelpGroup):
+    lazy = Lazy(commands={"probe": "agent.probe_cli:probe"})
+
+
+agent_app = typer.Typer(
+    cls=AgentGroup, help="Run or inspect the agent on this device.", no_args_is_help=True
+)
 controller_app = typer.Typer(help="Run the fleet controller.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(controller_app, name="controller")
-
-out = Console()
-err = Console(stderr=True)
 
 LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 
@@ -243,15 +297,16 @@ def controller_run(
     state_dir: Annotated[
         Path | None,
         typer.Option(
-            "--state-dir", help="Where the ledger of accepted prompts lives (default: "
-            "$XDG_STATE_HOME/moe2, else ~/.local/state/moe2)"
+            "--state-dir",
+            help="Where the ledger of accepted prompts lives (default: "
+            "$XDG_STATE_HOME/moe2, else ~/.local/state/moe2)",
         ),
     ] = None,
     max_queued: Annotated[
         int | None,
         typer.Option(
-            "--max-queued", help="Prompts that may wait for room on the fleet; more are "
-            "answered busy at once"
+            "--max-queued",
+            help="Prompts that may wait for room on the fleet; more are answered busy at once",
         ),
     ] = None,
     early_answers: Annotated[
@@ -384,7 +439,9 @@ def budgets(
             clear_retained(settings.endpoint, settings.fleet, [(topics.CONTROLLER_BUDGETS, {})])
         except ConnectionError as exc:
             fail(str(exc), code=EXIT_FAILURE)
-        out.print(f"budgets of fleet {settings.fleet} cleared: the controller's own are in force")
+        console().print(
+            f"budgets of fleet {settings.fleet} cleared: the controller's own are in force"
+        )
         return
     try:
         wanted = Budgets(energy_j=energy_j, delay_s=parse_delays(delay_s or []), top_k=top_k)
@@ -396,15 +453,17 @@ def budgets(
         )
     except (PlanRefused, ConnectionError) as exc:
         fail(str(exc), code=EXIT_FAILURE)
-    out.print(f"plan epoch {plan.epoch} ({plan.algorithm}):")
+    console().print(f"plan epoch {plan.epoch} ({plan.algorithm}):")
     for agent, experts in plan.assignments.items():
-        out.print(f"  {agent}: {', '.join(experts) or '-'}")
+        console().print(f"  {agent}: {', '.join(experts) or '-'}")
     if plan.energy_j is not None:
         delays = ", ".join(f"{c} {s:.2f} s" for c, s in plan.delay_s.items())
-        out.print(f"expected energy {plan.energy_j:.2f} J per query; delay {delays or 'n/a'}")
+        console().print(f"expected energy {plan.energy_j:.2f} J per query; delay {delays or 'n/a'}")
 
 
 def answer_table(answer: Any, choices: list[str] | None) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"request {answer.request_id}: {answer.status}", show_lines=False)
     table.add_column("expert")
     table.add_column("weight", justify="right")
@@ -482,11 +541,11 @@ def ask(
     if as_json:
         print(answer.model_dump_json(indent=2))
     else:
-        out.print(answer_table(answer, request.choices))
-        out.print(
+        console().print(answer_table(answer, request.choices))
+        console().print(
             f"[bold]answer:[/] {answer.answer}" if answer.answer else f"[red]{answer.error}[/]"
         )
-        out.print(f"end to end {answer.latency_s:.2f} s", style="dim")
+        console().print(f"end to end {answer.latency_s:.2f} s", style="dim")
     raise typer.Exit(0 if answer.status != "failed" else 1)
 
 
@@ -514,7 +573,7 @@ def _forget(settings: Any, agent_id: str) -> None:
         )
     except ConnectionError as exc:
         fail(str(exc), code=EXIT_FAILURE)
-    out.print(f"agent {agent_id} forgotten in fleet {settings.fleet}")
+    console().print(f"agent {agent_id} forgotten in fleet {settings.fleet}")
 
 
 @app.command()
@@ -568,7 +627,7 @@ def fleet(
         if refresh <= 0 or age_out < 0 or (duration is not None and duration < 0):
             fail("--refresh must be > 0, --age-out and --duration >= 0")
         try:
-            FleetWatch(settings.endpoint, settings.fleet, age_out).run(out, refresh, duration)
+            FleetWatch(settings.endpoint, settings.fleet, age_out).run(console(), refresh, duration)
         except ConnectionError as exc:
             fail(str(exc), code=EXIT_FAILURE)
         return
@@ -583,6 +642,9 @@ def fleet(
         _no_agents(settings, wait)
     if as_json:
         return
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=f"fleet {settings.fleet} on {settings.endpoint.url}")
     for col in ("agent", "state", "experts", "loaded", "power W", "last latency s", "queue"):
         table.add_column(col)
@@ -593,7 +655,9 @@ def fleet(
         if r["state"] == "online" and r["warning"]:
             state = f"[yellow]online: {escape(r['warning'])}[/]"
         for expert, why in r["failed_experts"].items():
-            err.print(f"{r['agent_id']}: expert {expert} failed to load: {why}", markup=False)
+            console(stderr=True).print(
+                f"{r['agent_id']}: expert {expert} failed to load: {why}", markup=False
+            )
         table.add_row(
             r["agent_id"],
             state,
@@ -603,11 +667,11 @@ def fleet(
             "-" if r["last_latency_s"] is None else f"{r['last_latency_s']:.2f}",
             "-" if r["queue_depth"] is None else str(r["queue_depth"]),
         )
-    out.print(table)
+    console().print(table)
     from moe2.costs_cli import fleet_notes  # newcomers' profiling, budgets nothing fits
 
     for note in fleet_notes(settings.endpoint, settings.fleet):
-        out.print(note, markup=False)
+        console().print(note, markup=False)
 
 
 def _no_agents(settings: Any, wait: float) -> None:
@@ -648,7 +712,7 @@ def schema(
         print(json.dumps(topic_table(), indent=2))
         return
     written = write_schemas(out_dir)
-    out.print(f"wrote {len(written)} files to {out_dir}")
+    console().print(f"wrote {len(written)} files to {out_dir}")
 
 
 @app.command()
@@ -664,26 +728,6 @@ def demo(
 
     _logging(log_level)
     try:
-        run_demo(out, prefer_mosquitto=not embedded_broker)
+        run_demo(console(), prefer_mosquitto=not embedded_broker)
     except DemoError as exc:
         fail(str(exc), code=EXIT_FAILURE)
-
-
-# Commands that live in their own modules.
-from agent.onnx.export_cli import export_onnx_command  # noqa: E402
-from agent.probe_cli import probe  # noqa: E402
-from moe2.cache_cli import cache_plan  # noqa: E402
-from moe2.costs_cli import costs  # noqa: E402
-from moe2.gateway_cli import gateway  # noqa: E402
-from moe2.moe2_cli import gate_app, profile, sweep  # noqa: E402
-from moe2.select_cli import select  # noqa: E402
-
-app.command("profile")(profile)
-app.command("sweep")(sweep)
-app.command("select")(select)
-app.command("cache-plan")(cache_plan)
-app.command("gateway")(gateway)
-app.command("costs")(costs)
-app.command("export-onnx")(export_onnx_command)
-app.add_typer(gate_app, name="gate")
-agent_app.command("probe")(probe)

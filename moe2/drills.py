@@ -6,7 +6,9 @@ prints them.
 
 The client behaves as the contract asks of one: each prompt has its own request id and is
 published again after a reconnect and every ``resend_s`` until answered (the controller takes
-the same prompt once). A prompt is *lost* when no answer ever comes; *duplicated* when two
+the same prompt once). A prompt is *asked* when the broker acknowledged one of its publishes
+(PUBACK); one it never acknowledged (published into a broker going down) is counted apart, as
+*unacknowledged*. An asked prompt is *lost* when no answer ever comes; *duplicated* when two
 different answers come for one request id.
 """
 
@@ -26,6 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import paho.mqtt.client as mqtt
 
 from messages import topics
 from messages.answers import Answer
@@ -51,6 +55,8 @@ class _Asked:
     sent_at: float
     answers: list[Answer] = field(default_factory=list)
     answered_at: float | None = None
+    mids: list[int] = field(default_factory=list)  # the MQTT message ids of its publishes
+    acknowledged: bool = False  # the broker acknowledged (PUBACK) one of them
 
 
 @dataclass
@@ -66,6 +72,8 @@ class Report:
     latencies_s: list[float]
     figures: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # why each answer that is not ok says so
+    unacknowledged: int = 0  # published, never acknowledged by the broker: not asked
+    unacknowledged_answered: int = 0  # of those, answered all the same
 
     def p(self, q: float) -> float:
         if not self.latencies_s:
@@ -83,6 +91,12 @@ class Report:
             f"{self.name}: asked {self.asked}, answered {self.answered}, lost {self.lost}, "
             f"duplicated {self.duplicated}, statuses {dict(self.statuses)}, "
             f"p50 {self.p50_s:.2f} s, p99 {self.p(0.99):.2f} s {extra}".rstrip()
+            + (
+                f"; unacknowledged {self.unacknowledged} "
+                f"({self.unacknowledged_answered} answered)"
+                if self.unacknowledged
+                else ""
+            )
             + "".join(f"\n  {problem}" for problem in self.problems)
         )
 
@@ -90,18 +104,41 @@ class Report:
 class Traffic:
     """A client asking the fleet over its own reply topic, counting every answer. With
     ``resend_s=None`` it is a one-shot publisher (``mosquitto_pub``): each prompt is published
-    once, never again, not even after a reconnect."""
+    once, never again, not even after a reconnect.
 
-    def __init__(self, endpoint: BrokerEndpoint, fleet: str, resend_s: float | None = 3.0) -> None:
+    ``durable``: it listens with a persistent session (``mosquitto_sub -c -i ID -q 1``), so the
+    broker keeps its reply subscription and queues the answers published while it is away,
+    as docs/reliability.md asks of a one-shot asker.
+    """
+
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        fleet: str,
+        resend_s: float | None = 3.0,
+        durable: bool = False,
+    ) -> None:
         self.fleet = fleet
         self.name = f"drill-{uuid.uuid4().hex[:8]}"
         self.resend_s = resend_s
         self.asked: dict[str, _Asked] = {}
+        self.started = time.monotonic()
         self._lock = threading.Condition()
         self._stop = threading.Event()
         resend = [self._resend_all] if resend_s is not None else []
-        self.bus = Bus(endpoint, fleet, client_id=f"moe2-{self.name}", on_connected=resend)
+        self.bus = Bus(
+            endpoint,
+            fleet,
+            client_id=f"moe2-{self.name}",
+            on_connected=resend,
+            persistent=durable,
+            session_expiry_s=600,
+        )
         self.bus.subscribe(topics.REPLIES, self._on_answer, client_id=self.name)
+        # PUBACKs, by message id: paho sends a publish made while disconnected once it
+        # reconnects, so only the broker's acknowledgement says a prompt reached it
+        self._acked: set[int] = set()
+        self.bus.client.on_publish = self._on_puback
         self._resender = threading.Thread(target=self._resend_loop, daemon=True)
 
     def __enter__(self) -> Traffic:
@@ -130,15 +167,23 @@ class Traffic:
         return request_id
 
     def _publish(self, request_id: str) -> None:
-        prompt = self.asked[request_id].prompt
+        asked = self.asked[request_id]
         reply = topics.REPLIES.name(self.fleet, client_id=self.name, request_id=request_id)
-        self.bus.publish_to(
+        info = self.bus.publish_to(
             topics.PROMPTS.name(self.fleet),
-            prompt,
+            asked.prompt,
             qos=1,
             response_topic=reply if self.bus.mqtt5 else None,
             correlation_data=request_id.encode() if self.bus.mqtt5 else None,
         )
+        with self._lock:
+            asked.mids.append(info.mid)
+            asked.acknowledged |= info.mid in self._acked
+
+    def retry_every(self, delay_s: float) -> None:
+        """After losing the broker, try it again every ``delay_s`` (the fleet's services: from
+        1 s doubling to 2 s), to come back before or after them."""
+        self.bus.client.reconnect_delay_set(delay_s, delay_s)
 
     def _unanswered(self) -> list[str]:
         with self._lock:
@@ -153,6 +198,18 @@ class Traffic:
         while not self._stop.wait(self.resend_s):
             if self.bus.connected:
                 self._resend_all(False)
+
+    def _on_puback(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        if getattr(reason, "is_failure", False):
+            return  # refused (MQTT 5 reason code), not taken
+        with self._lock:
+            self._acked.add(mid)
+            for asked in self.asked.values():
+                if mid in asked.mids:
+                    asked.acknowledged = True
+            self._lock.notify_all()
 
     def _on_answer(self, inbound: Inbound[Answer]) -> None:
         answer = inbound.message
@@ -191,8 +248,17 @@ class Traffic:
 
     def report(self, name: str, **figures: float) -> Report:
         with self._lock:
-            items = list(self.asked.values())
-        return _report(name, items, **figures)
+            everything = list(self.asked.values())
+        unacknowledged = [a for a in everything if not a.acknowledged]
+        report = _report(name, [a for a in everything if a.acknowledged], **figures)
+        report.problems += [
+            f"{a.prompt.request_id} lost (sent {a.sent_at - self.started:.1f} s in)"
+            for a in everything
+            if a.acknowledged and not a.answers
+        ]
+        report.unacknowledged = len(unacknowledged)
+        report.unacknowledged_answered = sum(1 for a in unacknowledged if a.answers)
+        return report
 
 
 def _report(name: str, items: list[_Asked], **figures: float) -> Report:
@@ -276,10 +342,10 @@ class Drill:
         self.fleet.wait_ready([s.agent_id for s in agents], timeout_s=180)
         return self.fleet
 
-    def traffic(self, resend_s: float | None = 3.0) -> Traffic:
-        """A client on the fleet; ``resend_s=None``: a one-shot publisher."""
+    def traffic(self, resend_s: float | None = 3.0, durable: bool = False) -> Traffic:
+        """A client on the fleet; ``resend_s=None``: a one-shot publisher (see Traffic)."""
         assert self.fleet is not None
-        return Traffic(self.fleet.endpoint, self.fleet.fleet, resend_s)
+        return Traffic(self.fleet.endpoint, self.fleet.fleet, resend_s, durable)
 
     def close(self) -> None:
         if self.fleet is not None:
@@ -294,20 +360,40 @@ def _agents(*ids: str, model: dict[str, Any] = SMOLLM2) -> list[AgentSpec]:
 # -- the scenarios --------------------------------------------------------------------------
 
 
-def broker_restarts(workdir: Path, persistence: bool, restarts: int = 2) -> Report:
-    """Prompts every 0.5 s while the broker is stopped (SIGTERM) and started again twice."""
+def broker_restarts(
+    workdir: Path,
+    persistence: bool,
+    restarts: int = 2,
+    one_shot: bool = False,
+    durable: bool = True,
+) -> Report:
+    """Prompts every 0.5 s while the broker is stopped (SIGTERM) and started again twice.
+
+    ``one_shot``: from a client that publishes each prompt once (``mosquitto_pub``) and
+    listens for its answers with a persistent session (``mosquitto_sub -c``; a clean one
+    unless ``durable``). A longer prompt is in flight at each stop. The client is back before
+    the controller after the first restart (its prompts wait in the controller's session) and
+    after the fleet after the second (answers wait in its own): it retries every 2.6 s, then
+    4 s, the fleet's services at 1 s and 3 s. Counted: the prompts the broker acknowledged
+    (PUBACK); the others apart.
+    """
     drill = Drill(workdir, persistence)
     drill.start_broker()
     recoveries = []
     try:
         drill.start_fleet("drill-broker", _agents("b-a", "b-b"))
-        with drill.traffic() as traffic:
+        traffic = drill.traffic(resend_s=None, durable=durable) if one_shot else drill.traffic()
+        with traffic:
             sender = threading.Thread(
                 target=flow, args=(traffic, choice_prompt, 0.5, 6.0 * restarts + 4.0)
             )
             sender.start()
-            for _ in range(restarts):
-                time.sleep(2.0)
+            for index in range(restarts):
+                time.sleep(1.8)
+                if one_shot:
+                    traffic.retry_every(2.6 if index % 2 == 0 else 4.0)
+                    traffic.send(text_prompt(max_tokens=48))
+                time.sleep(0.2)
                 drill.stop_broker()
                 time.sleep(2.0)
                 drill.start_broker()
@@ -318,8 +404,11 @@ def broker_restarts(workdir: Path, persistence: bool, restarts: int = 2) -> Repo
             traffic.wait_all(90)
             waits = [traffic.first_answer_after(b) for b in recoveries]
             recovery = max((w for w in waits if w is not None), default=float("nan"))
-            name = f"broker restarts ({'persistent' if persistence else 'no persistence'})"
-            return traffic.report(name, recovery_s=recovery)
+            kind = "persistent" if persistence else "no persistence"
+            client = ""
+            if one_shot:
+                client = f", one-shot client, {'persistent' if durable else 'clean'} session"
+            return traffic.report(f"broker restarts ({kind}{client})", recovery_s=recovery)
     finally:
         drill.close()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # Exit status of every command (README, "Command line"): 0 ok; EXIT_FAILURE when something at
 # run time failed (a one-shot command cannot reach the broker, no answer came, the controller
@@ -18,9 +20,22 @@ EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 
 
+@cache
+def console(stderr: bool = False) -> Console:
+    """The rich console a command prints on (stdout, or stderr), made at its first use: rich is
+    imported only by a command that prints with it, never by a service such as ``moe2
+    controller run`` (issue 22: memory at rest)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Every command's clean error: one ``error:`` line on stderr and an exit status
     (EXIT_BAD_INPUT unless the caller says EXIT_FAILURE)."""
+    from rich.console import Console
+    from rich.markup import escape
+
     Console(stderr=True).print(
         f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
     )

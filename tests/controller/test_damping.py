@@ -58,6 +58,24 @@ def test_an_agent_flapping_is_held_until_steady() -> None:
     assert not any(damper.transition("a1", 23.0 + t) for t in range(3))
 
 
+def test_the_controllers_own_absence_is_not_counted_as_flapping() -> None:
+    # Two broker restarts: every agent's will, then every agent back, twice (four moves each);
+    # the controller reconnects after each and forgets what it saw: no agent is held.
+    damper = FlapDamper(limit=4, window_s=60.0, steady_s=10.0)
+    held = []
+    for restart in range(2):
+        t = restart * 6.0
+        held += [damper.transition(a, t) for a in ("a1", "a2")]  # the wills
+        damper.forget_all()  # the controller's own reconnect
+        held += [damper.transition(a, t + 2.0) for a in ("a1", "a2")]  # back online
+    assert not any(held) and damper.held(12.0) == set()
+    for t in range(4):  # a real flap after it is still held
+        damper.transition("a1", 20.0 + t)
+    assert damper.held(24.0) == {"a1"}
+    damper.forget_all()
+    assert damper.held(24.0) == set() and damper.next_release() is None
+
+
 def test_moves_spread_wider_than_the_window_do_not_hold() -> None:
     damper = FlapDamper(limit=3, window_s=10.0, steady_s=5.0)
     assert not any(damper.transition("a1", t * 6.0) for t in range(20))

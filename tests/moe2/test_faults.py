@@ -27,6 +27,15 @@ def test_broker_restarts_lose_no_prompt(tmp_path: Path, persistence: bool) -> No
     assert report.figures["recovery_s"] <= 5.0, report.line()
 
 
+def test_broker_restarts_answer_every_acknowledged_one_shot_prompt(tmp_path: Path) -> None:
+    """A one-shot asker (each prompt published once, never again) listening with a persistent
+    session, a persistent broker restarted twice, a prompt in flight at each stop and the
+    asker back after the fleet: every prompt the broker acknowledged is answered, once."""
+    report = drills.broker_restarts(tmp_path, persistence=True, one_shot=True)
+    _whole(report)
+    assert report.statuses == {"ok": report.asked}, report.line()
+
+
 def test_controller_killed_and_restarted_answers_everything(tmp_path: Path) -> None:
     report = drills.controller_killed(tmp_path)
     _whole(report)
