@@ -328,6 +328,7 @@ class Controller:
                     )
                 self.leader = self._serving = False
                 self.dispatcher.drop_all()
+                self._damper.forget_all()  # the moves it saw were its own absence
         self.publish_status()
 
     def _watch(self) -> None:
