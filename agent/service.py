@@ -132,7 +132,7 @@ class Agent:
         self._plan_lock = threading.Lock()
         self._pending_plan: ActivationPlan | None = None
         self.plan_epoch: int | None = None
-        self.plan_source: tuple[str | None, int | None] = (None, None)
+        self.plan_term: int | None = None  # the leadership term of the controller that sent it
         self.load_failures: dict[str, str] = {}  # expert -> why it did not load
         self._stop = threading.Event()
         self.jobs_done = 0
@@ -297,6 +297,7 @@ class Agent:
             expert_slots_busy=running,
             loaded_experts=loaded,
             plan_epoch=self.plan_epoch,
+            plan_term=self.plan_term,
             jobs_done=self.jobs_done,
             jobs_failed=self.jobs_failed,
             last_latency_s=self.last_latency_s,
@@ -360,24 +361,38 @@ class Agent:
             return
         with self._plan_lock:
             held = self._pending_plan
-            source = (
-                (held.controller_id, held.incarnation) if held is not None else self.plan_source
-            )
-            newest = held.epoch if held is not None else self.plan_epoch
-            takeover = (plan.controller_id, plan.incarnation) != source
-            if newest is not None and plan.epoch < newest and not takeover:
+            newest = held.order if held is not None else self.plan_order
+            if newest is not None and plan.order < newest:
                 self._event(
-                    "rejected", f"plan epoch {plan.epoch} is older than {newest}", inbound.topic
+                    "rejected",
+                    f"plan (term {plan.term or 0}, epoch {plan.epoch}) is older than the one "
+                    f"held (term {newest[0]}, epoch {newest[1]})",
+                    inbound.topic,
                 )
                 return
-            # A plan of another controller incarnation (a restart, a standby taking over) is
-            # taken whatever its epoch: an epoch from a broken or foreign controller cannot
-            # wedge the agent.
+            # Plans never go back: a controller that took over has a higher term, and one that
+            # finds an agent holding a higher term than its own takes a higher one (from the
+            # agent's telemetry), so no stray term or epoch wedges the agent for long.
             self._pending_plan = plan
+
+    @property
+    def plan_order(self) -> tuple[int, int] | None:
+        """(term, epoch) of the plan applied, None before the first."""
+        return None if self.plan_epoch is None else (self.plan_term or 0, self.plan_epoch)
+
+    def _stale(self, term: int | None, what: str, topic: str) -> bool:
+        """Whether a job or cancel comes from a controller of an older term than the plan held
+        (one that was frozen or cut off, its messages flushed late): it is dropped."""
+        if term is None or term >= (self.plan_term or 0):
+            return False
+        self._event("rejected", f"{what} of term {term}, below the plan's {self.plan_term}", topic)
+        return True
 
     def _on_job(self, inbound: Inbound[Job]) -> None:
         received = time.monotonic()
         job = inbound.message
+        if self._stale(job.term, f"job {job.request_id}", inbound.topic):
+            return
         try:
             self.pool.check(job.expert_id)
         except UnknownExpert as exc:
@@ -438,6 +453,8 @@ class Agent:
 
     def _on_cancel(self, inbound: Inbound[Cancel]) -> None:
         cancel = inbound.message
+        if self._stale(cancel.term, f"cancel of {cancel.request_id}", inbound.topic):
+            return
         with self._jobs_lock:
             for key, item in self._live.items():
                 if key[0] == cancel.request_id and cancel.expert_id in (None, key[1]):
@@ -464,7 +481,7 @@ class Agent:
         if self.load_failures != before:  # say it where `moe2 fleet` and the controller look
             self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
         self.plan_epoch = plan.epoch
-        self.plan_source = (plan.controller_id, plan.incarnation)
+        self.plan_term = plan.term
         loaded = ", ".join(self.pool.loaded_ids) or "none"
         self._event("plan_applied", f"epoch {plan.epoch}: loaded {loaded}")
         self.publish_capabilities()  # memory and quantisation are known once loaded

@@ -5,10 +5,14 @@ in the same run.
     .venv/bin/python benchmarks/faults.py [--quick]
 
 Every scenario runs on real processes (Mosquitto, agents serving SmolLM2-135M or Gemma 3
-270M, controllers) through moe2/drills.py, the same code tests/moe2/test_faults.py asserts
-on; the fleet's own view: a live agent's status cleared, an agent flapping 40 times in 60 s,
-10,000 ghost agents announced (re-plans, plans published, the prompt's latency). --quick
-leaves out the 200-prompt burst and shortens the early-answer comparison.
+270M, controllers) through moe2/drills.py, the same code tests/moe2/test_faults.py and
+tests/moe2/test_fencing.py assert on; the fleet's own view: a live agent's status cleared, an
+agent flapping 40 times in 60 s, 10,000 ghost agents announced (re-plans, plans published, the
+prompt's latency). The fencing lines (an active controller frozen 20 s and 30 s beside a
+standby and alone; its link cut 30 s beside a standby and alone, and 20 s) add
+epochs_monotone (1: no agent sent or holding an older plan epoch after a newer one) and
+most_active (controllers active at once). --quick leaves out the 200-prompt burst and the
+20 s cut, and shortens the early-answer comparison.
 """
 
 from __future__ import annotations
@@ -66,6 +70,13 @@ def main() -> None:
         except drills.CannotMount as exc:
             print(f"state-full skipped: {exc}", flush=True)
         run("state-file", drills.bad_state, "file")
+        for frozen_s in (20.0, 30.0):
+            run(f"frozen-{frozen_s:.0f}-standby", drills.controller_frozen, frozen_s, True)
+            run(f"frozen-{frozen_s:.0f}-alone", drills.controller_frozen, frozen_s, False)
+        run("cut-30-standby", drills.controller_cut_off, 30.0, True)
+        run("cut-30-alone", drills.controller_cut_off, 30.0, False)
+        if not args.quick:
+            run("cut-20-standby", drills.controller_cut_off, 20.0, True)
     print()
     print("| scenario | asked | answered | lost | duplicated | statuses | p50 s | p99 s | figures")
     print("|---|---|---|---|---|---|---|---|---")

@@ -1,11 +1,15 @@
 """One active controller per fleet: which of the online controllers answers prompts.
 
 Every controller publishes its retained ``ControllerStatus`` on ``controllers/{id}/status`` with
-an MQTT will that sets it offline. Leadership is sticky: a controller that is active stays
-active while it is online; when no online controller is active, the standby online longest
-(lowest ``since_s``, then lowest id) takes over. Should two claim it at once (two started
-together), the one with the higher key steps down. Every controller computes this from the
-same retained statuses, so they agree without talking to each other.
+an MQTT will that sets it offline. A controller that takes over does so with a leadership
+``term`` one above every term it has seen (``next_term``), and leadership is sticky: an active
+controller stays active while it is online and no online active controller holds a higher
+term; when no online controller is active, the standby online longest (lowest ``since_s``,
+then lowest id) takes over. Of two active at once the higher term wins, so a controller that
+was frozen or cut off, and comes back claiming its old term, loses to the one that took over
+from it; between equal terms (two started together) the one with the lower key wins. Every
+controller computes this from the same retained statuses, so they agree without talking to
+each other.
 """
 
 from __future__ import annotations
@@ -19,13 +23,25 @@ def _key(status: ControllerStatus) -> tuple[float, str]:
     return (status.since_s, status.controller_id)
 
 
+def _beats(me: ControllerStatus, other: ControllerStatus) -> bool:
+    """Whether ``me`` keeps leadership against another active controller."""
+    mine, theirs = me.term or 0, other.term or 0
+    return mine > theirs or (mine == theirs and _key(me) < _key(other))
+
+
 def should_lead(me: ControllerStatus, others: Iterable[ControllerStatus]) -> bool:
     """Whether ``me`` should be the active controller, given the other controllers' latest
     statuses (offline ones and ``me`` itself are ignored)."""
     online = [s for s in others if s.state == "online" and s.controller_id != me.controller_id]
     actives = [s for s in online if s.role == "active"]
     if actives:
-        return me.role == "active" and all(_key(me) < _key(s) for s in actives)
+        return me.role == "active" and all(_beats(me, s) for s in actives)
     if me.role == "active":
         return True  # sticky: an older standby coming back does not take over
     return all(_key(me) < _key(s) for s in online)
+
+
+def next_term(seen: Iterable[int | None]) -> int:
+    """The term of a controller taking over: one above every term it has seen (its own,
+    other controllers' statuses and fleet plans, the plans agents say they hold)."""
+    return 1 + max((t for t in seen if t is not None), default=0)

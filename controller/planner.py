@@ -14,16 +14,17 @@ from messages.plan import ActivationPlan
 class Planner:
     """Keeps the current assignment and hands out a new epoch whenever it changes.
 
-    Epochs are milliseconds since the epoch, above the previous one and above every fleet plan
-    seen on the bus (``observe``), so plans stay monotone across restarts and takeovers. Plans
-    carry the controller's id and incarnation: an agent takes any plan of a new incarnation,
-    so a stray epoch cannot wedge it.
+    Epochs are milliseconds since the epoch, above the previous one and above every epoch
+    seen on the bus (``observe``: fleet plans, agents' telemetry), so plans stay monotone
+    across restarts and takeovers. Plans carry the controller's id, incarnation and leadership
+    ``term``: an agent takes a plan only above the (term, epoch) it holds.
     """
 
     def __init__(self, controller_id: str | None = None, incarnation: int | None = None) -> None:
         self.epoch = 0
         self.controller_id = controller_id
         self.incarnation = incarnation
+        self.term: int | None = None  # the controller's leadership term, set as it takes over
         self.assignments: dict[str, list[str]] = {}
         self.agent_epochs: dict[str, int] = {}  # the epoch of the plan each agent was sent
 
@@ -54,7 +55,7 @@ class Planner:
         changed = [a for a, e in wanted.items() if self.assignments.get(a) != e or force]
         self.assignments = wanted
         epoch = self._next_epoch()
-        ids = dict(controller_id=self.controller_id, incarnation=self.incarnation)
+        ids = dict(controller_id=self.controller_id, incarnation=self.incarnation, term=self.term)
         fleet = FleetPlan(epoch=epoch, time_s=now_s(), assignments=wanted, **ids, **summary)
         per_agent = [
             ActivationPlan(agent_id=a, epoch=epoch, experts=wanted[a], time_s=now_s(), **ids)
@@ -74,6 +75,7 @@ class Planner:
             time_s=now_s(),
             controller_id=self.controller_id,
             incarnation=self.incarnation,
+            term=self.term,
         )
 
     def active(self, online: Container[str]) -> list[tuple[str, str]]:

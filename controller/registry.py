@@ -146,6 +146,13 @@ class FleetRegistry:
                     changes.append(Change(record.agent_id, False, f"no message for {limit:.1f} s"))
         return changes
 
+    def heard_all(self, now: float) -> None:
+        """Count every agent's silence from ``now``: the controller was not running, or not
+        hearing the broker, until now, so what it did not hear says nothing of the agents."""
+        with self._lock:
+            for record in self._agents.values():
+                record.last_heard = max(record.last_heard, now)
+
     def agents(self) -> list[AgentRecord]:
         with self._lock:
             return [self._agents[k] for k in sorted(self._agents)]

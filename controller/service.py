@@ -28,7 +28,8 @@ from controller.decisions import (
 )
 from controller.dispatch import PARK_GRACE_S, Actions, Dispatcher, Refused, Route
 from controller.identity import ControllerIdentity, claim, default_state_root
-from controller.leadership import should_lead
+from controller.leadership import next_term, should_lead
+from controller.lease import Lease
 from controller.ledger import Entry, Ledger, ReplyRoute
 from controller.metrics import ControllerMetrics
 from controller.planner import Planner
@@ -41,7 +42,7 @@ from messages import topics
 from messages.answers import Answer, ExpertFailure
 from messages.base import TOPIC_LEVEL_RE, now_s
 from messages.budgets import Budgets
-from messages.bus import Bus, Inbound, PublishRefused
+from messages.bus import Bus, Inbound, Outgoing, PublishRefused
 from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
 from messages.codec import MAX_PAYLOAD_BYTES, encode
@@ -69,6 +70,9 @@ IMPROVE_SLICE_S = 1.0
 IMPROVE_SLICES = 120
 # A job carries the prompt and a few fields more than the prompt's own JSON.
 JOB_OVERHEAD_BYTES = 1024
+# A watch-loop step this much later than the last one means this process was not running (a
+# freeze, a suspended VM): agents' silence is not counted over that gap.
+CLOCK_GAP_S = 1.0
 
 
 def fingerprint(prompt: Prompt, routes: list[ReplyRoute]) -> str:
@@ -116,7 +120,18 @@ class Controller:
             on_connected=[self._on_connected],
         )
         self._lock = threading.RLock()
-        self.active = False
+        # Fencing (docs/reliability.md, "One active controller"): ``leader`` is what the
+        # election decided and the status says; the controller acts only while ``active``.
+        self.leader = False
+        self.term = 0  # leadership term: 1 + the highest seen, taken at each election won
+        self._seen_term = 0  # the highest term seen: statuses, fleet plans, agents' telemetry
+        self._serving = False  # resumed as the leader on this connection, lease fresh
+        self._new_term = False  # the next resume is a takeover (a new term), not a renewal
+        self.lease = Lease(settings.keepalive_s / 2)
+        # answers the broker had not acknowledged when the connection dropped, and their term
+        self._held_answers: list[Outgoing] = []
+        self._held_answers_term: int | None = None
+        self._last_tick = time.monotonic()
         self._peers: dict[str, ControllerStatus] = {}
         self._resynced: dict[str, float] = {}
         # Fleet changes make one re-plan per window; flapping agents are held out until steady.
@@ -159,6 +174,35 @@ class Controller:
     def answered(self) -> int:
         return self.dispatcher.answered
 
+    @property
+    def active(self) -> bool:
+        """Whether this controller may act now: elected, resumed on this connection, and its
+        lease fresh (its link confirmed within the lease). Everything that dispatches,
+        answers, fails, plans or reports checks this, so a controller that was frozen or cut
+        off does nothing on its stale belief that it leads."""
+        if not self._serving:
+            return False
+        if self.leader and self._linked():
+            return True
+        self._suspend()  # whoever sees it stale first: _fence resumes once it is fresh again
+        return False
+
+    def _suspend(self) -> None:
+        with self._lock:
+            if not self._serving:
+                return
+            self._serving = False
+        log.warning(
+            "controller %s: no word from the broker within %.1f s (or not leading): holding "
+            "every answer and plan until it confirms the link",
+            self.controller_id,
+            self.lease.length_s,
+        )
+
+    def _linked(self) -> bool:
+        """The broker confirmed this connection within the lease (a probe echoed)."""
+        return self.bus.connected and self.lease.fresh(time.monotonic(), self.bus.connects)
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def _status(self, state: str) -> ControllerStatus:
@@ -166,9 +210,10 @@ class Controller:
         return ControllerStatus(
             controller_id=self.controller_id,
             state=state,  # type: ignore[arg-type]
-            role="active" if self.active and state == "online" else "standby",
+            role="active" if self.leader and state == "online" else "standby",
             since_s=self.since_s,
             incarnation=self.incarnation,
+            term=self.term or None,
             version=__version__,
             time_s=now_s(),
             agents_online=len(self.registry.online_experts()),
@@ -240,7 +285,7 @@ class Controller:
         for thread in self._threads:
             thread.join(timeout=5)
         with self._lock:
-            self.active = False
+            self.leader = self._serving = False
         if self.bus.connected:
             me = {"controller_id": self.controller_id}
             self.bus.publish(
@@ -255,38 +300,79 @@ class Controller:
         self._stop.wait()
 
     def publish_status(self) -> None:
-        me = {"controller_id": self.controller_id}
-        self.bus.publish(topics.CONTROLLER_STATUS, self._status("online"), **me)
+        """Our status, which is also the lease's probe: its echo renews the lease."""
+        status = self._status("online")
+        self.lease.probe(status.time_s, time.monotonic(), self.bus.connects)
+        self.bus.publish(topics.CONTROLLER_STATUS, status, controller_id=self.controller_id)
 
     def _on_connected(self, session_present: bool) -> None:
-        """Every (re)connect: say we are here; as the active controller, push the plans and the
-        outstanding jobs again (a broker without persistence forgot them)."""
+        """Every (re)connect: say we are here. After a dropped connection a leader leads no
+        more until elected again: another controller may have taken over meanwhile. What it
+        had published that the broker never acknowledged is taken back from paho (which would
+        send it now): answers are kept until the election says whether they still go out,
+        everything else is made again by whoever leads."""
         with self._lock:
-            self._connected_at = time.monotonic()
+            now = self._connected_at = time.monotonic()
+            self.registry.heard_all(now)  # silence counts only while we hear the broker
+            if self.bus.connects > 1:
+                fleet = self.settings.fleet
+                held = [m for m in self.bus.take_outgoing() if _is_answer(m.topic, fleet)]
+                if self.leader:
+                    self._held_answers, self._held_answers_term = held, self.term
+                if self.leader or self._serving:
+                    log.warning(
+                        "controller %s reconnected: stands by until elected again (%d answers "
+                        "held)",
+                        self.controller_id,
+                        len(self._held_answers),
+                    )
+                self.leader = self._serving = False
+                self.dispatcher.drop_all()
+                self._damper.forget_all()  # the moves it saw were its own absence
         self.publish_status()
-        if self.active:
-            self.replan(force=True)
-            self._execute(self.dispatcher.resend())
 
     def _watch(self) -> None:
         last_status = last_expiry = time.monotonic()
         while not self._stop.wait(0.1):
             try:
+                self._check_clock()
                 self._elect()
-                for change in self.registry.sweep():
-                    self._on_change(change)
+                self._fence()
+                if self._linked():  # silence is measured only while the broker hears us
+                    for change in self.registry.sweep():
+                        self._on_change(change)
                 self._replan_if_due()
                 if self.active:
                     self._execute(self.dispatcher.tick(time.monotonic()))
                 elif time.monotonic() - last_expiry >= 1.0:  # a scan of every shadowed prompt
                     last_expiry = time.monotonic()
                     self.ledger.expire()
-                if time.monotonic() - last_status >= self.settings.status_interval_s:
-                    last_status = time.monotonic()
+                now = time.monotonic()
+                if self.lease.due(now) or now - last_status >= self.settings.status_interval_s:
+                    last_status = now
                     if self.bus.connected:
-                        self.publish_status()
+                        self.publish_status()  # the lease's probe
             except Exception:  # the watch loop must outlive any one bad step
                 log.exception("controller watch step failed")
+
+    def _check_clock(self) -> None:
+        """A gap in our own clock (this process was frozen): agents' silence restarts now."""
+        now = time.monotonic()
+        if now - self._last_tick > CLOCK_GAP_S:
+            gap_s = now - self._last_tick
+            log.warning("controller %s did not run for %.1f s", self.controller_id, gap_s)
+            self.registry.heard_all(now)
+        self._last_tick = now
+
+    def _fence(self) -> None:
+        """Stop acting the moment the lease is stale; resume once it is fresh again (on the
+        same connection, or after winning an election)."""
+        with self._lock:
+            fresh = self.leader and self._linked()
+            if fresh and not self._serving:
+                self._resume()
+            elif not fresh:
+                self._suspend()
 
     # -- leadership ---------------------------------------------------------------------
 
@@ -295,9 +381,15 @@ class Controller:
         if inbound.params.get("controller_id") != status.controller_id:
             self._on_reject(topics.CONTROLLER_STATUS, inbound.topic, "payload names another id")
             return
-        if status.controller_id != self.controller_id:
-            with self._lock:
-                self._peers[status.controller_id] = status
+        if status.controller_id == self.controller_id:
+            self.lease.echoed(status.time_s, self.bus.connects)  # our probe, back
+            return
+        with self._lock:
+            self._peers[status.controller_id] = status
+            self._see_term(status.term)
+
+    def _see_term(self, term: int | None) -> None:
+        self._seen_term = max(self._seen_term, term or 0)
 
     def _elect(self) -> None:
         with self._lock:
@@ -306,43 +398,94 @@ class Controller:
             if time.monotonic() - self._connected_at < self.settings.election_grace_s:
                 return  # hear the retained statuses of the others first
             lead = should_lead(self._status("online"), list(self._peers.values()))
-            if lead == self.active:
+            if lead == self.leader:
                 return
-            self.active = lead
+            self.leader = lead
+            if lead:  # acting starts in _fence, once this status has come back (the lease)
+                self.term = next_term([self.term, self._seen_term])
+                self.planner.term, self._new_term = self.term, True
+            else:
+                self._serving = False
+                self.dispatcher.drop_all()
+                self._held_answers = []
         self.publish_status()
-        if lead:
-            self._take_over()
-        else:
+        if not lead:
             log.warning(
                 "controller %s steps down: another controller is active", self.controller_id
             )
-            self.dispatcher.drop_all()
 
-    def _take_over(self) -> None:
-        """Become the active controller: plans under our incarnation, then every prompt the
-        ledger holds unanswered (ours from before a restart, or the old active one's)."""
+    def _resume(self) -> None:
+        """Start acting as the leader (called with the lock held, so no prompt slips between
+        the ledger and the dispatcher): after an election won, a takeover under the new term
+        (plans for every agent, then the answers held from before a dropped connection if no
+        one led in between, then every prompt the ledger holds unanswered); after a renewed
+        lease on the same connection (no one can have taken over: our will never fired), the
+        jobs still out again, and the prompts that came while the lease was stale."""
+        takeover, self._new_term = self._new_term, False
+        now = time.monotonic()
+        self.registry.heard_all(now)
+        self._serving = True
         waiting = [
             e for e in self.ledger.entries.values() if self.dispatcher.holds(e.request_id) is None
         ]
-        self._event(
-            "takeover",
-            f"controller {self.controller_id} is active; {len(waiting)} prompts to answer",
-        )
-        log.info(
-            "controller %s active; %d prompts from the ledger", self.controller_id, len(waiting)
-        )
-        self.adaptation.carry_peer_costs()
-        self.replan(force=True)
+        if takeover:
+            self._event(
+                "takeover",
+                f"controller {self.controller_id} is active (term {self.term}); "
+                f"{len(waiting)} prompts to answer",
+            )
+            log.info(
+                "controller %s active, term %d; %d prompts from the ledger",
+                self.controller_id,
+                self.term,
+                len(waiting),
+            )
+            self.adaptation.carry_peer_costs()
+            self._release_held_answers()
+        else:
+            log.info("controller %s: link confirmed, acting again", self.controller_id)
+        self.replan(force=takeover)
+        for record in self.registry.agents():
+            if not record.online:  # gone while we were not acting: its jobs go elsewhere
+                reason = f"agent {record.agent_id} is offline"
+                self._execute(self.dispatcher.on_agent_down(record.agent_id, reason, now))
+        self._execute(self.dispatcher.resend())
         for entry in sorted(waiting, key=lambda e: e.received_s):
-            self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
+            if self.dispatcher.holds(entry.request_id) is None:
+                self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
+
+    def _release_held_answers(self) -> None:
+        """Answers the broker never acknowledged before our connection dropped go out now if
+        no controller led in between (our new term follows the one they were sent under);
+        otherwise the one that led answered those prompts from its own ledger."""
+        held, term = self._held_answers, self._held_answers_term
+        self._held_answers, self._held_answers_term = [], None
+        if not held:
+            return
+        if term is not None and self.term == term + 1:
+            log.info("controller %s: sending %d answers held", self.controller_id, len(held))
+            for message in held:
+                self.bus.republish(message)
+        else:
+            log.info(
+                "controller %s: dropping %d answers held: another controller led since",
+                self.controller_id,
+                len(held),
+            )
 
     # -- executing decisions ------------------------------------------------------------
 
     def _execute(self, actions: Actions) -> None:
+        """Publish what the dispatcher decided, while we may act; otherwise nothing: the
+        prompts stay in the ledger (an answer not sent is not marked done) and the jobs are
+        sent again when we act again."""
+        if not self.active:
+            return
+        term = {"term": self.term}
         for agent_id, job in actions.jobs:
-            self._publish(topics.AGENT_JOBS, job, agent_id=agent_id)
+            self._publish(topics.AGENT_JOBS, job.model_copy(update=term), agent_id=agent_id)
         for agent_id, cancel in actions.cancels:
-            self._publish(topics.AGENT_CANCEL, cancel, agent_id=agent_id)
+            self._publish(topics.AGENT_CANCEL, cancel.model_copy(update=term), agent_id=agent_id)
         for event in actions.events:
             self._event(**event)
         for answer, routes in actions.answers:
@@ -515,6 +658,8 @@ class Controller:
 
     def _on_fleet_plan(self, inbound: Inbound[FleetPlan]) -> None:
         self.planner.observe(inbound.message.epoch)
+        with self._lock:
+            self._see_term(inbound.message.term)
 
     def _on_budgets(self, inbound: Inbound[Budgets]) -> None:
         if inbound.message == self.budgets:
@@ -618,8 +763,34 @@ class Controller:
             self._on_change(change)
         elif first:
             self._replan_soon()
+        if telemetry.plan_epoch is not None:
+            self.planner.observe(telemetry.plan_epoch)  # our epochs start above the agents'
+        with self._lock:
+            self._see_term(telemetry.plan_term)
         if self.active:
+            self._above_agents_term(telemetry)
             self._resync_plan(telemetry)
+
+    def _above_agents_term(self, telemetry: Telemetry) -> None:
+        """An agent holding a plan of a higher term than ours, from no controller online (one
+        gone while the broker forgot its status): it would refuse our plans and jobs, so we
+        lead on under a term above it, with plans and the jobs out sent again."""
+        held = telemetry.plan_term or 0
+        with self._lock:
+            if held <= self.term or any(
+                (p.term or 0) >= held for p in self._peers.values() if p.state == "online"
+            ):
+                return  # ours, or an online controller's: the election settles that
+            self.term = self.planner.term = next_term([self.term, self._seen_term])
+        log.warning(
+            "agent %s holds a plan of term %d: leading on under term %d",
+            telemetry.agent_id,
+            held,
+            self.term,
+        )
+        self.publish_status()
+        self.replan(force=True)
+        self._execute(self.dispatcher.resend())
 
     def _resync_plan(self, telemetry: Telemetry) -> None:
         """An agent that holds another plan than the one it was sent (a forged or stray plan,
@@ -822,11 +993,11 @@ class Controller:
             if held is not None:
                 held.add_routes(routes)
                 return request_id
-            if self.active:
-                earlier = self.ledger.answered(request_id, mark)
-                if earlier is not None:
+            earlier = self.ledger.answered(request_id, mark)
+            if earlier is not None:  # answered: again to the asker, never a shadow to re-answer
+                if self.active:
                     self._send(earlier, routes)
-                    return request_id
+                return request_id
             entry = Entry(
                 request_id=request_id,
                 prompt=prompt.model_copy(update={"request_id": request_id}),
@@ -975,6 +1146,18 @@ def _too_big_for_agents(prompt: Prompt) -> str | None:
             "of a message (control characters count six bytes each once escaped)"
         )
     return None
+
+
+def _is_answer(topic: str, fleet: str) -> bool:
+    """Whether the controller publishes answers on ``topic``: ``answers/{id}`` or a reply
+    route (under the fleet's ``replies/`` or ``answers/``, or outside the fleet), not a stream
+    preview."""
+    if topic.endswith("/stream"):
+        return False
+    prefix = f"{topics.PREFIX}/{fleet}/"
+    if not topic.startswith(prefix):
+        return True
+    return topic[len(prefix) :].startswith(("answers/", "replies/"))
 
 
 def _loose_json(payload: bytes) -> dict[str, Any]:

@@ -43,6 +43,9 @@ ByteCount = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 CpuCount = Annotated[int, Field(ge=1, le=MAX_CPUS)]
 PlanEpoch = Annotated[int, Field(ge=0, le=MAX_PLAN_EPOCH)]
+# A controller's leadership term: 1 + the highest term it had seen when it took over.
+Term = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+TERM_DOC = "Leadership term of the controller that sent it (None: a controller before terms)"
 
 # Where an energy figure came from (docs/design.md section 5). "estimate" is a declared power model.
 EnergySource = Literal["ina3221", "jtop", "nvml", "rapl", "estimate"]

@@ -100,6 +100,17 @@ class _Subscription:
     on_invalid: Callable[[Inbound[bytes], str], None] | None = None
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """A message the client had not yet had acknowledged when its connection dropped."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties | None
+
+
 # MQTT 5 reason code of a DISCONNECT sent because another client connected with our client id.
 SESSION_TAKEN_OVER = 142
 
@@ -312,6 +323,31 @@ class Bus:
                 properties.ResponseTopic = response_topic
         return self.client.publish(name, payload, qos=qos, retain=retain, properties=properties)
 
+    def take_outgoing(self) -> list[Outgoing]:
+        """Take back every message published but not yet acknowledged by the broker, so the
+        client does not send it on its own. Called from an ``on_connected`` hook (paho re-sends
+        what it holds right after those hooks return): a service that may no longer speak for
+        the fleet after a dropped connection decides itself what of it still goes out."""
+        client = self.client
+        with client._out_message_mutex:  # paho keeps no public API for its outgoing queue
+            held = [
+                Outgoing(m.topic, bytes(m.payload), m.qos, m.retain, m.properties)
+                for m in client._out_messages.values()
+            ]
+            client._out_messages.clear()
+            client._inflight_messages = 0
+        return held
+
+    def republish(self, message: Outgoing) -> None:
+        """Send again a message taken back with ``take_outgoing``."""
+        self.client.publish(
+            message.topic,
+            message.payload,
+            qos=message.qos,
+            retain=message.retain,
+            properties=message.properties,
+        )
+
     def clear_retained(self, topic: Topic[Any], **params: str) -> None:
         self.client.publish(topic.name(self.fleet, **params), b"", qos=topic.qos, retain=True)
 
@@ -344,13 +380,10 @@ class Bus:
         if self._one_shot and not self._connected.is_set():
             if self._connect_error is not None:
                 return  # refused: connect() says why, once
-            self._connect_error = (
-                "closed the connection before answering"
-                + (
-                    ": if it speaks TLS on this port, use mqtts:// (and --ca-file)"
-                    if not self.endpoint.tls
-                    else ": check that this port speaks TLS and that --ca-file is its CA"
-                )
+            self._connect_error = "closed the connection before answering" + (
+                ": if it speaks TLS on this port, use mqtts:// (and --ca-file)"
+                if not self.endpoint.tls
+                else ": check that this port speaks TLS and that --ca-file is its CA"
             )
             return
         self._connected.clear()

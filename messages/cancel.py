@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from messages.base import Message, TimestampS, TopicLevel
+from messages.base import TERM_DOC, Message, Term, TimestampS, TopicLevel
 
 
 class Cancel(Message):
@@ -15,3 +15,4 @@ class Cancel(Message):
     expert_id: TopicLevel | None = None
     reason: str = Field(max_length=200)
     time_s: TimestampS
+    term: Term | None = Field(default=None, description=TERM_DOC)

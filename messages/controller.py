@@ -7,11 +7,13 @@ from typing import Literal
 from pydantic import Field
 
 from messages.base import (
+    TERM_DOC,
     Count,
     DurationS,
     FiniteFloat,
     Message,
     PlanEpoch,
+    Term,
     TimestampS,
     TopicLevel,
     TotalEnergyJ,
@@ -20,14 +22,15 @@ from messages.base import (
 
 class ControllerStatus(Message):
     """One controller's retained liveness on ``controllers/{controller_id}/status``; its MQTT will
-    sets it offline. Of the online controllers of a fleet, the one online longest (lowest
-    ``since_s``, then lowest id) is active; the others wait as hot standbys."""
+    sets it offline. One online controller is active (``controller/leadership.py``: the one with
+    the highest ``term``); the others wait as hot standbys."""
 
     controller_id: TopicLevel
     state: Literal["online", "offline"]
     role: Literal["active", "standby"] = "standby"
     since_s: TimestampS = Field(description="When this incarnation came online")
     incarnation: PlanEpoch = Field(description="Start time in ms: tells a restart apart")
+    term: Term | None = Field(default=None, description=TERM_DOC)
     version: str
     time_s: TimestampS
     agents_online: Count
@@ -61,6 +64,7 @@ class FleetPlan(Message):
     epoch: PlanEpoch
     controller_id: TopicLevel | None = Field(default=None, description="Who made the plan")
     incarnation: PlanEpoch | None = None
+    term: Term | None = Field(default=None, description=TERM_DOC)
     time_s: TimestampS
     algorithm: str = Field(default="all", description="How the active set was chosen")
     loss: FiniteFloat | None = Field(default=None, description="Validation loss of the chosen set")

@@ -7,7 +7,7 @@ import json
 
 from pydantic import Field, model_validator
 
-from messages.base import TimestampS, TopicLevel
+from messages.base import TERM_DOC, Term, TimestampS, TopicLevel
 from messages.prompts import GenerationOptions
 
 # What a job is: not when it was issued nor how long it may still take (a job re-sent after a
@@ -48,6 +48,9 @@ class Job(GenerationOptions):
         gt=0, le=3600, allow_inf_nan=False, description="From receipt; an expired job is not run"
     )
     issued_s: TimestampS
+    term: Term | None = Field(
+        default=None, description=f"{TERM_DOC}; agents drop a job of a lower term than their plan"
+    )
 
     @model_validator(mode="after")
     def _choices_are_nonempty(self) -> Job:

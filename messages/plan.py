@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from messages.base import Message, PlanEpoch, TimestampS, TopicLevel
+from messages.base import TERM_DOC, Message, PlanEpoch, Term, TimestampS, TopicLevel
 
 
 class ActivationPlan(Message):
-    """An agent applies a plan whose epoch is above its current one, or any plan from another
-    controller incarnation than the one it holds (a takeover or a restart), so no epoch, however
-    large, can wedge it."""
+    """An agent applies a plan whose (term, epoch) is above the one it holds (a missing term
+    counts as 0) and ignores any other: plans never go back, whoever sends them. A controller
+    takes over with a term above every term it has seen, agents' telemetry included, so no
+    stray term or epoch can wedge an agent for long."""
 
     agent_id: TopicLevel
     epoch: PlanEpoch = Field(description="Plans with an older epoch than the agent's are ignored")
@@ -20,3 +21,9 @@ class ActivationPlan(Message):
     incarnation: PlanEpoch | None = Field(
         default=None, description="The making controller's incarnation (its start time, ms)"
     )
+    term: Term | None = Field(default=None, description=TERM_DOC)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """(term, epoch): how plans compare; an agent never takes one below what it holds."""
+        return (self.term or 0, self.epoch)

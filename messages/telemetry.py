@@ -14,6 +14,7 @@ from messages.base import (
     PlanEpoch,
     PowerW,
     Probability,
+    Term,
     TimestampS,
     TopicLevel,
     TotalEnergyJ,
@@ -36,6 +37,9 @@ class Telemetry(Message):
     busy: bool
     loaded_experts: list[TopicLevel]
     plan_epoch: PlanEpoch | None = None
+    plan_term: Term | None = Field(
+        default=None, description="The leadership term of the plan it holds (None: none, or 0)"
+    )
     jobs_done: Count
     jobs_failed: Count
     last_latency_s: DurationS | None = None

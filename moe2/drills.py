@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import signal
+import socket
 import statistics
 import subprocess
 import threading
@@ -35,9 +36,11 @@ from messages.answers import Answer
 from messages.base import Message, now_s
 from messages.bus import BrokerEndpoint, Bus, Inbound
 from messages.capabilities import AgentCapabilities, ExpertInfo
-from messages.controller import ControllerEvent, FleetPlan
+from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.plan import ActivationPlan
 from messages.prompts import Prompt
 from messages.status import AgentStatus
+from messages.telemetry import Telemetry
 from moe2.broker import LocalBroker, free_port, start_mosquitto
 from moe2.local_fleet import AgentSpec, LocalFleet
 
@@ -1054,3 +1057,202 @@ def ghosts(workdir: Path, count: int = 10_000, over_s: float = 15.0) -> Report:
         return report
     finally:
         drill.close()
+
+
+# -- fencing: a controller frozen or cut off must not answer twice ---------------------------
+
+
+class Relay:
+    """A TCP relay between one client and the broker whose link can be cut: while cut it
+    passes nothing in either direction (bytes, or a closed connection) and keeps both sockets
+    open, as a network partition does; the process behind it runs on. New connections are
+    taken and held the same way."""
+
+    def __init__(self, upstream: BrokerEndpoint) -> None:
+        self.upstream = upstream
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="relay-accept", daemon=True).start()
+
+    @property
+    def endpoint(self) -> BrokerEndpoint:
+        return BrokerEndpoint("127.0.0.1", self.port, self.upstream.mqtt_version)
+
+    def cut(self) -> None:
+        self._flowing.clear()
+
+    def restore(self) -> None:
+        self._flowing.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flowing.set()
+        for sock in [self._server, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._server.accept()
+                broker = socket.create_connection((self.upstream.host, self.upstream.port))
+            except OSError:
+                continue
+            self._sockets += [client, broker]
+            for source, sink in ((client, broker), (broker, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            self._flowing.wait()  # while cut, what was read waits here: nothing passes
+            try:
+                if not data:
+                    sink.shutdown(socket.SHUT_WR)
+                    return
+                sink.sendall(data)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    source.close()
+                return
+
+
+@dataclass
+class PlanLog:
+    """Every plan published to an agent (``agents/{id}/plan``) and every plan epoch an agent
+    reports in its telemetry, in the order they came; and the controllers claiming ``active``."""
+
+    plans: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (term, epoch)
+    reported: dict[str, list[int]] = field(default_factory=dict)  # telemetry plan_epoch
+    statuses: dict[str, ControllerStatus] = field(default_factory=dict)
+    most_active: int = 0  # the most controllers online and active at once
+
+    def watch(self, endpoint: BrokerEndpoint, fleet: str) -> Bus:
+        bus = Bus(endpoint, fleet, client_id=f"moe2-planlog-{uuid.uuid4().hex[:8]}")
+        bus.subscribe(topics.AGENT_PLAN, self._on_plan)
+        bus.subscribe(topics.AGENT_TELEMETRY, self._on_telemetry)
+        bus.subscribe(topics.CONTROLLER_STATUS, self._on_status)
+        bus.connect()
+        return bus
+
+    def _on_plan(self, inbound: Inbound[ActivationPlan]) -> None:
+        plan = inbound.message
+        self.plans.setdefault(plan.agent_id, []).append(plan.order)
+
+    def _on_telemetry(self, inbound: Inbound[Telemetry]) -> None:
+        epoch = inbound.message.plan_epoch
+        if epoch is not None:
+            self.reported.setdefault(inbound.message.agent_id, []).append(epoch)
+
+    def _on_status(self, inbound: Inbound[ControllerStatus]) -> None:
+        self.statuses[inbound.message.controller_id] = inbound.message
+        active = [s for s in self.statuses.values() if s.state == "online" and s.role == "active"]
+        self.most_active = max(self.most_active, len(active))
+
+    def wait_standby(self, controller_id: str, timeout_s: float = 60.0) -> None:
+        """Until ``controller_id`` says it is online as a standby (subscribed: it shadows every
+        prompt from now on)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.statuses.get(controller_id)
+            if status is not None and status.state == "online" and status.role == "standby":
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"controller {controller_id} not online as a standby in {timeout_s} s")
+
+    def monotone(self) -> bool:
+        """Whether no agent was ever sent, or reported holding, an older plan epoch (or
+        (term, epoch)) after a newer one."""
+        sent = [[epoch for _, epoch in orders] for orders in self.plans.values()]
+        orders = list(self.plans.values())
+        return all(s == sorted(s) for s in [*sent, *orders, *self.reported.values()])
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "epochs_monotone": float(self.monotone()),
+            "plans": float(sum(len(p) for p in self.plans.values())),
+            "most_active": float(self.most_active),
+        }
+
+
+def _fenced_traffic(
+    drill: Drill, fault: Callable[[], None], heal: Callable[[], None], fault_s: float
+) -> Traffic:
+    """One-shot prompts every 0.5 s from 3 s before a fault until 8 s after it heals; then
+    every answer waited for (and a few seconds more, for any late second answer)."""
+    traffic = drill.traffic(resend_s=None)
+    with traffic:
+        sender = threading.Thread(
+            target=flow, args=(traffic, choice_prompt, 0.5, 3.0 + fault_s + 8.0)
+        )
+        sender.start()
+        time.sleep(3.0)
+        fault()
+        try:
+            time.sleep(fault_s)
+        finally:
+            heal()
+        sender.join()
+        traffic.wait_all(120)
+        time.sleep(5.0)
+    return traffic
+
+
+def controller_frozen(workdir: Path, frozen_s: float = 30.0, standby: bool = True) -> Report:
+    """The active controller SIGSTOPped for ``frozen_s`` (beside a standby, or alone) under
+    one-shot prompts every 0.5 s, then SIGCONT: each prompt answered once, none failed, and no
+    agent ever sent or holding an older plan than one it had."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    log = PlanLog()
+    try:
+        fleet = drill.start_fleet("drill-freeze", _agents("z-a", "z-b"))
+        watcher = log.watch(fleet.endpoint, fleet.fleet)
+        if standby:
+            fleet.start_controller("c2")
+            log.wait_standby("c2")
+        c1 = fleet.processes["c1"]
+        traffic = _fenced_traffic(
+            drill,
+            lambda: c1.send_signal(signal.SIGSTOP),
+            lambda: c1.send_signal(signal.SIGCONT),
+            frozen_s,
+        )
+        watcher.close()
+        beside = "beside a standby" if standby else "alone"
+        return traffic.report(f"controller frozen {frozen_s:.0f} s {beside}", **log.figures())
+    finally:
+        drill.close()
+
+
+def controller_cut_off(workdir: Path, cut_s: float = 30.0, standby: bool = True) -> Report:
+    """The active controller's link to the broker cut for ``cut_s`` (a relay that passes
+    nothing; the process runs on), beside a standby on a direct link that takes over, or
+    alone, under one-shot prompts every 0.5 s: each prompt answered once, none failed, plans
+    monotone."""
+    drill = Drill(workdir)
+    broker = drill.start_broker()
+    relay = Relay(broker.endpoint)
+    log = PlanLog()
+    try:
+        fleet = drill.start_fleet(
+            "drill-cut", _agents("x-a", "x-b"), controller_args=["--broker", relay.endpoint.url]
+        )
+        watcher = log.watch(fleet.endpoint, fleet.fleet)
+        if standby:
+            fleet.start_controller("c2")
+            log.wait_standby("c2")
+        traffic = _fenced_traffic(drill, relay.cut, relay.restore, cut_s)
+        watcher.close()
+        beside = "beside a standby" if standby else "alone"
+        return traffic.report(f"controller cut off {cut_s:.0f} s {beside}", **log.figures())
+    finally:
+        drill.close()
+        relay.close()

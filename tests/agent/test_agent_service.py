@@ -304,3 +304,32 @@ def test_memory_budget_refuses_plans_and_loads_that_do_not_fit(mosquitto: LocalB
         bus_clean.clear_retained(topics.AGENT_PLAN, agent_id="tight")
         bus_clean.close()
     assert not result.ok and "MemoryBudgetExceeded" in (result.error or "")
+
+
+def test_plans_never_go_back_in_term_and_stale_jobs_are_dropped(
+    agent: Agent, recorder: Recorder, sender: Bus
+) -> None:
+    """A plan of a higher leadership term is taken whatever its epoch; a plan of a lower term
+    (a frozen controller's, flushed late) is refused however high its epoch, and so are its
+    jobs and cancels."""
+    took_over = _plan(3, ["smollm2"]).model_copy(update={"term": 2})
+    sender.publish(topics.AGENT_PLAN, took_over, agent_id="unit")
+    recorder.wait_for(
+        lambda m: isinstance(m, Telemetry) and m.plan_term == 2 and m.plan_epoch == 3,
+        timeout_s=30,
+    )
+    stale = _plan(10**12, ["gemma3"]).model_copy(update={"term": 1})
+    sender.publish(topics.AGENT_PLAN, stale, agent_id="unit")
+    refused = recorder.wait_for(lambda m: isinstance(m, AgentEvent) and "older" in m.reason)
+    assert refused.kind == "rejected" and "term 1" in refused.reason
+    sender.publish(topics.AGENT_JOBS, _job("old-term", term=1), agent_id="unit")
+    dropped = recorder.wait_for(lambda m: isinstance(m, AgentEvent) and "old-term" in m.reason)
+    assert dropped.kind == "rejected" and "term 1" in dropped.reason
+    sender.publish(topics.AGENT_JOBS, _job("this-term", term=2), agent_id="unit")
+    result = recorder.wait_for(
+        lambda m: isinstance(m, JobResult) and m.request_id == "this-term", timeout_s=30
+    )
+    assert result.ok
+    time.sleep(0.5)
+    assert agent.plan_order == (2, 3) and agent.pool.loaded_ids == ["smollm2"]
+    assert not [m for m in recorder.messages(JobResult) if m.request_id == "old-term"]

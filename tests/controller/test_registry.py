@@ -409,3 +409,16 @@ def test_online_among_looks_only_at_the_agents_asked() -> None:
     reg.on_status(status("a"))
     reg.on_status(status("b", "offline"))
     assert reg.online_among(["a", "b", "nobody"]) == {"a"}
+
+
+def test_silence_restarts_after_the_controller_itself_was_away(clock: Clock) -> None:
+    """A controller frozen or cut off heard nothing: that says nothing of the agents."""
+    reg = FleetRegistry(silence_factor=3.0)
+    reg.on_capabilities(capabilities("orin-1", "smol"))
+    reg.on_status(status("orin-1", keepalive_s=1, telemetry_interval_s=0.1))
+    clock.advance(30.0)  # the controller was frozen
+    reg.heard_all(clock.now)
+    assert reg.sweep() == []
+    assert reg.online_experts() == {"orin-1": ["smol"]}
+    clock.advance(1.51)  # and silent for a whole limit after it came back: gone
+    assert [c.online for c in reg.sweep()] == [False]
