@@ -5,7 +5,7 @@ in the same run.
     .venv/bin/python benchmarks/faults.py [--quick]
 
 Every scenario runs on real processes (Mosquitto, agents serving SmolLM2-135M or Gemma 3
-270M, controllers) through moe2/drills.py, the same code tests/moe2/test_faults.py and
+270M, controllers) through moe2/local/drills.py, the same code tests/moe2/test_faults.py and
 tests/moe2/test_fencing.py assert on; the fleet's own view: a live agent's status cleared, an
 agent flapping 40 times in 60 s, 10,000 ghost agents announced (re-plans, plans published, the
 prompt's latency). The fencing lines (an active controller frozen 20 s and 30 s beside a
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moe2 import drills  # noqa: E402
+from moe2.local import drills  # noqa: E402
 
 
 def main() -> None:

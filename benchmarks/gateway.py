@@ -42,9 +42,9 @@ from messages import topics  # noqa: E402
 from messages.events import AgentEvent  # noqa: E402
 from messages.prompts import Prompt  # noqa: E402
 from messages.results import JobResult  # noqa: E402
-from moe2.ask import Asker  # noqa: E402
-from moe2.broker import free_port, start_local_broker  # noqa: E402
-from moe2.local_fleet import AgentSpec, LocalFleet, wait_until  # noqa: E402
+from moe2.client.ask import Asker  # noqa: E402
+from moe2.local.broker import free_port, start_local_broker  # noqa: E402
+from moe2.local.fleet import AgentSpec, LocalFleet, wait_until  # noqa: E402
 from tests.helpers import Recorder  # noqa: E402
 
 DISCONNECT_MAX_TOKENS = 400

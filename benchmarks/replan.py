@@ -47,9 +47,9 @@ from messages.budgets import Budgets  # noqa: E402
 from messages.bus import Bus  # noqa: E402
 from messages.controller import ControllerEvent, FleetPlan  # noqa: E402
 from messages.costs import CostTable  # noqa: E402
-from moe2.broker import start_mosquitto  # noqa: E402
-from moe2.local_fleet import AgentSpec, LocalFleet, wait_until  # noqa: E402
-from moe2.profiling import run_profile  # noqa: E402
+from moe2.client.profiling import run_profile  # noqa: E402
+from moe2.local.broker import start_mosquitto  # noqa: E402
+from moe2.local.fleet import AgentSpec, LocalFleet, wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FLEET = "bench-replan"

@@ -36,9 +36,9 @@ from agent.templates import choice_prompt  # noqa: E402
 from benchmarks.prompts import story_prompts  # noqa: E402
 from messages.bus import Inbound  # noqa: E402
 from messages.prompts import Prompt  # noqa: E402
-from moe2.ask import Asker  # noqa: E402
-from moe2.broker import start_local_broker  # noqa: E402
-from moe2.local_fleet import AgentSpec, LocalFleet  # noqa: E402
+from moe2.client.ask import Asker  # noqa: E402
+from moe2.local.broker import start_local_broker  # noqa: E402
+from moe2.local.fleet import AgentSpec, LocalFleet  # noqa: E402
 
 N_CTX = 512
 COUNTRIES = [

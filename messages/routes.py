@@ -23,7 +23,7 @@ from messages.topics import PREFIX, TopicError, check_level
 MQTT_TOPIC_MAX_BYTES = 65535
 # The project's limit for any topic it publishes to: far more than any declared topic needs.
 MAX_TOPIC_BYTES = 1024
-# The broker's max_packet_size, as set by setup-broker.sh and moe2.broker.mosquitto_config().
+# The broker's max_packet_size, as set by setup-broker.sh and moe2.local.broker.mosquitto_config().
 BROKER_MAX_PACKET_BYTES = 1024 * 1024
 
 # PUBLISH packet overhead, counted conservatively: fixed header byte, remaining-length varint

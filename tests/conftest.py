@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from moe2.broker import LocalBroker, start_mosquitto
+from moe2.local.broker import LocalBroker, start_mosquitto
 
 SMOLLM2 = {"id": "smollm2", "model": "smollm2-135m", "n_ctx": 512}
 GEMMA3 = {"id": "gemma3", "model": "gemma3-270m", "n_ctx": 512, "stop": ["\n"]}

@@ -182,12 +182,12 @@ class ScriptedAgent:
 
 @contextlib.contextmanager
 def small_tmpfs(folder: Path, size_kib: int = 256) -> Iterator[Path]:
-    """``moe2.drills.small_tmpfs`` (a small real file system to fill), or the test skipped
+    """``moe2.local.drills.small_tmpfs`` (a small real file system to fill), or the test skipped
     where this sandbox cannot mount one."""
     import pytest
 
-    from moe2.drills import CannotMount
-    from moe2.drills import small_tmpfs as mount
+    from moe2.local.drills import CannotMount
+    from moe2.local.drills import small_tmpfs as mount
 
     with contextlib.ExitStack() as stack:
         try:

@@ -19,7 +19,7 @@ from messages.plan import ActivationPlan
 from messages.results import JobResult
 from messages.status import AgentStatus
 from messages.telemetry import Telemetry
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.conftest import GEMMA3, SMOLLM2
 from tests.helpers import Recorder
 

@@ -17,7 +17,7 @@ from messages.base import now_s
 from messages.bus import Bus
 from messages.jobs import Job
 from messages.results import JobResult
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.conftest import SMOLLM2
 from tests.helpers import Recorder
 

@@ -25,7 +25,7 @@ from messages.jobs import Job
 from messages.plan import ActivationPlan
 from messages.results import JobResult
 from messages.telemetry import Telemetry
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.helpers import Recorder
 
 PROMPTS = [

@@ -33,7 +33,7 @@ from messages.controller import ControllerEvent, FleetPlan
 from messages.jobs import Job
 from messages.prompts import Prompt
 from messages.results import EnergyReading, JobResult, LatencyBreakdown
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.controller.test_controller_service import ScriptedAgent, _ask
 from tests.helpers import Recorder
 

@@ -20,7 +20,7 @@ from messages.jobs import Job
 from messages.prompts import Prompt
 from messages.results import JobResult, LatencyBreakdown
 from messages.telemetry import Telemetry
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests import helpers
 from tests.helpers import Behaviour, Recorder
 

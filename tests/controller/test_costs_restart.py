@@ -7,7 +7,7 @@ from pathlib import Path
 
 from controller.service import Controller
 from controller.settings import ControllerSettings
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.controller.test_controller_selection import gated  # noqa: F401
 
 

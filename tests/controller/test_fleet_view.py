@@ -17,7 +17,7 @@ from messages.answers import Answer
 from messages.bus import Bus
 from messages.controller import ControllerEvent, FleetPlan
 from messages.prompts import Prompt
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.controller.test_controller_service import text
 from tests.helpers import Recorder, ScriptedAgent
 

@@ -22,7 +22,7 @@ from messages.bus import Bus
 from messages.controller import ControllerStatus
 from messages.costs import CostTable
 from messages.prompts import Prompt
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.controller.test_controller_selection import estimated, gated  # noqa: F401
 from tests.controller.test_controller_service import ScriptedAgent, _ask
 from tests.helpers import Recorder

@@ -16,8 +16,8 @@ import pytest
 from controller.identity import IdentityError, claim
 from controller.ledger import Entry, Ledger, ReplyRoute
 from messages.prompts import Prompt
-from moe2.drills import fill_disk
-from moe2.local_fleet import wait_until
+from moe2.local.drills import fill_disk
+from moe2.local.fleet import wait_until
 from tests.helpers import small_tmpfs
 
 

@@ -2,7 +2,7 @@
 
 The gate's libraries (numpy, numba's compiled kernel, torch, scipy) are imported only where a
 gate is loaded; a controller run without ``--profile``/``--gate`` never needs them. Nor does it
-import rich or the modules of the other commands (moe2/lazy_commands.py). Measured on real
+import rich or the modules of the other commands (moe2/cli/lazy.py). Measured on real
 processes: a real Mosquitto, a real ``moe2 controller run``, a real bare Python process.
 """
 
@@ -22,8 +22,8 @@ from messages.bus import Bus
 from messages.jobs import Job
 from messages.prompts import Prompt
 from messages.results import JobResult, LatencyBreakdown
-from moe2.broker import LocalBroker, free_port
-from moe2.local_fleet import LocalFleet, wait_until
+from moe2.local.broker import LocalBroker, free_port
+from moe2.local.fleet import LocalFleet, wait_until
 from tests.helpers import Behaviour, Recorder, ScriptedAgent
 
 # What a controller without a gate must not import (numba is the JIT that the subtree scoring
@@ -32,9 +32,9 @@ from tests.helpers import Behaviour, Recorder, ScriptedAgent
 HEAVY = ["numpy", "numba", "llvmlite", "scipy", "torch", "sentence_transformers", "llama_cpp",
          "onnxruntime", "matplotlib", "prometheus_client",
          # rich prints help, errors and tables; the other commands' modules and the agent's
-         # power meters are imported when their command is named (moe2/lazy_commands.py).
-         "rich", "agent", "psutil", "pynvml", "jtop", "moe2.gateway_cli", "moe2.select_cli",
-         "moe2.moe2_cli", "moe2.cache_cli", "moe2.costs_cli"]  # fmt: skip
+         # power meters are imported when their command is named (moe2/cli/lazy.py).
+         "rich", "agent", "psutil", "pynvml", "jtop", "moe2.cli.gateway", "moe2.cli.selection",
+         "moe2.cli.gate", "moe2.cli.cache", "moe2.cli.costs"]  # fmt: skip
 
 # The import paths of an idle controller: the service and the CLI module it is run from, with
 # its command tree built as `moe2 controller run` builds it.
@@ -70,7 +70,7 @@ sys.stdin.read()
 # Issue 22: an idle controller within 1.5x of it. Over the bare process (~10 MB, ~1.33x on
 # 2026-12-07): the message models, pydantic_settings and the asyncio it imports, the
 # controller's own code, typer. Not in it: the gate's libraries, rich (help, errors and tables
-# only) and the other commands' modules (moe2/lazy_commands.py).
+# only) and the other commands' modules (moe2/cli/lazy.py).
 RSS_FACTOR = 1.5
 
 

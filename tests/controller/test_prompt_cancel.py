@@ -24,7 +24,7 @@ from messages.cancel import Cancel
 from messages.jobs import Job
 from messages.prompt_cancel import PromptCancel
 from messages.prompts import Prompt
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.controller.test_dispatch import entry, make
 from tests.helpers import Recorder, ScriptedAgent
 

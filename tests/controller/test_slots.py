@@ -16,7 +16,7 @@ from controller.settings import ControllerSettings
 from messages import topics
 from messages.prompts import Prompt
 from messages.results import JobResult, LatencyBreakdown
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.controller.test_controller_service import ScriptedAgent, _ask, silent, text
 
 # smol: two replicas with 3 and 2 slots; tiny: one replica with 1 slot, beside smol on a1

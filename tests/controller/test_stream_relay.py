@@ -17,7 +17,7 @@ from messages.base import now_s
 from messages.jobs import Job
 from messages.prompts import Prompt
 from messages.stream import StreamChunk
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.controller.test_controller_service import ScriptedAgent, _ask, _result
 from tests.helpers import Recorder
 

@@ -18,7 +18,7 @@ import pytest
 from agent import systemd
 from messages import topics
 from messages.jobs import Job
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.helpers import Recorder
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from moe2.broker import free_port, wait_for_port
+from moe2.local.broker import free_port, wait_for_port
 
 try:
     import tomllib

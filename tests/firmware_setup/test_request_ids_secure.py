@@ -22,7 +22,7 @@ from messages import topics
 from messages.answers import Answer
 from messages.bus import BrokerEndpoint, Bus, Inbound
 from messages.prompts import Prompt
-from moe2.drills import FRANCE, JAPAN
+from moe2.local.drills import FRANCE, JAPAN
 from tests.firmware_setup import test_secure_broker as secure
 from tests.firmware_setup.test_secure_broker import FLEET, SecureBroker, moe2_env
 

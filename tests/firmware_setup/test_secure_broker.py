@@ -33,7 +33,7 @@ from messages.routes import (
     check_publish,
     publish_packet_size,
 )
-from moe2.broker import free_port, wait_for_port
+from moe2.local.broker import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "firmware_setup" / "broker" / "setup-broker.sh"

@@ -30,7 +30,7 @@ from messages.routes import (
     publish_packet_size,
 )
 from messages.topics import TopicError
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 
 FORBIDDEN = {
     "NUL": 0x0000,

@@ -25,9 +25,9 @@ from messages.controller import ControllerStatus
 from messages.jobs import Job
 from messages.prompts import Prompt
 from messages.results import JobResult
-from moe2.broker import LocalBroker, free_port
-from moe2.drills import fill_disk
-from moe2.local_fleet import wait_until
+from moe2.local.broker import LocalBroker, free_port
+from moe2.local.drills import fill_disk
+from moe2.local.fleet import wait_until
 from tests.controller.test_controller_service import _result
 from tests.helpers import Recorder, ScriptedAgent, small_tmpfs
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from messages import topics
 from messages.answers import Answer
 from messages.bus import BrokerEndpoint, Bus, Inbound
-from moe2.broker import free_port, reachable, start_mosquitto
+from moe2.local.broker import free_port, reachable, start_mosquitto
 
 FLEET = "persist"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from moe2.broker import LocalBroker
-from moe2.fleet_reader import read_fleet
-from moe2.local_fleet import AgentSpec, LocalFleet
+from moe2.client.fleet_reader import read_fleet
+from moe2.local.broker import LocalBroker
+from moe2.local.fleet import AgentSpec, LocalFleet
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 EXPERTS = [
@@ -89,7 +89,7 @@ def test_cache_plan_from_the_fleet_is_applied_within_budgets(
 def test_cache_plans_that_do_not_fit_are_refused(fleet: LocalFleet, mosquitto: LocalBroker) -> None:
     from messages.base import now_s
     from messages.cache_plan import CachePlan
-    from moe2.cache_fleet import apply_cache_plan
+    from moe2.client.cache_fleet import apply_cache_plan
 
     too_big = CachePlan(
         placement={"edge-a": ["smollm2-cloze", "gemma3-cloze"]}, algorithm="by-hand", time_s=now_s()

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from messages.prompts import Prompt
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 
 
 def moe2(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -24,8 +24,8 @@ from paho.mqtt.properties import Properties
 from messages import topics
 from messages.bus import BrokerEndpoint
 from messages.status import AgentStatus
-from moe2.broker import LocalBroker
-from moe2.local_fleet import AgentSpec, LocalFleet
+from moe2.local.broker import LocalBroker
+from moe2.local.fleet import AgentSpec, LocalFleet
 from tests.conftest import GEMMA3, SMOLLM2
 from tests.helpers import Recorder
 

@@ -1,6 +1,6 @@
 """Fault drills on real processes: a real Mosquitto (restarted), agents serving SmolLM2,
 controllers killed, frozen and doubled, a burst. Each counts prompts asked, answered, lost and
-answered twice (moe2/drills.py); benchmarks/faults.py prints the same figures."""
+answered twice (moe2/local/drills.py); benchmarks/faults.py prints the same figures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moe2 import drills
+from moe2.local import drills
 
 
 def _whole(report: drills.Report) -> None:

@@ -2,7 +2,7 @@
 (a relay that passes nothing while the process runs on), beside a standby or alone, under
 one-shot prompts every 0.5 s. Nothing is lost, nothing answered twice, nothing answered
 ``failed``, no plan epoch goes back on any agent, never two controllers active at once
-(moe2/drills.py; benchmarks/faults.py prints the same figures, and a 20 s cut)."""
+(moe2/local/drills.py; benchmarks/faults.py prints the same figures, and a 20 s cut)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moe2 import drills
+from moe2.local import drills
 
 
 def _fenced(report: drills.Report) -> None:

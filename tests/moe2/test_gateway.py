@@ -36,8 +36,8 @@ from messages.jobs import Job
 from messages.prompts import Prompt
 from messages.results import JobResult
 from messages.stream import StreamChunk
-from moe2.broker import LocalBroker, free_port
-from moe2.local_fleet import AgentSpec, LocalFleet, wait_until
+from moe2.local.broker import LocalBroker, free_port
+from moe2.local.fleet import AgentSpec, LocalFleet, wait_until
 from tests.conftest import SMOLLM2
 from tests.helpers import Recorder
 

@@ -26,9 +26,9 @@ from messages.answers import Answer
 from messages.base import now_s
 from messages.plan import ActivationPlan
 from messages.status import AgentStatus
-from moe2.broker import LocalBroker
-from moe2.drills import SMOLLM2, Traffic, choice_prompt
-from moe2.local_fleet import AgentSpec, LocalFleet
+from moe2.local.broker import LocalBroker
+from moe2.local.drills import SMOLLM2, Traffic, choice_prompt
+from moe2.local.fleet import AgentSpec, LocalFleet
 
 FLEET = "hostile"
 PREFIX = f"moe2/{FLEET}"
@@ -195,7 +195,7 @@ def test_6_absurd_plan_epoch_and_forged_offline_status_do_not_wedge_the_agent(
     deadline = time.monotonic() + 15
     loaded: list[str] = []
     while time.monotonic() < deadline:
-        from moe2.fleet_reader import read_fleet
+        from moe2.client.fleet_reader import read_fleet
 
         registry, plan = read_fleet(fleet.endpoint, FLEET, 1.0)
         record = {r.agent_id: r for r in registry.agents()}["h-a"]

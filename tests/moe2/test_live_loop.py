@@ -30,8 +30,8 @@ from messages.budgets import Budgets
 from messages.bus import Bus
 from messages.controller import ControllerEvent, FleetPlan
 from messages.costs import CostTable
-from moe2.broker import LocalBroker
-from moe2.local_fleet import AgentSpec, LocalFleet, wait_until
+from moe2.local.broker import LocalBroker
+from moe2.local.fleet import AgentSpec, LocalFleet, wait_until
 from tests.conftest import GEMMA3, SMOLLM2
 from tests.helpers import Recorder
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from controller.profile import load_profile, save_profile
-from moe2.broker import LocalBroker
-from moe2.local_fleet import AgentSpec, LocalFleet
+from moe2.local.broker import LocalBroker
+from moe2.local.fleet import AgentSpec, LocalFleet
 from tests.conftest import SMOLLM2
 
 FLEET = "pipeline"

@@ -1,5 +1,5 @@
 """A request id used again with other content, on real processes (Mosquitto, a controller, a
-SmolLM2 agent; moe2/drills.py::reused_id, which benchmarks/faults.py prints): never another
+SmolLM2 agent; moe2/local/drills.py::reused_id, which benchmarks/faults.py prints): never another
 prompt's answer. The secure broker's share (two logins, one id) is in
 tests/firmware_setup/test_request_ids_secure.py."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moe2 import drills
+from moe2.local import drills
 
 ROUNDS = 2
 

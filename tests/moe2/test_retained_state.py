@@ -10,7 +10,7 @@ from messages.base import now_s
 from messages.budgets import Budgets
 from messages.cache_plan import CachePlan
 from messages.status import AgentStatus
-from moe2.broker import LocalBroker
+from moe2.local.broker import LocalBroker
 from tests.moe2.test_hostile import Raw
 
 FLEET = "stale"

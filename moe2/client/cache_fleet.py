@@ -12,7 +12,7 @@ from messages.base import now_s
 from messages.bus import BrokerEndpoint
 from messages.cache_plan import CachePlan
 from messages.controller import FleetPlan
-from moe2.fleet_reader import read_fleet, request_plan
+from moe2.client.fleet_reader import read_fleet, request_plan
 
 
 def instance_from_fleet(

@@ -41,8 +41,8 @@ from messages.plan import ActivationPlan
 from messages.prompts import Prompt
 from messages.status import AgentStatus
 from messages.telemetry import Telemetry
-from moe2.broker import LocalBroker, free_port, start_mosquitto
-from moe2.local_fleet import AgentSpec, LocalFleet
+from moe2.local.broker import LocalBroker, free_port, start_mosquitto
+from moe2.local.fleet import AgentSpec, LocalFleet
 
 SMOLLM2 = {"id": "smollm2", "model": "smollm2-135m", "n_ctx": 512, "n_threads": 1}
 GEMMA3 = {"id": "gemma3", "model": "gemma3-270m", "n_ctx": 512, "n_threads": 1, "stop": ["\n"]}

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.models import ModelNotFound
-from moe2.options import fail
+from moe2.cli.options import fail
 
 
 def export_onnx_command(

@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-log = logging.getLogger("moe2.gateway")
+log = logging.getLogger("moe2.gateway.app")
 
 # The paths the gateway serves: every other path is counted under one label, "other", so that
 # requests to made-up paths cannot grow the metrics.

@@ -26,9 +26,9 @@ from messages.bus import BrokerEndpoint, Bus
 from messages.controller import ControllerEvent, FleetPlan
 from messages.costs import CostTable
 from messages.prompts import Prompt
-from moe2.ask import Asker, AskError
-from moe2.broker import start_local_broker
-from moe2.local_fleet import AgentSpec, FleetError, LocalFleet
+from moe2.client.ask import Asker, AskError
+from moe2.local.broker import start_local_broker
+from moe2.local.fleet import AgentSpec, FleetError, LocalFleet
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,7 +114,7 @@ def show_plan(console: Console, plan: FleetPlan, budgets: Budgets) -> None:
 
 
 def ask_all(console: Console, asker: Asker, label: str) -> list[str]:
-    from moe2.cli import answer_table
+    from moe2.cli.app import answer_table
 
     failures = []
     for prompt in PROMPTS:
@@ -135,8 +135,8 @@ def ask_all(console: Console, asker: Asker, label: str) -> list[str]:
 def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
     from controller.profile import load_profile
     from controller.selection.from_profile import expert_costs
-    from moe2.costs_cli import costs_table
-    from moe2.fleet_reader import PlanRefused, request_plan
+    from moe2.cli.costs import costs_table
+    from moe2.client.fleet_reader import PlanRefused, request_plan
 
     profile = load_profile(PROFILE)
     seeds = expert_costs(profile, list(profile.experts))

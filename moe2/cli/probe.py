@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from agent.power.detect import SYSFS, detect_sensor
-from moe2.options import fail
+from moe2.cli.options import fail
 
 SETTLE_S = 0.2  # between the two reads, so power from an energy counter is defined
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, get_args
 import typer
 from typer.core import TyperArgument, TyperGroup
 
-from moe2.lazy_commands import Lazy, LazyCommands
-from moe2.options import (
+from moe2.cli.lazy import Lazy, LazyCommands
+from moe2.cli.options import (
     EXIT_FAILURE,
     BrokerOpt,
     CaFileOpt,
@@ -44,7 +44,7 @@ class HelpGroup(TyperGroup):
     when help is shown (HelpContext; none uses markup). And Typer names each value by its
     Python type ("<str>", "<list[str]>", "<bool>" beside a flag that takes no value): values get
     click's names (TEXT, INTEGER, FLOAT, PATH, a choice's values), flags none, arguments their
-    own name. The commands in ``lazy`` are imported when named (moe2/lazy_commands.py)."""
+    own name. The commands in ``lazy`` are imported when named (moe2/cli/lazy.py)."""
 
     lazy: ClassVar[Lazy] = Lazy()
 
@@ -133,15 +133,15 @@ class MoeGroup(HelpGroup):
     # Commands that live in their own modules, imported when named.
     lazy = Lazy(
         commands={
-            "profile": "moe2.moe2_cli:profile",
-            "sweep": "moe2.moe2_cli:sweep",
-            "select": "moe2.select_cli:select",
-            "cache-plan": "moe2.cache_cli:cache_plan",
-            "gateway": "moe2.gateway_cli:gateway",
-            "costs": "moe2.costs_cli:costs",
-            "export-onnx": "agent.onnx.export_cli:export_onnx_command",
+            "profile": "moe2.cli.gate:profile",
+            "sweep": "moe2.cli.gate:sweep",
+            "select": "moe2.cli.selection:select",
+            "cache-plan": "moe2.cli.cache:cache_plan",
+            "gateway": "moe2.cli.gateway:gateway",
+            "costs": "moe2.cli.costs:costs",
+            "export-onnx": "moe2.cli.export_onnx:export_onnx_command",
         },
-        groups={"gate": "moe2.moe2_cli:gate_app"},
+        groups={"gate": "moe2.cli.gate:gate_app"},
     )
 
 
@@ -178,7 +178,7 @@ def main(
 
 
 class AgentGroup(HelpGroup):
-    lazy = Lazy(commands={"probe": "agent.probe_cli:probe"})
+    lazy = Lazy(commands={"probe": "moe2.cli.probe:probe"})
 
 
 agent_app = typer.Typer(
@@ -427,7 +427,7 @@ def budgets(
 
     from messages import topics
     from messages.budgets import Budgets
-    from moe2.fleet_reader import PlanRefused, clear_retained, request_plan
+    from moe2.client.fleet_reader import PlanRefused, clear_retained, request_plan
 
     settings = load_settings(
         config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
@@ -517,7 +517,7 @@ def ask(
     from pydantic import ValidationError
 
     from messages.prompts import Prompt
-    from moe2.ask import Asker, AskError
+    from moe2.client.ask import Asker, AskError
 
     settings = load_settings(
         config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
@@ -552,7 +552,7 @@ def ask(
 def _forget(settings: Any, agent_id: str) -> None:
     from messages import topics
     from messages.topics import TopicError, check_level
-    from moe2.fleet_reader import agent_online, clear_retained
+    from moe2.client.fleet_reader import agent_online, clear_retained
 
     try:
         check_level("agent id", agent_id)
@@ -613,7 +613,7 @@ def fleet(
     ] = None,
 ) -> None:
     """Agents, their experts, state, last power and latency (--watch: live)."""
-    from moe2.fleet_reader import read_fleet
+    from moe2.client.fleet_reader import read_fleet
 
     settings = load_settings(
         config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
@@ -622,7 +622,7 @@ def fleet(
         _forget(settings, forget)
         return
     if watch:
-        from moe2.fleet_watch import FleetWatch
+        from moe2.client.fleet_watch import FleetWatch
 
         if refresh <= 0 or age_out < 0 or (duration is not None and duration < 0):
             fail("--refresh must be > 0, --age-out and --duration >= 0")
@@ -668,7 +668,7 @@ def fleet(
             "-" if r["queue_depth"] is None else str(r["queue_depth"]),
         )
     console().print(table)
-    from moe2.costs_cli import fleet_notes  # newcomers' profiling, budgets nothing fits
+    from moe2.cli.costs import fleet_notes  # newcomers' profiling, budgets nothing fits
 
     for note in fleet_notes(settings.endpoint, settings.fleet):
         console().print(note, markup=False)
@@ -677,7 +677,7 @@ def fleet(
 def _no_agents(settings: Any, wait: float) -> None:
     """Nothing retained under this fleet: say so, name the fleets that do have agents on this
     broker, and exit 1."""
-    from moe2.fleet_reader import fleets_with_agents
+    from moe2.client.fleet_reader import fleets_with_agents
 
     prefix = f"moe2/{settings.fleet}/agents/"
     message = (
@@ -706,7 +706,7 @@ def schema(
     ] = None,
 ) -> None:
     """JSON Schemas of every message and the topic table, for non-Python clients."""
-    from moe2.schemas import topic_table, write_schemas
+    from moe2.cli.schemas import topic_table, write_schemas
 
     if out_dir is None:
         print(json.dumps(topic_table(), indent=2))
@@ -724,7 +724,7 @@ def demo(
     log_level: LogOpt = "warning",
 ) -> None:
     """A local fleet: broker, two agents (SmolLM2, Gemma 3), controller; answers a few prompts."""
-    from moe2.demo import DemoError, run_demo
+    from moe2.local.demo import DemoError, run_demo
 
     _logging(log_level)
     try:

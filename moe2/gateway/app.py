@@ -12,7 +12,7 @@ ride in the body as ``"moe2": {...}``; the response carries the per-expert break
 A client that disconnects before its answer has its prompt cancelled at the controller (which
 stops the jobs) and no longer re-sent; its in-flight slot is held until the fleet has let go of
 it. The key is checked before the body is read, and the body read within limits
-(``moe2.gateway_guard``).
+(``moe2.gateway.guard``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from messages.prompts import Prompt
 from messages.routes import shown
 from messages.status import AgentStatus
 from messages.stream import StreamChunk
-from moe2.ask import Asker, AskError
-from moe2.gateway_guard import BodyError, client_gone, endpoint_label, read_body
+from moe2.client.ask import Asker, AskError
+from moe2.gateway.guard import BodyError, client_gone, endpoint_label, read_body
 
 ENSEMBLE_MODEL = "moe2"
 DEFAULT_MAX_TOKENS = 256

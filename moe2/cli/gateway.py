@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from moe2.options import (
+from moe2.cli.options import (
     EXIT_FAILURE,
     BrokerOpt,
     CaFileOpt,
@@ -79,15 +79,15 @@ def gateway(
     from uvicorn.importer import import_from_string
 
     from controller.metrics import ListenError, parse_listen
-    from moe2.ask import AskError
-    from moe2.gateway import FleetClient, GatewaySettings, create_app, read_api_keys
-    from moe2.gateway_guard import is_loopback, timed_protocol
+    from moe2.client.ask import AskError
+    from moe2.gateway.app import FleetClient, GatewaySettings, create_app, read_api_keys
+    from moe2.gateway.guard import is_loopback, timed_protocol
 
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    log = logging.getLogger("moe2.gateway")
+    log = logging.getLogger("moe2.gateway.app")
     try:
         host, port = parse_listen(listen)
         metrics_at = None if metrics_listen is None else parse_listen(metrics_listen)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from moe2.options import (
+from moe2.cli.options import (
     EXIT_FAILURE,
     BrokerOpt,
     CaFileOpt,
@@ -51,8 +51,8 @@ def profile(
     """Send the suite to every active expert through the controller; store what each answered."""
     from controller.profile import ProfileError, suite_digest
     from controller.suite import DEFAULT_SUITE, SuiteError, load_suite, stratified
-    from moe2.ask import AskError
-    from moe2.profiling import run_profile
+    from moe2.client.ask import AskError
+    from moe2.client.profiling import run_profile
 
     settings = load_settings(
         config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)

@@ -22,8 +22,8 @@ from controller.profile import (
 from controller.suite import SuiteItem
 from messages.bus import BrokerEndpoint
 from messages.prompts import Prompt
-from moe2.ask import Asker, AskError
-from moe2.fleet_reader import read_fleet
+from moe2.client.ask import Asker, AskError
+from moe2.client.fleet_reader import read_fleet
 
 
 @dataclass(frozen=True)

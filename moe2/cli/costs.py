@@ -15,7 +15,7 @@ from rich.table import Table
 from messages import topics
 from messages.bus import BrokerEndpoint, Bus
 from messages.costs import CostTable
-from moe2.options import (
+from moe2.cli.options import (
     EXIT_FAILURE,
     BrokerOpt,
     CaFileOpt,

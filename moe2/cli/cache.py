@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from moe2.options import (
+from moe2.cli.options import (
     EXIT_FAILURE,
     BrokerOpt,
     CaFileOpt,
@@ -154,7 +154,7 @@ def _plan_fleet(  # type: ignore[no-untyped-def]
     from controller.caching.from_fleet import FleetCachingError
     from controller.gate.errors import GateError
     from controller.profile import ProfileError
-    from moe2.cache_fleet import plan_from_fleet
+    from moe2.client.cache_fleet import plan_from_fleet
 
     if profile is None or gate is None:
         fail("--fleet needs --profile FILE and --gate FILE (the gate's routing gives the traffic)")
@@ -188,7 +188,7 @@ def _plan_fleet(  # type: ignore[no-untyped-def]
 
 def _lift(settings: FleetSettings) -> None:
     from messages import topics
-    from moe2.fleet_reader import clear_retained
+    from moe2.client.fleet_reader import clear_retained
 
     try:
         clear_retained(settings.endpoint, settings.fleet, [(topics.CONTROLLER_CACHE_PLAN, {})])
@@ -200,8 +200,8 @@ def _lift(settings: FleetSettings) -> None:
 
 
 def _apply(settings: FleetSettings, result: CachingResult) -> None:
-    from moe2.cache_fleet import apply_cache_plan, cache_plan_message
-    from moe2.fleet_reader import PlanRefused
+    from moe2.client.cache_fleet import apply_cache_plan, cache_plan_message
+    from moe2.client.fleet_reader import PlanRefused
 
     message = cache_plan_message(result.placement, result.algorithm, result.expected_latency_s)
     try:
