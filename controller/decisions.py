@@ -18,11 +18,6 @@ CANCELLED = "cancelled by the asker"
 MARGIN = 1e-9
 
 
-def key(agent_id: str, expert_id: str) -> str:
-    """How the gate and the answer name an expert on an agent."""
-    return f"{expert_id}@{agent_id}"
-
-
 def _usable(result: JobResult, choices: list[str] | None) -> bool:
     if not result.ok:
         return False

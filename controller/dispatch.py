@@ -16,17 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.aggregate import Arrival, combine
-from controller.decisions import decided, key, least_loaded
+from controller.decisions import decided, least_loaded
 from controller.ledger import Entry, ReplyRoute
 from messages.answers import Answer, ExpertFailure
 from messages.base import now_s
 from messages.budgets import Budgets
 from messages.cancel import Cancel
+from messages.expert_key import ExpertOnAgent, expert_key
 from messages.jobs import Job
 from messages.prompts import Prompt
 from messages.results import JobResult
 
-Pair = tuple[str, str]  # (agent_id, expert_id)
+Pair = ExpertOnAgent
 
 # A job whose agent went away with no replica left, and nothing else to answer with, waits this
 # long for one to come back (a restarting broker sends every agent's will at once; agents are
@@ -296,8 +297,8 @@ class Dispatcher:
         """Answer the request if what is still out can no longer change the answer."""
         if pending.parked:
             return  # waiting for a replica of an expert whose agent went away
-        arrived = {key(a, e): arr.result for (a, e), arr in pending.arrivals.items()}
-        outstanding = [key(a, e) for a, e in pending.jobs]
+        arrived = {expert_key(a, e): arr.result for (a, e), arr in pending.arrivals.items()}
+        outstanding = [expert_key(a, e) for a, e in pending.jobs]
         # A prompt that names its experts wants each one's output (profiling does): it waits.
         if outstanding and (not self.early_answers or pending.prompt.experts is not None):
             return
@@ -371,8 +372,8 @@ class Dispatcher:
                         )
                         continue
                     if pending.weights is not None:
-                        pending.weights[key(target, expert)] = pending.weights.pop(
-                            key(agent_id, expert), 0.0
+                        pending.weights[expert_key(target, expert)] = pending.weights.pop(
+                            expert_key(agent_id, expert), 0.0
                         )
                     actions.event(
                         "failover",
@@ -424,8 +425,8 @@ class Dispatcher:
                 continue
             del pending.parked[expert]
             if pending.weights is not None and target != agent_id:
-                pending.weights[key(target, expert)] = pending.weights.pop(
-                    key(agent_id, expert), 0.0
+                pending.weights[expert_key(target, expert)] = pending.weights.pop(
+                    expert_key(agent_id, expert), 0.0
                 )
             pending.sent.pop((target, expert), None)
             self._send(actions, pending, target, expert, now)
@@ -534,7 +535,7 @@ class Dispatcher:
                 return None
             pairs = list(pending.sent)
             if pending.weights:
-                weight = {p: pending.weights.get(key(*p), 0.0) for p in pairs}
+                weight = {p: pending.weights.get(expert_key(*p), 0.0) for p in pairs}
                 top = max(weight.values(), default=0.0)
                 pairs = [p for p in pairs if weight[p] >= top]
             return pairs, list(pending.entry.routes)
