@@ -25,7 +25,9 @@ from messages.budgets import Budgets
 from messages.bus import BrokerEndpoint, Bus
 from messages.controller import ControllerEvent, FleetPlan
 from messages.costs import CostTable
+from messages.expert_key import expert_key
 from messages.prompts import Prompt
+from moe2.cli.tables import answer_table, costs_table
 from moe2.client.ask import Asker, AskError
 from moe2.local.broker import start_local_broker
 from moe2.local.fleet import AgentSpec, FleetError, LocalFleet
@@ -35,7 +37,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository: moe2/local/demo.py
 FLEET = "lab"  # the shipped profile's fleet
 PROFILE = ROOT / "data" / "profile-lab.json"
 GATE = ROOT / "data" / "gate-lab.pt"
@@ -104,7 +106,7 @@ def _energies(table: CostTable) -> dict[str, float]:
 
 
 def show_plan(console: Console, plan: FleetPlan, budgets: Budgets) -> None:
-    chosen = [f"{e}@{a}" for a, experts in plan.assignments.items() for e in experts]
+    chosen = [expert_key(a, e) for a, experts in plan.assignments.items() for e in experts]
     gap = "" if plan.optimal else f", gap {plan.gap:.3f}" if plan.gap is not None else ""
     console.print(
         f"[bold]plan epoch {plan.epoch}[/] under {budgets.energy_j:.2f} J per query: "
@@ -114,13 +116,13 @@ def show_plan(console: Console, plan: FleetPlan, budgets: Budgets) -> None:
 
 
 def ask_all(console: Console, asker: Asker, label: str) -> list[str]:
-    from moe2.cli.app import answer_table
-
     failures = []
     for prompt in PROMPTS:
         answer = asker.ask(prompt)
         console.print(answer_table(answer, prompt.choices))
-        weights = ", ".join(f"{e.expert_id}@{e.agent_id} {e.weight:.3f}" for e in answer.experts)
+        weights = ", ".join(
+            f"{expert_key(e.agent_id, e.expert_id)} {e.weight:.3f}" for e in answer.experts
+        )
         energy = "n/a" if answer.energy_j is None else f"{answer.energy_j:.2f} J"
         mark = " (estimate)" if answer.energy_estimated else ""
         console.print(
@@ -135,7 +137,6 @@ def ask_all(console: Console, asker: Asker, label: str) -> list[str]:
 def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
     from controller.profile import load_profile
     from controller.selection.from_profile import expert_costs
-    from moe2.cli.costs import costs_table
     from moe2.client.fleet_reader import PlanRefused, request_plan
 
     profile = load_profile(PROFILE)
