@@ -1,3 +1,5 @@
 """The moe2 agent: serves local LLM experts on one edge device and talks only MQTT."""
 
-__version__ = "0.1.0"
+from messages.version import __version__
+
+__all__ = ["__version__"]

@@ -1,3 +1,5 @@
 """The moe2 controller: tracks the fleet, plans which experts run, answers prompts."""
 
-__version__ = "0.1.0"
+from messages.version import __version__
+
+__all__ = ["__version__"]

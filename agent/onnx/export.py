@@ -17,7 +17,7 @@ import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -117,6 +117,21 @@ def _decoder(model: Any) -> Any:
     return Decoder()
 
 
+class _Shape(NamedTuple):
+    """What the KV cache's tensors look like: (1, kv_heads, sequence, head_dim), two a layer."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, config: Any) -> _Shape:
+        head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads
+        )
+        return cls(int(config.num_hidden_layers), int(config.num_key_value_heads), int(head_dim))
+
+
 def export_onnx(
     model: str,
     out_dir: Path,
@@ -126,17 +141,51 @@ def export_onnx(
     say: Callable[[str], None] = print,
 ) -> OnnxArtifact:
     """Export ``model`` (a shipped model name or a .gguf path) into ``out_dir``."""
+    torch = _import_torch()
+    gguf_path = resolve_model(model)
+    out_dir = out_dir.expanduser()
+    _prepare(out_dir, force)
+    say(f"reading {gguf_path.name}")
+    fields = _gguf_fields(gguf_path)
+    tokenizer, lm = _load(gguf_path, say)
+    shape = _Shape.of(lm.config)
+    decoder = _decoder(lm)
+    ids = torch.tensor([tokenizer.encode(PROBE, add_special_tokens=False)])
+    say(f"exporting {shape.layers} layers to ONNX (opset {opset})")
+    _trace(decoder, ids, shape, out_dir / MODEL_FILE, opset)
+    tokenizer.backend_tokenizer.save(str(out_dir / TOKENIZER_FILE))
+    say("checking ONNX Runtime against PyTorch")
+    diff = _verify(decoder, out_dir / MODEL_FILE, ids, *shape)
+    if not diff <= MAX_LOGIT_DIFF:
+        shutil.rmtree(out_dir)
+        raise ExportError(
+            f"the exported graph disagrees with PyTorch (max logit difference {diff:.3g} > "
+            f"{MAX_LOGIT_DIFF}); nothing kept"
+        )
+    artifact = _describe(model, gguf_path, fields, lm.config, tokenizer, shape, opset, diff)
+    write_artifact(out_dir, artifact)
+    say(f"done: {out_dir} (max logit difference to PyTorch {diff:.2e})")
+    return artifact
+
+
+def _import_torch() -> Any:
+    """torch, once the export's libraries are known to be there (else an ExportError that says
+    what to install)."""
     try:
         import onnxruntime  # noqa: F401  (the check at the end runs the graph)
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
     except ImportError as exc:
         raise ExportError(
             "moe2 export-onnx needs the export extra and one ONNX Runtime extra "
             f"(pip install 'moe2[export,onnx]'): {exc}"
         ) from None
-    gguf_path = resolve_model(model)
-    out_dir = out_dir.expanduser()
+    return torch
+
+
+def _prepare(out_dir: Path, force: bool) -> None:
+    """``out_dir`` made, and marked unfinished; an earlier export is replaced only with
+    ``force``, anything else there never."""
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / META_FILE).exists() and not (out_dir / MODEL_FILE).exists():
             raise ExportError(f"{out_dir} exists and is not an ONNX export; choose another --out")
@@ -145,8 +194,12 @@ def export_onnx(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / META_FILE).unlink(missing_ok=True)  # unfinished until the new one is written
 
-    say(f"reading {gguf_path.name}")
-    fields = _gguf_fields(gguf_path)
+
+def _load(gguf_path: Path, say: Callable[[str], None]) -> tuple[Any, Any]:
+    """The tokenizer and the causal LM of a GGUF file, its weights dequantised to float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
@@ -157,25 +210,24 @@ def export_onnx(
             dtype=torch.float32,
             attn_implementation="eager",  # plain ops: traceable, same maths
         ).eval()
-    config = lm.config
-    layers = int(config.num_hidden_layers)
-    kv_heads = int(config.num_key_value_heads)
-    head_dim = int(
-        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    )
-    decoder = _decoder(lm)
-    names_in, names_out = io_names(layers)
+    return tokenizer, lm
+
+
+def _trace(decoder: Any, ids: Any, shape: _Shape, path: Path, opset: int) -> None:
+    """Trace ``decoder`` to an ONNX graph at ``path``, the KV cache in and out with dynamic
+    sequence axes. Traced with both a past and several new tokens, so neither special case is
+    baked in."""
+    import torch
+
+    names_in, names_out = io_names(shape.layers)
     dynamic = {"input_ids": {1: "sequence"}, "position_ids": {1: "sequence"}}
     dynamic["logits"] = {1: "sequence"}
     dynamic |= {n: {2: "past_sequence"} for n in names_in[2:]}
     dynamic |= {n: {2: "total_sequence"} for n in names_out[1:]}
-    # Traced with both a past and several new tokens, so neither special case is baked in.
-    ids = torch.tensor([tokenizer.encode(PROBE, add_special_tokens=False)])
     split = ids.shape[1] // 2
-    past = [torch.zeros(1, kv_heads, split, head_dim) for _ in range(2 * layers)]
+    past = [torch.zeros(1, shape.kv_heads, split, shape.head_dim) for _ in range(2 * shape.layers)]
     pos = torch.arange(split, ids.shape[1])[None]
-    say(f"exporting {layers} layers to ONNX (opset {opset})")
-    tmp = out_dir / (MODEL_FILE + ".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -188,27 +240,31 @@ def export_onnx(
             opset_version=opset,
             dynamo=False,
         )
-    tmp.replace(out_dir / MODEL_FILE)
-    tokenizer.backend_tokenizer.save(str(out_dir / TOKENIZER_FILE))
-    say("checking ONNX Runtime against PyTorch")
-    diff = _verify(decoder, out_dir / MODEL_FILE, ids, layers, kv_heads, head_dim)
-    if not diff <= MAX_LOGIT_DIFF:
-        shutil.rmtree(out_dir)
-        raise ExportError(
-            f"the exported graph disagrees with PyTorch (max logit difference {diff:.3g} > "
-            f"{MAX_LOGIT_DIFF}); nothing kept"
-        )
+    tmp.replace(path)
+
+
+def _describe(
+    model: str,
+    gguf_path: Path,
+    fields: dict[str, Any],
+    config: Any,
+    tokenizer: Any,
+    shape: _Shape,
+    opset: int,
+    diff: float,
+) -> OnnxArtifact:
+    """The export's description (``artifact``): its source, shape, tokens and checks."""
     template = fields.get("tokenizer.chat_template")
     bos_id = fields.get("tokenizer.ggml.bos_token_id")
-    artifact = OnnxArtifact(
+    return OnnxArtifact(
         model=model,
         source_file=gguf_path.name,
         source_sha256=_sha256(gguf_path),
         source_quantisation=quantisation_name(fields.get("general.file_type")),
         architecture=str(fields.get("general.architecture", config.model_type)),
-        num_layers=layers,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
+        num_layers=shape.layers,
+        num_kv_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
         vocab_size=int(config.vocab_size),
         context_length=int(getattr(config, "max_position_embeddings", 2048)),
         bos_token_id=None if bos_id is None else int(bos_id),
@@ -221,9 +277,6 @@ def export_onnx(
         exported_with=_versions(),
         verified_max_abs_logit_diff=diff,
     )
-    write_artifact(out_dir, artifact)
-    say(f"done: {out_dir} (max logit difference to PyTorch {diff:.2e})")
-    return artifact
 
 
 def _verify(decoder: Any, path: Path, ids: Any, layers: int, kv_heads: int, head_dim: int) -> float:

@@ -17,20 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from moe2.cli.options import (
-    EXIT_FAILURE,
-    BrokerOpt,
-    CaFileOpt,
-    ConfigOpt,
-    GateOpt,
-    PasswordFileOpt,
-    ProfileOpt,
-    UsernameOpt,
-    VersionOpt,
-    connection,
-    fail,
-    load_settings,
-)
+from moe2.cli.connection import Connection, with_connection
+from moe2.cli.options import EXIT_FAILURE, GateOpt, ProfileOpt, fail
 
 if TYPE_CHECKING:
     from controller.caching import CachingResult
@@ -63,6 +51,7 @@ def plan_from_file(path: Path, algorithm: str | None, seed: int) -> CachingResul
     return plan(load_instance(path), algorithm, seed=seed)
 
 
+@with_connection()
 def cache_plan(
     instance: Annotated[
         Path | None,
@@ -80,12 +69,8 @@ def cache_plan(
     fleet: Annotated[
         str | None, typer.Option("--fleet", help="Build the instance from this live fleet")
     ] = None,
-    broker: BrokerOpt = None,
-    mqtt_version: VersionOpt = None,
-    username: UsernameOpt = None,
-    password_file: PasswordFileOpt = None,
-    ca_file: CaFileOpt = None,
-    config: ConfigOpt = None,
+    *,
+    connection: Connection,
     profile: ProfileOpt = None,
     gate: GateOpt = None,
     top_k: Annotated[
@@ -118,9 +103,7 @@ def cache_plan(
     if lift:
         if fleet is None or instance is not None or apply:
             fail("--lift goes with --fleet NAME alone")
-        settings = load_settings(
-            config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
-        )
+        settings = connection.settings()
         _lift(settings)
         return
     if (instance is None) == (fleet is None):
@@ -133,9 +116,7 @@ def cache_plan(
             fail(str(exc))
             return
     else:
-        settings = load_settings(
-            config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
-        )
+        settings = connection.settings()
         result = _plan_fleet(settings, profile, gate, top_k, fallback_latency_s, algorithm, seed)
     if as_json:
         print(result.model_dump_json(indent=2))

@@ -10,19 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from moe2.cli.options import (
-    EXIT_FAILURE,
-    BrokerOpt,
-    CaFileOpt,
-    ConfigOpt,
-    FleetOpt,
-    PasswordFileOpt,
-    UsernameOpt,
-    VersionOpt,
-    connection,
-    fail,
-    load_settings,
-)
+from moe2.cli.connection import Connection, with_connection
+from moe2.cli.options import EXIT_FAILURE, fail
 
 out = Console()
 err = Console(stderr=True)
@@ -30,18 +19,14 @@ err = Console(stderr=True)
 gate_app = typer.Typer(help="Train and check the MoE² gate.", no_args_is_help=True)
 
 
+@with_connection()
 def profile(
     out_path: Annotated[Path, typer.Option("--out", help="Profile file (resumed if it exists)")],
     suite: Annotated[
         Path | None, typer.Option("--suite", help="Suite JSONL [default: data/suite.jsonl]")
     ] = None,
-    broker: BrokerOpt = None,
-    fleet: FleetOpt = None,
-    mqtt_version: VersionOpt = None,
-    username: UsernameOpt = None,
-    password_file: PasswordFileOpt = None,
-    ca_file: CaFileOpt = None,
-    config: ConfigOpt = None,
+    *,
+    connection: Connection,
     limit: Annotated[
         int | None,
         typer.Option("--limit", help="Only the first N items of each category in each split"),
@@ -54,9 +39,7 @@ def profile(
     from moe2.client.ask import AskError
     from moe2.client.profiling import run_profile
 
-    settings = load_settings(
-        config, **connection(broker, fleet, mqtt_version, username, password_file, ca_file)
-    )
+    settings = connection.settings()
     try:
         items = load_suite(suite or DEFAULT_SUITE)
     except SuiteError as exc:

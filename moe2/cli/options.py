@@ -1,10 +1,13 @@
-"""Command-line options and the error exit that several commands share, declared once."""
+"""Command-line options and the error exit that several commands share, declared once: the
+budgets and the log level (the connection options are in connection.py)."""
 
 from __future__ import annotations
 
+import logging
+import sys
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -42,59 +45,6 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
-# Connecting to the fleet's broker: every command that does takes these, beside --config and the
-# MOE2_* variables. No --password flag: a password on a command line is visible to every user of
-# the box (ps); it comes from --password-file, password_file/password in the config or
-# MOE2_PASSWORD.
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML config file (flags and MOE2_* override it)")
-]
-BrokerOpt = Annotated[
-    str | None, typer.Option("--broker", help="mqtt://HOST:PORT, or mqtts://HOST:PORT (TLS)")
-]
-FleetOpt = Annotated[str | None, typer.Option("--fleet", help="Fleet name (topic prefix)")]
-VersionOpt = Annotated[
-    str | None, typer.Option("--mqtt-version", help='MQTT protocol: "5" or "3.1.1"')
-]
-UsernameOpt = Annotated[str | None, typer.Option("--username", help="MQTT username")]
-PasswordFileOpt = Annotated[
-    Path | None, typer.Option("--password-file", help="File holding the MQTT password")
-]
-CaFileOpt = Annotated[
-    Path | None, typer.Option("--ca-file", help="CA certificate of the broker's (mqtts://)")
-]
-
-
-def connection(
-    broker: str | None,
-    fleet: str | None,
-    mqtt_version: str | None,
-    username: str | None,
-    password_file: Path | None,
-    ca_file: Path | None,
-) -> dict[str, Any]:
-    """The connection flags as settings overrides (a flag not given overrides nothing)."""
-    return dict(
-        broker=broker,
-        fleet=fleet,
-        mqtt_version=mqtt_version,
-        username=username,
-        password_file=password_file,
-        ca_file=ca_file,
-    )
-
-
-def load_settings(config: Path | None, cls: type | None = None, **flags: Any) -> Any:
-    """Settings (``cls``, FleetSettings by default) from config, environment and flags; a bad
-    value is a clean error that names it."""
-    from messages.settings import ConfigError, FleetSettings
-
-    try:
-        return (cls or FleetSettings).load(config, **flags)
-    except ConfigError as exc:
-        fail(str(exc))
-
-
 ProfileOpt = Annotated[Path | None, typer.Option("--profile", help="Fleet profile (moe2 profile)")]
 GateOpt = Annotated[Path | None, typer.Option("--gate", help="Gate checkpoint (moe2 gate train)")]
 EnergyOpt = Annotated[float | None, typer.Option("--energy-j", help="Energy budget per query, J")]
@@ -103,3 +53,31 @@ DelayOpt = Annotated[
     typer.Option("--delay-s", help="CATEGORY=SECONDS delay budget (repeat for each category)"),
 ]
 TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Experts run per prompt")]
+
+
+def parse_delays(specs: list[str]) -> dict[str, float]:
+    """``--delay-s CATEGORY=SECONDS`` flags; a malformed one is a clean error."""
+    delays = {}
+    for spec in specs:
+        category, sep, value = spec.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not sep or not category or not seconds >= 0 or seconds == float("inf"):
+            fail(f"--delay-s {spec!r}: expected CATEGORY=SECONDS with SECONDS >= 0")
+        delays[category] = seconds
+    return delays
+
+
+LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+
+
+def log_to_stderr(level: str) -> None:
+    """Log at ``level`` (``--log-level``; an unknown one is info) on stderr."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("amqtt").setLevel(logging.CRITICAL)

@@ -1,15 +1,33 @@
-"""JSON Schemas of the fleet's messages and a machine-readable topic table."""
+"""``moe2 schema``: JSON Schemas of the fleet's messages and a machine-readable topic table, for
+clients not written in Python."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from messages.topics import PREFIX, TOPICS
+from moe2.cli.options import console
+
+
+def schema(
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write one JSON Schema file per message here")
+    ] = None,
+) -> None:
+    """JSON Schemas of every message and the topic table, for non-Python clients."""
+    if out_dir is None:
+        print(json.dumps(topic_table(), indent=2))
+        return
+    written = write_schemas(out_dir)
+    console().print(f"wrote {len(written)} files to {out_dir}")
 
 
 def topic_table() -> list[dict[str, Any]]:
+    """Every topic: its full pattern, message, QoS, whether it is retained, what it carries."""
     return [
         {
             "topic": f"{PREFIX}/{{fleet}}/{t.pattern}",
@@ -23,6 +41,8 @@ def topic_table() -> list[dict[str, Any]]:
 
 
 def write_schemas(out_dir: Path) -> list[Path]:
+    """One JSON Schema file per message (and the suite's items), and topics.json, in
+    ``out_dir``; the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for message in sorted({t.message for t in TOPICS if t.message}, key=lambda m: m.__name__):

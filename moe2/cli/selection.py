@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from moe2.cli.options import DelayOpt, EnergyOpt, GateOpt, ProfileOpt, TopKOpt, fail
+from moe2.cli.options import DelayOpt, EnergyOpt, GateOpt, ProfileOpt, TopKOpt, fail, parse_delays
 
 if TYPE_CHECKING:
     from controller.selection import SelectionInstance, SelectionResult
@@ -129,7 +129,6 @@ def _from_profile(
     from controller.gate.errors import GateError
     from controller.profile import ProfileError
     from controller.selection.from_profile import load_gated_profile
-    from moe2.cli.app import parse_delays
 
     if gate is None:
         fail("--profile needs --gate")

@@ -25,7 +25,9 @@ from messages.budgets import Budgets
 from messages.bus import BrokerEndpoint, Bus
 from messages.controller import ControllerEvent, FleetPlan
 from messages.costs import CostTable
+from messages.expert_key import expert_key
 from messages.prompts import Prompt
+from moe2.cli.tables import answer_table, costs_table
 from moe2.client.ask import Asker, AskError
 from moe2.local.broker import start_local_broker
 from moe2.local.fleet import AgentSpec, FleetError, LocalFleet
@@ -35,7 +37,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository: moe2/local/demo.py
 FLEET = "lab"  # the shipped profile's fleet
 PROFILE = ROOT / "data" / "profile-lab.json"
 GATE = ROOT / "data" / "gate-lab.pt"
@@ -104,7 +106,7 @@ def _energies(table: CostTable) -> dict[str, float]:
 
 
 def show_plan(console: Console, plan: FleetPlan, budgets: Budgets) -> None:
-    chosen = [f"{e}@{a}" for a, experts in plan.assignments.items() for e in experts]
+    chosen = [expert_key(a, e) for a, experts in plan.assignments.items() for e in experts]
     gap = "" if plan.optimal else f", gap {plan.gap:.3f}" if plan.gap is not None else ""
     console.print(
         f"[bold]plan epoch {plan.epoch}[/] under {budgets.energy_j:.2f} J per query: "
@@ -114,13 +116,13 @@ def show_plan(console: Console, plan: FleetPlan, budgets: Budgets) -> None:
 
 
 def ask_all(console: Console, asker: Asker, label: str) -> list[str]:
-    from moe2.cli.app import answer_table
-
     failures = []
     for prompt in PROMPTS:
         answer = asker.ask(prompt)
         console.print(answer_table(answer, prompt.choices))
-        weights = ", ".join(f"{e.expert_id}@{e.agent_id} {e.weight:.3f}" for e in answer.experts)
+        weights = ", ".join(
+            f"{expert_key(e.agent_id, e.expert_id)} {e.weight:.3f}" for e in answer.experts
+        )
         energy = "n/a" if answer.energy_j is None else f"{answer.energy_j:.2f} J"
         mark = " (estimate)" if answer.energy_estimated else ""
         console.print(
@@ -135,8 +137,6 @@ def ask_all(console: Console, asker: Asker, label: str) -> list[str]:
 def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
     from controller.profile import load_profile
     from controller.selection.from_profile import expert_costs
-    from moe2.cli.costs import costs_table
-    from moe2.client.fleet_reader import PlanRefused, request_plan
 
     profile = load_profile(PROFILE)
     seeds = expert_costs(profile, list(profile.experts))
@@ -151,59 +151,12 @@ def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
         agents = lab_agents()
         try:
             with Watcher(broker.endpoint) as watch:
-                fleet.start_controller(
-                    # every planned expert answers, so the gate's weights over the whole set show
-                    extra=[
-                        "--profile",
-                        str(PROFILE),
-                        "--gate",
-                        str(GATE),
-                        "--energy-j",
-                        f"{first:.2f}",
-                        "--no-early-answers",
-                    ]  # fmt: skip
-                )
-                for spec in agents:
-                    fleet.start_agent(spec)
-                with console.status(
-                    "starting the controller (profile, gate) and 2 agents with 6 experts..."
-                ):
-                    fleet.wait_ready([a.agent_id for a in agents])
-                console.print(
-                    "fleet lab: edge-a (SmolLM2-135M × cloze, qa, letter) and edge-b (Gemma 3 "
-                    "270M × cloze, qa, letter); profile data/profile-lab.json, gate "
-                    "data/gate-lab.pt\n"
-                )
-                budgets = Budgets(energy_j=first)
-                show_plan(console, watch.plans[-1], budgets)
+                _start_lab(console, fleet, agents, first)
+                show_plan(console, watch.plans[-1], Budgets(energy_j=first))
                 with Asker(broker.endpoint, FLEET) as asker:
                     asker.require_controller()
                     failures += ask_all(console, asker, "first budget")
-                    asked = time.time()
-                    table = watch.wait(
-                        lambda: next((t for t in watch.costs[::-1] if t.time_s > asked), None)
-                    )  # a table that counts the answers just given
-                    console.print(costs_table(table))
-                    energies = _energies(table)
-                    second = round(0.8 * sum(energies.values()), 2)  # most of the experts fit
-                    console.print(
-                        f"\n[bold]budget changed at run time[/] to {second:.2f} J per query "
-                        "(as `moe2 budgets --energy-j` does):"
-                    )
-                    try:
-                        plan = request_plan(
-                            broker.endpoint,
-                            FLEET,
-                            topics.CONTROLLER_BUDGETS,
-                            Budgets(energy_j=second),
-                            30,
-                        )
-                    except PlanRefused as exc:
-                        raise DemoError(str(exc)) from None
-                    replans = [e for e in watch.events if e.kind == "replan"]
-                    if replans:
-                        console.print(f"controller/events: {replans[-1].reason}")
-                    show_plan(console, plan, Budgets(energy_j=second))
+                    _change_budget(console, broker.endpoint, watch)
                     fleet.wait_ready([a.agent_id for a in agents])
                     failures += ask_all(console, asker, "second budget")
         except (FleetError, AskError, ConnectionError) as exc:
@@ -217,3 +170,57 @@ def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
         "\n[green]demo done:[/] the gate weighted the optimal set under each budget, and the "
         "budget change re-planned the fleet. Energy is an estimate (a declared power model)."
     )
+
+
+def _start_lab(console: Console, fleet: LocalFleet, agents: list[AgentSpec], first: float) -> None:
+    """The controller with the shipped profile and gate under the first budget, and the two
+    agents; back when all are ready."""
+    fleet.start_controller(
+        # every planned expert answers, so the gate's weights over the whole set show
+        extra=[
+            "--profile",
+            str(PROFILE),
+            "--gate",
+            str(GATE),
+            "--energy-j",
+            f"{first:.2f}",
+            "--no-early-answers",
+        ]  # fmt: skip
+    )
+    for spec in agents:
+        fleet.start_agent(spec)
+    with console.status("starting the controller (profile, gate) and 2 agents with 6 experts..."):
+        fleet.wait_ready([a.agent_id for a in agents])
+    console.print(
+        "fleet lab: edge-a (SmolLM2-135M × cloze, qa, letter) and edge-b (Gemma 3 "
+        "270M × cloze, qa, letter); profile data/profile-lab.json, gate "
+        "data/gate-lab.pt\n"
+    )
+
+
+def _change_budget(console: Console, endpoint: BrokerEndpoint, watch: Watcher) -> None:
+    """Show the costs the controller learnt from the answers just given, then raise the budget
+    at run time so that most experts fit, and show the re-plan it causes."""
+    from moe2.client.fleet_reader import PlanRefused, request_plan
+
+    asked = time.time()
+    table = watch.wait(
+        lambda: next((t for t in watch.costs[::-1] if t.time_s > asked), None)
+    )  # a table that counts the answers just given
+    console.print(costs_table(table))
+    energies = _energies(table)
+    second = round(0.8 * sum(energies.values()), 2)  # most of the experts fit
+    console.print(
+        f"\n[bold]budget changed at run time[/] to {second:.2f} J per query "
+        "(as `moe2 budgets --energy-j` does):"
+    )
+    try:
+        plan = request_plan(
+            endpoint, FLEET, topics.CONTROLLER_BUDGETS, Budgets(energy_j=second), 30
+        )
+    except PlanRefused as exc:
+        raise DemoError(str(exc)) from None
+    replans = [e for e in watch.events if e.kind == "replan"]
+    if replans:
+        console.print(f"controller/events: {replans[-1].reason}")
+    show_plan(console, plan, Budgets(energy_j=second))

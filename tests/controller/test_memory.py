@@ -34,16 +34,18 @@ HEAVY = ["numpy", "numba", "llvmlite", "scipy", "torch", "sentence_transformers"
          # rich prints help, errors and tables; the other commands' modules and the agent's
          # power meters are imported when their command is named (moe2/cli/lazy.py).
          "rich", "agent", "psutil", "pynvml", "jtop", "moe2.cli.gateway", "moe2.cli.selection",
-         "moe2.cli.gate", "moe2.cli.cache", "moe2.cli.costs"]  # fmt: skip
+         "moe2.cli.gate", "moe2.cli.cache", "moe2.cli.costs", "moe2.cli.agent", "moe2.cli.probe",
+         "moe2.cli.ask", "moe2.cli.budgets", "moe2.cli.fleet", "moe2.cli.schemas",
+         "moe2.cli.demo", "moe2.cli.export_onnx", "moe2.cli.tables"]  # fmt: skip
 
 # The import paths of an idle controller: the service and the CLI module it is run from, with
-# its command tree built as `moe2 controller run` builds it.
+# its command tree built as `moe2 controller run` builds it (the root, then the command named).
 _IMPORT_CHECK = """
 import sys
 import moe2.cli
 from typer.main import get_command
 from controller.service import Controller
-get_command(moe2.cli.app)
+get_command(moe2.cli.app).commands["controller"].commands["run"]
 heavy = {heavy!r}
 print(" ".join(m for m in heavy if m in sys.modules))
 """
