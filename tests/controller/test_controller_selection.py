@@ -167,7 +167,7 @@ def test_plan_is_the_optimal_set_under_the_budgets(fleet, mosquitto: LocalBroker
         (Budgets(energy_j=0.5), "no online expert fits"),
     ]:
         _publish_budgets(mosquitto, name, bad)
-        rec.wait_for(lambda m, w=why: isinstance(m, ControllerEvent) and w in m.reason)
+        rec.wait_for_event(ControllerEvent, why)
     time.sleep(0.3)
     assert controller.budgets == Budgets(energy_j=10.0)  # the last good budgets stay
     assert controller.planner.assignments == {"a1": ["e1"], "a2": ["e2"]}
@@ -191,7 +191,7 @@ def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[
         name,
         Prompt(prompt=text, request_id="e", choices=["Rome", "Oslo", "Lima", "Bern"]),
     )
-    early = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "e")
+    early = rec.wait_for_answer("e")
     assert early.answer == "Rome" and early.status == "ok"
     assert [(e.expert_id, e.agent_id) for e in early.experts] == [("e1", "a1")]
     assert [(f.expert_id, f.agent_id) for f in early.left_out] == [("e2", "a2")]
@@ -203,7 +203,7 @@ def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[
         name,
         Prompt(prompt=text, request_id="w", choices=["Rome", "Oslo", "Lima", "Bern"]),
     )
-    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "w")
+    answer = rec.wait_for_answer("w")
     logits = controller.selection.gated.gate.logits([text])[0]  # type: ignore[union-attr]
     softmax = [math.exp(v) / sum(math.exp(u) for u in logits) for v in logits]
     weights = {f"{e.expert_id}@{e.agent_id}": e.weight for e in answer.experts}
@@ -227,7 +227,7 @@ def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[
             prompt=text, request_id="t", choices=["Rome", "Oslo", "Lima", "Bern"], budgets=tight
         ),
     )
-    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "t")
+    answer = rec.wait_for_answer("t")
     assert [e.expert_id for e in answer.experts] == ["e1"] and answer.experts[0].weight == 1.0
     assert answer.budgets == Budgets(energy_j=2.0) and answer.energy_j == pytest.approx(1.0)
 
@@ -242,11 +242,11 @@ def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[
             budgets=Budgets(top_k=1),
         ),
     )
-    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "k")
+    answer = rec.wait_for_answer("k")
     assert [e.expert_id for e in answer.experts] == ["e2"]  # the gate's favourite on science
 
     _ask(mosquitto, name, Prompt(prompt=text, request_id="z", budgets=Budgets(energy_j=0.1)))
-    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "z")
+    answer = rec.wait_for_answer("z")
     assert answer.status == "failed" and "fits the budgets" in (answer.error or "")
 
 
