@@ -27,9 +27,9 @@ from controller.service import Controller
 from controller.settings import ControllerSettings
 from controller.suite import load_suite, stratified
 from messages import topics
-from messages.answers import Answer
 from messages.budgets import Budgets
 from messages.controller import ControllerEvent, FleetPlan
+from messages.expert_key import expert_key, parse_key
 from messages.jobs import Job
 from messages.prompts import Prompt
 from messages.results import EnergyReading, JobResult, LatencyBreakdown
@@ -50,9 +50,9 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     items = stratified(load_suite(), 8)
     profile = Profile(fleet="sel", suite_sha256=suite_digest(items), items=items)
     for key in ENERGY:
-        expert, _, agent = key.partition("@")
+        where = parse_key(key)
         profile.experts[key] = ExpertProfile(
-            key=key, expert_id=expert, agent_id=agent, model="m", template="cloze"
+            key=key, expert_id=where.expert_id, agent_id=where.agent_id, model="m", template="cloze"
         )
     for item in items:
         profile.records[item.id] = {
@@ -152,12 +152,12 @@ def _publish_budgets(mosquitto: LocalBroker, fleet: str, budgets: Budgets) -> No
 
 def test_plan_is_the_optimal_set_under_the_budgets(fleet, mosquitto: LocalBroker) -> None:  # type: ignore[no-untyped-def]
     controller, agents, rec = fleet
-    plan = rec.wait_for(lambda m: isinstance(m, FleetPlan) and set(m.assignments) == {"a1", "a2"})
+    plan = rec.wait_for_plan(lambda p: set(p.assignments) == {"a1", "a2"})
     assert plan.assignments == {"a1": ["e1"], "a2": []} and plan.algorithm == "moe2"
     assert plan.energy_j == pytest.approx(1.0)
     name = controller.settings.fleet
     _publish_budgets(mosquitto, name, Budgets(energy_j=10.0))
-    wider = rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.epoch > plan.epoch)
+    wider = rec.wait_for_plan(lambda p: p.epoch > plan.epoch)
     assert wider.assignments == {"a1": ["e1"], "a2": ["e2"]}
     assert wider.energy_j == pytest.approx(6.0)
     time.sleep(0.3)
@@ -173,40 +173,53 @@ def test_plan_is_the_optimal_set_under_the_budgets(fleet, mosquitto: LocalBroker
     assert controller.planner.assignments == {"a1": ["e1"], "a2": ["e2"]}
 
 
-def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[no-untyped-def]
-    fleet, mosquitto: LocalBroker
-) -> None:
+CAPITAL = "The capital of Italy is"
+CITIES = ["Rome", "Oslo", "Lima", "Bern"]
+
+
+@pytest.fixture
+def both_planned(fleet, mosquitto: LocalBroker):  # type: ignore[no-untyped-def]
+    """The fleet planned under a 10 J budget: both experts run."""
     controller, agents, rec = fleet
-    name = controller.settings.fleet
-    rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.assignments.get("a1") == ["e1"])
-    _publish_budgets(mosquitto, name, Budgets(energy_j=10.0))
-    rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.assignments.get("a2") == ["e2"])
-    text = "The capital of Italy is"
-    # The gate trusts e1 enough that its 0.7 decides the choice alone: answered early, e2 (slow
-    # this time) is left out, not waited for.
+    rec.wait_for_plan(lambda p: p.assignments.get("a1") == ["e1"])
+    _publish_budgets(mosquitto, controller.settings.fleet, Budgets(energy_j=10.0))
+    rec.wait_for_plan(lambda p: p.assignments.get("a2") == ["e2"])
+    return fleet
+
+
+def test_a_trusted_experts_choice_answers_early_and_the_slow_one_is_left_out(  # type: ignore[no-untyped-def]
+    both_planned, mosquitto: LocalBroker
+) -> None:
+    """The gate trusts e1 enough that its 0.7 decides the choice alone: answered early, e2
+    (slow this time) is left out, not waited for."""
+    controller, agents, rec = both_planned
     prompt_e2 = agents["a2"].behaviour
     agents["a2"].behaviour = lambda job: (time.sleep(1.0), prompt_e2(job))[1]
     _ask(
         mosquitto,
-        name,
-        Prompt(prompt=text, request_id="e", choices=["Rome", "Oslo", "Lima", "Bern"]),
+        controller.settings.fleet,
+        Prompt(prompt=CAPITAL, request_id="e", choices=CITIES),
     )
     early = rec.wait_for_answer("e")
     assert early.answer == "Rome" and early.status == "ok"
     assert [(e.expert_id, e.agent_id) for e in early.experts] == [("e1", "a1")]
     assert [(f.expert_id, f.agent_id) for f in early.left_out] == [("e2", "a2")]
-    agents["a2"].behaviour = prompt_e2
-    # Waiting for every expert shows the whole mixture with the gate's weights.
-    controller.dispatcher.early_answers = False
+
+
+def test_waiting_for_every_expert_mixes_their_choices_with_the_gates_weights(  # type: ignore[no-untyped-def]
+    both_planned, mosquitto: LocalBroker
+) -> None:
+    controller, agents, rec = both_planned
+    controller.dispatcher.early_answers = False  # every selected expert is awaited
     _ask(
         mosquitto,
-        name,
-        Prompt(prompt=text, request_id="w", choices=["Rome", "Oslo", "Lima", "Bern"]),
+        controller.settings.fleet,
+        Prompt(prompt=CAPITAL, request_id="w", choices=CITIES),
     )
     answer = rec.wait_for_answer("w")
-    logits = controller.selection.gated.gate.logits([text])[0]  # type: ignore[union-attr]
+    logits = controller.selection.gated.gate.logits([CAPITAL])[0]  # type: ignore[union-attr]
     softmax = [math.exp(v) / sum(math.exp(u) for u in logits) for v in logits]
-    weights = {f"{e.expert_id}@{e.agent_id}": e.weight for e in answer.experts}
+    weights = {expert_key(e.agent_id, e.expert_id): e.weight for e in answer.experts}
     assert weights == pytest.approx(
         dict(zip(controller.selection.expert_keys, softmax, strict=True))
     )  # type: ignore[union-attr]
@@ -219,22 +232,32 @@ def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[
     assert answer.energy_j == pytest.approx(6.0) and answer.energy_estimated
     assert answer.budgets == Budgets(energy_j=10.0) and answer.energy_j <= 10.0
 
+
+def test_a_prompts_own_energy_budget_keeps_only_the_expert_that_fits(  # type: ignore[no-untyped-def]
+    both_planned, mosquitto: LocalBroker
+) -> None:
+    controller, agents, rec = both_planned
+    controller.dispatcher.early_answers = False  # every selected expert is awaited
     tight = Budgets(energy_j=2.0)
     _ask(
         mosquitto,
-        name,
-        Prompt(
-            prompt=text, request_id="t", choices=["Rome", "Oslo", "Lima", "Bern"], budgets=tight
-        ),
+        controller.settings.fleet,
+        Prompt(prompt=CAPITAL, request_id="t", choices=CITIES, budgets=tight),
     )
     answer = rec.wait_for_answer("t")
     assert [e.expert_id for e in answer.experts] == ["e1"] and answer.experts[0].weight == 1.0
     assert answer.budgets == Budgets(energy_j=2.0) and answer.energy_j == pytest.approx(1.0)
 
+
+def test_a_prompts_top_k_of_one_runs_the_gates_favourite(  # type: ignore[no-untyped-def]
+    both_planned, mosquitto: LocalBroker
+) -> None:
+    controller, agents, rec = both_planned
+    controller.dispatcher.early_answers = False  # every selected expert is awaited
     science = "The chemical symbol for gold is"
     _ask(
         mosquitto,
-        name,
+        controller.settings.fleet,
         Prompt(
             prompt=science,
             request_id="k",
@@ -245,7 +268,18 @@ def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[
     answer = rec.wait_for_answer("k")
     assert [e.expert_id for e in answer.experts] == ["e2"]  # the gate's favourite on science
 
-    _ask(mosquitto, name, Prompt(prompt=text, request_id="z", budgets=Budgets(energy_j=0.1)))
+
+def test_a_prompt_budget_no_expert_fits_fails_with_the_reason(  # type: ignore[no-untyped-def]
+    both_planned, mosquitto: LocalBroker
+) -> None:
+    controller, agents, rec = both_planned
+    controller.dispatcher.early_answers = False  # every selected expert is awaited
+    budgets = Budgets(energy_j=0.1)
+    _ask(
+        mosquitto,
+        controller.settings.fleet,
+        Prompt(prompt=CAPITAL, request_id="z", budgets=budgets),
+    )
     answer = rec.wait_for_answer("z")
     assert answer.status == "failed" and "fits the budgets" in (answer.error or "")
 
@@ -286,10 +320,10 @@ def test_a_drift_replan_keeping_the_set_publishes_no_new_epoch(fleet) -> None:  
     from controller.drift import Move
 
     controller, agents, rec = fleet
-    plan = rec.wait_for(lambda m: isinstance(m, FleetPlan) and set(m.assignments) == {"a1", "a2"})
+    plan = rec.wait_for_plan(lambda p: set(p.assignments) == {"a1", "a2"})
     # e1 costs 10 % more energy: still the only set that fits the 2 J budget.
     controller.adaptation._replan_for([Move("e1@a1", "energy", 1.0, 1.1)])
-    rec.wait_for(lambda m: isinstance(m, ControllerEvent) and m.kind == "drift")
+    rec.wait_for_event(ControllerEvent, kind="drift")
     time.sleep(0.5)
     assert controller.planner.epoch == plan.epoch
     assert controller.planner.assignments == {"a1": ["e1"], "a2": []}

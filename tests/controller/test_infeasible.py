@@ -17,7 +17,6 @@ import pytest
 from controller.service import Controller
 from controller.settings import ControllerSettings
 from messages import topics
-from messages.answers import Answer
 from messages.bus import Bus
 from messages.controller import ControllerStatus
 from messages.costs import CostTable
@@ -80,16 +79,14 @@ def test_nothing_fits_is_said_with_each_experts_cost(
 ) -> None:
     controller, rec = starved
     each = ("e1@a1: energy 1 J (est.) > 0.5 J", "e2@a2: energy 5 J (est.) > 0.5 J")
-    status = rec.wait_for(
-        lambda m: isinstance(m, ControllerStatus) and m.plan_problem is not None, timeout_s=15
-    )
+    status = rec.wait_for_a(ControllerStatus, lambda s: s.plan_problem is not None, timeout_s=15)
     assert all(part in status.plan_problem for part in each), status.plan_problem
-    table = rec.wait_for(lambda m: isinstance(m, CostTable) and not m.feasible)
+    table = rec.wait_for_a(CostTable, lambda t: not t.feasible)
     assert table.problem == status.plan_problem
 
     _ask(mosquitto, FLEET, Prompt(prompt="The capital of Italy is", request_id="r1",
                                  choices=["Rome", "Oslo", "Lima", "Bern"]))  # fmt: skip
-    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "r1")
+    answer = rec.wait_for_answer("r1")
     assert answer.status == "failed" and "no active expert can answer" in (answer.error or "")
     assert all(part in (answer.error or "") for part in each), answer.error
 
