@@ -22,7 +22,7 @@ from messages.controller import ControllerStatus
 from messages.costs import CostTable
 from messages.prompts import Prompt
 from moe2.local.broker import LocalBroker
-from tests.controller.test_controller_selection import estimated, gated  # noqa: F401
+from tests.controller.gated_profile import estimated
 from tests.controller.test_controller_service import ScriptedAgent, _ask
 from tests.helpers import Recorder
 
@@ -32,7 +32,7 @@ FLEET = "sel"  # the gated profile's fleet
 @pytest.fixture
 def starved(
     mosquitto: LocalBroker,
-    gated: tuple[Path, Path],  # noqa: F811
+    gated: tuple[Path, Path],
     tmp_path: Path,
 ) -> Iterator[tuple[Controller, Recorder]]:
     settings = ControllerSettings.load(

@@ -1,5 +1,6 @@
 """The controller with a profile and a gate: optimal plans under budgets, gate weights per
-prompt, run-time budgets, prompt budgets. Agents are scripted; broker and encoder are real."""
+prompt, run-time budgets, prompt budgets. Agents are scripted; broker and encoder are real; the
+gated profile is tests/controller/gated_profile.py's."""
 
 from __future__ import annotations
 
@@ -11,82 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from controller.gate.dataset import GateData
-from controller.gate.encoder import PromptEncoder
-from controller.gate.gate import Gate, file_sha256
-from controller.gate.training import TrainConfig, train_gate
-from controller.profile import (
-    ExpertProfile,
-    Measurement,
-    Profile,
-    ProfileError,
-    save_profile,
-    suite_digest,
-)
+from controller.profile import ProfileError
 from controller.service import Controller
 from controller.settings import ControllerSettings
-from controller.suite import load_suite, stratified
 from messages import topics
 from messages.budgets import Budgets
 from messages.controller import ControllerEvent, FleetPlan
-from messages.expert_key import expert_key, parse_key
-from messages.jobs import Job
+from messages.expert_key import expert_key
 from messages.prompts import Prompt
-from messages.results import EnergyReading, JobResult, LatencyBreakdown
 from moe2.local.broker import LocalBroker
+from tests.controller.gated_profile import estimated
 from tests.controller.test_controller_service import ScriptedAgent, _ask
 from tests.helpers import Recorder
-
-ENERGY = {"e1@a1": 1.0, "e2@a2": 5.0}
-GOOD_AT = {"e1@a1": {"geography"}, "e2@a2": {"science", "math"}}
-
-
-def _probs(n: int, label: int, p: float) -> list[float]:
-    return [p if i == label else (1 - p) / (n - 1) for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    items = stratified(load_suite(), 8)
-    profile = Profile(fleet="sel", suite_sha256=suite_digest(items), items=items)
-    for key in ENERGY:
-        where = parse_key(key)
-        profile.experts[key] = ExpertProfile(
-            key=key, expert_id=where.expert_id, agent_id=where.agent_id, model="m", template="cloze"
-        )
-    for item in items:
-        profile.records[item.id] = {
-            key: Measurement(
-                choice_probs=_probs(
-                    len(item.choices), item.label, 0.9 if item.category in GOOD_AT[key] else 0.3
-                ),
-                compute_s=0.1 * ENERGY[key],
-                transmission_s=0.01,
-                energy_j=ENERGY[key],
-                energy_source="estimate",
-            )
-            for key in ENERGY
-        }
-    folder = tmp_path_factory.mktemp("gated")
-    profile_path, gate_path = folder / "profile.json", folder / "gate.pt"
-    save_profile(profile, profile_path)
-    data = GateData.from_profile(profile, PromptEncoder())
-    net, _ = train_gate(data.splits["train"], data.splits["val"], TrainConfig(hidden=16, lr=0.01))
-    Gate(net, data.expert_keys, "sel", file_sha256(profile_path)).save(gate_path)
-    return profile_path, gate_path
-
-
-def estimated(job: Job, agent: str, energy_j: float, probs: list[float]) -> JobResult:
-    return JobResult(
-        request_id=job.request_id,
-        expert_id=job.expert_id,
-        agent_id=agent,
-        ok=True,
-        choice_probs=probs,
-        choice_logprobs=[math.log(p) for p in probs],
-        latency=LatencyBreakdown(queue_s=0, load_s=0, total_s=0.05),
-        energy=EnergyReading(energy_j=energy_j, source="estimate", estimated=True),
-    )
 
 
 @pytest.fixture
