@@ -1,6 +1,7 @@
-"""Small test helpers: a recording MQTT client on the real broker, a scripted agent that speaks
-the agent's protocol (also the instant agent of benchmarks/overhead.py), and a small real file
-system that a test can fill."""
+"""Small test helpers: a recording MQTT client on the real broker (with named waits for an
+answer, an agent's result, an event, a fleet plan or a message of one kind), a scripted agent that
+speaks the agent's protocol (also the instant agent of benchmarks/overhead.py), and a small real
+file system that a test can fill."""
 
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ class Recorder:
         self, kind: type[M], where: Callable[[M], bool] | None = None, timeout_s: float = 10.0
     ) -> M:
         """The first received ``kind`` message for which ``where`` holds (any, without it)."""
+        if where is not None and not callable(where):
+            raise TypeError(f"where is a predicate, not {where!r}: pass timeout_s by name")
         return self.wait_for(
             lambda m: isinstance(m, kind) and (where is None or where(m)), timeout_s
         )
