@@ -137,7 +137,7 @@ def test_choice_answers_mix_the_distributions(
     assert job.choices == ["A", "B"] and job.timeout_s < 60
 
 
-def test_missing_and_failing_experts_are_named(
+def test_a_silent_expert_is_named_failed_at_the_prompts_timeout(
     mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
 ) -> None:
     # a1's 0.6 against 0.4 does not decide the choice while a2's half of the weight is out.
@@ -150,6 +150,12 @@ def test_missing_and_failing_experts_are_named(
     assert 0.9 <= time.monotonic() - start < 5
     assert answer.status == "partial" and answer.answer == "A"
     assert [(f.agent_id, f.reason) for f in answer.failed] == [("a2", "no result within 1 s")]
+
+
+def test_a_failing_expert_is_named_with_its_error(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    agents["a1"].behaviour = probs(0.6, 0.4)
     agents["a2"].behaviour = fail("out of memory")
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="oom", choices=["A", "B"]))
     answer = watch.wait_for_answer("oom")
@@ -176,12 +182,17 @@ def test_answers_do_not_wait_once_the_outcome_is_decided(
     # the rule itself is tested in tests/controller/test_decisions.py.
 
 
-def test_prompt_can_name_experts_and_unknown_ones_are_rejected(
+def test_a_prompt_can_name_the_experts_it_wants(
     mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
 ) -> None:
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="only", experts=["e2@a2"]))
     answer = watch.wait_for_answer("only")
     assert [e.expert_id for e in answer.experts] == ["e2"] and not agents["a1"].jobs
+
+
+def test_a_prompt_naming_an_unknown_expert_is_rejected(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="ghost", experts=["e9"]))
     answer = watch.wait_for_answer("ghost")
     assert answer.status == "rejected" and "unknown expert 'e9'" in (answer.error or "")
