@@ -1,6 +1,7 @@
-"""Small test helpers: a recording MQTT client on the real broker, a scripted agent that speaks
-the agent's protocol (also the instant agent of benchmarks/overhead.py), and a small real file
-system that a test can fill."""
+"""Small test helpers: a recording MQTT client on the real broker (with named waits for an
+answer, an agent's result, an event, a fleet plan or a message of one kind), a scripted agent that
+speaks the agent's protocol (also the instant agent of benchmarks/overhead.py), and a small real
+file system that a test can fill."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from messages import topics
+from messages.answers import Answer
 from messages.base import now_s
 from messages.bus import BrokerEndpoint, Bus, Inbound
 from messages.capabilities import AgentCapabilities, ExpertInfo
+from messages.controller import ControllerEvent, FleetPlan
+from messages.events import AgentEvent
 from messages.jobs import Job
 from messages.plan import ActivationPlan
 from messages.results import JobResult
@@ -24,6 +28,8 @@ from messages.telemetry import Telemetry
 from messages.topics import Topic
 
 Behaviour = Callable[[Job], JobResult | None]
+M = TypeVar("M")
+Event = TypeVar("Event", AgentEvent, ControllerEvent)
 
 
 class Recorder:
@@ -65,9 +71,48 @@ class Recorder:
                 raise AssertionError(f"nothing matched within {timeout_s} s; saw {seen}")
             return found[0]
 
+    def wait_for_a(
+        self, kind: type[M], where: Callable[[M], bool] | None = None, timeout_s: float = 10.0
+    ) -> M:
+        """The first received ``kind`` message for which ``where`` holds (any, without it)."""
+        if where is not None and not callable(where):
+            raise TypeError(f"where is a predicate, not {where!r}: pass timeout_s by name")
+        return self.wait_for(
+            lambda m: isinstance(m, kind) and (where is None or where(m)), timeout_s
+        )
+
+    def wait_for_answer(self, request_id: str | None = None, timeout_s: float = 10.0) -> Answer:
+        """The Answer to ``request_id`` (the first Answer at all, without one)."""
+        return self.wait_for_a(Answer, _for_request(request_id), timeout_s)
+
+    def wait_for_result(self, request_id: str | None = None, timeout_s: float = 10.0) -> JobResult:
+        """The agent's JobResult for ``request_id`` (the first one at all, without it)."""
+        return self.wait_for_a(JobResult, _for_request(request_id), timeout_s)
+
+    def wait_for_event(
+        self, of: type[Event], /, mentioning: str = "", timeout_s: float = 10.0, **fields: Any
+    ) -> Event:
+        """The first event ``of`` that type (AgentEvent or ControllerEvent) whose reason
+        contains ``mentioning`` and whose ``fields`` (``kind=``, ``agent_id=``...) are as given."""
+        return self.wait_for_a(
+            of,
+            lambda m: mentioning in m.reason and all(getattr(m, f) == v for f, v in fields.items()),
+            timeout_s,
+        )
+
+    def wait_for_plan(
+        self, where: Callable[[FleetPlan], bool], timeout_s: float = 10.0
+    ) -> FleetPlan:
+        """The first fleet plan the controller published for which ``where`` holds."""
+        return self.wait_for_a(FleetPlan, where, timeout_s)
+
     def messages(self, kind: type | None = None) -> list[Any]:
         with self._cond:
             return [i.message for i in self.received if kind is None or isinstance(i.message, kind)]
+
+
+def _for_request(request_id: str | None) -> Callable[[Any], bool] | None:
+    return None if request_id is None else (lambda m: m.request_id == request_id)
 
 
 class ScriptedAgent:

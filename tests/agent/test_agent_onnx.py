@@ -16,7 +16,6 @@ from messages.bus import Bus
 from messages.capabilities import AgentCapabilities
 from messages.jobs import Job
 from messages.plan import ActivationPlan
-from messages.results import JobResult
 from moe2.local.broker import LocalBroker
 from tests.conftest import SMOLLM2
 from tests.helpers import Recorder
@@ -58,7 +57,7 @@ def test_onnx_expert_answers_through_the_agent(agent: Agent, mosquitto: LocalBro
     rec = Recorder(mosquitto.endpoint, FLEET)
     rec.watch(topics.AGENT_RESULTS, agent_id="ort").watch(topics.AGENT_CAPABILITIES, agent_id="ort")
     with rec:
-        caps = rec.wait_for(lambda m: isinstance(m, AgentCapabilities))
+        caps = rec.wait_for_a(AgentCapabilities)
         assert caps.backends == ["llama.cpp", "onnxruntime"]
         ort_info = next(e for e in caps.experts if e.expert_id == "smol-ort")
         assert ort_info.backend == "onnxruntime" and ort_info.format == "onnx"
@@ -67,11 +66,9 @@ def test_onnx_expert_answers_through_the_agent(agent: Agent, mosquitto: LocalBro
         bus.connect()
         plan = ActivationPlan(agent_id="ort", epoch=1, experts=["smol-ort"], time_s=now_s())
         bus.publish(topics.AGENT_PLAN, plan, agent_id="ort")
-        loaded = rec.wait_for(
-            lambda m: (
-                isinstance(m, AgentCapabilities)
-                and any(e.expert_id == "smol-ort" and e.providers for e in m.experts)
-            ),
+        loaded = rec.wait_for_a(
+            AgentCapabilities,
+            lambda c: any(e.expert_id == "smol-ort" and e.providers for e in c.experts),
             60,
         )
         info = next(e for e in loaded.experts if e.expert_id == "smol-ort")
@@ -83,8 +80,8 @@ def test_onnx_expert_answers_through_the_agent(agent: Agent, mosquitto: LocalBro
             _job("o-text", choices=None, prompt="Say hello.", max_tokens=8),
             agent_id="ort",
         )
-        scored = rec.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "o-choice", 60)
-        text = rec.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "o-text", 60)
+        scored = rec.wait_for_result("o-choice", 60)
+        text = rec.wait_for_result("o-text", 60)
         bus.close()
     assert scored.ok and scored.finish_reason == "scored" and scored.choice_probs[1] > 0.9
     assert text.ok and text.text and 1 <= text.completion_tokens <= 8

@@ -84,9 +84,9 @@ def _plan(epoch: int, experts: list[str]) -> ActivationPlan:
 
 
 def test_announces_itself_retained(agent: Agent, recorder: Recorder) -> None:
-    status = recorder.wait_for(lambda m: isinstance(m, AgentStatus))
+    status = recorder.wait_for_a(AgentStatus)
     assert status.state == "online" and status.keepalive_s == agent.settings.keepalive_s
-    caps = recorder.wait_for(lambda m: isinstance(m, AgentCapabilities))
+    caps = recorder.wait_for_a(AgentCapabilities)
     assert {e.expert_id for e in caps.experts} == {"smollm2", "gemma3"}
     assert caps.power_sensor == "none"
     assert all(e.file_size_bytes > 10_000_000 for e in caps.experts)
@@ -96,25 +96,18 @@ def test_obeys_plans_and_ignores_stale_or_unknown_ones(
     agent: Agent, recorder: Recorder, sender: Bus
 ) -> None:
     sender.publish(topics.AGENT_PLAN, _plan(10, ["smollm2", "gemma3"]), agent_id="unit")
-    recorder.wait_for(
-        lambda m: (
-            isinstance(m, Telemetry)
-            and m.plan_epoch == 10
-            and m.loaded_experts == ["gemma3", "smollm2"]
-        ),
+    recorder.wait_for_a(
+        Telemetry,
+        lambda t: t.plan_epoch == 10 and t.loaded_experts == ["gemma3", "smollm2"],
         timeout_s=60,
     )
     sender.publish(topics.AGENT_PLAN, _plan(11, ["smollm2"]), agent_id="unit")
-    recorder.wait_for(
-        lambda m: (
-            isinstance(m, Telemetry) and m.plan_epoch == 11 and m.loaded_experts == ["smollm2"]
-        )
-    )
+    recorder.wait_for_a(Telemetry, lambda t: t.plan_epoch == 11 and t.loaded_experts == ["smollm2"])
     sender.publish(topics.AGENT_PLAN, _plan(5, ["gemma3"]), agent_id="unit")
-    stale = recorder.wait_for(lambda m: isinstance(m, AgentEvent) and "older" in m.reason)
+    stale = recorder.wait_for_event(AgentEvent, "older")
     assert stale.kind == "rejected"
     sender.publish(topics.AGENT_PLAN, _plan(12, ["smollm2", "nope"]), agent_id="unit")
-    unknown = recorder.wait_for(lambda m: isinstance(m, AgentEvent) and "nope" in m.reason)
+    unknown = recorder.wait_for_event(AgentEvent, "nope")
     assert unknown.kind == "rejected"
     time.sleep(0.8)
     assert agent.plan_epoch == 11 and agent.pool.loaded_ids == ["smollm2"]
@@ -129,16 +122,14 @@ def test_runs_jobs_and_reports_latency(agent: Agent, recorder: Recorder, sender:
         _job("r-text", choices=None, prompt="Say hello.", max_tokens=6),
         agent_id="unit",
     )
-    scored = recorder.wait_for(
-        lambda m: isinstance(m, JobResult) and m.request_id == "r-choice", 60
-    )
+    scored = recorder.wait_for_result("r-choice", 60)
     assert scored.ok and scored.choice_probs[1] > 0.9 and scored.finish_reason == "scored"
     if agent.sensor is None:  # no sensor and no declared model: absent, never invented
         assert scored.energy is None
     else:  # a machine with RAPL, say: measured, with its source
         assert scored.energy is not None and scored.energy.source == agent.sensor.source
         assert scored.energy.estimated == (not agent.sensor.measured)
-    text = recorder.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-text", 60)
+    text = recorder.wait_for_result("r-text", 60)
     assert text.ok and text.text and 1 <= text.completion_tokens <= 6
     lat = text.latency
     assert lat.first_token_s is not None and lat.queue_s <= lat.first_token_s <= lat.total_s
@@ -149,7 +140,7 @@ def test_loads_an_unplanned_expert_on_demand_and_counts_it(
 ) -> None:
     agent.pool.unload("gemma3")
     sender.publish(topics.AGENT_JOBS, _job("r-load", expert="gemma3"), agent_id="unit")
-    result = recorder.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-load", 60)
+    result = recorder.wait_for_result("r-load", 60)
     assert result.ok and result.latency.load_s > 0
 
 
@@ -157,7 +148,7 @@ def test_bad_jobs_get_error_results_and_the_agent_carries_on(
     agent: Agent, recorder: Recorder, sender: Bus
 ) -> None:
     sender.publish(topics.AGENT_JOBS, _job("r-unknown", expert="ghost"), agent_id="unit")
-    unknown = recorder.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-unknown")
+    unknown = recorder.wait_for_result("r-unknown")
     assert not unknown.ok and "unknown expert 'ghost'" in (unknown.error or "")
     name = topics.AGENT_JOBS.name(FLEET, agent_id="unit")
     for payload, expect in [
@@ -166,14 +157,14 @@ def test_bad_jobs_get_error_results_and_the_agent_carries_on(
         (b"x" * (300 * 1024), "over the"),
     ]:
         sender.publish_to(name, payload)
-        event = recorder.wait_for(lambda m, e=expect: isinstance(m, AgentEvent) and e in m.reason)
+        event = recorder.wait_for_event(AgentEvent, expect)
         assert event.kind == "rejected" and event.topic == name
     too_long = _job("r-long", choices=None, prompt="word " * 2000)
     sender.publish(topics.AGENT_JOBS, too_long, agent_id="unit")
-    failed = recorder.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-long")
+    failed = recorder.wait_for_result("r-long")
     assert not failed.ok and "PromptTooLong" in (failed.error or "")
     sender.publish(topics.AGENT_JOBS, _job("r-after"), agent_id="unit")
-    after = recorder.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-after", 60)
+    after = recorder.wait_for_result("r-after", 60)
     assert after.ok
 
 
@@ -189,11 +180,11 @@ def test_bad_plans_are_reported_and_the_current_plan_stays(
         (b" " * (257 * 1024), "over the"),
     ]:
         sender.publish_to(name, payload)  # not retained: the agent's retained plan stays
-        event = recorder.wait_for(lambda m, e=expect: isinstance(m, AgentEvent) and e in m.reason)
+        event = recorder.wait_for_event(AgentEvent, expect)
         assert event.kind == "rejected"
     other = ActivationPlan(agent_id="someone-else", epoch=10**15, experts=[], time_s=now_s())
     sender.publish_to(name, other)
-    recorder.wait_for(lambda m: isinstance(m, AgentEvent) and "someone-else" in m.reason)
+    recorder.wait_for_event(AgentEvent, "someone-else")
     time.sleep(0.5)
     assert agent.plan_epoch == epoch and agent.pool.loaded_ids == loaded
 
@@ -204,17 +195,13 @@ def test_full_queue_and_expired_jobs_fail_fast(
     slow = dict(choices=None, prompt="Count from one to one hundred.", max_tokens=48)
     for i in range(5):  # capacity 2: at least two are turned away at once
         sender.publish(topics.AGENT_JOBS, _job(f"r-q{i}", **slow), agent_id="unit")
-    full = recorder.wait_for(
-        lambda m: isinstance(m, JobResult) and "queue full" in (m.error or ""), 30
-    )
+    full = recorder.wait_for_a(JobResult, lambda r: "queue full" in (r.error or ""), 30)
     assert not full.ok
     for i in range(5):  # every job is answered, turned away or not
-        recorder.wait_for(lambda m, r=f"r-q{i}": isinstance(m, JobResult) and m.request_id == r, 60)
+        recorder.wait_for_result(f"r-q{i}", 60)
     sender.publish(topics.AGENT_JOBS, _job("r-busy", **slow), agent_id="unit")
     sender.publish(topics.AGENT_JOBS, _job("r-expire", timeout_s=0.05), agent_id="unit")
-    expired = recorder.wait_for(
-        lambda m: isinstance(m, JobResult) and m.request_id == "r-expire", 60
-    )
+    expired = recorder.wait_for_result("r-expire", 60)
     assert not expired.ok and "deadline" in (expired.error or "")
 
 
@@ -226,10 +213,10 @@ def test_will_marks_the_agent_offline_when_it_vanishes(mosquitto: LocalBroker) -
     ghost.start()
     rec = Recorder(mosquitto.endpoint, FLEET).watch(topics.AGENT_STATUS, agent_id="ghost")
     with rec:
-        rec.wait_for(lambda m: m.state == "online")
+        rec.wait_for_a(AgentStatus, lambda s: s.state == "online")
         ghost.bus.client._sock.close()  # the connection drops without a DISCONNECT
         ghost.bus.client.loop_stop()
-        offline = rec.wait_for(lambda m: m.state == "offline", timeout_s=15)
+        offline = rec.wait_for_a(AgentStatus, lambda s: s.state == "offline", timeout_s=15)
     assert offline.reason == "connection lost"
     ghost._stop.set()
 
@@ -251,7 +238,7 @@ def test_declared_power_model_gives_estimated_energy(mosquitto: LocalBroker) -> 
             bus = Bus(mosquitto.endpoint, FLEET, client_id=f"est-{time.monotonic_ns()}")
             bus.connect()
             bus.publish(topics.AGENT_JOBS, _job("r-est"), agent_id="estimator")
-            result = rec.wait_for(lambda m: m.request_id == "r-est", 60)
+            result = rec.wait_for_result("r-est", 60)
             bus.close()
     finally:
         estimator.stop()
@@ -280,7 +267,7 @@ def test_memory_budget_refuses_plans_and_loads_that_do_not_fit(mosquitto: LocalB
         rec.watch(topic, agent_id="tight")
     try:
         with rec:
-            caps = rec.wait_for(lambda m: isinstance(m, AgentCapabilities))
+            caps = rec.wait_for_a(AgentCapabilities)
             assert caps.expert_memory_budget_bytes == 200_000_000
             bus = Bus(mosquitto.endpoint, FLEET, client_id=f"tight-{time.monotonic_ns()}")
             bus.connect()
@@ -288,13 +275,13 @@ def test_memory_budget_refuses_plans_and_loads_that_do_not_fit(mosquitto: LocalB
                 agent_id="tight", epoch=1, experts=["smollm2", "gemma3"], time_s=now_s()
             )
             bus.publish(topics.AGENT_PLAN, plan, agent_id="tight")
-            refused = rec.wait_for(lambda m: isinstance(m, AgentEvent) and "over this" in m.reason)
+            refused = rec.wait_for_event(AgentEvent, "over this")
             assert refused.kind == "rejected"
             fits = ActivationPlan(agent_id="tight", epoch=2, experts=["smollm2"], time_s=now_s())
             bus.publish(topics.AGENT_PLAN, fits, agent_id="tight")
-            rec.wait_for(lambda m: isinstance(m, AgentEvent) and m.kind == "plan_applied", 60)
+            rec.wait_for_event(AgentEvent, kind="plan_applied", timeout_s=60)
             bus.publish(topics.AGENT_JOBS, _job("r-gemma", expert="gemma3"), agent_id="tight")
-            result = rec.wait_for(lambda m: isinstance(m, JobResult) and m.request_id == "r-gemma")
+            result = rec.wait_for_result("r-gemma")
             bus.close()
             assert tight.pool.loaded_ids == ["smollm2"]  # the refused plan and load left no trace
     finally:
@@ -314,21 +301,16 @@ def test_plans_never_go_back_in_term_and_stale_jobs_are_dropped(
     jobs and cancels."""
     took_over = _plan(3, ["smollm2"]).model_copy(update={"term": 2})
     sender.publish(topics.AGENT_PLAN, took_over, agent_id="unit")
-    recorder.wait_for(
-        lambda m: isinstance(m, Telemetry) and m.plan_term == 2 and m.plan_epoch == 3,
-        timeout_s=30,
-    )
+    recorder.wait_for_a(Telemetry, lambda t: t.plan_term == 2 and t.plan_epoch == 3, timeout_s=30)
     stale = _plan(10**12, ["gemma3"]).model_copy(update={"term": 1})
     sender.publish(topics.AGENT_PLAN, stale, agent_id="unit")
-    refused = recorder.wait_for(lambda m: isinstance(m, AgentEvent) and "older" in m.reason)
+    refused = recorder.wait_for_event(AgentEvent, "older")
     assert refused.kind == "rejected" and "term 1" in refused.reason
     sender.publish(topics.AGENT_JOBS, _job("old-term", term=1), agent_id="unit")
-    dropped = recorder.wait_for(lambda m: isinstance(m, AgentEvent) and "old-term" in m.reason)
+    dropped = recorder.wait_for_event(AgentEvent, "old-term")
     assert dropped.kind == "rejected" and "term 1" in dropped.reason
     sender.publish(topics.AGENT_JOBS, _job("this-term", term=2), agent_id="unit")
-    result = recorder.wait_for(
-        lambda m: isinstance(m, JobResult) and m.request_id == "this-term", timeout_s=30
-    )
+    result = recorder.wait_for_result("this-term", timeout_s=30)
     assert result.ok
     time.sleep(0.5)
     assert agent.plan_order == (2, 3) and agent.pool.loaded_ids == ["smollm2"]

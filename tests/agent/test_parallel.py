@@ -23,7 +23,6 @@ from messages.bus import Bus
 from messages.capabilities import AgentCapabilities
 from messages.jobs import Job
 from messages.plan import ActivationPlan
-from messages.results import JobResult
 from messages.telemetry import Telemetry
 from moe2.local.broker import LocalBroker
 from tests.helpers import Recorder
@@ -92,9 +91,7 @@ def test_parallel_generations_match_sequential_ones(
 ) -> None:
     want = [serial.generate(p, 24, time.monotonic() + 120) for p in PROMPTS]
     # six at once on four slots: four decoded together, two admitted as slots free up
-    got = _at_once(
-        [lambda p=p: batched.generate(p, 24, time.monotonic() + 120) for p in PROMPTS]
-    )
+    got = _at_once([lambda p=p: batched.generate(p, 24, time.monotonic() + 120) for p in PROMPTS])
     for w, g in zip(want, got, strict=True):
         assert (g.text, g.completion_tokens, g.finish_reason) == (
             w.text,
@@ -201,21 +198,12 @@ def test_agent_runs_parallel_jobs_and_reports_its_slots(
             bus.connect()
             plan = ActivationPlan(agent_id="par", epoch=1, experts=["smollm2"], time_s=now_s())
             bus.publish(topics.AGENT_PLAN, plan, agent_id="par")
-            rec.wait_for(
-                lambda m: isinstance(m, Telemetry) and m.loaded_experts == ["smollm2"], 60
-            )
-            caps = rec.wait_for(
-                lambda m: isinstance(m, AgentCapabilities) and m.experts[0].memory_bytes, 30
-            )
+            rec.wait_for_a(Telemetry, lambda t: t.loaded_experts == ["smollm2"], 60)
+            caps = rec.wait_for_a(AgentCapabilities, lambda c: bool(c.experts[0].memory_bytes), 30)
             assert caps.experts[0].parallel == 3
             for i, p in enumerate(PROMPTS):
                 bus.publish(topics.AGENT_JOBS, _job(f"p-{i}", p), agent_id="par")
-            results = [
-                rec.wait_for(
-                    lambda m, r=f"p-{i}": isinstance(m, JobResult) and m.request_id == r, 120
-                )
-                for i in range(len(PROMPTS))
-            ]
+            results = [rec.wait_for_result(f"p-{i}", 120) for i in range(len(PROMPTS))]
             busy = [
                 (t.slots_busy, t.slots_total, t.queue_depth, t.expert_slots_busy)
                 for t in rec.messages(Telemetry)

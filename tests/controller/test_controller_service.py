@@ -110,7 +110,7 @@ def _ask(mosquitto: LocalBroker, fleet: str, prompt: Prompt) -> None:
 
 
 def test_plans_activate_every_expert(agents: dict[str, ScriptedAgent], watch: Recorder) -> None:
-    plan = watch.wait_for(lambda m: isinstance(m, FleetPlan) and len(m.assignments) == 2)
+    plan = watch.wait_for_plan(lambda p: len(p.assignments) == 2)
     assert plan.assignments == {"a1": ["e1"], "a2": ["e2"]}
     time.sleep(0.3)
     assert agents["a1"].plans[-1].experts == ["e1"]
@@ -128,7 +128,7 @@ def test_choice_answers_mix_the_distributions(
     agents["a1"].behaviour = probs(0.8, 0.2)
     agents["a2"].behaviour = probs(0.4, 0.6)
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="mix", choices=["A", "B"]))
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "mix")
+    answer = watch.wait_for_answer("mix")
     assert answer.status == "ok" and answer.answer == "A" and answer.choice_index == 0
     assert answer.choice_probs == pytest.approx([0.6, 0.4])
     assert sorted(e.weight for e in answer.experts) == [0.5, 0.5]
@@ -137,7 +137,7 @@ def test_choice_answers_mix_the_distributions(
     assert job.choices == ["A", "B"] and job.timeout_s < 60
 
 
-def test_missing_and_failing_experts_are_named(
+def test_a_silent_expert_is_named_failed_at_the_prompts_timeout(
     mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
 ) -> None:
     # a1's 0.6 against 0.4 does not decide the choice while a2's half of the weight is out.
@@ -146,13 +146,19 @@ def test_missing_and_failing_experts_are_named(
     start = time.monotonic()
     ask = Prompt(prompt="q", request_id="late", timeout_s=1.0, choices=["A", "B"])
     _ask(mosquitto, fleet_name, ask)
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "late")
+    answer = watch.wait_for_answer("late")
     assert 0.9 <= time.monotonic() - start < 5
     assert answer.status == "partial" and answer.answer == "A"
     assert [(f.agent_id, f.reason) for f in answer.failed] == [("a2", "no result within 1 s")]
+
+
+def test_a_failing_expert_is_named_with_its_error(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
+    agents["a1"].behaviour = probs(0.6, 0.4)
     agents["a2"].behaviour = fail("out of memory")
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="oom", choices=["A", "B"]))
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "oom")
+    answer = watch.wait_for_answer("oom")
     assert answer.status == "partial" and answer.failed[0].reason == "out of memory"
     assert [e.expert_id for e in answer.experts] == ["e1"] and answer.experts[0].weight == 1.0
 
@@ -166,7 +172,7 @@ def test_answers_do_not_wait_once_the_outcome_is_decided(
     agents["a2"].behaviour = silent
     start = time.monotonic()
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="early", timeout_s=30.0))
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "early")
+    answer = watch.wait_for_answer("early")
     assert time.monotonic() - start < 10
     assert answer.status == "ok" and answer.answer == "fine" and not answer.failed
     assert [(f.agent_id, f.reason) for f in answer.left_out] == [
@@ -176,16 +182,21 @@ def test_answers_do_not_wait_once_the_outcome_is_decided(
     # the rule itself is tested in tests/controller/test_decisions.py.
 
 
-def test_prompt_can_name_experts_and_unknown_ones_are_rejected(
+def test_a_prompt_can_name_the_experts_it_wants(
     mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
 ) -> None:
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="only", experts=["e2@a2"]))
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "only")
+    answer = watch.wait_for_answer("only")
     assert [e.expert_id for e in answer.experts] == ["e2"] and not agents["a1"].jobs
+
+
+def test_a_prompt_naming_an_unknown_expert_is_rejected(
+    mosquitto: LocalBroker, fleet_name: str, agents: dict[str, ScriptedAgent], watch: Recorder
+) -> None:
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="ghost", experts=["e9"]))
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "ghost")
+    answer = watch.wait_for_answer("ghost")
     assert answer.status == "rejected" and "unknown expert 'e9'" in (answer.error or "")
-    event = watch.wait_for(lambda m: isinstance(m, ControllerEvent) and m.request_id == "ghost")
+    event = watch.wait_for_event(ControllerEvent, request_id="ghost")
     assert event.kind == "rejected"
 
 
@@ -218,9 +229,9 @@ def test_reply_topics_may_not_be_fleet_control_topics(
 ) -> None:
     plan_topic = topics.AGENT_PLAN.name(fleet_name, agent_id="a1")
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="evil", reply_to=plan_topic))
-    event = watch.wait_for(lambda m: isinstance(m, ControllerEvent) and "fleet topic" in m.reason)
+    event = watch.wait_for_event(ControllerEvent, "fleet topic")
     assert event.kind == "rejected"
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "evil")
+    answer = watch.wait_for_answer("evil")
     # The asker hears why on answers/{request_id}; the prompt is not run.
     assert answer.status == "rejected" and "only moe2/" in (answer.error or "")
     time.sleep(0.3)
@@ -260,23 +271,14 @@ def test_bad_payloads_on_every_subscribed_topic_are_reported_and_harmless(
     bus.connect()
     for payload, reason in BAD_PAYLOADS:
         bus.publish_to(name, payload, retain=False).wait_for_publish(5)
-        event = watch.wait_for(
-            lambda m, r=reason: (
-                isinstance(m, ControllerEvent)
-                and m.kind == "rejected"
-                and r in m.reason
-                and m.topic == name
-            )
-        )
+        event = watch.wait_for_event(ControllerEvent, reason, kind="rejected", topic=name)
         assert event.time_s > 0
     bus.close()
-    status = watch.wait_for(
-        lambda m: isinstance(m, ControllerStatus) and m.rejected.get(topic.pattern) == 3
-    )
+    status = watch.wait_for_a(ControllerStatus, lambda s: s.rejected.get(topic.pattern) == 3)
     assert status.state == "online"
     assert set(controller.planner.assignments) == {"a1", "a2"}  # nothing accepted was lost
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="after"))
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "after")
+    answer = watch.wait_for_answer("after")
     assert answer.status == "ok" and len(answer.experts) + len(answer.left_out) == 2
 
 
@@ -288,12 +290,10 @@ def test_bad_text_prompts_are_rejected_and_good_ones_answered(
     bus.connect()
     for payload, reason in [(b"\xff\xfe", "UTF-8"), (b"   ", "empty"), (b"x" * 300_000, "over")]:
         bus.publish_to(name, payload).wait_for_publish(5)
-        watch.wait_for(
-            lambda m, r=reason: isinstance(m, ControllerEvent) and r in m.reason and m.topic == name
-        )
+        watch.wait_for_event(ControllerEvent, reason, topic=name)
     bus.publish_to(name, "What is two plus two?").wait_for_publish(5)
     bus.close()
-    answer = watch.wait_for(lambda m: isinstance(m, Answer))
+    answer = watch.wait_for_answer()
     assert answer.status == "ok" and answer.answer == "hello" and len(answer.request_id) == 16
 
 
@@ -305,7 +305,7 @@ def test_stray_results_and_reused_ids_are_rejected(
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="dup", timeout_s=2))
     time.sleep(0.3)
     _ask(mosquitto, fleet_name, Prompt(prompt="other", request_id="dup", timeout_s=2))
-    watch.wait_for(lambda m: isinstance(m, ControllerEvent) and "already in use" in m.reason)
+    watch.wait_for_event(ControllerEvent, "already in use")
     job = agents["a1"].jobs[-1]
     stray = JobResult(
         request_id="dup",
@@ -316,16 +316,16 @@ def test_stray_results_and_reused_ids_are_rejected(
         latency=LatencyBreakdown(queue_s=0, load_s=0, total_s=0),
     )
     agents["a1"].bus.publish(topics.AGENT_RESULTS, stray, agent_id="a1")
-    watch.wait_for(lambda m: isinstance(m, ControllerEvent) and "did not ask e2@a1" in m.reason)
+    watch.wait_for_event(ControllerEvent, "did not ask e2@a1")
     # The first text decides a free-text answer (equal weights): a2 is left out, not awaited;
     # the same result again (a re-sent job answers with it) and later ones are counted late.
     agents["a1"].bus.publish(topics.AGENT_RESULTS, text("ok")(job), agent_id="a1")
     agents["a1"].bus.publish(topics.AGENT_RESULTS, text("ok")(job), agent_id="a1")
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "dup")
+    answer = watch.wait_for_answer("dup")
     assert answer.status == "ok" and answer.answer == "ok"
     assert [f.agent_id for f in answer.left_out] == ["a2"]
     agents["a1"].bus.publish(topics.AGENT_RESULTS, text("ok")(job), agent_id="a1")
-    status = watch.wait_for(lambda m: isinstance(m, ControllerStatus) and m.late_results >= 2)
+    status = watch.wait_for_a(ControllerStatus, lambda s: s.late_results >= 2)
     assert status.state == "online" and status.role == "active"
     assert len([m for m in watch.messages(Answer) if m.request_id == "dup"]) == 1
 
@@ -335,14 +335,12 @@ def test_offline_agents_leave_the_plan_and_prompts_go_to_the_rest(
 ) -> None:
     agents["a2"].bus.client._sock.close()  # vanishes: the broker publishes its will
     agents["a2"].bus.client.loop_stop()
-    event = watch.wait_for(
-        lambda m: isinstance(m, ControllerEvent) and m.kind == "agent_offline", 15
-    )
+    event = watch.wait_for_event(ControllerEvent, kind="agent_offline", timeout_s=15)
     assert event.agent_id == "a2"
-    plan = watch.wait_for(lambda m: isinstance(m, FleetPlan) and list(m.assignments) == ["a1"])
+    plan = watch.wait_for_plan(lambda p: list(p.assignments) == ["a1"])
     assert plan.assignments == {"a1": ["e1"]}
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="rest"))
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "rest")
+    answer = watch.wait_for_answer("rest")
     assert answer.status == "ok" and [e.agent_id for e in answer.experts] == ["a1"]
 
 
@@ -363,22 +361,10 @@ def test_telemetry_silence_marks_an_agent_offline(
         jobs_failed=0,
     )
     a1.bus.publish(topics.AGENT_TELEMETRY, telemetry, agent_id="a1")
-    event = watch.wait_for(
-        lambda m: (
-            isinstance(m, ControllerEvent) and m.kind == "agent_offline" and m.agent_id == "a1"
-        ),
-        timeout_s=12,
-    )
+    event = watch.wait_for_event(ControllerEvent, kind="agent_offline", agent_id="a1", timeout_s=12)
     assert "no message for 7.5 s" in event.reason
     a1.bus.publish(topics.AGENT_TELEMETRY, telemetry, agent_id="a1")
-    back = watch.wait_for(
-        lambda m: (
-            isinstance(m, ControllerEvent)
-            and m.kind == "agent_online"
-            and m.agent_id == "a1"
-            and "resumed" in m.reason
-        )
-    )
+    back = watch.wait_for_event(ControllerEvent, "resumed", kind="agent_online", agent_id="a1")
     assert back
 
 
@@ -386,7 +372,7 @@ def test_no_active_expert_gives_a_failed_answer(
     mosquitto: LocalBroker, fleet_name: str, controller: Controller, watch: Recorder
 ) -> None:
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="empty"))
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "empty")
+    answer = watch.wait_for_answer("empty")
     assert answer.status == "failed" and answer.error == "no active expert can answer"
 
 
@@ -395,14 +381,14 @@ def test_a_prompt_waits_for_a_fleet_that_is_coming_back(
 ) -> None:
     # Every agent's will arrives at once (a broker going down), then a prompt: it is not
     # answered "failed" at once but waits; the agents announce themselves again and answer it.
-    watch.wait_for(lambda m: isinstance(m, FleetPlan) and len(m.assignments) == 2)
+    watch.wait_for_plan(lambda p: len(p.assignments) == 2)
     for agent in agents.values():
         agent.bus.publish(topics.AGENT_STATUS, agent.status("offline"), agent_id=agent.agent_id)
-    watch.wait_for(lambda m: isinstance(m, FleetPlan) and m.assignments == {}, timeout_s=10)
+    watch.wait_for_plan(lambda p: p.assignments == {}, timeout_s=10)
     _ask(mosquitto, fleet_name, Prompt(prompt="q", request_id="back"))
     time.sleep(1.5)
     assert not [m for m in watch.messages(Answer) if m.request_id == "back"]
     for agent in agents.values():
         agent.bus.publish(topics.AGENT_STATUS, agent.status("online"), agent_id=agent.agent_id)
-    answer = watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "back")
+    answer = watch.wait_for_answer("back")
     assert answer.status == "ok" and answer.answer == "hello"

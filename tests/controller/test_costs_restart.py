@@ -8,12 +8,11 @@ from pathlib import Path
 from controller.service import Controller
 from controller.settings import ControllerSettings
 from moe2.local.broker import LocalBroker
-from tests.controller.test_controller_selection import gated  # noqa: F401
 
 
 def test_a_restarted_controller_keeps_its_learnt_costs(
     mosquitto: LocalBroker,
-    gated: tuple[Path, Path],  # noqa: F811
+    gated: tuple[Path, Path],
     tmp_path: Path,
 ) -> None:
     settings = ControllerSettings.load(

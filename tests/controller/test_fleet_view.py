@@ -55,7 +55,7 @@ def a1(
         mosquitto.endpoint, fleet_name, "a1", "e1", text("hello"), telemetry_s=0.3
     )
     agent.start()
-    watch.wait_for(lambda m: isinstance(m, FleetPlan) and m.assignments == {"a1": ["e1"]}, 15)
+    watch.wait_for_plan(lambda p: p.assignments == {"a1": ["e1"]}, 15)
     yield agent
     agent.bus.close()
 
@@ -71,7 +71,7 @@ def _ask(bus: Bus, request_id: str) -> None:
 
 
 def _answer(watch: Recorder, request_id: str) -> Answer:
-    return watch.wait_for(lambda m: isinstance(m, Answer) and m.request_id == request_id, 20)
+    return watch.wait_for_answer(request_id, 20)
 
 
 def test_a_cleared_status_does_not_forget_an_agent_heard_alive(
@@ -80,16 +80,8 @@ def test_a_cleared_status_does_not_forget_an_agent_heard_alive(
     # The scripted agent does not put its status right itself: its telemetry brings it back.
     bus = _client(mosquitto, fleet_name)
     bus.clear_retained(topics.AGENT_STATUS, agent_id="a1")
-    watch.wait_for(
-        lambda m: isinstance(m, ControllerEvent) and "forgotten" in m.reason and m.agent_id == "a1"
-    )
-    watch.wait_for(
-        lambda m: (
-            isinstance(m, ControllerEvent)
-            and m.kind == "agent_online"
-            and "heard alive" in m.reason
-        )
-    )
+    watch.wait_for_event(ControllerEvent, "forgotten", agent_id="a1")
+    watch.wait_for_event(ControllerEvent, "heard alive", kind="agent_online")
     _ask(bus, "after-clear")
     answer = _answer(watch, "after-clear")
     assert answer.status == "ok" and answer.answer == "hello", answer
@@ -112,9 +104,7 @@ def test_flaps_make_a_few_plans_and_the_agent_comes_back_when_steady(
         a1.bus.publish(topics.AGENT_STATUS, a1.status("online"), agent_id="a1")
         time.sleep(0.1)
     # held out, then let back once steady: the plan has it again
-    held = watch.wait_for(
-        lambda m: isinstance(m, ControllerEvent) and "held out of the plan" in m.reason
-    )
+    held = watch.wait_for_event(ControllerEvent, "held out of the plan")
     assert held.agent_id == "a1"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

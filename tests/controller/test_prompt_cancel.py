@@ -123,9 +123,9 @@ def test_a_login_cancels_its_own_prompt_and_no_other(
         assert key in controller.ledger.entries and rec.messages(Cancel) == []
 
         cancel("c1")
-        answer = rec.wait_for(lambda m: isinstance(m, Answer), 10)
+        answer = rec.wait_for_answer(timeout_s=10)
         assert answer.status == "failed" and answer.error == f"{CANCELLED}: gone"
-        stopped = rec.wait_for(lambda m: isinstance(m, Cancel), 10)
+        stopped = rec.wait_for_a(Cancel, timeout_s=10)
         assert answer.request_id == rid  # the asker reads the id it sent
         assert stopped.request_id == key and stopped.expert_id == "e1"
         assert key not in controller.ledger.entries  # forgotten: no takeover runs it again
@@ -165,8 +165,8 @@ def test_moe2_ask_interrupted_cancels_its_prompt(
         finally:
             ask.kill()
         rid = agent.jobs[0].request_id
-        stopped = rec.wait_for(lambda m: isinstance(m, Cancel), 10)
-        answer = rec.wait_for(lambda m: isinstance(m, Answer), 10)
+        stopped = rec.wait_for_a(Cancel, timeout_s=10)
+        answer = rec.wait_for_answer(timeout_s=10)
     assert stopped.request_id == rid == answer.request_id
     assert answer.status == "failed" and answer.error == f"{CANCELLED}: the asker was interrupted"
     assert rid not in controller.ledger.entries

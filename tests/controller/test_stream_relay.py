@@ -12,7 +12,6 @@ import pytest
 from controller.service import Controller
 from controller.settings import ControllerSettings
 from messages import topics
-from messages.answers import Answer
 from messages.base import now_s
 from messages.jobs import Job
 from messages.prompts import Prompt
@@ -88,7 +87,7 @@ def test_among_equals_the_first_to_stream_leads_and_only_it_is_relayed(
         _ask(
             mosquitto, fleet, Prompt(prompt="Capital?", request_id=rid, stream=True, reply_to=reply)
         )
-        answer = rec.wait_for(lambda m: isinstance(m, Answer), 10)
+        answer = rec.wait_for_answer(timeout_s=10)
         time.sleep(0.3)
         public = [i.message for i in rec.received if i.topic.endswith(f"answers/{rid}/stream")]
         routed = [i.message for i in rec.received if i.topic.endswith(f"replies/c1/{rid}/stream")]
@@ -111,6 +110,6 @@ def test_a_prompt_that_did_not_ask_to_stream_is_not_relayed(
         .watch(topics.ANSWERS, request_id=rid) as rec
     ):
         _ask(mosquitto, fleet, Prompt(prompt="Hello?", request_id=rid))
-        rec.wait_for(lambda m: isinstance(m, Answer), 10)
+        rec.wait_for_answer(timeout_s=10)
         time.sleep(0.3)
     assert rec.messages(StreamChunk) == []

@@ -18,6 +18,7 @@ import pytest
 from agent import systemd
 from messages import topics
 from messages.jobs import Job
+from messages.status import AgentStatus
 from moe2.local.broker import LocalBroker
 from tests.helpers import Recorder
 
@@ -230,8 +231,8 @@ def test_agent_starts_from_the_installed_layout(
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            status = rec.wait_for(
-                lambda m: getattr(m, "state", None) == "online" and m.agent_id == "dev-1", 120
+            status = rec.wait_for_a(
+                AgentStatus, lambda s: s.state == "online" and s.agent_id == "dev-1", 120
             )
             assert status.state == "online", log.read_text()
             sock.settimeout(10)
@@ -245,7 +246,7 @@ def test_agent_starts_from_the_installed_layout(
                 issued_s=time.time(),
             )
             rec.bus.publish(topics.AGENT_JOBS, job, agent_id="dev-1")
-            result = rec.wait_for(lambda m: getattr(m, "request_id", None) == "staged-1", 60)
+            result = rec.wait_for_result("staged-1", 60)
             assert result.ok and result.choice_probs[0] > 0.5  # it serves
         finally:
             proc.terminate()

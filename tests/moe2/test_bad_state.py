@@ -96,22 +96,16 @@ class Fleet:
         raise AssertionError(f"{rid} not answered in {timeout_s} s\n{self.log()[-3000:]}")
 
     def answer(self, rid: str, timeout_s: float) -> Answer:
-        found = self.watch.wait_for(
-            lambda m: isinstance(m, Answer) and m.request_id == rid, timeout_s
-        )
+        found = self.watch.wait_for_answer(rid, timeout_s)
         assert isinstance(found, Answer)
         return found
 
     def status(self, check: Callable[[ControllerStatus], bool]) -> ControllerStatus:
         """The first online status published from now on that passes ``check``."""
         after_s = now_s()
-        found = self.watch.wait_for(
-            lambda m: (
-                isinstance(m, ControllerStatus)
-                and m.state == "online"
-                and m.time_s >= after_s
-                and check(m)
-            ),
+        found = self.watch.wait_for_a(
+            ControllerStatus,
+            lambda s: s.state == "online" and s.time_s >= after_s and check(s),
             60.0,
         )
         assert isinstance(found, ControllerStatus)

@@ -235,9 +235,7 @@ def test_killed_agent_goes_offline_and_the_rest_answer(
         ) as rec:
             killed_at = time.monotonic()
             fleet.kill("k-b", signal.SIGKILL)
-            rec.wait_for(
-                lambda m: isinstance(m, AgentStatus) and m.state == "offline", 2 * keepalive_s
-            )
+            rec.wait_for_a(AgentStatus, lambda s: s.state == "offline", 2 * keepalive_s)
             offline_after_s = time.monotonic() - killed_at
         assert offline_after_s <= 1.5 * keepalive_s
         rows = _fleet_rows(mosquitto, "e2ekill")

@@ -333,7 +333,7 @@ def test_a_streamed_prompt_over_mqtt_relays_tokens_before_the_answer(gateway: Ga
             stream=True,
         )
         recorder_bus.publish(topics.PROMPTS, prompt)
-        answer = rec.wait_for(lambda m: isinstance(m, Answer), 90)
+        answer = rec.wait_for_answer(timeout_s=90)
         chunks = rec.messages(StreamChunk)
     assert answer.status == "ok" and len(chunks) >= 2
     order = [type(i.message) for i in rec.received]
@@ -481,7 +481,7 @@ def test_a_stream_closed_after_its_first_token_stops_the_agents_job(gateway: Gat
         stream.close()
         closed_s = time.time()
         stopped = rec.wait_for(_job_cancelled(rid), 60)
-        answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == rid, 30)
+        answer = rec.wait_for_answer(rid, 30)
         sent_at_close = [m for m in rec.messages(Prompt) if m.request_id == rid]
         time.sleep(6.0)  # longer than the gateway's re-send interval (5 s)
         sent = [m for m in rec.messages(Prompt) if m.request_id == rid]
@@ -514,7 +514,7 @@ def test_a_request_whose_client_leaves_is_cancelled_and_its_slot_comes_back(
     ):
         sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
         sock.sendall(_head("POST", "/v1/chat/completions", len(body), KEY) + body)
-        job = rec.wait_for(lambda m: isinstance(m, Job), 60)
+        job = rec.wait_for_a(Job, timeout_s=60)
         time.sleep(0.5)
         sock.close()  # the client goes away before its answer
         stopped = rec.wait_for(_job_cancelled(job.request_id), 60)

@@ -151,16 +151,12 @@ def _slow_and_recover(fleet: LocalFleet, rec: Recorder, what: str) -> None:
     before = rec.messages(FleetPlan)[-1]
     assert B in _planned(before), before
     with DutyCycle(fleet.processes["edge-b"].pid):
-        away = rec.wait_for(
-            lambda m: isinstance(m, FleetPlan) and m.epoch > before.epoch and B not in _planned(m),
-            timeout_s=60,
+        away = rec.wait_for_plan(
+            lambda p: p.epoch > before.epoch and B not in _planned(p), timeout_s=60
         )
         assert A in _planned(away)
         time.sleep(6)  # still slow: the plan must stay away from edge-b
-    back = rec.wait_for(
-        lambda m: isinstance(m, FleetPlan) and m.epoch > away.epoch and B in _planned(m),
-        timeout_s=60,
-    )
+    back = rec.wait_for_plan(lambda p: p.epoch > away.epoch and B in _planned(p), timeout_s=60)
     time.sleep(4)
     plans = [before] + [m for m in rec.messages()[start:] if isinstance(m, FleetPlan)]
     sets = [B in _planned(p) for p in plans]
@@ -191,7 +187,7 @@ def test_slowed_agent_is_planned_away_and_back(
     assert all(costs[k].origin == "live" and costs[k].energy_estimated for k in (A, B))
     delays = {c: 2.5 * max(costs[k].delay_s[c] for k in (A, B)) for c in costs[A].delay_s}
     _budgets(mosquitto, Budgets(delay_s=delays))
-    plan = rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.delay_s and B in _planned(m))
+    plan = rec.wait_for_plan(lambda p: bool(p.delay_s) and B in _planned(p))
     assert all(plan.delay_s[c] <= delays[c] for c in delays)  # gemma3 alone is the optimum
     _slow_and_recover(fleet, rec, "delay")
 
@@ -199,7 +195,7 @@ def test_slowed_agent_is_planned_away_and_back(
     energy = 1.3 * max(costs[A].energy_j, costs[B].energy_j)
     last = rec.messages(FleetPlan)[-1].epoch
     _budgets(mosquitto, Budgets(energy_j=energy))
-    plan = rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.epoch > last, timeout_s=15)
+    plan = rec.wait_for_plan(lambda p: p.epoch > last, timeout_s=15)
     assert B in _planned(plan) and plan.delay_s == {} and plan.energy_j <= energy
     _slow_and_recover(fleet, rec, "energy")
 
@@ -214,13 +210,8 @@ def test_newcomer_is_profiled_gated_and_planned(
     cheapest = min(costs[k].energy_j for k in (A, B))
     fleet.start_agent(spec)
     started = time.monotonic()
-    rec.wait_for(
-        lambda m: isinstance(m, ControllerEvent) and m.kind == "profiling" and NEW in m.reason,
-        timeout_s=60,
-    )
-    retrained = rec.wait_for(
-        lambda m: isinstance(m, ControllerEvent) and "gate retrained" in m.reason, timeout_s=120
-    )
+    rec.wait_for_event(ControllerEvent, NEW, kind="profiling", timeout_s=60)
+    retrained = rec.wait_for_event(ControllerEvent, "gate retrained", timeout_s=120)
     assert NEW in retrained.reason
     state_gates = list((fleet.workdir / "state").rglob("gate.pt"))
     assert state_gates, "the extended gate was not written to the state folder"
@@ -228,13 +219,12 @@ def test_newcomer_is_profiled_gated_and_planned(
     assert NEW in extended.expert_keys and A in extended.expert_keys
     # only the newcomer fits this budget: it must be planned, alone
     _budgets(mosquitto, Budgets(energy_j=cheapest / 2))
-    plan = rec.wait_for(lambda m: isinstance(m, FleetPlan) and _planned(m) == {NEW}, timeout_s=30)
+    plan = rec.wait_for_plan(lambda p: _planned(p) == {NEW}, timeout_s=30)
     assert plan.algorithm.startswith("moe2")
     assert time.monotonic() - started < 180
     # the cost table is published on its own clock: the one after the retraining shows it
-    table = rec.wait_for(
-        lambda m: isinstance(m, CostTable) and any(r.key == NEW and r.in_gate for r in m.experts),
-        timeout_s=10,
+    table = rec.wait_for_a(
+        CostTable, lambda t: any(r.key == NEW and r.in_gate for r in t.experts), timeout_s=10
     )
     row = next(r for r in table.experts if r.key == NEW)
     assert row.energy_j is not None and row.energy_j < cheapest / 2
@@ -255,16 +245,9 @@ def test_a_standby_takes_over_from_the_live_costs(
     tables = [t for t in rec.messages(CostTable) if t.controller_id == "controller"]
     fleet.kill("controller", signal.SIGKILL)
     last = {r.key: r for r in tables[-1].experts}
-    event = rec.wait_for(
-        lambda m: isinstance(m, ControllerEvent)
-        and m.kind == "takeover"
-        and "live costs" in m.reason,
-        timeout_s=30,
-    )
+    event = rec.wait_for_event(ControllerEvent, "live costs", kind="takeover", timeout_s=30)
     assert "learnt by controller" in event.reason
-    first = rec.wait_for(
-        lambda m: isinstance(m, CostTable) and m.controller_id == "standby", timeout_s=15
-    )
+    first = rec.wait_for_a(CostTable, lambda t: t.controller_id == "standby", timeout_s=15)
     rows = {r.key: r for r in first.experts}
     for key in (A, B):
         # the rolling median carried over, not the profile's ratio of 1

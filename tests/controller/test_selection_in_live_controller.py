@@ -1,5 +1,6 @@
 """The controller with a profile and a gate: optimal plans under budgets, gate weights per
-prompt, run-time budgets, prompt budgets. Agents are scripted; broker and encoder are real."""
+prompt, run-time budgets, prompt budgets. Agents are scripted; broker and encoder are real; the
+gated profile is tests/controller/gated_profile.py's."""
 
 from __future__ import annotations
 
@@ -11,82 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from controller.gate.dataset import GateData
-from controller.gate.encoder import PromptEncoder
-from controller.gate.gate import Gate, file_sha256
-from controller.gate.training import TrainConfig, train_gate
-from controller.profile import (
-    ExpertProfile,
-    Measurement,
-    Profile,
-    ProfileError,
-    save_profile,
-    suite_digest,
-)
+from controller.profile import ProfileError
 from controller.service import Controller
 from controller.settings import ControllerSettings
-from controller.suite import load_suite, stratified
 from messages import topics
-from messages.answers import Answer
 from messages.budgets import Budgets
 from messages.controller import ControllerEvent, FleetPlan
-from messages.jobs import Job
+from messages.expert_key import expert_key
 from messages.prompts import Prompt
-from messages.results import EnergyReading, JobResult, LatencyBreakdown
 from moe2.local.broker import LocalBroker
+from tests.controller.gated_profile import estimated
 from tests.controller.test_controller_service import ScriptedAgent, _ask
 from tests.helpers import Recorder
-
-ENERGY = {"e1@a1": 1.0, "e2@a2": 5.0}
-GOOD_AT = {"e1@a1": {"geography"}, "e2@a2": {"science", "math"}}
-
-
-def _probs(n: int, label: int, p: float) -> list[float]:
-    return [p if i == label else (1 - p) / (n - 1) for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    items = stratified(load_suite(), 8)
-    profile = Profile(fleet="sel", suite_sha256=suite_digest(items), items=items)
-    for key in ENERGY:
-        expert, _, agent = key.partition("@")
-        profile.experts[key] = ExpertProfile(
-            key=key, expert_id=expert, agent_id=agent, model="m", template="cloze"
-        )
-    for item in items:
-        profile.records[item.id] = {
-            key: Measurement(
-                choice_probs=_probs(
-                    len(item.choices), item.label, 0.9 if item.category in GOOD_AT[key] else 0.3
-                ),
-                compute_s=0.1 * ENERGY[key],
-                transmission_s=0.01,
-                energy_j=ENERGY[key],
-                energy_source="estimate",
-            )
-            for key in ENERGY
-        }
-    folder = tmp_path_factory.mktemp("gated")
-    profile_path, gate_path = folder / "profile.json", folder / "gate.pt"
-    save_profile(profile, profile_path)
-    data = GateData.from_profile(profile, PromptEncoder())
-    net, _ = train_gate(data.splits["train"], data.splits["val"], TrainConfig(hidden=16, lr=0.01))
-    Gate(net, data.expert_keys, "sel", file_sha256(profile_path)).save(gate_path)
-    return profile_path, gate_path
-
-
-def estimated(job: Job, agent: str, energy_j: float, probs: list[float]) -> JobResult:
-    return JobResult(
-        request_id=job.request_id,
-        expert_id=job.expert_id,
-        agent_id=agent,
-        ok=True,
-        choice_probs=probs,
-        choice_logprobs=[math.log(p) for p in probs],
-        latency=LatencyBreakdown(queue_s=0, load_s=0, total_s=0.05),
-        energy=EnergyReading(energy_j=energy_j, source="estimate", estimated=True),
-    )
 
 
 @pytest.fixture
@@ -152,12 +89,12 @@ def _publish_budgets(mosquitto: LocalBroker, fleet: str, budgets: Budgets) -> No
 
 def test_plan_is_the_optimal_set_under_the_budgets(fleet, mosquitto: LocalBroker) -> None:  # type: ignore[no-untyped-def]
     controller, agents, rec = fleet
-    plan = rec.wait_for(lambda m: isinstance(m, FleetPlan) and set(m.assignments) == {"a1", "a2"})
+    plan = rec.wait_for_plan(lambda p: set(p.assignments) == {"a1", "a2"})
     assert plan.assignments == {"a1": ["e1"], "a2": []} and plan.algorithm == "moe2"
     assert plan.energy_j == pytest.approx(1.0)
     name = controller.settings.fleet
     _publish_budgets(mosquitto, name, Budgets(energy_j=10.0))
-    wider = rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.epoch > plan.epoch)
+    wider = rec.wait_for_plan(lambda p: p.epoch > plan.epoch)
     assert wider.assignments == {"a1": ["e1"], "a2": ["e2"]}
     assert wider.energy_j == pytest.approx(6.0)
     time.sleep(0.3)
@@ -167,46 +104,59 @@ def test_plan_is_the_optimal_set_under_the_budgets(fleet, mosquitto: LocalBroker
         (Budgets(energy_j=0.5), "no online expert fits"),
     ]:
         _publish_budgets(mosquitto, name, bad)
-        rec.wait_for(lambda m, w=why: isinstance(m, ControllerEvent) and w in m.reason)
+        rec.wait_for_event(ControllerEvent, why)
     time.sleep(0.3)
     assert controller.budgets == Budgets(energy_j=10.0)  # the last good budgets stay
     assert controller.planner.assignments == {"a1": ["e1"], "a2": ["e2"]}
 
 
-def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[no-untyped-def]
-    fleet, mosquitto: LocalBroker
-) -> None:
+CAPITAL = "The capital of Italy is"
+CITIES = ["Rome", "Oslo", "Lima", "Bern"]
+
+
+@pytest.fixture
+def both_planned(fleet, mosquitto: LocalBroker):  # type: ignore[no-untyped-def]
+    """The fleet planned under a 10 J budget: both experts run."""
     controller, agents, rec = fleet
-    name = controller.settings.fleet
-    rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.assignments.get("a1") == ["e1"])
-    _publish_budgets(mosquitto, name, Budgets(energy_j=10.0))
-    rec.wait_for(lambda m: isinstance(m, FleetPlan) and m.assignments.get("a2") == ["e2"])
-    text = "The capital of Italy is"
-    # The gate trusts e1 enough that its 0.7 decides the choice alone: answered early, e2 (slow
-    # this time) is left out, not waited for.
+    rec.wait_for_plan(lambda p: p.assignments.get("a1") == ["e1"])
+    _publish_budgets(mosquitto, controller.settings.fleet, Budgets(energy_j=10.0))
+    rec.wait_for_plan(lambda p: p.assignments.get("a2") == ["e2"])
+    return fleet
+
+
+def test_a_trusted_experts_choice_answers_early_and_the_slow_one_is_left_out(  # type: ignore[no-untyped-def]
+    both_planned, mosquitto: LocalBroker
+) -> None:
+    """The gate trusts e1 enough that its 0.7 decides the choice alone: answered early, e2
+    (slow this time) is left out, not waited for."""
+    controller, agents, rec = both_planned
     prompt_e2 = agents["a2"].behaviour
     agents["a2"].behaviour = lambda job: (time.sleep(1.0), prompt_e2(job))[1]
     _ask(
         mosquitto,
-        name,
-        Prompt(prompt=text, request_id="e", choices=["Rome", "Oslo", "Lima", "Bern"]),
+        controller.settings.fleet,
+        Prompt(prompt=CAPITAL, request_id="e", choices=CITIES),
     )
-    early = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "e")
+    early = rec.wait_for_answer("e")
     assert early.answer == "Rome" and early.status == "ok"
     assert [(e.expert_id, e.agent_id) for e in early.experts] == [("e1", "a1")]
     assert [(f.expert_id, f.agent_id) for f in early.left_out] == [("e2", "a2")]
-    agents["a2"].behaviour = prompt_e2
-    # Waiting for every expert shows the whole mixture with the gate's weights.
-    controller.dispatcher.early_answers = False
+
+
+def test_waiting_for_every_expert_mixes_their_choices_with_the_gates_weights(  # type: ignore[no-untyped-def]
+    both_planned, mosquitto: LocalBroker
+) -> None:
+    controller, agents, rec = both_planned
+    controller.dispatcher.early_answers = False  # every selected expert is awaited
     _ask(
         mosquitto,
-        name,
-        Prompt(prompt=text, request_id="w", choices=["Rome", "Oslo", "Lima", "Bern"]),
+        controller.settings.fleet,
+        Prompt(prompt=CAPITAL, request_id="w", choices=CITIES),
     )
-    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "w")
-    logits = controller.selection.gated.gate.logits([text])[0]  # type: ignore[union-attr]
+    answer = rec.wait_for_answer("w")
+    logits = controller.selection.gated.gate.logits([CAPITAL])[0]  # type: ignore[union-attr]
     softmax = [math.exp(v) / sum(math.exp(u) for u in logits) for v in logits]
-    weights = {f"{e.expert_id}@{e.agent_id}": e.weight for e in answer.experts}
+    weights = {expert_key(e.agent_id, e.expert_id): e.weight for e in answer.experts}
     assert weights == pytest.approx(
         dict(zip(controller.selection.expert_keys, softmax, strict=True))
     )  # type: ignore[union-attr]
@@ -219,22 +169,32 @@ def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[
     assert answer.energy_j == pytest.approx(6.0) and answer.energy_estimated
     assert answer.budgets == Budgets(energy_j=10.0) and answer.energy_j <= 10.0
 
+
+def test_a_prompts_own_energy_budget_keeps_only_the_expert_that_fits(  # type: ignore[no-untyped-def]
+    both_planned, mosquitto: LocalBroker
+) -> None:
+    controller, agents, rec = both_planned
+    controller.dispatcher.early_answers = False  # every selected expert is awaited
     tight = Budgets(energy_j=2.0)
     _ask(
         mosquitto,
-        name,
-        Prompt(
-            prompt=text, request_id="t", choices=["Rome", "Oslo", "Lima", "Bern"], budgets=tight
-        ),
+        controller.settings.fleet,
+        Prompt(prompt=CAPITAL, request_id="t", choices=CITIES, budgets=tight),
     )
-    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "t")
+    answer = rec.wait_for_answer("t")
     assert [e.expert_id for e in answer.experts] == ["e1"] and answer.experts[0].weight == 1.0
     assert answer.budgets == Budgets(energy_j=2.0) and answer.energy_j == pytest.approx(1.0)
 
+
+def test_a_prompts_top_k_of_one_runs_the_gates_favourite(  # type: ignore[no-untyped-def]
+    both_planned, mosquitto: LocalBroker
+) -> None:
+    controller, agents, rec = both_planned
+    controller.dispatcher.early_answers = False  # every selected expert is awaited
     science = "The chemical symbol for gold is"
     _ask(
         mosquitto,
-        name,
+        controller.settings.fleet,
         Prompt(
             prompt=science,
             request_id="k",
@@ -242,11 +202,22 @@ def test_prompts_are_answered_with_gate_weights_within_budgets(  # type: ignore[
             budgets=Budgets(top_k=1),
         ),
     )
-    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "k")
+    answer = rec.wait_for_answer("k")
     assert [e.expert_id for e in answer.experts] == ["e2"]  # the gate's favourite on science
 
-    _ask(mosquitto, name, Prompt(prompt=text, request_id="z", budgets=Budgets(energy_j=0.1)))
-    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "z")
+
+def test_a_prompt_budget_no_expert_fits_fails_with_the_reason(  # type: ignore[no-untyped-def]
+    both_planned, mosquitto: LocalBroker
+) -> None:
+    controller, agents, rec = both_planned
+    controller.dispatcher.early_answers = False  # every selected expert is awaited
+    budgets = Budgets(energy_j=0.1)
+    _ask(
+        mosquitto,
+        controller.settings.fleet,
+        Prompt(prompt=CAPITAL, request_id="z", budgets=budgets),
+    )
+    answer = rec.wait_for_answer("z")
     assert answer.status == "failed" and "fits the budgets" in (answer.error or "")
 
 
@@ -286,10 +257,10 @@ def test_a_drift_replan_keeping_the_set_publishes_no_new_epoch(fleet) -> None:  
     from controller.drift import Move
 
     controller, agents, rec = fleet
-    plan = rec.wait_for(lambda m: isinstance(m, FleetPlan) and set(m.assignments) == {"a1", "a2"})
+    plan = rec.wait_for_plan(lambda p: set(p.assignments) == {"a1", "a2"})
     # e1 costs 10 % more energy: still the only set that fits the 2 J budget.
     controller.adaptation._replan_for([Move("e1@a1", "energy", 1.0, 1.1)])
-    rec.wait_for(lambda m: isinstance(m, ControllerEvent) and m.kind == "drift")
+    rec.wait_for_event(ControllerEvent, kind="drift")
     time.sleep(0.5)
     assert controller.planner.epoch == plan.epoch
     assert controller.planner.assignments == {"a1": ["e1"], "a2": []}

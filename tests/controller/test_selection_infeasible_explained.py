@@ -1,6 +1,6 @@
-"""Budgets that no expert fits are explained: the controller's status says so, a prompt's
-refusal and `moe2 budgets` name each expert's cost against the budget. Real broker and encoder,
-scripted agents."""
+"""Budgets that no expert fits are explained: the controller's status and cost table say so, a
+prompt's refusal and `moe2 budgets` name each expert's cost against the budget, `moe2 costs` and
+`moe2 fleet` show it. Real broker and encoder, scripted agents."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ import pytest
 from controller.service import Controller
 from controller.settings import ControllerSettings
 from messages import topics
-from messages.answers import Answer
 from messages.bus import Bus
 from messages.controller import ControllerStatus
 from messages.costs import CostTable
 from messages.prompts import Prompt
 from moe2.local.broker import LocalBroker
-from tests.controller.test_controller_selection import estimated, gated  # noqa: F401
+from tests.controller.gated_profile import estimated
 from tests.controller.test_controller_service import ScriptedAgent, _ask
 from tests.helpers import Recorder
 
@@ -33,7 +32,7 @@ FLEET = "sel"  # the gated profile's fleet
 @pytest.fixture
 def starved(
     mosquitto: LocalBroker,
-    gated: tuple[Path, Path],  # noqa: F811
+    gated: tuple[Path, Path],
     tmp_path: Path,
 ) -> Iterator[tuple[Controller, Recorder]]:
     settings = ControllerSettings.load(
@@ -75,46 +74,75 @@ def starved(
     cleaner.close()
 
 
-def test_nothing_fits_is_said_with_each_experts_cost(
-    starved: tuple[Controller, Recorder], mosquitto: LocalBroker
-) -> None:
-    controller, rec = starved
-    each = ("e1@a1: energy 1 J (est.) > 0.5 J", "e2@a2: energy 5 J (est.) > 0.5 J")
-    status = rec.wait_for(
-        lambda m: isinstance(m, ControllerStatus) and m.plan_problem is not None, timeout_s=15
+EACH = ("e1@a1: energy 1 J (est.) > 0.5 J", "e2@a2: energy 5 J (est.) > 0.5 J")
+
+
+def _said_nothing_fits(rec: Recorder) -> tuple[ControllerStatus, CostTable]:
+    """The controller's status naming the plan's problem, and its cost table marked infeasible."""
+    status = rec.wait_for_a(ControllerStatus, lambda s: s.plan_problem is not None, timeout_s=15)
+    table = rec.wait_for_a(CostTable, lambda t: not t.feasible)
+    return status, table
+
+
+def _moe2(*args: str, columns: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m moe2 ARGS``; ``columns``: the terminal's width for its tables."""
+    env = None if columns is None else {**os.environ, "COLUMNS": str(columns)}
+    return subprocess.run(
+        [sys.executable, "-m", "moe2", *args], capture_output=True, text=True, timeout=60, env=env
     )
-    assert all(part in status.plan_problem for part in each), status.plan_problem
-    table = rec.wait_for(lambda m: isinstance(m, CostTable) and not m.feasible)
+
+
+def test_the_status_and_the_cost_table_say_nothing_fits_with_each_experts_cost(
+    starved: tuple[Controller, Recorder],
+) -> None:
+    _, rec = starved
+    status, table = _said_nothing_fits(rec)
+    assert all(part in status.plan_problem for part in EACH), status.plan_problem
     assert table.problem == status.plan_problem
 
+
+def test_a_prompt_is_refused_with_each_experts_cost(
+    starved: tuple[Controller, Recorder], mosquitto: LocalBroker
+) -> None:
+    _, rec = starved
+    _said_nothing_fits(rec)
     _ask(mosquitto, FLEET, Prompt(prompt="The capital of Italy is", request_id="r1",
                                  choices=["Rome", "Oslo", "Lima", "Bern"]))  # fmt: skip
-    answer = rec.wait_for(lambda m: isinstance(m, Answer) and m.request_id == "r1")
+    answer = rec.wait_for_answer("r1")
     assert answer.status == "failed" and "no active expert can answer" in (answer.error or "")
-    assert all(part in (answer.error or "") for part in each), answer.error
+    assert all(part in (answer.error or "") for part in EACH), answer.error
 
-    run = subprocess.run(
-        [sys.executable, "-m", "moe2", "budgets", "--broker", mosquitto.url, "--fleet", FLEET,
-         "--energy-j", "0.2", "--wait", "10"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+
+def test_moe2_budgets_refuses_budgets_nothing_fits_naming_the_cheapest(
+    starved: tuple[Controller, Recorder], mosquitto: LocalBroker
+) -> None:
+    _, rec = starved
+    _said_nothing_fits(rec)
+    run = _moe2(
+        "budgets", "--broker", mosquitto.url, "--fleet", FLEET, "--energy-j", "0.2", "--wait", "10"
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     err = " ".join(run.stderr.split())
     assert "e1@a1: energy 1 J (est.) > 0.2 J" in err and "e2@a2: energy 5 J (est.) > 0.2 J" in err
     assert "cheapest is e1@a1 at 1 J" in err
 
-    costs = subprocess.run(
-        [sys.executable, "-m", "moe2", "costs", "--broker", mosquitto.url, "--fleet", FLEET],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+
+def test_moe2_costs_marks_the_table_infeasible(
+    starved: tuple[Controller, Recorder], mosquitto: LocalBroker
+) -> None:
+    _, rec = starved
+    _said_nothing_fits(rec)
+    costs = _moe2("costs", "--broker", mosquitto.url, "--fleet", FLEET, columns=200)
     assert costs.returncode == 0, costs.stderr
     out = " ".join(costs.stdout.split())
     assert "infeasible:" in out and "e1@a1" in out and "e2@a2" in out and "est." in out
 
-    fleet = subprocess.run(
-        [sys.executable, "-m", "moe2", "fleet", "--broker", mosquitto.url, "--fleet", FLEET,
-         "--wait", "1"],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+
+def test_moe2_fleet_says_no_online_expert_fits_the_budgets(
+    starved: tuple[Controller, Recorder], mosquitto: LocalBroker
+) -> None:
+    _, rec = starved
+    _said_nothing_fits(rec)
+    fleet = _moe2("fleet", "--broker", mosquitto.url, "--fleet", FLEET, "--wait", "1", columns=200)
     assert fleet.returncode == 0, fleet.stderr
     assert "budgets: no online expert fits the budgets" in " ".join(fleet.stdout.split())

@@ -20,7 +20,7 @@ from controller.selection.live import LiveSelection
 from controller.selection.loss import Evaluator
 from controller.selection.search import AnytimeSearch, BranchAndBound, Tracker
 from messages.budgets import Budgets
-from tests.controller.test_selection import instance_data, moe2, random_instance, write
+from tests.controller.selection.instances import instance_data, moe2, random_instance, write
 
 
 def test_a_completed_search_equals_the_exhaustive_optimum() -> None:
