@@ -2,8 +2,10 @@
 dispatcher and the ledger.
 
 Decisions live elsewhere: who leads (``leadership``), which experts each agent holds
-(``planning``), when a prompt is dispatched, answered or failed over (``dispatch`` and
-``decisions``). This module receives messages, calls those, and publishes what they decide.
+(``plan_experts``) under which plan epoch (``plan_epochs``), when a prompt is dispatched,
+answered or failed over (``dispatch`` and ``decisions``), who answers it (``routing``), what the
+live costs say (``adapt``). This module receives messages, calls those, and publishes what they
+decide: ``_execute`` is the one path by which jobs go out.
 """
 
 from __future__ import annotations
@@ -18,28 +20,24 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from controller import __version__
-from controller.adapt import Adaptation
+from controller.adapt import Adaptation, LoopLinks
 from controller.damping import FlapDamper, ReplanTimer
-from controller.decisions import (
-    cancelled_reason,
-    fleet_coming_back,
-    may_cancel,
-    one_replica_each,
-)
-from controller.dispatch import PARK_GRACE_S, Actions, Dispatcher, Refused, Route
+from controller.decisions import cancelled_reason, may_cancel
+from controller.dispatch import Actions, Dispatcher
 from controller.identity import ControllerIdentity, claim, default_state_root
 from controller.leadership import next_term, should_lead
 from controller.lease import Lease
 from controller.ledger import Entry, Ledger, ReplyRoute
-from controller.metrics import ControllerMetrics
-from controller.planner import Planner
-from controller.planning import cache_plan_problem, online_keys, tighter, wanted_experts
+from controller.metrics import ControllerMetrics, FleetSnapshot
+from controller.plan_epochs import Planner
+from controller.plan_experts import cache_plan_problem, online_keys, wanted_experts
 from controller.registry import Change, FleetRegistry
 from controller.request_ids import scoped_id
+from controller.routing import Router
 from controller.selection.errors import BudgetError
 from controller.settings import ControllerSettings
 from messages import topics
-from messages.answers import Answer, ExpertFailure
+from messages.answers import Answer
 from messages.base import TOPIC_LEVEL_RE, now_s
 from messages.budgets import Budgets
 from messages.bus import Bus, Inbound, Outgoing, PublishRefused
@@ -47,6 +45,7 @@ from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
 from messages.codec import MAX_PAYLOAD_BYTES, encode
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.costs import CostTable
 from messages.prompt_cancel import PromptCancel
 from messages.prompts import Prompt
 from messages.results import JobResult
@@ -99,26 +98,7 @@ class Controller:
         self.ledger = Ledger(
             self.identity.state_dir / "ledger.jsonl", sync=self.settings.ledger_sync
         )
-        self.dispatcher = Dispatcher(
-            self._route,
-            self._replicas,
-            self._capacity,
-            settings.max_queued_prompts,
-            settings.busy_retry_after_s,
-            settings.early_answers,
-            slots=self._slots,
-        )
-        self.bus = Bus(
-            settings.endpoint,
-            settings.fleet,
-            client_id=f"moe2-{settings.fleet}-controller-{self.controller_id}",
-            keepalive_s=settings.keepalive_s,
-            on_reject=self._on_reject,
-            persistent=True,
-            session_expiry_s=settings.session_expiry_s,
-            reconnect_max_s=settings.reconnect_max_s,
-            on_connected=[self._on_connected],
-        )
+        self.bus = self._make_bus()
         self._lock = threading.RLock()
         # Fencing (docs/reliability.md, "One active controller"): ``leader`` is what the
         # election decided and the status says; the controller acts only while ``active``.
@@ -141,8 +121,6 @@ class Controller:
         )
         self._held: set[str] = set()  # the agents the last re-plan held out
         self._improver: threading.Thread | None = None
-        self._connected_at: float | None = None
-        self.selection: LiveSelection | None = None
         self.cache_plan: CachePlan | None = None
         self.last_selection: SelectionResult | None = None
         self.configured_budgets = Budgets(
@@ -150,29 +128,125 @@ class Controller:
             delay_s=dict(settings.delay_budget_s),
             top_k=settings.top_k,
         )
-        self.budgets = self.configured_budgets
-        if settings.profile is not None and settings.gate is not None:
-            from controller.selection.from_profile import load_gated_profile  # needs torch
-            from controller.selection.live import LiveSelection
-
-            self.selection = LiveSelection(
-                load_gated_profile(settings.profile, settings.gate),
-                aggregation_delay_s=settings.aggregation_delay_s,
-                time_limit_s=settings.selection_time_limit_s,
-            )
-            self.selection.gated.profile.check_fleet(settings.fleet)
-            self.selection.check(self.budgets)
         self.rejected: Counter[str] = Counter()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.adaptation = Adaptation(self)  # live costs, drift, newcomers (controller/adapt.py)
-        self.metrics = ControllerMetrics(self)
+        self._collaborators()
         self.metrics_listen: tuple[str, int] | None = None  # `--metrics HOST:PORT`
         self._stream_leads: dict[str, tuple[str, str]] = {}  # request id -> the pair relayed
+
+    def _make_bus(self) -> Bus:
+        settings = self.settings
+        return Bus(
+            settings.endpoint,
+            settings.fleet,
+            client_id=f"moe2-{settings.fleet}-controller-{self.controller_id}",
+            keepalive_s=settings.keepalive_s,
+            on_reject=self._on_reject,
+            persistent=True,
+            session_expiry_s=settings.session_expiry_s,
+            reconnect_max_s=settings.reconnect_max_s,
+            on_connected=[self._on_connected],
+        )
+
+    def _collaborators(self) -> None:
+        """The router, the live-cost loop, the dispatcher and the metrics, each given only
+        what it reads and what it may ask for."""
+        settings = self.settings
+        self.router = Router(  # who answers a prompt (controller/routing.py)
+            self.registry,
+            self.planner,
+            settings.agent_job_window,
+            self.configured_budgets,
+            _configured_selection(settings, self.configured_budgets),
+            (self._replans, self._damper),
+        )
+        # live costs, drift, newcomers (controller/adapt.py); it may install an extended gate
+        self.adaptation = Adaptation(self._loop_links())
+        self.router.no_expert_reason = self.adaptation.no_expert_reason
+        self.dispatcher = Dispatcher(
+            self.router.route,
+            self.router.replicas,
+            self.router.capacity,
+            settings.max_queued_prompts,
+            settings.busy_retry_after_s,
+            settings.early_answers,
+            slots=self.router.slots,
+            observer=self.adaptation,  # learns from results, takes its probes' results
+        )
+        self.metrics = ControllerMetrics(self._snapshot)
 
     @property
     def answered(self) -> int:
         return self.dispatcher.answered
+
+    @property
+    def selection(self) -> LiveSelection | None:
+        """The MoE² selection in force (None without a profile and gate): the router's."""
+        return self.router.selection
+
+    @selection.setter
+    def selection(self, selection: LiveSelection | None) -> None:
+        self.router.selection = selection
+
+    @property
+    def budgets(self) -> Budgets:
+        """The fleet's budgets in force: the router's."""
+        return self.router.budgets
+
+    @budgets.setter
+    def budgets(self, budgets: Budgets) -> None:
+        self.router.budgets = budgets
+
+    @property
+    def _connected_at(self) -> float | None:
+        """When this connection came up (monotonic): the router tells a fleet coming back."""
+        return self.router.connected_at
+
+    @_connected_at.setter
+    def _connected_at(self, when: float | None) -> None:
+        self.router.connected_at = when
+
+    def _loop_links(self) -> LoopLinks:
+        """What the live-cost loop may read and ask for (controller/adapt.py)."""
+        return LoopLinks(
+            settings=self.settings,
+            state_dir=self.identity.state_dir,
+            controller_id=self.controller_id,
+            registry=self.registry,
+            stopped=self._stop,
+            active=lambda: self.active,
+            planned=lambda: self.planner.assignments,
+            load=lambda: self.dispatcher.load,
+            selection=lambda: self.router.selection,
+            budgets=lambda: self.router.budgets,
+            install=self._install,
+            replan=lambda force: self.replan(force=force),
+            execute=self._execute,
+            publish_costs=self._publish_costs,
+            event=self._event,
+        )
+
+    def _install(self, selection: LiveSelection) -> None:
+        """Put a selection in force (one assignment: no lock, the router reads it)."""
+        self.router.selection = selection
+
+    def _publish_costs(self, table: CostTable) -> None:
+        if self.active and self.bus.connected:
+            self.bus.publish(topics.CONTROLLER_COSTS, table)
+
+    def _snapshot(self) -> FleetSnapshot:
+        """The fleet as the metrics report it at a scrape."""
+        queued, pending = self.dispatcher.counts()
+        return FleetSnapshot(
+            online=[(r.agent_id, r.telemetry) for r in self.registry.agents() if r.online],
+            plan_epoch=self.planner.epoch,
+            queued=queued,
+            pending=pending,
+            active=self.active,
+            durable=self.ledger.durable,
+            rejected=dict(self.rejected),
+        )
 
     @property
     def active(self) -> bool:
@@ -481,6 +555,8 @@ class Controller:
         sent again when we act again."""
         if not self.active:
             return
+        for result in actions.results:
+            self.metrics.result(result)
         term = {"term": self.term}
         for agent_id, job in actions.jobs:
             self._publish(topics.AGENT_JOBS, job.model_copy(update=term), agent_id=agent_id)
@@ -587,8 +663,10 @@ class Controller:
         only if a set fits (BudgetError otherwise). A selection that hit its time limit is
         published with its gap and improved in the background (``solved``: a better one)."""
         with self._lock:
-            if solved is None:
-                self.adaptation.before_replan()  # solve with the costs learnt so far
+            if solved is None:  # solve with the costs learnt so far
+                costed = self.adaptation.before_replan(self.selection)
+                if costed is not None:
+                    self.selection = costed
             self._held = self._damper.held(time.monotonic())
             try:
                 wanted, summary, result = wanted_experts(
@@ -822,9 +900,7 @@ class Controller:
             self._on_change(change)
         if not self.active:
             return
-        if self.adaptation.on_result(result, time.monotonic()):
-            return  # a probe of the live cost model, not a prompt's job
-        self.metrics.result(result)
+        # the dispatcher hands the live-cost loop what it learns from, and its probes' results
         actions, refusal = self.dispatcher.on_result(result, time.monotonic())
         if refusal is not None:
             self._on_reject(topics.AGENT_RESULTS, inbound.topic, refusal)
@@ -859,38 +935,6 @@ class Controller:
                 )
             except Exception as exc:  # a preview lost is not worth more than a log line
                 log.warning("stream of %s not relayed to %s: %s", chunk.request_id, route, exc)
-
-    def _capacity(self, agent_id: str) -> int:
-        """Jobs outstanding on an agent at most: ``agent_job_window``, or its slots (every
-        expert's ``parallel``) when more, and never more than it holds (slots and queue)."""
-        window = self.settings.agent_job_window
-        record = self.registry.get(agent_id)
-        if record is not None and record.capabilities is not None:
-            caps = record.capabilities
-            slots = sum(e.parallel for e in caps.experts)
-            return min(max(window, slots), caps.job_queue_capacity + slots)
-        return window
-
-    def _slots(self, agent_id: str, expert_id: str) -> int:
-        """Jobs outstanding on one expert of an agent at most: its free slots as the agent
-        announces them (``parallel``), counted here from jobs sent and results back; a job
-        beyond them waits in the controller's queue, not the agent's. Unknown: the agent's
-        window."""
-        record = self.registry.get(agent_id)
-        if record is not None and record.capabilities is not None:
-            for expert in record.capabilities.experts:
-                if expert.expert_id == expert_id:
-                    return expert.parallel
-        return self.settings.agent_job_window
-
-    def _active_pairs(self) -> list[tuple[str, str]]:
-        """(agent, expert) planned on an online agent: a pass over the plan, not the fleet."""
-        planned = list(self.planner.assignments)
-        return self.planner.active(self.registry.online_among(planned))
-
-    def _replicas(self, expert_id: str) -> list[str]:
-        active = self._active_pairs()
-        return [agent for agent, expert in active if expert == expert_id]
 
     # -- prompts ------------------------------------------------------------------------
 
@@ -1064,76 +1108,23 @@ class Controller:
         if not self.active:
             self.ledger.done(answer.request_id, None if answer.status == "busy" else answer)
 
-    def _route(self, prompt: Prompt, load: dict[str, int]) -> Route:
-        """Who answers a prompt: named experts, the gate's choice among the active set under
-        the budgets, or (without a gate) one replica of each active expert, least loaded."""
-        active = self._active_pairs()
-        failed: list[ExpertFailure] = []
-        if prompt.experts is not None:
-            targets, failed = self._named(prompt.experts, active)
-        else:
-            targets = active if self.selection is not None else one_replica_each(active, load)
-        if not targets:
-            agents = self.registry.agents()
-            coming_back = fleet_coming_back(
-                [a.online for a in agents],
-                [a.last_heard for a in agents],
-                self._connected_at,  # one attribute read: no lock (the dispatcher's is held)
-                time.monotonic(),
-                PARK_GRACE_S,
-            )
-            # a re-plan on its way (agents just came back), or a flapping agent let back once
-            # steady, may give the prompt its experts: it waits, within its deadline
-            transient = coming_back or self._replans.pending or self._damper.holding
-            raise Refused(self.adaptation.no_expert_reason(), failed=failed, transient=transient)
-        if self.selection is None:
-            if prompt.budgets is not None:
-                raise Refused(
-                    "this controller has no profile and gate, so it cannot honour budgets",
-                    failed=failed,
-                    rejected=True,
-                )
-            return Route(targets, failed, None, None)
-        try:
-            dispatch = self.selection.dispatch(
-                prompt.prompt,
-                [f"{e}@{a}" for a, e in targets],
-                self.budgets.top_k,
-                prompt.budgets,
-                prompt.category,
-            )
-        except BudgetError as exc:
-            raise Refused(str(exc), failed=failed, rejected=True) from None
-        if not dispatch.keys:
-            raise Refused("no active expert fits the budgets", failed=failed)
-        chosen = [(k.partition("@")[2], k.partition("@")[0]) for k in dispatch.keys]
-        return Route(chosen, failed, dict(dispatch.weights), tighter(self.budgets, prompt.budgets))
 
-    def _named(
-        self, names: list[str], active: list[tuple[str, str]]
-    ) -> tuple[list[tuple[str, str]], list[ExpertFailure]]:
-        """The pairs a prompt names (``expert`` or ``expert@agent``) that are active, and those
-        that are not. Raises Refused (rejected) for a name no agent ever served."""
-        known = self.registry.known_experts()
-        chosen: list[tuple[str, str]] = []
-        failed: list[ExpertFailure] = []
-        for name in names:
-            expert, _, agent = name.partition("@")
-            matches = sorted((a, e) for a, e in known if e == expert and (not agent or a == agent))
-            if not matches:
-                raise Refused(f"unknown expert {name!r}", rejected=True)
-            for pair in matches:
-                if pair in active and pair not in chosen:
-                    chosen.append(pair)
-                elif pair not in active:
-                    failed.append(
-                        ExpertFailure(
-                            agent_id=pair[0],
-                            expert_id=pair[1],
-                            reason="not active (offline or unplanned)",
-                        )
-                    )
-        return chosen, failed
+def _configured_selection(settings: ControllerSettings, budgets: Budgets) -> LiveSelection | None:
+    """The MoE² selection of the configured profile and gate (checked against the fleet and
+    the budgets), or None without them."""
+    if settings.profile is None or settings.gate is None:
+        return None
+    from controller.selection.from_profile import load_gated_profile  # needs torch
+    from controller.selection.live import LiveSelection
+
+    selection = LiveSelection(
+        load_gated_profile(settings.profile, settings.gate),
+        aggregation_delay_s=settings.aggregation_delay_s,
+        time_limit_s=settings.selection_time_limit_s,
+    )
+    selection.gated.profile.check_fleet(settings.fleet)
+    selection.check(budgets)
+    return selection
 
 
 def _too_big_for_agents(prompt: Prompt) -> str | None:
