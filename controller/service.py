@@ -10,14 +10,11 @@ decide: ``_execute`` is the one path by which jobs go out.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from controller import __version__
 from controller.adapt import Adaptation, LoopLinks
@@ -25,6 +22,13 @@ from controller.damping import FlapDamper, ReplanTimer
 from controller.decisions import cancelled_reason, may_cancel
 from controller.dispatch import Actions, Dispatcher
 from controller.identity import ControllerIdentity, claim, default_state_root
+from controller.intake import (
+    fingerprint,
+    loose_json,
+    owned_routes,
+    reply_routes,
+    too_big_for_agents,
+)
 from controller.leadership import next_term, should_lead
 from controller.lease import Lease
 from controller.ledger import Entry, Ledger, ReplyRoute
@@ -32,6 +36,7 @@ from controller.metrics import ControllerMetrics, FleetSnapshot
 from controller.plan_epochs import Planner
 from controller.plan_experts import cache_plan_problem, online_keys, wanted_experts
 from controller.registry import Change, FleetRegistry
+from controller.replies import as_asked, is_answer, refusal, too_large
 from controller.request_ids import scoped_id
 from controller.routing import Router
 from controller.selection.errors import BudgetError
@@ -43,13 +48,11 @@ from messages.budgets import Budgets
 from messages.bus import Bus, Inbound, Outgoing, PublishRefused
 from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
-from messages.codec import MAX_PAYLOAD_BYTES, encode
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.costs import CostTable
 from messages.prompt_cancel import PromptCancel
 from messages.prompts import Prompt
 from messages.results import JobResult
-from messages.routes import RouteError, check_reply_route
 from messages.status import AgentStatus
 from messages.stream import StreamChunk
 from messages.telemetry import Telemetry
@@ -60,26 +63,15 @@ if TYPE_CHECKING:  # numpy and numba are imported only with a gate (controller/s
     from controller.selection.solver import SelectionResult
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", Answer, StreamChunk)
 
 # An agent whose telemetry shows another plan than it was sent gets it again, at most this often.
 RESYNC_S = 5.0
 # A time-limited selection is improved in the background in slices of this length, this many.
 IMPROVE_SLICE_S = 1.0
 IMPROVE_SLICES = 120
-# A job carries the prompt and a few fields more than the prompt's own JSON.
-JOB_OVERHEAD_BYTES = 1024
 # A watch-loop step this much later than the last one means this process was not running (a
 # freeze, a suspended VM): agents' silence is not counted over that gap.
 CLOCK_GAP_S = 1.0
-
-
-def fingerprint(prompt: Prompt, routes: list[ReplyRoute]) -> str:
-    """What makes two deliveries the same prompt: its content and where it wants the answer."""
-    digest = hashlib.sha256(prompt.model_dump_json().encode())
-    for route in routes:
-        digest.update(b"\0" + route.topic.encode() + b"\0" + (route.correlation_data or b""))
-    return digest.hexdigest()
 
 
 class Controller:
@@ -390,7 +382,7 @@ class Controller:
             self.registry.heard_all(now)  # silence counts only while we hear the broker
             if self.bus.connects > 1:
                 fleet = self.settings.fleet
-                held = [m for m in self.bus.take_outgoing() if _is_answer(m.topic, fleet)]
+                held = [m for m in self.bus.take_outgoing() if is_answer(m.topic, fleet)]
                 if self.leader:
                     self._held_answers, self._held_answers_term = held, self.term
                 if self.leader or self._serving:
@@ -598,13 +590,13 @@ class Controller:
         if public:
             self.ledger.done(answer.request_id, None if answer.status == "busy" else answer)
             if not self._publish(topics.ANSWERS, answer, request_id=answer.request_id):
-                answer = _too_large(answer)
+                answer = too_large(answer)
                 self._publish(topics.ANSWERS, answer, request_id=answer.request_id)
         for route in routes:
             try:
                 self.bus.publish_to(
                     route.topic,
-                    _as_asked(answer, route),
+                    as_asked(answer, route),
                     qos=topics.ANSWERS.qos,
                     correlation_data=route.correlation_data,
                 )
@@ -929,7 +921,7 @@ class Controller:
             try:
                 self.bus.publish_to(
                     route.topic + "/stream",
-                    _as_asked(chunk, route),
+                    as_asked(chunk, route),
                     qos=topics.ANSWER_STREAM.qos,
                     correlation_data=route.correlation_data,
                 )
@@ -941,24 +933,12 @@ class Controller:
     def _reply_routes(
         self, inbound: Inbound[Any], reply_to: str | None, owner: str | None
     ) -> tuple[list[ReplyRoute], list[str]]:
-        """Where the asker wants the answer (MQTT 5 response topic, ``reply_to``), each checked
-        as a topic the broker takes and, in this fleet, only under ``replies/`` or ``answers/``
-        (for a login's own prompt topic: only under ``replies/{login}/``); and why the refused
-        ones were refused."""
-        routes: list[ReplyRoute] = []
-        refused: list[str] = []
-        for topic in (inbound.response_topic, reply_to):
-            if not topic:
-                continue
-            try:
-                check_reply_route(topic, self.settings.fleet, owner)
-            except RouteError as exc:
-                refused.append(str(exc))
-                self._on_reject(topics.PROMPTS, inbound.topic, str(exc))
-                continue
-            route = ReplyRoute(topic, inbound.correlation_data)
-            if route not in routes:
-                routes.append(route)
+        """The asker's reply routes that pass the checks (controller/intake.py), and why the
+        others were refused (each refusal counted)."""
+        asked = (inbound.response_topic, reply_to)
+        routes, refused = reply_routes(asked, inbound.correlation_data, self.settings.fleet, owner)
+        for reason in refused:
+            self._on_reject(topics.PROMPTS, inbound.topic, reason)
         return routes, refused
 
     def _on_prompt(self, inbound: Inbound[Prompt]) -> None:
@@ -979,12 +959,12 @@ class Controller:
         if not self.active:
             return
         owner = inbound.params.get("client_id")
-        raw = _loose_json(inbound.message)
+        raw = loose_json(inbound.message)
         reply_to = raw.get("reply_to") if isinstance(raw.get("reply_to"), str) else None
         routes, _ = self._reply_routes(inbound, reply_to, owner)
         request_id = raw.get("request_id")
         valid_id = isinstance(request_id, str) and TOPIC_LEVEL_RE.fullmatch(request_id)
-        answer = _refusal(request_id if valid_id else "invalid", f"invalid prompt: {reason}")
+        answer = refusal(request_id if valid_id else "invalid", f"invalid prompt: {reason}")
         if owner is not None and valid_id:
             name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=request_id)
             routes.append(ReplyRoute(name, inbound.correlation_data))
@@ -1015,14 +995,14 @@ class Controller:
         mark = fingerprint(prompt, routes)
         asked_id = prompt.request_id or f"p{mark[:15]}"
         request_id = scoped_id(owner, asked_id)
-        routes = self._owned_routes(owner, asked_id, routes)
-        problem = "; ".join(refused or []) or _too_big_for_agents(prompt)
+        routes = owned_routes(owner, asked_id, routes, self.settings.fleet)
+        problem = "; ".join(refused or []) or too_big_for_agents(prompt)
         if problem:
             if self.active:
                 self.rejected[topics.PROMPTS.pattern] += 1
                 self._event("rejected", f"request {request_id}: {problem}", topic="prompts")
                 self._send(
-                    _refusal(request_id, problem),
+                    refusal(request_id, problem),
                     routes,
                     public=request_id not in self.ledger.entries,
                 )
@@ -1055,18 +1035,6 @@ class Controller:
         self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
         return request_id
 
-    def _owned_routes(
-        self, owner: str | None, asked_id: str, routes: list[ReplyRoute]
-    ) -> list[ReplyRoute]:
-        """A login's prompt is answered under ``replies/{owner}/{asked_id}`` when it names no
-        route, and on every route under the id it sent (the controller keys it scoped)."""
-        if owner is None:
-            return routes
-        if not routes:
-            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=asked_id)
-            routes = [ReplyRoute(name)]
-        return [replace(route, request_id=asked_id) for route in routes]
-
     def _refuse_reused(
         self, request_id: str, asked_id: str, state: str, routes: list[ReplyRoute]
     ) -> None:
@@ -1078,7 +1046,7 @@ class Controller:
             "send this one under a fresh request id"
         )
         self._event("rejected", reason, topic="prompts", request_id=request_id)
-        self._send(_refusal(request_id, reason), routes, public=False)
+        self._send(refusal(request_id, reason), routes, public=False)
 
     def _on_prompt_cancel(self, inbound: Inbound[PromptCancel]) -> None:
         """An asker that no longer wants its answer (it went away): the prompt's jobs are
@@ -1125,59 +1093,3 @@ def _configured_selection(settings: ControllerSettings, budgets: Budgets) -> Liv
     selection.gated.profile.check_fleet(settings.fleet)
     selection.check(budgets)
     return selection
-
-
-def _too_big_for_agents(prompt: Prompt) -> str | None:
-    """Why a prompt cannot become a job an agent will take (the job's JSON over the payload
-    limit: escaping can make a text six times its size), or None."""
-    size = len(encode(prompt)) + JOB_OVERHEAD_BYTES
-    if size > MAX_PAYLOAD_BYTES:
-        return (
-            f"the prompt takes {size} bytes as a job, over the {MAX_PAYLOAD_BYTES}-byte limit "
-            "of a message (control characters count six bytes each once escaped)"
-        )
-    return None
-
-
-def _is_answer(topic: str, fleet: str) -> bool:
-    """Whether the controller publishes answers on ``topic``: ``answers/{id}`` or a reply
-    route (under the fleet's ``replies/`` or ``answers/``, or outside the fleet), not a stream
-    preview."""
-    if topic.endswith("/stream"):
-        return False
-    prefix = f"{topics.PREFIX}/{fleet}/"
-    if not topic.startswith(prefix):
-        return True
-    return topic[len(prefix) :].startswith(("answers/", "replies/"))
-
-
-def _loose_json(payload: bytes) -> dict[str, Any]:
-    """The fields of a payload that failed validation, if it is a JSON object at all."""
-    try:
-        raw = json.loads(payload[:MAX_PAYLOAD_BYTES])
-    except (ValueError, RecursionError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
-
-
-def _as_asked(message: M, route: ReplyRoute) -> M:
-    """An answer or stream chunk as the asker on ``route`` knows it: under the request id it
-    sent (a login's prompt is keyed by its scoped id, controller/request_ids.py)."""
-    if route.request_id is None:
-        return message
-    return message.model_copy(update={"request_id": route.request_id})
-
-
-def _too_large(answer: Answer) -> Answer:
-    return _refusal(answer.request_id, "the answer is too large to publish", status="failed")
-
-
-def _refusal(request_id: str, reason: str, status: str = "rejected") -> Answer:
-    return Answer(
-        request_id=request_id,
-        status=status,  # type: ignore[arg-type]
-        answer=None,
-        experts=[],
-        error=reason[:2000],
-        latency_s=0.0,
-    )
