@@ -1,19 +1,21 @@
-"""A prompt as it arrives, decided without I/O: what makes two deliveries the same prompt, where
-its asker wants the answer (the reply routes it may have), whether it fits in a job an agent
-will take, and what can be read of a payload that failed validation.
+"""A prompt as it arrives, decided without I/O: what makes two deliveries the same prompt, the
+key the controller keeps it under, where its asker wants the answer (the reply routes it may
+have), whether it fits in a job an agent will take, and what can be read of a payload that
+failed validation.
 
-The controller service calls these as a prompt comes in, then hands the prompt to the ledger
-and the dispatcher."""
+The controller service calls ``arrive`` as a prompt comes in, then hands the ``Arrival`` to the
+ledger and the dispatcher."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from controller.ledger import ReplyRoute
+from controller.request_ids import scoped_id
 from messages import topics
 from messages.codec import MAX_PAYLOAD_BYTES, encode
 from messages.prompts import Prompt
@@ -21,6 +23,43 @@ from messages.routes import RouteError, check_reply_route
 
 # A job carries the prompt and a few fields more than the prompt's own JSON.
 JOB_OVERHEAD_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A prompt as it came in, with what the controller decided about it before the ledger."""
+
+    prompt: Prompt  # as the asker sent it
+    request_id: str  # the controller's key (a login's id scoped by the login)
+    asked_id: str  # the id the asker sent, or one derived from the content
+    fingerprint: str  # content and reply routes: the same prompt delivered again matches
+    routes: list[ReplyRoute]  # where the answer goes (a login's: under the id it sent)
+    refused: list[str]  # the reply routes refused, and why
+    problem: str | None  # why it is answered ``rejected`` at once (a refused route, too big)
+
+
+def arrive(
+    prompt: Prompt,
+    asked: Iterable[str | None],
+    correlation_data: bytes | None,
+    owner: str | None,
+    fleet: str,
+) -> Arrival:
+    """A prompt from ``owner`` (a login, or None on the shared topic) that asked its answer on
+    the topics ``asked`` (the MQTT 5 response topic, ``reply_to``): a prompt without a request
+    id gets one derived from its content, so that the same prompt delivered again joins it."""
+    routes, refused = reply_routes(asked, correlation_data, fleet, owner)
+    mark = fingerprint(prompt, routes)
+    asked_id = prompt.request_id or f"p{mark[:15]}"
+    return Arrival(
+        prompt=prompt,
+        request_id=scoped_id(owner, asked_id),
+        asked_id=asked_id,
+        fingerprint=mark,
+        routes=owned_routes(owner, asked_id, routes, fleet),
+        refused=refused,
+        problem="; ".join(refused) or too_big_for_agents(prompt),
+    )
 
 
 def fingerprint(prompt: Prompt, routes: list[ReplyRoute]) -> str:

@@ -22,13 +22,7 @@ from controller.damping import FlapDamper, ReplanTimer
 from controller.decisions import cancelled_reason, may_cancel
 from controller.dispatch import Actions, Dispatcher
 from controller.identity import ControllerIdentity, claim, default_state_root
-from controller.intake import (
-    fingerprint,
-    loose_json,
-    owned_routes,
-    reply_routes,
-    too_big_for_agents,
-)
+from controller.intake import Arrival, arrive, loose_json, reply_routes
 from controller.leadership import next_term, should_lead
 from controller.lease import Lease
 from controller.ledger import Entry, Ledger, ReplyRoute
@@ -930,27 +924,19 @@ class Controller:
 
     # -- prompts ------------------------------------------------------------------------
 
-    def _reply_routes(
-        self, inbound: Inbound[Any], reply_to: str | None, owner: str | None
-    ) -> tuple[list[ReplyRoute], list[str]]:
-        """The asker's reply routes that pass the checks (controller/intake.py), and why the
-        others were refused (each refusal counted)."""
-        asked = (inbound.response_topic, reply_to)
-        routes, refused = reply_routes(asked, inbound.correlation_data, self.settings.fleet, owner)
-        for reason in refused:
-            self._on_reject(topics.PROMPTS, inbound.topic, reason)
-        return routes, refused
-
     def _on_prompt(self, inbound: Inbound[Prompt]) -> None:
-        owner = inbound.params.get("client_id")
-        routes, refused = self._reply_routes(inbound, inbound.message.reply_to, owner)
-        self.accept(inbound.message, routes, owner=owner, refused=refused)
+        asked = (inbound.response_topic, inbound.message.reply_to)
+        self.accept(self._arrival(inbound, inbound.message, asked), inbound.topic)
 
     def _on_text_prompt(self, inbound: Inbound[str]) -> None:
-        owner = inbound.params.get("client_id")
         prompt = Prompt(prompt=inbound.message, timeout_s=self.settings.default_timeout_s)
-        routes, refused = self._reply_routes(inbound, None, owner)
-        self.accept(prompt, routes, owner=owner, refused=refused)
+        self.accept(self._arrival(inbound, prompt, (inbound.response_topic,)), inbound.topic)
+
+    def _arrival(
+        self, inbound: Inbound[Any], prompt: Prompt, asked: tuple[str | None, ...]
+    ) -> Arrival:
+        owner = inbound.params.get("client_id")
+        return arrive(prompt, asked, inbound.correlation_data, owner, self.settings.fleet)
 
     def _on_invalid_prompt(self, inbound: Inbound[bytes], reason: str) -> None:
         """A prompt that failed validation: its sender hears why on whatever route it gave
@@ -961,7 +947,10 @@ class Controller:
         owner = inbound.params.get("client_id")
         raw = loose_json(inbound.message)
         reply_to = raw.get("reply_to") if isinstance(raw.get("reply_to"), str) else None
-        routes, _ = self._reply_routes(inbound, reply_to, owner)
+        asked = (inbound.response_topic, reply_to)
+        routes, refused = reply_routes(asked, inbound.correlation_data, self.settings.fleet, owner)
+        for why in refused:
+            self._on_reject(topics.PROMPTS, inbound.topic, why)
         request_id = raw.get("request_id")
         valid_id = isinstance(request_id, str) and TOPIC_LEVEL_RE.fullmatch(request_id)
         answer = refusal(request_id if valid_id else "invalid", f"invalid prompt: {reason}")
@@ -972,14 +961,9 @@ class Controller:
         public = owner is None and bool(valid_id) and not self.ledger.entries.get(request_id)
         self._send(answer, routes, public=public)
 
-    def accept(
-        self,
-        prompt: Prompt,
-        routes: list[ReplyRoute],
-        owner: str | None = None,
-        refused: list[str] | None = None,
-    ) -> str:
-        """Take a prompt into the ledger and, as the active controller, into the dispatcher.
+    def accept(self, arrival: Arrival, topic: str) -> str:
+        """Take a prompt (as controller/intake.py made it, from ``topic``) into the ledger
+        and, as the active controller, into the dispatcher; returns the controller's key.
 
         The same prompt delivered again (same content and reply routes: an MQTT redelivery, an
         asker re-sending after a reconnect) joins the one in flight, or gets the answer already
@@ -987,53 +971,59 @@ class Controller:
         A different prompt (other content or routes) under a request id in flight or answered
         (among the answers the ledger remembers) is refused ``rejected`` to its own routes
         only: a request id names one prompt, and never gets another's result. A prompt from a
-        login's own topic (``owner``) is kept under its id scoped by the login (one login's
-        ids are never another's), answered under ``replies/{owner}/`` when it names no route,
-        with the id it sent; one whose route was ``refused``, or too large to hand to an
-        agent, is answered ``rejected`` with the reason. Returns the controller's key.
+        login's own topic is kept under its id scoped by the login (one login's ids are never
+        another's), answered under ``replies/{login}/`` when it names no route, with the id it
+        sent; one whose route was refused, or too large to hand to an agent, is answered
+        ``rejected`` with the reason.
         """
-        mark = fingerprint(prompt, routes)
-        asked_id = prompt.request_id or f"p{mark[:15]}"
-        request_id = scoped_id(owner, asked_id)
-        routes = owned_routes(owner, asked_id, routes, self.settings.fleet)
-        problem = "; ".join(refused or []) or too_big_for_agents(prompt)
+        for why in arrival.refused:
+            self._on_reject(topics.PROMPTS, topic, why)
+        request_id, problem = arrival.request_id, arrival.problem
         if problem:
             if self.active:
                 self.rejected[topics.PROMPTS.pattern] += 1
                 self._event("rejected", f"request {request_id}: {problem}", topic="prompts")
                 self._send(
                     refusal(request_id, problem),
-                    routes,
+                    arrival.routes,
                     public=request_id not in self.ledger.entries,
                 )
             return request_id
+        entry = self._into_ledger(arrival)
+        if entry is not None:
+            self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
+        return request_id
+
+    def _into_ledger(self, arrival: Arrival) -> Entry | None:
+        """The ledger's new entry for the prompt, for the dispatcher; None when it is another
+        delivery of one held or answered, a reused id, or a standby's shadow."""
+        request_id, routes, mark = arrival.request_id, arrival.routes, arrival.fingerprint
         with self._lock:
             bound = self.ledger.bound(request_id)
             if bound is not None and bound[0] != mark:
                 if self.active:
-                    self._refuse_reused(request_id, asked_id, bound[1], routes)
-                return request_id
+                    self._refuse_reused(request_id, arrival.asked_id, bound[1], routes)
+                return None
             held = self.ledger.entries.get(request_id)
             if held is not None:
                 held.add_routes(routes)
-                return request_id
+                return None
             earlier = self.ledger.answered(request_id, mark)
             if earlier is not None:  # answered: again to the asker, never a shadow to re-answer
                 if self.active:
                     self._send(earlier, routes)
-                return request_id
+                return None
             entry = Entry(
                 request_id=request_id,
-                prompt=prompt.model_copy(update={"request_id": request_id}),
+                prompt=arrival.prompt.model_copy(update={"request_id": request_id}),
                 routes=routes,
                 received_s=now_s(),
                 fingerprint=mark,
             )
             self.ledger.add(entry)
             if not self.active:
-                return request_id  # a standby's shadow: answered by the active controller
-        self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
-        return request_id
+                return None  # a standby's shadow: answered by the active controller
+        return entry
 
     def _refuse_reused(
         self, request_id: str, asked_id: str, state: str, routes: list[ReplyRoute]
