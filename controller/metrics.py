@@ -65,36 +65,7 @@ class _FleetState:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         c = self.snapshot()
-        online = c.online
-        power = GaugeMetricFamily(
-            "moe2_agent_power_watts",
-            "Each online agent's last power reading from telemetry",
-            labels=["agent", "source"],
-        )
-        fleet_w = 0.0
-        measured = 0
-        queue = GaugeMetricFamily(
-            "moe2_agent_queue_depth", "Jobs waiting on each online agent", labels=["agent"]
-        )
-        for agent_id, t in online:
-            if t is None:
-                continue
-            queue.add_metric([agent_id], t.queue_depth)
-            if t.power_w is not None:
-                power.add_metric([agent_id, t.energy_source or "unknown"], t.power_w)
-                fleet_w += t.power_w
-                measured += 1
-        yield power
-        yield queue
-        yield GaugeMetricFamily(
-            "moe2_fleet_power_watts",
-            "Sum of the online agents' last power readings (agents without a reading left out)",
-            value=fleet_w,
-        )
-        yield GaugeMetricFamily(
-            "moe2_agents_power_reporting", "Online agents that report power", value=measured
-        )
-        yield GaugeMetricFamily("moe2_agents_online", "Agents online", value=len(online))
+        yield from _agent_gauges(c.online)
         yield GaugeMetricFamily(
             "moe2_plan_epoch", "Epoch of the controller's activation plan", value=c.plan_epoch
         )
@@ -122,6 +93,41 @@ class _FleetState:
         for topic, count in sorted(c.rejected.items()):
             rejected.add_metric([topic], count)
         yield rejected
+
+
+def _agent_gauges(online: list[tuple[str, Telemetry | None]]) -> Iterator[Any]:
+    """Power and queue depth of each online agent, the fleet's power, and how many report."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    power = GaugeMetricFamily(
+        "moe2_agent_power_watts",
+        "Each online agent's last power reading from telemetry",
+        labels=["agent", "source"],
+    )
+    fleet_w = 0.0
+    measured = 0
+    queue = GaugeMetricFamily(
+        "moe2_agent_queue_depth", "Jobs waiting on each online agent", labels=["agent"]
+    )
+    for agent_id, t in online:
+        if t is None:
+            continue
+        queue.add_metric([agent_id], t.queue_depth)
+        if t.power_w is not None:
+            power.add_metric([agent_id, t.energy_source or "unknown"], t.power_w)
+            fleet_w += t.power_w
+            measured += 1
+    yield power
+    yield queue
+    yield GaugeMetricFamily(
+        "moe2_fleet_power_watts",
+        "Sum of the online agents' last power readings (agents without a reading left out)",
+        value=fleet_w,
+    )
+    yield GaugeMetricFamily(
+        "moe2_agents_power_reporting", "Online agents that report power", value=measured
+    )
+    yield GaugeMetricFamily("moe2_agents_online", "Agents online", value=len(online))
 
 
 class ControllerMetrics:
