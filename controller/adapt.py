@@ -1,13 +1,19 @@
 """MoE² as a live loop inside the controller: costs learnt from results, re-plans on drift,
 newcomers profiled and gated, the cost table published on ``controller/costs``.
 
-The controller service calls ``before_replan`` at every re-plan (the selection then uses the
-current costs), ``on_result`` with every result (True: one of ours, not the dispatcher's), and
-runs ``loop`` in a thread. Only the active controller sends probes, re-plans and publishes; a
-standby learns nothing (it has no dispatch times): it keeps the last cost table the active one
-published and, when it takes over, goes on from those costs where they are newer than the ones
-it saved itself (``carry_peer_costs``), so a controller's crash does not plan back in an expert
-that the fleet had found slow.
+The loop knows the controller only through ``LoopLinks``: what it reads (settings, the fleet
+registry, the plan, the selection, the budgets, the load) and what it asks for (an event, a
+re-plan, a retrained gate's selection installed, the cost table published, probe jobs sent as
+``Actions`` that the service publishes on its one path for jobs). The service calls
+``before_replan`` at every re-plan (it installs the selection, with the current costs, that
+comes back); the dispatcher hands on every job result (``on_job_result``: a prompt's job and its
+round trip; ``claim``: a result of no prompt, one of our probes). ``loop`` runs in a thread.
+
+Only the active controller sends probes, re-plans and publishes; a standby learns nothing (it
+has no dispatch times): it keeps the last cost table the active one published and, when it
+takes over, goes on from those costs where they are newer than the ones it saved itself
+(``carry_peer_costs``), so a controller's crash does not plan back in an expert that the fleet
+had found slow.
 
 Probes: an online expert of the gate with no cost sample for ``probe_interval_s`` (one that the
 plan leaves out gets no user prompts) is sent one training prompt of the profile, rotating
@@ -23,16 +29,21 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.costs import CostModel, Seed, seeds_from_profile
+from controller.dispatch import Actions
 from controller.drift import DriftDetector, Move
 from controller.explain import infeasible
-from messages import topics
+from controller.registry import FleetRegistry
+from controller.settings import ControllerSettings
 from messages.base import now_s
+from messages.budgets import Budgets
 from messages.costs import CostTable, ExpertCostRow
+from messages.expert_key import agent_of, expert_key, parse_key
 from messages.jobs import Job
 from messages.results import JobResult
 
@@ -40,7 +51,7 @@ if TYPE_CHECKING:
     from controller.newcomers import NewcomerQueue
     from controller.profile import Profile
     from controller.selection.from_profile import ExpertCost, GatedProfile
-    from controller.service import Controller
+    from controller.selection.live import LiveSelection
     from controller.suite import SuiteItem
 
 log = logging.getLogger(__name__)
@@ -48,6 +59,27 @@ log = logging.getLogger(__name__)
 TICK_S = 0.25
 PUBLISH_S = 2.0
 SAVE_S = 10.0
+
+
+@dataclass(frozen=True)
+class LoopLinks:
+    """What the live-cost loop reads from the controller and asks of it, and nothing more."""
+
+    settings: ControllerSettings
+    state_dir: Path  # where the costs and an extended gate are kept
+    controller_id: str
+    registry: FleetRegistry  # read: who is online, with which experts
+    stopped: threading.Event  # the controller stopped: the loop ends
+    active: Callable[[], bool]  # whether the controller may act now
+    planned: Callable[[], Mapping[str, list[str]]]  # the plan in force: agent -> experts
+    load: Callable[[], Mapping[str, int]]  # jobs out per agent
+    selection: Callable[[], LiveSelection | None]  # the selection in force
+    budgets: Callable[[], Budgets]  # the fleet's budgets in force
+    install: Callable[[LiveSelection], None]  # put a selection (a retrained gate) in force
+    replan: Callable[[bool], None]  # re-plan now (True: even if the set did not change)
+    execute: Callable[[Actions], None]  # publish probe jobs, on the service's one path
+    publish_costs: Callable[[CostTable], None]  # the cost table, while active and connected
+    event: Callable[..., None]  # a controller event: (kind, reason, **fields)
 
 
 @dataclass
@@ -59,10 +91,12 @@ class _Probe:
 
 
 class Adaptation:
-    def __init__(self, controller: Controller) -> None:
-        self.c = controller
-        s = controller.settings
-        self.path = controller.identity.state_dir / "costs.json"
+    def __init__(self, links: LoopLinks) -> None:
+        """Restore the saved costs and, when an earlier run extended the gate for newcomers,
+        install that gate (``links.install``)."""
+        self.links = links
+        s = links.settings
+        self.path = state_costs_path(links.state_dir)
         self.drift = DriftDetector(s.drift_threshold, s.drift_cooldown_s)
         self.model: CostModel | None = None
         self.probes: dict[str, _Probe] = {}
@@ -79,10 +113,11 @@ class Adaptation:
         self._working: Profile | None = None
         self._suite_problem: str | None = None
         self._save_problem: str | None = None
-        if controller.selection is None:
+        selection = links.selection()
+        if selection is None:
             return
-        self._adopt_extended()
-        gated = controller.selection.gated
+        selection = self._adopt_extended(selection)
+        gated = selection.gated
         self.model = CostModel(
             seeds_from_profile(gated.profile, gated.gate.expert_keys), window=s.cost_window
         )
@@ -93,73 +128,74 @@ class Adaptation:
 
     # -- the selection's costs ----------------------------------------------------------
 
-    def _adopt_extended(self) -> None:
-        """A gate extended for newcomers by an earlier run, when it is whole and of this fleet."""
+    def _adopt_extended(self, selection: LiveSelection) -> LiveSelection:
+        """A gate extended for newcomers by an earlier run, when it is whole and of this fleet,
+        installed; the selection in force."""
         from controller.newcomers import extended_pair
         from controller.selection.from_profile import load_gated_profile
 
-        pair = extended_pair(self.c.identity.state_dir, self.c.settings.fleet)
-        selection = self.c.selection
-        if pair is None or selection is None:
-            return
+        pair = extended_pair(self.links.state_dir, self.links.settings.fleet)
+        if pair is None:
+            return selection
         try:
             gated = load_gated_profile(*pair)
         except Exception as exc:  # a damaged extension: the configured profile stands
             log.warning("ignoring the extended profile in %s: %s", pair[0].parent, exc)
-            return
-        if set(selection.expert_keys) <= set(gated.gate.expert_keys):
-            log.info("using the gate extended for newcomers: %s", pair[1])
-            self._swap(gated)
+            return selection
+        if not set(selection.expert_keys) <= set(gated.gate.expert_keys):
+            return selection
+        log.info("using the gate extended for newcomers: %s", pair[1])
+        extended = _rebuilt(selection, gated)
+        self.links.install(extended)
+        return extended
 
     def _gate_costs(self) -> dict[str, ExpertCost]:
         assert self.model is not None
-        selection = self.c.selection
+        selection = self.links.selection()
         keys = set(selection.expert_keys) if selection else set()
         return {k: v for k, v in self.model.costs().items() if k in keys}
 
-    def _swap(self, gated: GatedProfile) -> None:
-        from controller.selection.live import LiveSelection
-
-        old = self.c.selection
-        assert old is not None
-        self.c.selection = LiveSelection(
-            gated, aggregation_delay_s=old.aggregation_delay_s, time_limit_s=old.time_limit_s
-        )
-
-    def before_replan(self) -> None:
-        """Every re-plan solves with the current costs, and they become the drift reference."""
-        selection = self.c.selection
+    def before_replan(self, selection: LiveSelection | None) -> LiveSelection | None:
+        """Every re-plan solves with the current costs, and they become the drift reference:
+        the selection to install with them (None: ``selection`` has them already)."""
         if self.model is None or selection is None:
-            return
+            return None
         with self._lock:
             current = self._gate_costs()
             costs = {**selection.gated.costs, **current}
+            costed = None
             if costs != selection.gated.costs:
-                self._swap(replace(selection.gated, costs=costs))  # type: ignore[arg-type]
+                gated = replace(selection.gated, costs=costs)  # type: ignore[arg-type]
+                costed = _rebuilt(selection, gated)
             self.drift.adopt(current, time.monotonic())
+        return costed
 
     # -- results ------------------------------------------------------------------------
 
-    def on_result(self, result: JobResult, now: float) -> bool:
-        """Learn from a result; True when it answered one of our probes."""
+    def claim(self, result: JobResult, now: float) -> bool:
+        """A result of no prompt in flight (from the dispatcher): True when it answers one of
+        our probes, and then learnt from."""
         if self.model is None:
             return False
-        key = f"{result.expert_id}@{result.agent_id}"
         probe = self.probes.pop(result.request_id, None)
-        if probe is not None:
-            if probe.key != key:
-                return True
-            self._learn(result, key, probe.item.category, now - probe.sent, now)
-            if probe.newcomer:
-                self._measured(probe, result, now - probe.sent)
-            return True
-        pending = self.c.dispatcher.pending.get(result.request_id)
-        if pending is None:
+        if probe is None:
             return False
-        sent = pending.jobs.get((result.agent_id, result.expert_id))
-        if sent is not None:
-            self._learn(result, key, pending.prompt.category, now - sent, now)
-        return False
+        key = expert_key(result.agent_id, result.expert_id)
+        if probe.key != key:
+            return True
+        self._learn(result, key, probe.item.category, now - probe.sent, now)
+        if probe.newcomer:
+            self._measured(probe, result, now - probe.sent)
+        return True
+
+    def on_job_result(
+        self, result: JobResult, category: str | None, round_trip_s: float, now: float
+    ) -> None:
+        """A result of a prompt's job (from the dispatcher), ``round_trip_s`` after it went."""
+        if self.model is None:
+            return
+        key = expert_key(result.agent_id, result.expert_id)
+        self._learn(result, key, category, round_trip_s, now)
 
     def _learn(
         self, result: JobResult, key: str, category: str | None, round_trip: float, now: float
@@ -195,13 +231,15 @@ class Adaptation:
 
     def loop(self) -> None:
         last_publish = last_save = 0.0
-        while not self.c._stop.wait(TICK_S):
+        while not self.links.stopped.wait(TICK_S):
             try:
                 now = time.monotonic()
-                if self.model is None or not self.c.active:
+                if self.model is None or not self.links.active():
                     continue
-                self._probe(now)
-                self._newcomers(now)
+                probes = Actions()
+                self._probe(now, probes)
+                self._newcomers(now, probes)
+                self.links.execute(probes)
                 moves = self.drift.due(self._gate_costs(), now, self._online_keys())
                 if moves:
                     self._replan_for(moves)
@@ -230,21 +268,20 @@ class Adaptation:
             self._save_problem = None
 
     def _online_keys(self) -> set[str]:
-        return {
-            f"{e}@{a}" for a, experts in self.c.registry.online_experts().items() for e in experts
-        }
+        return _keys(self.links.registry.online_experts())
 
     def _replan_for(self, moves: list[Move]) -> None:
         text = "; ".join(str(m) for m in moves[:6])
         more = f" (+{len(moves) - 6} more)" if len(moves) > 6 else ""
-        self.c._event("drift", f"costs moved past ±{self.drift.threshold:.0%}: {text}{more}")
-        self.c.replan()  # a new epoch only when the set changes
+        self.links.event("drift", f"costs moved past ±{self.drift.threshold:.0%}: {text}{more}")
+        self.links.replan(False)  # a new epoch only when the set changes
         self.publish()
 
-    def _probe(self, now: float) -> None:
+    def _probe(self, now: float, actions: Actions) -> None:
+        """Time out the probes unanswered; add one for each expert due (to ``actions``)."""
         assert self.model is not None
-        interval = self.c.settings.probe_interval_s
-        timeout = self.c.settings.probe_timeout_s
+        interval = self.links.settings.probe_interval_s
+        timeout = self.links.settings.probe_timeout_s
         for request_id, probe in list(self.probes.items()):
             if now - probe.sent > timeout:
                 self.probes.pop(request_id, None)
@@ -253,15 +290,16 @@ class Adaptation:
                     self.last_sample[probe.key] = now
                 else:
                     self._measured(probe, None, now - probe.sent)
-        if interval <= 0 or self.c.selection is None:
+        selection = self.links.selection()
+        if interval <= 0 or selection is None:
             return
         out = {p.key for p in self.probes.values()}
-        load = self.c.dispatcher.load
-        items = [i for i in self.c.selection.gated.profile.items if i.split == "train"]
+        load = self.links.load()
+        items = [i for i in selection.gated.profile.items if i.split == "train"]
         if not items:
             return
         for key in sorted(self._online_keys() & set(self.model.seeds)):
-            agent = key.partition("@")[2]
+            agent = agent_of(key)
             if key in out or load.get(agent, 0) > 0:
                 continue
             if now - self.last_sample.setdefault(key, now) < interval:
@@ -271,10 +309,13 @@ class Adaptation:
             category = categories[self._probe_turn % len(categories)]
             in_cat = [i for i in items if i.category == category]
             item = in_cat[(self._probe_turn // len(categories)) % len(in_cat)]
-            self._send(key, item, now, newcomer=False)
+            self._send(actions, key, item, now, newcomer=False)
 
-    def _send(self, key: str, item: SuiteItem, now: float, newcomer: bool) -> None:
-        expert, _, agent = key.partition("@")
+    def _send(
+        self, actions: Actions, key: str, item: SuiteItem, now: float, newcomer: bool
+    ) -> None:
+        """A probe job for ``key``: into ``actions``, for the service to publish."""
+        agent, expert = parse_key(key)
         request_id = f"probe-{uuid.uuid4().hex[:12]}"
         job = Job(
             request_id=request_id,
@@ -282,70 +323,36 @@ class Adaptation:
             prompt=item.prompt,
             choices=item.choices,
             question=item.question,
-            timeout_s=self.c.settings.probe_timeout_s,
+            timeout_s=self.links.settings.probe_timeout_s,
             issued_s=now_s(),
         )
         self.probes[request_id] = _Probe(key, item, now, newcomer)
-        self.c.bus.publish(topics.AGENT_JOBS, job, agent_id=agent)
+        actions.jobs.append((agent, job))
 
     # -- newcomers ----------------------------------------------------------------------
 
-    def _newcomers(self, now: float) -> None:
-        from controller.newcomers import NewcomerQueue, add_expert, add_items
-
-        selection = self.c.selection
+    def _newcomers(self, now: float, actions: Actions) -> None:
+        """Profile the online experts the gate does not know: a suite prompt at a time (into
+        ``actions``), then retrain the gate with those measured, in the background."""
+        selection = self.links.selection()
         if selection is None or self._retraining:
             return
         known = set(selection.expert_keys)
         online = self._online_keys()
-        if self.newcomers is None:
-            if not online - known or self._suite_problem is not None:
-                return
-            from controller.profile import ProfileError
-            from controller.suite import DEFAULT_SUITE, SuiteError, load_suite
-
-            working = selection.gated.profile.model_copy(deep=True)
-            try:
-                suite = load_suite(self.c.settings.suite or DEFAULT_SUITE)
-                items = [i for i in suite if i.split in ("train", "val")]
-                add_items(working, items)
-            except (SuiteError, ProfileError) as exc:  # said once, not at every tick
-                self._suite_problem = str(exc)
-                self.c._event("profiling", f"newcomers cannot be profiled: {exc}")
-                return
-            self.newcomers = NewcomerQueue(items, rate_hz=self.c.settings.newcomer_rate_hz)
-            self._working = working
-        queue, working = self.newcomers, self._working
-        assert working is not None
-        infos = {
-            (r.agent_id, e.expert_id): e
-            for r in self.c.registry.agents()
-            if r.capabilities
-            for e in r.capabilities.experts
-        }
-        for key in sorted(online - known):
-            if key not in queue.progress:
-                expert, _, agent = key.partition("@")
-                info = infos.get((agent, expert))
-                if info is None:
-                    continue
-                add_expert(working, key, info.model, info.template)
-                queue.add(key, working)
-                self.c._event(
-                    "profiling",
-                    f"{key} is new to the gate: profiling it on "
-                    f"{queue.progress[key].total} suite prompts",
-                    agent_id=agent,
-                )
+        if self.newcomers is None and not self._open_queue(selection, online - known):
+            return
+        queue = self.newcomers
+        assert queue is not None
+        self._enqueue(sorted(online - known))
         for key in list(queue.progress):
             if key not in online and queue.progress[key].phase == "profiling":
                 queue.forget(key)
         busy = {p.key for p in self.probes.values() if p.newcomer}
-        load = self.c.dispatcher.load
-        busy |= {k for k in queue.progress if load.get(k.partition("@")[2], 0) > 0}
+        load = self.links.load()
+        busy |= {k for k in queue.progress if load.get(agent_of(k), 0) > 0}
         nxt = queue.next(now, busy)
         if nxt is not None:
-            self._send(nxt[0], nxt[1], now, newcomer=True)
+            self._send(actions, nxt[0], nxt[1], now, newcomer=True)
         done = queue.finished()
         if done:
             for key in done:
@@ -354,6 +361,55 @@ class Adaptation:
             threading.Thread(
                 target=self._retrain, args=(done,), name="gate-retrain", daemon=True
             ).start()
+
+    def _open_queue(self, selection: LiveSelection, new: set[str]) -> bool:
+        """The newcomer queue, made when the first newcomer comes (the suite loaded into a
+        working copy of the profile); False while there is none, or no suite to profile on."""
+        from controller.newcomers import NewcomerQueue, add_items
+        from controller.profile import ProfileError
+        from controller.suite import DEFAULT_SUITE, SuiteError, load_suite
+
+        if not new or self._suite_problem is not None:
+            return False
+        working = selection.gated.profile.model_copy(deep=True)
+        try:
+            suite = load_suite(self.links.settings.suite or DEFAULT_SUITE)
+            items = [i for i in suite if i.split in ("train", "val")]
+            add_items(working, items)
+        except (SuiteError, ProfileError) as exc:  # said once, not at every tick
+            self._suite_problem = str(exc)
+            self.links.event("profiling", f"newcomers cannot be profiled: {exc}")
+            return False
+        self.newcomers = NewcomerQueue(items, rate_hz=self.links.settings.newcomer_rate_hz)
+        self._working = working
+        return True
+
+    def _enqueue(self, new: list[str]) -> None:
+        """Each newcomer not queued yet (and whose agent says what it is) into the queue."""
+        from controller.newcomers import add_expert
+
+        queue, working = self.newcomers, self._working
+        assert queue is not None and working is not None
+        infos = {
+            (r.agent_id, e.expert_id): e
+            for r in self.links.registry.agents()
+            if r.capabilities
+            for e in r.capabilities.experts
+        }
+        for key in new:
+            if key in queue.progress:
+                continue
+            info = infos.get(parse_key(key))
+            if info is None:
+                continue
+            add_expert(working, key, info.model, info.template)
+            queue.add(key, working)
+            self.links.event(
+                "profiling",
+                f"{key} is new to the gate: profiling it on "
+                f"{queue.progress[key].total} suite prompts",
+                agent_id=agent_of(key),
+            )
 
     def _measured(self, probe: _Probe, result: JobResult | None, round_trip: float) -> None:
         from controller.newcomers import store
@@ -381,14 +437,14 @@ class Adaptation:
         queue.record(probe.key, ok)
         prog = queue.progress.get(probe.key)
         if prog is not None and (prog.measured + prog.failed) % 10 == 0:
-            self.c._event("profiling", f"{probe.key}: {prog}")
+            self.links.event("profiling", f"{probe.key}: {prog}")
 
     def _retrain(self, keys: list[str]) -> None:
         from controller.gate.cache import CachedEncoder
         from controller.newcomers import extend_gate, write_extended
 
         queue = self.newcomers
-        selection = self.c.selection
+        selection = self.links.selection()
         assert queue is not None and selection is not None and self.model is not None
         assert self._working is not None
         try:
@@ -396,23 +452,24 @@ class Adaptation:
             encoder = CachedEncoder(selection.gated.gate._encoder())
             gated, loss = extend_gate(selection.gated, self._working, keys, encoder)
             seconds = time.perf_counter() - started
-            write_extended(gated, self.c.identity.state_dir)
+            write_extended(gated, self.links.state_dir)
             self.model.reseed({**self.model.seeds, **seeds_from_profile(gated.profile, keys)})
             with self._lock:
-                self._swap(gated)
+                self.links.install(_rebuilt(selection, gated))
                 for key in keys:
                     queue.progress[key].phase = "done"
-            self.c._event(
+            self.links.event(
                 "profiling",
                 f"gate retrained with {', '.join(keys)} in {seconds:.1f} s "
                 f"(validation loss {loss:.3f}); re-planning",
             )
-            self.c.replan(force=True)
+            self.links.replan(True)
         except Exception as exc:
             log.exception("retraining the gate failed")
             for key in keys:
                 queue.progress[key].phase = "failed"
-            self.c._event("profiling", f"retraining the gate for {', '.join(keys)} failed: {exc}")
+            why = f"retraining the gate for {', '.join(keys)} failed: {exc}"
+            self.links.event("profiling", why)
         finally:
             self._retraining = False
             self.publish()
@@ -427,7 +484,7 @@ class Adaptation:
 
     def on_peer_costs(self, table: CostTable) -> None:
         """The cost table another controller published (retained): kept for a takeover."""
-        if table.controller_id != self.c.controller_id:
+        if table.controller_id != self.links.controller_id:
             self._peer_table = table
 
     def carry_peer_costs(self) -> int:
@@ -457,7 +514,7 @@ class Adaptation:
             ):
                 carried += 1
         if carried:
-            self.c._event(
+            self.links.event(
                 "takeover",
                 f"went on from the live costs of {carried} experts learnt by "
                 f"{table.controller_id} ({now_s() - table.time_s:.0f} s old)",
@@ -467,11 +524,12 @@ class Adaptation:
     # -- the cost table -----------------------------------------------------------------
 
     def table(self) -> CostTable | None:
-        if self.model is None or self.c.selection is None:
+        selection = self.links.selection()
+        if self.model is None or selection is None:
             return None
         online = self._online_keys()
-        planned = {f"{e}@{a}" for a, experts in self.c.planner.assignments.items() for e in experts}
-        gate_keys = set(self.c.selection.expert_keys)
+        planned = _keys(self.links.planned())
+        gate_keys = set(selection.expert_keys)
         rows = []
         for key in sorted(set(self.model.seeds) | online):
             live = self.model.current(key)
@@ -506,15 +564,15 @@ class Adaptation:
                     profiling=str(progress) if progress else None,
                 )
             )
-        budgets = self.c.budgets
+        budgets = self.links.budgets()
         self.problem = infeasible(
             self._gate_costs(),  # type: ignore[arg-type]
             budgets,
             sorted(online & gate_keys),
-            self.c.selection.aggregation_delay_s,
+            selection.aggregation_delay_s,
         )
         return CostTable(
-            controller_id=self.c.controller_id,
+            controller_id=self.links.controller_id,
             time_s=now_s(),
             budgets=budgets,
             feasible=self.problem is None,
@@ -527,8 +585,22 @@ class Adaptation:
     def publish(self) -> None:
         with self._publish_lock:
             table = self.table()
-            if table is not None and self.c.active and self.c.bus.connected:
-                self.c.bus.publish(topics.CONTROLLER_COSTS, table)
+            if table is not None:
+                self.links.publish_costs(table)  # while active and connected
+
+
+def _keys(pool: Mapping[str, list[str]]) -> set[str]:
+    """``expert@agent`` of every expert of every agent in ``pool`` (agent -> experts)."""
+    return {expert_key(agent, expert) for agent, experts in pool.items() for expert in experts}
+
+
+def _rebuilt(old: LiveSelection, gated: GatedProfile) -> LiveSelection:
+    """A selection like ``old`` (its aggregation delay and time limit) over ``gated``."""
+    from controller.selection.live import LiveSelection
+
+    return LiveSelection(
+        gated, aggregation_delay_s=old.aggregation_delay_s, time_limit_s=old.time_limit_s
+    )
 
 
 def _same_seed(row: ExpertCostRow, seed: Seed) -> bool:

@@ -2,8 +2,11 @@
 agent has room, answers as soon as they are decided, failover when an agent goes away.
 
 The dispatcher does no I/O. Each call returns the ``Actions`` to carry out (jobs and cancels to
-publish, answers to send, events to report); the controller service publishes them. Time comes
-in as ``now`` (``time.monotonic()``), so every rule can be driven step by step in a test.
+publish, answers to send, events to report, results to count); the controller service publishes
+them. Time comes in as ``now`` (``time.monotonic()``), so every rule can be driven step by step
+in a test. Who answers a prompt is asked of a router (controller/routing.py). Every job result
+comes here; what it says of an expert's cost goes on to a ``ResultObserver`` (the live-cost
+loop), which also takes the results of its own probes, the jobs that answer no prompt.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from controller.aggregate import Arrival, combine
 from controller.decisions import decided, least_loaded
@@ -72,18 +75,33 @@ Capacity = Callable[[str], int]  # agent id -> jobs it may hold at once
 Slots = Callable[[str, str], int]  # (agent id, expert id) -> jobs that expert may hold at once
 
 
+class ResultObserver(Protocol):
+    """Who learns from job results besides the prompts they answer (the live-cost loop)."""
+
+    def on_job_result(
+        self, result: JobResult, category: str | None, round_trip_s: float, now: float
+    ) -> None:
+        """A result of a job of a prompt in flight, ``round_trip_s`` after it was sent."""
+
+    def claim(self, result: JobResult, now: float) -> bool:
+        """A result that answers no prompt in flight: True when it is the observer's own (a
+        probe), which the dispatcher then neither counts nor answers."""
+
+
 @dataclass
 class Actions:
     jobs: list[tuple[str, Job]] = field(default_factory=list)
     cancels: list[tuple[str, Cancel]] = field(default_factory=list)
     answers: list[tuple[Answer, list[ReplyRoute]]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    results: list[JobResult] = field(default_factory=list)  # results taken: for the metrics
 
     def extend(self, other: Actions) -> Actions:
         self.jobs += other.jobs
         self.cancels += other.cancels
         self.answers += other.answers
         self.events += other.events
+        self.results += other.results
         return self
 
     def event(self, kind: str, reason: str, **fields: Any) -> None:
@@ -128,9 +146,11 @@ class Dispatcher:
         retry_after_s: float = 1.0,
         early_answers: bool = True,
         slots: Slots | None = None,
+        observer: ResultObserver | None = None,
     ) -> None:
         self.router, self.replicas, self.capacity = router, replicas, capacity
         self.slots = slots
+        self.observer = observer
         self.max_queued = max_queued
         self.early_answers = early_answers
         self.retry_after_s = retry_after_s
@@ -264,8 +284,11 @@ class Dispatcher:
     # -- results and failures -----------------------------------------------------------
 
     def on_result(self, result: JobResult, now: float) -> tuple[Actions, str | None]:
-        """Take a result; the second value is why it was refused (None when taken or late)."""
-        actions = Actions()
+        """Take a result; the second value is why it was refused (None when taken or late).
+        The observer hears of it first (outside the lock: it may report an event)."""
+        if self._observed(result, now):
+            return Actions(), None  # the observer's own probe, not a prompt's job
+        actions = Actions(results=[result])
         pair = (result.agent_id, result.expert_id)
         with self._lock:
             pending = self.pending.get(result.request_id)
@@ -275,7 +298,7 @@ class Dispatcher:
             job = pending.sent.get(pair)
             if job is not None and result.job_digest not in (None, job.digest()):
                 return actions, (
-                    f"result of {result.expert_id}@{result.agent_id} for request "
+                    f"result of {expert_key(*pair)} for request "
                     f"{result.request_id} answers another job (other content under that id)"
                 )
             if pair in pending.arrivals:
@@ -284,14 +307,27 @@ class Dispatcher:
                 if pair in pending.sent:  # failed over or left out, then answered after all
                     self.late_results += 1
                     return actions, None
-                return actions, (
-                    f"request {result.request_id} did not ask {result.expert_id}@{result.agent_id}"
-                )
+                return actions, f"request {result.request_id} did not ask {expert_key(*pair)}"
             pending.arrivals[pair] = Arrival(result, now - pending.jobs[pair])
             self._release(pending, pair)
             self._settle(actions, pending, now)
             actions.extend(self.pump(now))
         return actions, None
+
+    def _observed(self, result: JobResult, now: float) -> bool:
+        """Tell the observer: a job's round trip, or a result of no prompt in flight (True
+        when the observer claims it)."""
+        if self.observer is None:
+            return False
+        with self._lock:
+            pending = self.pending.get(result.request_id)
+            sent = pending.jobs.get((result.agent_id, result.expert_id)) if pending else None
+            category = pending.prompt.category if pending else None
+        if pending is None:
+            return self.observer.claim(result, now)
+        if sent is not None:
+            self.observer.on_job_result(result, category, now - sent, now)
+        return False
 
     def _settle(self, actions: Actions, pending: Pending, now: float) -> None:
         """Answer the request if what is still out can no longer change the answer."""

@@ -4,25 +4,25 @@ rejected messages by topic and whether the ledger is durable. ``moe2 controller 
 HOST:PORT`` serves them.
 
 Counters and histograms are observed as answers and results pass; the fleet's state (power,
-agents, epoch, queue, rejections) is read from the controller at each scrape, so it is never
-stale and costs nothing between scrapes. prometheus_client is imported at the first answer,
-result or ``serve``: a controller at rest does without it.
+agents, epoch, queue, rejections) is a ``FleetSnapshot`` the controller hands over at each
+scrape, so it is never stale and costs nothing between scrapes. prometheus_client is imported
+at the first answer, result or ``serve``: a controller at rest does without it.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from messages.answers import Answer
 from messages.results import JobResult
+from messages.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Histogram
-
-    from controller.service import Controller
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]*):(?P<port>\d{1,5})$")
@@ -42,56 +42,38 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
-class _FleetState:
-    """What the controller knows now, read at every scrape (a prometheus_client collector)."""
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """What the controller knows now, as a scrape reports it."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    online: list[tuple[str, Telemetry | None]]  # each online agent and its last telemetry
+    plan_epoch: int
+    queued: int  # prompts waiting for room
+    pending: int  # prompts dispatched, not answered
+    active: bool
+    durable: bool  # the ledger is written to disk
+    rejected: dict[str, int]  # payloads rejected, by topic pattern
+
+
+class _FleetState:
+    """The controller's snapshot, taken at every scrape (a prometheus_client collector)."""
+
+    def __init__(self, snapshot: Callable[[], FleetSnapshot]) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        c = self.controller
-        online = [r for r in c.registry.agents() if r.online]
-        power = GaugeMetricFamily(
-            "moe2_agent_power_watts",
-            "Each online agent's last power reading from telemetry",
-            labels=["agent", "source"],
-        )
-        fleet_w = 0.0
-        measured = 0
-        queue = GaugeMetricFamily(
-            "moe2_agent_queue_depth", "Jobs waiting on each online agent", labels=["agent"]
-        )
-        for record in online:
-            t = record.telemetry
-            if t is None:
-                continue
-            queue.add_metric([record.agent_id], t.queue_depth)
-            if t.power_w is not None:
-                power.add_metric([record.agent_id, t.energy_source or "unknown"], t.power_w)
-                fleet_w += t.power_w
-                measured += 1
-        yield power
-        yield queue
+        c = self.snapshot()
+        yield from _agent_gauges(c.online)
         yield GaugeMetricFamily(
-            "moe2_fleet_power_watts",
-            "Sum of the online agents' last power readings (agents without a reading left out)",
-            value=fleet_w,
+            "moe2_plan_epoch", "Epoch of the controller's activation plan", value=c.plan_epoch
         )
         yield GaugeMetricFamily(
-            "moe2_agents_power_reporting", "Online agents that report power", value=measured
-        )
-        yield GaugeMetricFamily("moe2_agents_online", "Agents online", value=len(online))
-        yield GaugeMetricFamily(
-            "moe2_plan_epoch", "Epoch of the controller's activation plan", value=c.planner.epoch
-        )
-        queued, pending = c.dispatcher.counts()
-        yield GaugeMetricFamily(
-            "moe2_queue_depth", "Prompts waiting for room on the fleet", value=queued
+            "moe2_queue_depth", "Prompts waiting for room on the fleet", value=c.queued
         )
         yield GaugeMetricFamily(
-            "moe2_pending_prompts", "Prompts dispatched and not yet answered", value=pending
+            "moe2_pending_prompts", "Prompts dispatched and not yet answered", value=c.pending
         )
         yield GaugeMetricFamily(
             "moe2_controller_active",
@@ -103,14 +85,49 @@ class _FleetState:
             "1 while accepted prompts are written to the ledger on disk, 0 while they are kept "
             "in memory only (the state folder or disk is at fault: see the status's "
             "state_problem)",
-            value=1 if c.ledger.durable else 0,
+            value=1 if c.durable else 0,
         )
         rejected = CounterMetricFamily(
             "moe2_rejected_messages", "Payloads rejected, by topic pattern", labels=["topic"]
         )
-        for topic, count in sorted(dict(c.rejected).items()):
+        for topic, count in sorted(c.rejected.items()):
             rejected.add_metric([topic], count)
         yield rejected
+
+
+def _agent_gauges(online: list[tuple[str, Telemetry | None]]) -> Iterator[Any]:
+    """Power and queue depth of each online agent, the fleet's power, and how many report."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    power = GaugeMetricFamily(
+        "moe2_agent_power_watts",
+        "Each online agent's last power reading from telemetry",
+        labels=["agent", "source"],
+    )
+    fleet_w = 0.0
+    measured = 0
+    queue = GaugeMetricFamily(
+        "moe2_agent_queue_depth", "Jobs waiting on each online agent", labels=["agent"]
+    )
+    for agent_id, t in online:
+        if t is None:
+            continue
+        queue.add_metric([agent_id], t.queue_depth)
+        if t.power_w is not None:
+            power.add_metric([agent_id, t.energy_source or "unknown"], t.power_w)
+            fleet_w += t.power_w
+            measured += 1
+    yield power
+    yield queue
+    yield GaugeMetricFamily(
+        "moe2_fleet_power_watts",
+        "Sum of the online agents' last power readings (agents without a reading left out)",
+        value=fleet_w,
+    )
+    yield GaugeMetricFamily(
+        "moe2_agents_power_reporting", "Online agents that report power", value=measured
+    )
+    yield GaugeMetricFamily("moe2_agents_online", "Agents online", value=len(online))
 
 
 class ControllerMetrics:
@@ -124,8 +141,9 @@ class ControllerMetrics:
     expert_results: Counter
     expert_energy: Counter
 
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def __init__(self, snapshot: Callable[[], FleetSnapshot]) -> None:
+        """``snapshot``: the fleet's state now, taken at every scrape."""
+        self.snapshot = snapshot
         self.server: Any = None
         self._opened = False
         self._open_lock = threading.Lock()
@@ -174,7 +192,7 @@ class ControllerMetrics:
             ["expert", "agent", "source"],
             registry=r,
         )
-        r.register(_FleetState(self.controller))
+        r.register(_FleetState(self.snapshot))
 
     def answered(self, answer: Answer) -> None:
         self._open()

@@ -2,55 +2,51 @@
 dispatcher and the ledger.
 
 Decisions live elsewhere: who leads (``leadership``), which experts each agent holds
-(``planning``), when a prompt is dispatched, answered or failed over (``dispatch`` and
-``decisions``). This module receives messages, calls those, and publishes what they decide.
+(``plan_experts``) under which plan epoch (``plan_epochs``), when a prompt is dispatched,
+answered or failed over (``dispatch`` and ``decisions``), who answers it (``routing``), what the
+live costs say (``adapt``). This module receives messages, calls those, and publishes what they
+decide: ``_execute`` is the one path by which jobs go out.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from controller import __version__
-from controller.adapt import Adaptation
+from controller.adapt import Adaptation, LoopLinks
 from controller.damping import FlapDamper, ReplanTimer
-from controller.decisions import (
-    cancelled_reason,
-    fleet_coming_back,
-    may_cancel,
-    one_replica_each,
-)
-from controller.dispatch import PARK_GRACE_S, Actions, Dispatcher, Refused, Route
+from controller.decisions import cancelled_reason, may_cancel
+from controller.dispatch import Actions, Dispatcher
 from controller.identity import ControllerIdentity, claim, default_state_root
+from controller.intake import Arrival, arrive, loose_json, reply_routes
 from controller.leadership import next_term, should_lead
 from controller.lease import Lease
 from controller.ledger import Entry, Ledger, ReplyRoute
-from controller.metrics import ControllerMetrics
-from controller.planner import Planner
-from controller.planning import cache_plan_problem, online_keys, tighter, wanted_experts
+from controller.metrics import ControllerMetrics, FleetSnapshot
+from controller.plan_epochs import Planner
+from controller.plan_experts import cache_plan_problem, online_keys, wanted_experts
 from controller.registry import Change, FleetRegistry
+from controller.replies import as_asked, is_answer, refusal, too_large
 from controller.request_ids import scoped_id
+from controller.routing import Router
 from controller.selection.errors import BudgetError
 from controller.settings import ControllerSettings
 from messages import topics
-from messages.answers import Answer, ExpertFailure
+from messages.answers import Answer
 from messages.base import TOPIC_LEVEL_RE, now_s
 from messages.budgets import Budgets
 from messages.bus import Bus, Inbound, Outgoing, PublishRefused
 from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
-from messages.codec import MAX_PAYLOAD_BYTES, encode
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.costs import CostTable
 from messages.prompt_cancel import PromptCancel
 from messages.prompts import Prompt
 from messages.results import JobResult
-from messages.routes import RouteError, check_reply_route
 from messages.status import AgentStatus
 from messages.stream import StreamChunk
 from messages.telemetry import Telemetry
@@ -61,26 +57,15 @@ if TYPE_CHECKING:  # numpy and numba are imported only with a gate (controller/s
     from controller.selection.solver import SelectionResult
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", Answer, StreamChunk)
 
 # An agent whose telemetry shows another plan than it was sent gets it again, at most this often.
 RESYNC_S = 5.0
 # A time-limited selection is improved in the background in slices of this length, this many.
 IMPROVE_SLICE_S = 1.0
 IMPROVE_SLICES = 120
-# A job carries the prompt and a few fields more than the prompt's own JSON.
-JOB_OVERHEAD_BYTES = 1024
 # A watch-loop step this much later than the last one means this process was not running (a
 # freeze, a suspended VM): agents' silence is not counted over that gap.
 CLOCK_GAP_S = 1.0
-
-
-def fingerprint(prompt: Prompt, routes: list[ReplyRoute]) -> str:
-    """What makes two deliveries the same prompt: its content and where it wants the answer."""
-    digest = hashlib.sha256(prompt.model_dump_json().encode())
-    for route in routes:
-        digest.update(b"\0" + route.topic.encode() + b"\0" + (route.correlation_data or b""))
-    return digest.hexdigest()
 
 
 class Controller:
@@ -99,26 +84,7 @@ class Controller:
         self.ledger = Ledger(
             self.identity.state_dir / "ledger.jsonl", sync=self.settings.ledger_sync
         )
-        self.dispatcher = Dispatcher(
-            self._route,
-            self._replicas,
-            self._capacity,
-            settings.max_queued_prompts,
-            settings.busy_retry_after_s,
-            settings.early_answers,
-            slots=self._slots,
-        )
-        self.bus = Bus(
-            settings.endpoint,
-            settings.fleet,
-            client_id=f"moe2-{settings.fleet}-controller-{self.controller_id}",
-            keepalive_s=settings.keepalive_s,
-            on_reject=self._on_reject,
-            persistent=True,
-            session_expiry_s=settings.session_expiry_s,
-            reconnect_max_s=settings.reconnect_max_s,
-            on_connected=[self._on_connected],
-        )
+        self.bus = self._make_bus()
         self._lock = threading.RLock()
         # Fencing (docs/reliability.md, "One active controller"): ``leader`` is what the
         # election decided and the status says; the controller acts only while ``active``.
@@ -141,8 +107,6 @@ class Controller:
         )
         self._held: set[str] = set()  # the agents the last re-plan held out
         self._improver: threading.Thread | None = None
-        self._connected_at: float | None = None
-        self.selection: LiveSelection | None = None
         self.cache_plan: CachePlan | None = None
         self.last_selection: SelectionResult | None = None
         self.configured_budgets = Budgets(
@@ -150,29 +114,125 @@ class Controller:
             delay_s=dict(settings.delay_budget_s),
             top_k=settings.top_k,
         )
-        self.budgets = self.configured_budgets
-        if settings.profile is not None and settings.gate is not None:
-            from controller.selection.from_profile import load_gated_profile  # needs torch
-            from controller.selection.live import LiveSelection
-
-            self.selection = LiveSelection(
-                load_gated_profile(settings.profile, settings.gate),
-                aggregation_delay_s=settings.aggregation_delay_s,
-                time_limit_s=settings.selection_time_limit_s,
-            )
-            self.selection.gated.profile.check_fleet(settings.fleet)
-            self.selection.check(self.budgets)
         self.rejected: Counter[str] = Counter()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.adaptation = Adaptation(self)  # live costs, drift, newcomers (controller/adapt.py)
-        self.metrics = ControllerMetrics(self)
+        self._collaborators()
         self.metrics_listen: tuple[str, int] | None = None  # `--metrics HOST:PORT`
         self._stream_leads: dict[str, tuple[str, str]] = {}  # request id -> the pair relayed
+
+    def _make_bus(self) -> Bus:
+        settings = self.settings
+        return Bus(
+            settings.endpoint,
+            settings.fleet,
+            client_id=f"moe2-{settings.fleet}-controller-{self.controller_id}",
+            keepalive_s=settings.keepalive_s,
+            on_reject=self._on_reject,
+            persistent=True,
+            session_expiry_s=settings.session_expiry_s,
+            reconnect_max_s=settings.reconnect_max_s,
+            on_connected=[self._on_connected],
+        )
+
+    def _collaborators(self) -> None:
+        """The router, the live-cost loop, the dispatcher and the metrics, each given only
+        what it reads and what it may ask for."""
+        settings = self.settings
+        self.router = Router(  # who answers a prompt (controller/routing.py)
+            self.registry,
+            self.planner,
+            settings.agent_job_window,
+            self.configured_budgets,
+            _configured_selection(settings, self.configured_budgets),
+            (self._replans, self._damper),
+        )
+        # live costs, drift, newcomers (controller/adapt.py); it may install an extended gate
+        self.adaptation = Adaptation(self._loop_links())
+        self.router.no_expert_reason = self.adaptation.no_expert_reason
+        self.dispatcher = Dispatcher(
+            self.router.route,
+            self.router.replicas,
+            self.router.capacity,
+            settings.max_queued_prompts,
+            settings.busy_retry_after_s,
+            settings.early_answers,
+            slots=self.router.slots,
+            observer=self.adaptation,  # learns from results, takes its probes' results
+        )
+        self.metrics = ControllerMetrics(self._snapshot)
 
     @property
     def answered(self) -> int:
         return self.dispatcher.answered
+
+    @property
+    def selection(self) -> LiveSelection | None:
+        """The MoE² selection in force (None without a profile and gate): the router's."""
+        return self.router.selection
+
+    @selection.setter
+    def selection(self, selection: LiveSelection | None) -> None:
+        self.router.selection = selection
+
+    @property
+    def budgets(self) -> Budgets:
+        """The fleet's budgets in force: the router's."""
+        return self.router.budgets
+
+    @budgets.setter
+    def budgets(self, budgets: Budgets) -> None:
+        self.router.budgets = budgets
+
+    @property
+    def _connected_at(self) -> float | None:
+        """When this connection came up (monotonic): the router tells a fleet coming back."""
+        return self.router.connected_at
+
+    @_connected_at.setter
+    def _connected_at(self, when: float | None) -> None:
+        self.router.connected_at = when
+
+    def _loop_links(self) -> LoopLinks:
+        """What the live-cost loop may read and ask for (controller/adapt.py)."""
+        return LoopLinks(
+            settings=self.settings,
+            state_dir=self.identity.state_dir,
+            controller_id=self.controller_id,
+            registry=self.registry,
+            stopped=self._stop,
+            active=lambda: self.active,
+            planned=lambda: self.planner.assignments,
+            load=lambda: self.dispatcher.load,
+            selection=lambda: self.router.selection,
+            budgets=lambda: self.router.budgets,
+            install=self._install,
+            replan=lambda force: self.replan(force=force),
+            execute=self._execute,
+            publish_costs=self._publish_costs,
+            event=self._event,
+        )
+
+    def _install(self, selection: LiveSelection) -> None:
+        """Put a selection in force (one assignment: no lock, the router reads it)."""
+        self.router.selection = selection
+
+    def _publish_costs(self, table: CostTable) -> None:
+        if self.active and self.bus.connected:
+            self.bus.publish(topics.CONTROLLER_COSTS, table)
+
+    def _snapshot(self) -> FleetSnapshot:
+        """The fleet as the metrics report it at a scrape."""
+        queued, pending = self.dispatcher.counts()
+        return FleetSnapshot(
+            online=[(r.agent_id, r.telemetry) for r in self.registry.agents() if r.online],
+            plan_epoch=self.planner.epoch,
+            queued=queued,
+            pending=pending,
+            active=self.active,
+            durable=self.ledger.durable,
+            rejected=dict(self.rejected),
+        )
 
     @property
     def active(self) -> bool:
@@ -316,7 +376,7 @@ class Controller:
             self.registry.heard_all(now)  # silence counts only while we hear the broker
             if self.bus.connects > 1:
                 fleet = self.settings.fleet
-                held = [m for m in self.bus.take_outgoing() if _is_answer(m.topic, fleet)]
+                held = [m for m in self.bus.take_outgoing() if is_answer(m.topic, fleet)]
                 if self.leader:
                     self._held_answers, self._held_answers_term = held, self.term
                 if self.leader or self._serving:
@@ -481,6 +541,8 @@ class Controller:
         sent again when we act again."""
         if not self.active:
             return
+        for result in actions.results:
+            self.metrics.result(result)
         term = {"term": self.term}
         for agent_id, job in actions.jobs:
             self._publish(topics.AGENT_JOBS, job.model_copy(update=term), agent_id=agent_id)
@@ -522,13 +584,13 @@ class Controller:
         if public:
             self.ledger.done(answer.request_id, None if answer.status == "busy" else answer)
             if not self._publish(topics.ANSWERS, answer, request_id=answer.request_id):
-                answer = _too_large(answer)
+                answer = too_large(answer)
                 self._publish(topics.ANSWERS, answer, request_id=answer.request_id)
         for route in routes:
             try:
                 self.bus.publish_to(
                     route.topic,
-                    _as_asked(answer, route),
+                    as_asked(answer, route),
                     qos=topics.ANSWERS.qos,
                     correlation_data=route.correlation_data,
                 )
@@ -587,8 +649,10 @@ class Controller:
         only if a set fits (BudgetError otherwise). A selection that hit its time limit is
         published with its gap and improved in the background (``solved``: a better one)."""
         with self._lock:
-            if solved is None:
-                self.adaptation.before_replan()  # solve with the costs learnt so far
+            if solved is None:  # solve with the costs learnt so far
+                costed = self.adaptation.before_replan(self.selection)
+                if costed is not None:
+                    self.selection = costed
             self._held = self._damper.held(time.monotonic())
             try:
                 wanted, summary, result = wanted_experts(
@@ -822,9 +886,7 @@ class Controller:
             self._on_change(change)
         if not self.active:
             return
-        if self.adaptation.on_result(result, time.monotonic()):
-            return  # a probe of the live cost model, not a prompt's job
-        self.metrics.result(result)
+        # the dispatcher hands the live-cost loop what it learns from, and its probes' results
         actions, refusal = self.dispatcher.on_result(result, time.monotonic())
         if refusal is not None:
             self._on_reject(topics.AGENT_RESULTS, inbound.topic, refusal)
@@ -853,80 +915,28 @@ class Controller:
             try:
                 self.bus.publish_to(
                     route.topic + "/stream",
-                    _as_asked(chunk, route),
+                    as_asked(chunk, route),
                     qos=topics.ANSWER_STREAM.qos,
                     correlation_data=route.correlation_data,
                 )
             except Exception as exc:  # a preview lost is not worth more than a log line
                 log.warning("stream of %s not relayed to %s: %s", chunk.request_id, route, exc)
 
-    def _capacity(self, agent_id: str) -> int:
-        """Jobs outstanding on an agent at most: ``agent_job_window``, or its slots (every
-        expert's ``parallel``) when more, and never more than it holds (slots and queue)."""
-        window = self.settings.agent_job_window
-        record = self.registry.get(agent_id)
-        if record is not None and record.capabilities is not None:
-            caps = record.capabilities
-            slots = sum(e.parallel for e in caps.experts)
-            return min(max(window, slots), caps.job_queue_capacity + slots)
-        return window
-
-    def _slots(self, agent_id: str, expert_id: str) -> int:
-        """Jobs outstanding on one expert of an agent at most: its free slots as the agent
-        announces them (``parallel``), counted here from jobs sent and results back; a job
-        beyond them waits in the controller's queue, not the agent's. Unknown: the agent's
-        window."""
-        record = self.registry.get(agent_id)
-        if record is not None and record.capabilities is not None:
-            for expert in record.capabilities.experts:
-                if expert.expert_id == expert_id:
-                    return expert.parallel
-        return self.settings.agent_job_window
-
-    def _active_pairs(self) -> list[tuple[str, str]]:
-        """(agent, expert) planned on an online agent: a pass over the plan, not the fleet."""
-        planned = list(self.planner.assignments)
-        return self.planner.active(self.registry.online_among(planned))
-
-    def _replicas(self, expert_id: str) -> list[str]:
-        active = self._active_pairs()
-        return [agent for agent, expert in active if expert == expert_id]
-
     # -- prompts ------------------------------------------------------------------------
 
-    def _reply_routes(
-        self, inbound: Inbound[Any], reply_to: str | None, owner: str | None
-    ) -> tuple[list[ReplyRoute], list[str]]:
-        """Where the asker wants the answer (MQTT 5 response topic, ``reply_to``), each checked
-        as a topic the broker takes and, in this fleet, only under ``replies/`` or ``answers/``
-        (for a login's own prompt topic: only under ``replies/{login}/``); and why the refused
-        ones were refused."""
-        routes: list[ReplyRoute] = []
-        refused: list[str] = []
-        for topic in (inbound.response_topic, reply_to):
-            if not topic:
-                continue
-            try:
-                check_reply_route(topic, self.settings.fleet, owner)
-            except RouteError as exc:
-                refused.append(str(exc))
-                self._on_reject(topics.PROMPTS, inbound.topic, str(exc))
-                continue
-            route = ReplyRoute(topic, inbound.correlation_data)
-            if route not in routes:
-                routes.append(route)
-        return routes, refused
-
     def _on_prompt(self, inbound: Inbound[Prompt]) -> None:
-        owner = inbound.params.get("client_id")
-        routes, refused = self._reply_routes(inbound, inbound.message.reply_to, owner)
-        self.accept(inbound.message, routes, owner=owner, refused=refused)
+        asked = (inbound.response_topic, inbound.message.reply_to)
+        self.accept(self._arrival(inbound, inbound.message, asked), inbound.topic)
 
     def _on_text_prompt(self, inbound: Inbound[str]) -> None:
-        owner = inbound.params.get("client_id")
         prompt = Prompt(prompt=inbound.message, timeout_s=self.settings.default_timeout_s)
-        routes, refused = self._reply_routes(inbound, None, owner)
-        self.accept(prompt, routes, owner=owner, refused=refused)
+        self.accept(self._arrival(inbound, prompt, (inbound.response_topic,)), inbound.topic)
+
+    def _arrival(
+        self, inbound: Inbound[Any], prompt: Prompt, asked: tuple[str | None, ...]
+    ) -> Arrival:
+        owner = inbound.params.get("client_id")
+        return arrive(prompt, asked, inbound.correlation_data, owner, self.settings.fleet)
 
     def _on_invalid_prompt(self, inbound: Inbound[bytes], reason: str) -> None:
         """A prompt that failed validation: its sender hears why on whatever route it gave
@@ -935,12 +945,15 @@ class Controller:
         if not self.active:
             return
         owner = inbound.params.get("client_id")
-        raw = _loose_json(inbound.message)
+        raw = loose_json(inbound.message)
         reply_to = raw.get("reply_to") if isinstance(raw.get("reply_to"), str) else None
-        routes, _ = self._reply_routes(inbound, reply_to, owner)
+        asked = (inbound.response_topic, reply_to)
+        routes, refused = reply_routes(asked, inbound.correlation_data, self.settings.fleet, owner)
+        for why in refused:
+            self._on_reject(topics.PROMPTS, inbound.topic, why)
         request_id = raw.get("request_id")
         valid_id = isinstance(request_id, str) and TOPIC_LEVEL_RE.fullmatch(request_id)
-        answer = _refusal(request_id if valid_id else "invalid", f"invalid prompt: {reason}")
+        answer = refusal(request_id if valid_id else "invalid", f"invalid prompt: {reason}")
         if owner is not None and valid_id:
             name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=request_id)
             routes.append(ReplyRoute(name, inbound.correlation_data))
@@ -948,14 +961,9 @@ class Controller:
         public = owner is None and bool(valid_id) and not self.ledger.entries.get(request_id)
         self._send(answer, routes, public=public)
 
-    def accept(
-        self,
-        prompt: Prompt,
-        routes: list[ReplyRoute],
-        owner: str | None = None,
-        refused: list[str] | None = None,
-    ) -> str:
-        """Take a prompt into the ledger and, as the active controller, into the dispatcher.
+    def accept(self, arrival: Arrival, topic: str) -> str:
+        """Take a prompt (as controller/intake.py made it, from ``topic``) into the ledger
+        and, as the active controller, into the dispatcher; returns the controller's key.
 
         The same prompt delivered again (same content and reply routes: an MQTT redelivery, an
         asker re-sending after a reconnect) joins the one in flight, or gets the answer already
@@ -963,65 +971,59 @@ class Controller:
         A different prompt (other content or routes) under a request id in flight or answered
         (among the answers the ledger remembers) is refused ``rejected`` to its own routes
         only: a request id names one prompt, and never gets another's result. A prompt from a
-        login's own topic (``owner``) is kept under its id scoped by the login (one login's
-        ids are never another's), answered under ``replies/{owner}/`` when it names no route,
-        with the id it sent; one whose route was ``refused``, or too large to hand to an
-        agent, is answered ``rejected`` with the reason. Returns the controller's key.
+        login's own topic is kept under its id scoped by the login (one login's ids are never
+        another's), answered under ``replies/{login}/`` when it names no route, with the id it
+        sent; one whose route was refused, or too large to hand to an agent, is answered
+        ``rejected`` with the reason.
         """
-        mark = fingerprint(prompt, routes)
-        asked_id = prompt.request_id or f"p{mark[:15]}"
-        request_id = scoped_id(owner, asked_id)
-        routes = self._owned_routes(owner, asked_id, routes)
-        problem = "; ".join(refused or []) or _too_big_for_agents(prompt)
+        for why in arrival.refused:
+            self._on_reject(topics.PROMPTS, topic, why)
+        request_id, problem = arrival.request_id, arrival.problem
         if problem:
             if self.active:
                 self.rejected[topics.PROMPTS.pattern] += 1
                 self._event("rejected", f"request {request_id}: {problem}", topic="prompts")
                 self._send(
-                    _refusal(request_id, problem),
-                    routes,
+                    refusal(request_id, problem),
+                    arrival.routes,
                     public=request_id not in self.ledger.entries,
                 )
             return request_id
+        entry = self._into_ledger(arrival)
+        if entry is not None:
+            self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
+        return request_id
+
+    def _into_ledger(self, arrival: Arrival) -> Entry | None:
+        """The ledger's new entry for the prompt, for the dispatcher; None when it is another
+        delivery of one held or answered, a reused id, or a standby's shadow."""
+        request_id, routes, mark = arrival.request_id, arrival.routes, arrival.fingerprint
         with self._lock:
             bound = self.ledger.bound(request_id)
             if bound is not None and bound[0] != mark:
                 if self.active:
-                    self._refuse_reused(request_id, asked_id, bound[1], routes)
-                return request_id
+                    self._refuse_reused(request_id, arrival.asked_id, bound[1], routes)
+                return None
             held = self.ledger.entries.get(request_id)
             if held is not None:
                 held.add_routes(routes)
-                return request_id
+                return None
             earlier = self.ledger.answered(request_id, mark)
             if earlier is not None:  # answered: again to the asker, never a shadow to re-answer
                 if self.active:
                     self._send(earlier, routes)
-                return request_id
+                return None
             entry = Entry(
                 request_id=request_id,
-                prompt=prompt.model_copy(update={"request_id": request_id}),
+                prompt=arrival.prompt.model_copy(update={"request_id": request_id}),
                 routes=routes,
                 received_s=now_s(),
                 fingerprint=mark,
             )
             self.ledger.add(entry)
             if not self.active:
-                return request_id  # a standby's shadow: answered by the active controller
-        self._execute(self.dispatcher.admit(entry, time.monotonic(), now_s()))
-        return request_id
-
-    def _owned_routes(
-        self, owner: str | None, asked_id: str, routes: list[ReplyRoute]
-    ) -> list[ReplyRoute]:
-        """A login's prompt is answered under ``replies/{owner}/{asked_id}`` when it names no
-        route, and on every route under the id it sent (the controller keys it scoped)."""
-        if owner is None:
-            return routes
-        if not routes:
-            name = topics.REPLIES.name(self.settings.fleet, client_id=owner, request_id=asked_id)
-            routes = [ReplyRoute(name)]
-        return [replace(route, request_id=asked_id) for route in routes]
+                return None  # a standby's shadow: answered by the active controller
+        return entry
 
     def _refuse_reused(
         self, request_id: str, asked_id: str, state: str, routes: list[ReplyRoute]
@@ -1034,7 +1036,7 @@ class Controller:
             "send this one under a fresh request id"
         )
         self._event("rejected", reason, topic="prompts", request_id=request_id)
-        self._send(_refusal(request_id, reason), routes, public=False)
+        self._send(refusal(request_id, reason), routes, public=False)
 
     def _on_prompt_cancel(self, inbound: Inbound[PromptCancel]) -> None:
         """An asker that no longer wants its answer (it went away): the prompt's jobs are
@@ -1064,129 +1066,20 @@ class Controller:
         if not self.active:
             self.ledger.done(answer.request_id, None if answer.status == "busy" else answer)
 
-    def _route(self, prompt: Prompt, load: dict[str, int]) -> Route:
-        """Who answers a prompt: named experts, the gate's choice among the active set under
-        the budgets, or (without a gate) one replica of each active expert, least loaded."""
-        active = self._active_pairs()
-        failed: list[ExpertFailure] = []
-        if prompt.experts is not None:
-            targets, failed = self._named(prompt.experts, active)
-        else:
-            targets = active if self.selection is not None else one_replica_each(active, load)
-        if not targets:
-            agents = self.registry.agents()
-            coming_back = fleet_coming_back(
-                [a.online for a in agents],
-                [a.last_heard for a in agents],
-                self._connected_at,  # one attribute read: no lock (the dispatcher's is held)
-                time.monotonic(),
-                PARK_GRACE_S,
-            )
-            # a re-plan on its way (agents just came back), or a flapping agent let back once
-            # steady, may give the prompt its experts: it waits, within its deadline
-            transient = coming_back or self._replans.pending or self._damper.holding
-            raise Refused(self.adaptation.no_expert_reason(), failed=failed, transient=transient)
-        if self.selection is None:
-            if prompt.budgets is not None:
-                raise Refused(
-                    "this controller has no profile and gate, so it cannot honour budgets",
-                    failed=failed,
-                    rejected=True,
-                )
-            return Route(targets, failed, None, None)
-        try:
-            dispatch = self.selection.dispatch(
-                prompt.prompt,
-                [f"{e}@{a}" for a, e in targets],
-                self.budgets.top_k,
-                prompt.budgets,
-                prompt.category,
-            )
-        except BudgetError as exc:
-            raise Refused(str(exc), failed=failed, rejected=True) from None
-        if not dispatch.keys:
-            raise Refused("no active expert fits the budgets", failed=failed)
-        chosen = [(k.partition("@")[2], k.partition("@")[0]) for k in dispatch.keys]
-        return Route(chosen, failed, dict(dispatch.weights), tighter(self.budgets, prompt.budgets))
 
-    def _named(
-        self, names: list[str], active: list[tuple[str, str]]
-    ) -> tuple[list[tuple[str, str]], list[ExpertFailure]]:
-        """The pairs a prompt names (``expert`` or ``expert@agent``) that are active, and those
-        that are not. Raises Refused (rejected) for a name no agent ever served."""
-        known = self.registry.known_experts()
-        chosen: list[tuple[str, str]] = []
-        failed: list[ExpertFailure] = []
-        for name in names:
-            expert, _, agent = name.partition("@")
-            matches = sorted((a, e) for a, e in known if e == expert and (not agent or a == agent))
-            if not matches:
-                raise Refused(f"unknown expert {name!r}", rejected=True)
-            for pair in matches:
-                if pair in active and pair not in chosen:
-                    chosen.append(pair)
-                elif pair not in active:
-                    failed.append(
-                        ExpertFailure(
-                            agent_id=pair[0],
-                            expert_id=pair[1],
-                            reason="not active (offline or unplanned)",
-                        )
-                    )
-        return chosen, failed
+def _configured_selection(settings: ControllerSettings, budgets: Budgets) -> LiveSelection | None:
+    """The MoE² selection of the configured profile and gate (checked against the fleet and
+    the budgets), or None without them."""
+    if settings.profile is None or settings.gate is None:
+        return None
+    from controller.selection.from_profile import load_gated_profile  # needs torch
+    from controller.selection.live import LiveSelection
 
-
-def _too_big_for_agents(prompt: Prompt) -> str | None:
-    """Why a prompt cannot become a job an agent will take (the job's JSON over the payload
-    limit: escaping can make a text six times its size), or None."""
-    size = len(encode(prompt)) + JOB_OVERHEAD_BYTES
-    if size > MAX_PAYLOAD_BYTES:
-        return (
-            f"the prompt takes {size} bytes as a job, over the {MAX_PAYLOAD_BYTES}-byte limit "
-            "of a message (control characters count six bytes each once escaped)"
-        )
-    return None
-
-
-def _is_answer(topic: str, fleet: str) -> bool:
-    """Whether the controller publishes answers on ``topic``: ``answers/{id}`` or a reply
-    route (under the fleet's ``replies/`` or ``answers/``, or outside the fleet), not a stream
-    preview."""
-    if topic.endswith("/stream"):
-        return False
-    prefix = f"{topics.PREFIX}/{fleet}/"
-    if not topic.startswith(prefix):
-        return True
-    return topic[len(prefix) :].startswith(("answers/", "replies/"))
-
-
-def _loose_json(payload: bytes) -> dict[str, Any]:
-    """The fields of a payload that failed validation, if it is a JSON object at all."""
-    try:
-        raw = json.loads(payload[:MAX_PAYLOAD_BYTES])
-    except (ValueError, RecursionError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
-
-
-def _as_asked(message: M, route: ReplyRoute) -> M:
-    """An answer or stream chunk as the asker on ``route`` knows it: under the request id it
-    sent (a login's prompt is keyed by its scoped id, controller/request_ids.py)."""
-    if route.request_id is None:
-        return message
-    return message.model_copy(update={"request_id": route.request_id})
-
-
-def _too_large(answer: Answer) -> Answer:
-    return _refusal(answer.request_id, "the answer is too large to publish", status="failed")
-
-
-def _refusal(request_id: str, reason: str, status: str = "rejected") -> Answer:
-    return Answer(
-        request_id=request_id,
-        status=status,  # type: ignore[arg-type]
-        answer=None,
-        experts=[],
-        error=reason[:2000],
-        latency_s=0.0,
+    selection = LiveSelection(
+        load_gated_profile(settings.profile, settings.gate),
+        aggregation_delay_s=settings.aggregation_delay_s,
+        time_limit_s=settings.selection_time_limit_s,
     )
+    selection.gated.profile.check_fleet(settings.fleet)
+    selection.check(budgets)
+    return selection

@@ -1,4 +1,6 @@
-"""Activation plans: per agent, the experts it must hold loaded, with a fleet-wide epoch."""
+"""Plan epochs: the activation plans in force (per agent, the experts it must hold loaded) under
+a fleet-wide epoch that only rises. Which experts go where is decided in
+controller/plan_experts.py; this module numbers and keeps what was decided."""
 
 from __future__ import annotations
 

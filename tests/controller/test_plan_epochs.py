@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from controller import planner as planner_module
-from controller.planner import Planner
+from controller import plan_epochs as planner_module
+from controller.plan_epochs import Planner
 from messages import ActivationPlan, FleetPlan
 
 

@@ -1,6 +1,7 @@
 """Which experts each agent must hold loaded: every one that fits, the SlimCaching placement
 in force, or the MoE² optimal set under the budgets. Pure functions of the fleet as the
-registry sees it; the controller service publishes what they decide."""
+registry sees it; the controller service hands what they decide to the plan epochs
+(controller/plan_epochs.py) and publishes the plans."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from controller.damping import plannable
 from controller.registry import FleetRegistry
 from messages.budgets import Budgets
 from messages.cache_plan import CachePlan
+from messages.expert_key import expert_key, parse_key
 
 if TYPE_CHECKING:  # numpy and numba are imported only with a gate
     from controller.selection.live import LiveSelection
@@ -70,7 +72,7 @@ def plannable_experts(registry: FleetRegistry, held: Collection[str] = ()) -> Wa
 
 def expert_keys(pool: Wanted) -> set[str]:
     """``expert@agent`` of every expert in ``pool``."""
-    return {f"{e}@{a}" for a, experts in pool.items() for e in experts}
+    return {expert_key(a, e) for a, experts in pool.items() for e in experts}
 
 
 def online_keys(registry: FleetRegistry, held: Collection[str] = ()) -> set[str]:
@@ -103,7 +105,7 @@ def wanted_experts(
     result = solved or selection.solve(budgets, expert_keys(online))
     wanted = {agent: [] for agent in online}
     for chosen in result.selected:
-        expert, _, agent = chosen.partition("@")
+        agent, expert = parse_key(chosen)
         if agent in wanted:
             wanted[agent].append(expert)
     summary = dict(
@@ -115,21 +117,3 @@ def wanted_experts(
         gap=result.gap,
     )
     return wanted, summary, result
-
-
-def tighter(fleet: Budgets, prompt: Budgets | None) -> Budgets:
-    """The budgets a prompt is answered under: its own where tighter than the fleet's."""
-    if prompt is None:
-        return fleet
-
-    def least(a: float | int | None, b: float | int | None) -> float | int | None:
-        return b if a is None else a if b is None else min(a, b)
-
-    delay = dict(fleet.delay_s)
-    for category, limit in prompt.delay_s.items():
-        delay[category] = min(limit, delay.get(category, limit))
-    return Budgets(
-        energy_j=least(fleet.energy_j, prompt.energy_j),
-        delay_s=delay,
-        top_k=least(fleet.top_k, prompt.top_k),  # type: ignore[arg-type]
-    )

@@ -1,0 +1,201 @@
+"""Who answers a prompt: the experts it names, the gate's choice among the active set under the
+budgets, or (without a gate) one replica of each active expert, least loaded; and how many jobs
+an agent, or one expert on it, may hold at once.
+
+The dispatcher asks (``Router.route``, ``replicas``, ``capacity``, ``slots``) while it holds
+its lock; the answers are read from the fleet registry, the plan in force, the selection and
+the budgets, never from the controller service. The service installs a new selection or new
+budgets here (``Router.selection``, ``Router.budgets``) and publishes what the dispatcher
+decides. The decisions themselves are the module's pure functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
+
+from controller.damping import FlapDamper, ReplanTimer
+from controller.decisions import fleet_coming_back, one_replica_each
+from controller.dispatch import PARK_GRACE_S, Pair, Refused, Route
+from controller.plan_epochs import Planner
+from controller.registry import AgentRecord, FleetRegistry
+from controller.selection.errors import BudgetError
+from messages.answers import ExpertFailure
+from messages.budgets import Budgets
+from messages.expert_key import ExpertOnAgent, expert_key, parse_key, parse_name
+from messages.prompts import Prompt
+
+if TYPE_CHECKING:  # numpy and numba are imported only with a gate (controller/selection)
+    from controller.selection.live import LiveSelection
+
+
+class Router:
+    """The dispatcher's view of the fleet: the registry, the plan in force, the selection and
+    the budgets (both swapped by the service), and whether the fleet is on its way back."""
+
+    def __init__(
+        self,
+        registry: FleetRegistry,
+        planner: Planner,
+        job_window: int,
+        budgets: Budgets,
+        selection: LiveSelection | None,
+        waiting: tuple[ReplanTimer, FlapDamper],
+    ) -> None:
+        """``job_window``: jobs out on an agent at most when its slots say no more;
+        ``waiting``: the re-plan timer and the flap damper (a re-plan on its way, or an agent
+        held out, makes a prompt without experts wait)."""
+        self.registry, self.planner, self.job_window = registry, planner, job_window
+        self.budgets = budgets
+        self.selection = selection
+        self.connected_at: float | None = None  # the service's last (re)connect, monotonic
+        self._replans, self._damper = waiting
+        # why no active expert can answer: the live-cost loop knows when the budgets fit none
+        self.no_expert_reason: Callable[[], str] = _no_expert_reason
+
+    def active_pairs(self) -> list[tuple[str, str]]:
+        """(agent, expert) planned on an online agent: a pass over the plan, not the fleet."""
+        planned = list(self.planner.assignments)
+        return self.planner.active(self.registry.online_among(planned))
+
+    def replicas(self, expert_id: str) -> list[str]:
+        """The online agents where ``expert_id`` is active."""
+        return [agent for agent, expert in self.active_pairs() if expert == expert_id]
+
+    def capacity(self, agent_id: str) -> int:
+        return capacity(self.registry.get(agent_id), self.job_window)
+
+    def slots(self, agent_id: str, expert_id: str) -> int:
+        return slots(self.registry.get(agent_id), expert_id, self.job_window)
+
+    def route(self, prompt: Prompt, load: dict[str, int]) -> Route:
+        """Who answers ``prompt`` (``load``: jobs out per agent); raises Refused."""
+        active = self.active_pairs()
+        failed: list[ExpertFailure] = []
+        if prompt.experts is not None:
+            targets, failed = named(prompt.experts, active, self.registry.known_experts())
+        else:
+            targets = active if self.selection is not None else one_replica_each(active, load)
+        if not targets:
+            raise Refused(self.no_expert_reason(), failed=failed, transient=self._coming_back())
+        return choose(prompt, targets, failed, self.selection, self.budgets)
+
+    def _coming_back(self) -> bool:
+        """No target now, but a re-plan on its way (agents just came back), or a flapping
+        agent let back once steady, may give the prompt its experts: it waits, within its
+        deadline."""
+        agents = self.registry.agents()
+        coming_back = fleet_coming_back(
+            [a.online for a in agents],
+            [a.last_heard for a in agents],
+            self.connected_at,  # one attribute read: no lock (the dispatcher's is held)
+            time.monotonic(),
+            PARK_GRACE_S,
+        )
+        return coming_back or self._replans.pending or self._damper.holding
+
+
+def _no_expert_reason() -> str:
+    return "no active expert can answer"
+
+
+def choose(
+    prompt: Prompt,
+    targets: list[tuple[str, str]],
+    failed: list[ExpertFailure],
+    selection: LiveSelection | None,
+    budgets: Budgets,
+) -> Route:
+    """The route among ``targets``: all of them without a gate (which cannot honour a
+    prompt's budgets), else the gate's choice under the budgets, weighted."""
+    if selection is None:
+        if prompt.budgets is not None:
+            raise Refused(
+                "this controller has no profile and gate, so it cannot honour budgets",
+                failed=failed,
+                rejected=True,
+            )
+        return Route([Pair(*t) for t in targets], failed, None, None)
+    try:
+        dispatch = selection.dispatch(
+            prompt.prompt,
+            [expert_key(a, e) for a, e in targets],
+            budgets.top_k,
+            prompt.budgets,
+            prompt.category,
+        )
+    except BudgetError as exc:
+        raise Refused(str(exc), failed=failed, rejected=True) from None
+    if not dispatch.keys:
+        raise Refused("no active expert fits the budgets", failed=failed)
+    chosen: list[Pair] = [parse_key(k) for k in dispatch.keys]
+    return Route(chosen, failed, dict(dispatch.weights), tighter(budgets, prompt.budgets))
+
+
+def named(
+    names: list[str], active: Collection[tuple[str, str]], known: Collection[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[ExpertFailure]]:
+    """The pairs a prompt names (``expert`` or ``expert@agent``) that are active, and those
+    that are not (``known``: every pair ever served). Raises Refused (rejected) for a name no
+    agent ever served."""
+    chosen: list[tuple[str, str]] = []
+    failed: list[ExpertFailure] = []
+    for name in names:
+        expert, agent = parse_name(name)
+        matches = sorted(
+            ExpertOnAgent(a, e) for a, e in known if e == expert and (not agent or a == agent)
+        )
+        if not matches:
+            raise Refused(f"unknown expert {name!r}", rejected=True)
+        for pair in matches:
+            if pair in active and pair not in chosen:
+                chosen.append(pair)
+            elif pair not in active:
+                failed.append(
+                    ExpertFailure(
+                        agent_id=pair.agent_id,
+                        expert_id=pair.expert_id,
+                        reason="not active (offline or unplanned)",
+                    )
+                )
+    return chosen, failed
+
+
+def capacity(record: AgentRecord | None, window: int) -> int:
+    """Jobs outstanding on an agent at most: ``window``, or its slots (every expert's
+    ``parallel``) when more, and never more than it holds (slots and queue)."""
+    if record is not None and record.capabilities is not None:
+        caps = record.capabilities
+        total = sum(e.parallel for e in caps.experts)
+        return min(max(window, total), caps.job_queue_capacity + total)
+    return window
+
+
+def slots(record: AgentRecord | None, expert_id: str, window: int) -> int:
+    """Jobs outstanding on one expert of an agent at most: its free slots as the agent
+    announces them (``parallel``), counted by the dispatcher from jobs sent and results back;
+    a job beyond them waits in the controller's queue, not the agent's. Unknown: ``window``."""
+    if record is not None and record.capabilities is not None:
+        for expert in record.capabilities.experts:
+            if expert.expert_id == expert_id:
+                return expert.parallel
+    return window
+
+
+def tighter(fleet: Budgets, prompt: Budgets | None) -> Budgets:
+    """The budgets a prompt is answered under: its own where tighter than the fleet's."""
+    if prompt is None:
+        return fleet
+
+    def least(a: float | int | None, b: float | int | None) -> float | int | None:
+        return b if a is None else a if b is None else min(a, b)
+
+    delay = dict(fleet.delay_s)
+    for category, limit in prompt.delay_s.items():
+        delay[category] = min(limit, delay.get(category, limit))
+    return Budgets(
+        energy_j=least(fleet.energy_j, prompt.energy_j),
+        delay_s=delay,
+        top_k=least(fleet.top_k, prompt.top_k),  # type: ignore[arg-type]
+    )
