@@ -1,8 +1,10 @@
-"""Combining the experts' results into one answer (docs/design.md section 3, the ensemble)."""
+"""Combining the experts' results into one answer (docs/design.md section 3, the ensemble), and
+when what is still out can no longer change it."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from messages.answers import ExpertFailure, ExpertOutput
@@ -158,3 +160,61 @@ def combine(
         ),
     )
     return Combined(outputs[order[0]].text, None, None, outputs, failed, energy_j)
+
+
+# The leading choice must beat the runner-up by more than the weight still out, plus this.
+MARGIN = 1e-9
+
+
+def _usable(result: JobResult, choices: list[str] | None) -> bool:
+    if not result.ok:
+        return False
+    if choices is not None:
+        return result.choice_probs is not None and len(result.choice_probs) == len(choices)
+    return bool((result.text or "").strip())
+
+
+def decided(
+    choices: list[str] | None,
+    arrived: Mapping[str, JobResult],
+    outstanding: Iterable[str],
+    weights: Mapping[str, float] | None,
+) -> bool:
+    """Whether the experts still out (by key) can no longer change the answer.
+
+    Choices: the mixture so far (each arrived expert's probabilities times its weight among
+    every expert that can still count) leads by more than the outstanding experts' total
+    weight, so whatever they say, the winning choice stays. Free text: an arrived non-empty
+    text weighs at least as much as any expert still out (ties go to the earlier answer).
+    With nothing out the answer is complete, hence decided.
+    """
+    out = list(outstanding)
+    if not out:
+        return True
+    usable = [k for k, r in arrived.items() if _usable(r, choices)]
+    if not usable:
+        return False
+    live = usable + out
+    norm = normalised_weights(live, dict(weights)) if weights else uniform_weights(live)
+    if choices is None:
+        return max(norm[k] for k in usable) >= max(norm[k] for k in out)
+    mixture = [
+        sum(norm[k] * (arrived[k].choice_probs or [])[i] for k in usable)
+        for i in range(len(choices))
+    ]
+    ranked = sorted(mixture, reverse=True)
+    return ranked[0] - ranked[1] > sum(norm[k] for k in out) + MARGIN
+
+
+def combined_if_decided(
+    choices: list[str] | None,
+    arrivals: Mapping[str, Arrival],
+    outstanding: list[str],
+    missing: list[ExpertFailure],
+    weights: dict[str, float] | None,
+) -> Combined | None:
+    """The answer once the experts still out (by key) can no longer change it, else None:
+    ``decided``, then ``combine`` of what arrived (``missing``: the experts already lost)."""
+    if not decided(choices, {k: a.result for k, a in arrivals.items()}, outstanding, weights):
+        return None
+    return combine(choices, list(arrivals.values()), missing, weights=weights)

@@ -1,4 +1,6 @@
-"""Pure decisions of the dispatcher: when an answer is decided, and which replica runs a job.
+"""Pure decisions of the dispatcher: which replica runs a job, whether the fleet is coming
+back, who may cancel a prompt. (When an answer is decided belongs to the ensemble:
+controller/aggregate.py.)
 
 No I/O and no clock: each function takes what it needs and returns the decision, so the rules
 are tested directly.
@@ -8,54 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from controller.aggregate import normalised_weights, uniform_weights
-from messages.results import JobResult
 from messages.topics import PREFIX
 
 CANCELLED = "cancelled by the asker"
-
-# The leading choice must beat the runner-up by more than the weight still out, plus this.
-MARGIN = 1e-9
-
-
-def _usable(result: JobResult, choices: list[str] | None) -> bool:
-    if not result.ok:
-        return False
-    if choices is not None:
-        return result.choice_probs is not None and len(result.choice_probs) == len(choices)
-    return bool((result.text or "").strip())
-
-
-def decided(
-    choices: list[str] | None,
-    arrived: Mapping[str, JobResult],
-    outstanding: Iterable[str],
-    weights: Mapping[str, float] | None,
-) -> bool:
-    """Whether the experts still out (by key) can no longer change the answer.
-
-    Choices: the mixture so far (each arrived expert's probabilities times its weight among
-    every expert that can still count) leads by more than the outstanding experts' total
-    weight, so whatever they say, the winning choice stays. Free text: an arrived non-empty
-    text weighs at least as much as any expert still out (ties go to the earlier answer).
-    With nothing out the answer is complete, hence decided.
-    """
-    out = list(outstanding)
-    if not out:
-        return True
-    usable = [k for k, r in arrived.items() if _usable(r, choices)]
-    if not usable:
-        return False
-    live = usable + out
-    norm = normalised_weights(live, dict(weights)) if weights else uniform_weights(live)
-    if choices is None:
-        return max(norm[k] for k in usable) >= max(norm[k] for k in out)
-    mixture = [
-        sum(norm[k] * (arrived[k].choice_probs or [])[i] for k in usable)
-        for i in range(len(choices))
-    ]
-    ranked = sorted(mixture, reverse=True)
-    return ranked[0] - ranked[1] > sum(norm[k] for k in out) + MARGIN
 
 
 def least_loaded(agents: Iterable[str], load: Mapping[str, int]) -> str | None:

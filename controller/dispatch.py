@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from controller.aggregate import Arrival, combine
-from controller.decisions import decided, least_loaded
+from controller.aggregate import Arrival, Combined, combine, combined_if_decided
+from controller.decisions import least_loaded
 from controller.ledger import Entry, ReplyRoute
 from messages.answers import Answer, ExpertFailure
 from messages.base import now_s
@@ -61,12 +61,14 @@ class Refused(Exception):
 @dataclass(frozen=True)
 class Route:
     """Who answers a prompt: the pairs, the named experts that cannot, gate weights (None:
-    uniform) and the budgets it is answered under."""
+    uniform), the budgets it is answered under, and the room of each pair as the router read
+    it: (jobs its agent may hold, jobs that expert may hold); None: ask ``capacity``/``slots``."""
 
     targets: list[Pair]
     failed: list[ExpertFailure]
     weights: dict[str, float] | None
     budgets: Budgets | None
+    room: dict[Pair, tuple[int, int]] | None = None
 
 
 Router = Callable[[Prompt, dict[str, int]], Route]  # raises Refused
@@ -226,7 +228,7 @@ class Dispatcher:
                         refusal.failed,
                     )
                     continue
-                if any(self._full(a, e) for a, e in route.targets):
+                if any(self._full(a, e, route.room) for a, e in route.targets):
                     break  # the oldest waits for room; the rest wait behind it
                 self.queue.popleft()
                 pending = Pending(
@@ -242,13 +244,19 @@ class Dispatcher:
                     self._send(actions, pending, agent, expert, now)
         return actions
 
-    def _full(self, agent: str, expert: str) -> bool:
-        """Whether the agent, or that expert on it (every slot taken), has no room now."""
-        if self.load.get(agent, 0) >= self.capacity(agent):
+    def _full(
+        self, agent: str, expert: str, room: dict[Pair, tuple[int, int]] | None = None
+    ) -> bool:
+        """Whether the agent, or that expert on it (every slot taken), has no room now
+        (``room``: the route's reading of both limits, else asked now)."""
+        known = room.get(Pair(agent, expert)) if room is not None else None
+        capacity = known[0] if known else self.capacity(agent)
+        if self.load.get(agent, 0) >= capacity:
             return True
-        return self.slots is not None and (
-            self.pair_load.get((agent, expert), 0) >= self.slots(agent, expert)
-        )
+        if self.slots is None:
+            return False
+        slots = known[1] if known else self.slots(agent, expert)
+        return self.pair_load.get((agent, expert), 0) >= slots
 
     def _send(
         self, actions: Actions, pending: Pending, agent: str, expert: str, now: float
@@ -333,13 +341,16 @@ class Dispatcher:
         """Answer the request if what is still out can no longer change the answer."""
         if pending.parked:
             return  # waiting for a replica of an expert whose agent went away
-        arrived = {expert_key(a, e): arr.result for (a, e), arr in pending.arrivals.items()}
+        arrived = {expert_key(a, e): arr for (a, e), arr in pending.arrivals.items()}
         outstanding = [expert_key(a, e) for a, e in pending.jobs]
         # A prompt that names its experts wants each one's output (profiling does): it waits.
         if outstanding and (not self.early_answers or pending.prompt.experts is not None):
             return
-        if decided(pending.prompt.choices, arrived, outstanding, pending.weights):
-            self._finish(actions, pending, now, "decided")
+        combined = combined_if_decided(
+            pending.prompt.choices, arrived, outstanding, pending.failed, pending.weights
+        )
+        if combined is not None:
+            self._finish(actions, pending, now, "decided", combined)
 
     def withdraw(self, entry: Entry, reason: str, now: float) -> Actions:
         """Stop a prompt its asker no longer wants: out of the queue, or each job still out
@@ -469,7 +480,15 @@ class Dispatcher:
 
     # -- answers ------------------------------------------------------------------------
 
-    def _finish(self, actions: Actions, pending: Pending, now: float, why: str) -> None:
+    def _finish(
+        self,
+        actions: Actions,
+        pending: Pending,
+        now: float,
+        why: str,
+        combined: Combined | None = None,
+    ) -> None:
+        """Answer the prompt (``combined``: the answer as decided; else what arrived by now)."""
         request_id = pending.entry.request_id
         self.pending.pop(request_id, None)
         for expert, (agent_id, why, _) in pending.parked.items():
@@ -498,7 +517,7 @@ class Dispatcher:
                     Cancel(request_id=request_id, expert_id=expert, reason=why, time_s=now_s()),
                 )
             )
-        combined = combine(
+        combined = combined or combine(
             pending.prompt.choices,
             list(pending.arrivals.values()),
             pending.failed,

@@ -2,17 +2,19 @@
 budgets, or (without a gate) one replica of each active expert, least loaded; and how many jobs
 an agent, or one expert on it, may hold at once.
 
-The dispatcher asks (``Router.route``, ``replicas``, ``capacity``, ``slots``) while it holds
-its lock; the answers are read from the fleet registry, the plan in force, the selection and
-the budgets, never from the controller service. The service installs a new selection or new
-budgets here (``Router.selection``, ``Router.budgets``) and publishes what the dispatcher
-decides. The decisions themselves are the module's pure functions.
+The dispatcher asks (``Router.route``, with the room of each target read at once;
+``replicas``, ``capacity`` and ``slots`` when it looks for another replica) while it holds its
+lock; the answers are read from the fleet registry, the plan in force, the selection and the
+budgets, never from the controller service. The service installs a new selection or new budgets
+here (``Router.selection``, ``Router.budgets``) and publishes what the dispatcher decides. The
+decisions themselves are the module's pure functions.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from controller.damping import FlapDamper, ReplanTimer
@@ -79,7 +81,9 @@ class Router:
             targets = active if self.selection is not None else one_replica_each(active, load)
         if not targets:
             raise Refused(self.no_expert_reason(), failed=failed, transient=self._coming_back())
-        return choose(prompt, targets, failed, self.selection, self.budgets)
+        route = choose(prompt, targets, failed, self.selection, self.budgets)
+        room = {p: (self.capacity(p.agent_id), self.slots(*p)) for p in route.targets}
+        return replace(route, room=room)
 
     def _coming_back(self) -> bool:
         """No target now, but a re-plan on its way (agents just came back), or a flapping

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from controller.decisions import decided, fleet_coming_back, least_loaded, one_replica_each
+from controller.aggregate import decided
+from controller.decisions import fleet_coming_back, least_loaded, one_replica_each
 from messages.results import JobResult, LatencyBreakdown
 
 
