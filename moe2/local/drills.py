@@ -33,7 +33,7 @@ from messages import topics
 from messages.answers import Answer
 from messages.base import Message, now_s
 from messages.bus import BrokerEndpoint, Bus, Inbound
-from messages.capabilities import AgentCapabilities, ExpertInfo
+from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.expert_key import expert_key
 from messages.plan import ActivationPlan
@@ -43,6 +43,7 @@ from messages.telemetry import Telemetry
 from moe2.client.ask import Asker, new_request_id
 from moe2.local.broker import LocalBroker, free_port, start_mosquitto
 from moe2.local.fleet import AgentSpec, LocalFleet
+from moe2.local.stand_ins import stand_in_capabilities
 
 SMOLLM2 = {"id": "smollm2", "model": "smollm2-135m", "n_ctx": 512, "n_threads": 1}
 GEMMA3 = {"id": "gemma3", "model": "gemma3-270m", "n_ctx": 512, "n_threads": 1, "stop": ["\n"]}
@@ -940,28 +941,7 @@ def _ghost(index: int, expert_id: str) -> tuple[AgentStatus, AgentCapabilities]:
         keepalive_s=5 if index % 2 else 3600,  # half never found silent by keepalive
         telemetry_interval_s=1.0,
     )
-    expert = ExpertInfo(
-        expert_id=expert_id,
-        model="ghost.gguf",
-        backend="llama.cpp",
-        format="gguf",
-        file_size_bytes=1,
-        context_length=512,
-        chat_template=False,
-        template="cloze",
-    )
-    caps = AgentCapabilities(
-        agent_id=agent_id,
-        hostname="ghost",
-        platform="p",
-        python="3",
-        cpu_count=1,
-        memory_total_bytes=1,
-        power_sensor="none",
-        backends=["llama.cpp"],
-        experts=[expert],
-        job_queue_capacity=4,
-    )
+    caps = stand_in_capabilities(agent_id, expert_id, model="ghost.gguf", hostname="ghost")
     return status, caps
 
 
