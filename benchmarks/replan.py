@@ -47,6 +47,7 @@ from messages.budgets import Budgets  # noqa: E402
 from messages.bus import Bus  # noqa: E402
 from messages.controller import ControllerEvent, FleetPlan  # noqa: E402
 from messages.costs import CostTable  # noqa: E402
+from messages.expert_key import agent_of, expert_key  # noqa: E402
 from moe2.client.profiling import run_profile  # noqa: E402
 from moe2.local.broker import start_mosquitto  # noqa: E402
 from moe2.local.fleet import AgentSpec, LocalFleet, wait_until  # noqa: E402
@@ -82,7 +83,7 @@ class Watch:
 
 
 def planned(plan: FleetPlan) -> set[str]:
-    return {f"{e}@{a}" for a, experts in plan.assignments.items() for e in experts}
+    return {expert_key(a, e) for a, experts in plan.assignments.items() for e in experts}
 
 
 def duty_cycle(pid: int, done: threading.Event) -> None:
@@ -177,7 +178,7 @@ def steady_and_drift(workdir: Path, steady_s: float, cycles: int) -> dict[str, A
             for _ in range(cycles):
                 plan = watch.of(FleetPlan)[-1][1]
                 target = sorted(planned(plan), key=lambda k: k != KEYS[1])[0]
-                agent = target.partition("@")[2]
+                agent = agent_of(target)
                 done = threading.Event()
                 t0 = time.monotonic()
                 slow = threading.Thread(

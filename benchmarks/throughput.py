@@ -34,7 +34,7 @@ from agent.models import resolve_model  # noqa: E402
 from agent.requantize import requantize  # noqa: E402
 from agent.templates import choice_prompt  # noqa: E402
 from benchmarks.prompts import story_prompts  # noqa: E402
-from messages.bus import Inbound  # noqa: E402
+from messages.answers import Answer  # noqa: E402
 from messages.prompts import Prompt  # noqa: E402
 from moe2.client.ask import Asker  # noqa: E402
 from moe2.local.broker import start_local_broker  # noqa: E402
@@ -63,11 +63,11 @@ class TimedAsker(Asker):
 
     def __post_init__(self) -> None:
         self.arrived_at: dict[str, float] = {}
+        self.on_every_answer = self._note_arrival
         super().__post_init__()
 
-    def _on_answer(self, inbound: Inbound[Any]) -> None:
-        self.arrived_at.setdefault(inbound.message.request_id, time.perf_counter())
-        super()._on_answer(inbound)
+    def _note_arrival(self, answer: Answer) -> None:
+        self.arrived_at.setdefault(answer.request_id, time.perf_counter())
 
 
 @dataclass

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from messages.answers import ExpertFailure, ExpertOutput
 from messages.base import MAX_SECONDS, MAX_TOTAL_ENERGY_J
+from messages.expert_key import expert_key
 from messages.results import JobResult
 
 
@@ -117,7 +118,7 @@ def combine(
             for a in textless
         )
         ok = [a for a in ok if a.result.text is not None]
-    keys = [f"{a.result.expert_id}@{a.result.agent_id}" for a in ok]
+    keys = [expert_key(a.result.agent_id, a.result.expert_id) for a in ok]
     norm = normalised_weights(keys, weights) if weights else uniform_weights(keys)
     outputs = [
         ExpertOutput(

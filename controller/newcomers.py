@@ -27,6 +27,7 @@ from controller.gate.training import TrainConfig
 from controller.profile import ExpertProfile, Measurement, Profile, ProfileError, save_profile
 from controller.selection.from_profile import GatedProfile, expert_costs
 from controller.suite import SuiteItem
+from messages.expert_key import parse_key
 
 
 @dataclass
@@ -95,9 +96,9 @@ class NewcomerQueue:
 
 
 def add_expert(profile: Profile, key: str, model: str, template: str) -> None:
-    expert, _, agent = key.partition("@")
+    pair = parse_key(key)
     profile.experts[key] = ExpertProfile(
-        key=key, expert_id=expert, agent_id=agent, model=model, template=template
+        key=key, expert_id=pair.expert_id, agent_id=pair.agent_id, model=model, template=template
     )
 
 

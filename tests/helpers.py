@@ -17,7 +17,6 @@ from messages import topics
 from messages.answers import Answer
 from messages.base import now_s
 from messages.bus import BrokerEndpoint, Bus, Inbound
-from messages.capabilities import AgentCapabilities, ExpertInfo
 from messages.controller import ControllerEvent, FleetPlan
 from messages.events import AgentEvent
 from messages.jobs import Job
@@ -26,6 +25,7 @@ from messages.results import JobResult
 from messages.status import AgentStatus
 from messages.telemetry import Telemetry
 from messages.topics import Topic
+from moe2.local.stand_ins import stand_in_capabilities
 
 Behaviour = Callable[[Job], JobResult | None]
 M = TypeVar("M")
@@ -163,28 +163,8 @@ class ScriptedAgent:
 
     def start(self) -> None:
         self.bus.connect()
-        info = ExpertInfo(
-            expert_id=self.expert,
-            model="x.gguf",
-            backend="llama.cpp",
-            format="gguf",
-            file_size_bytes=1,
-            context_length=512,
-            chat_template=False,
-            template="cloze",
-            parallel=self.parallel,
-        )
-        caps = AgentCapabilities(
-            agent_id=self.agent_id,
-            hostname="h",
-            platform="p",
-            python="3",
-            cpu_count=1,
-            memory_total_bytes=1,
-            power_sensor="none",
-            backends=["llama.cpp"],
-            experts=[info],
-            job_queue_capacity=self.capacity,
+        caps = stand_in_capabilities(
+            self.agent_id, self.expert, parallel=self.parallel, capacity=self.capacity
         )
         self.bus.publish(topics.AGENT_CAPABILITIES, caps, agent_id=self.agent_id)
         self.bus.publish(topics.AGENT_STATUS, self.status("online"), agent_id=self.agent_id)

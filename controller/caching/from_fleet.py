@@ -24,6 +24,7 @@ from controller.gate.dataset import GateData
 from controller.gate.gate import Gate
 from controller.profile import Profile, ProfileError
 from controller.registry import AgentRecord
+from messages.expert_key import agent_of, expert_of
 
 MB = 1e6
 # Declared, not measured: without --fallback-latency-s an expert cached nowhere is taken to cost
@@ -73,7 +74,7 @@ def fleet_view(agents: list[AgentRecord]) -> FleetView:
 
 def server_latency_s(profile: Profile, agent_id: str) -> float:
     rows = [
-        m for row in profile.records.values() for k, m in row.items() if k.endswith("@" + agent_id)
+        m for row in profile.records.values() for k, m in row.items() if agent_of(k) == agent_id
     ]
     if not rows:
         raise FleetCachingError(f"the profile has no measurement of agent {agent_id}")
@@ -88,7 +89,7 @@ def gate_activations(
     """The gate's routing over the profile's prompts: how often each top-K set is chosen."""
     index: dict[str, list[int]] = {}
     for n, key in enumerate(gate.expert_keys):
-        index.setdefault(key.partition("@")[0], []).append(n)
+        index.setdefault(expert_of(key), []).append(n)
     missing = [e for e in experts if e not in index]
     if missing:
         raise FleetCachingError(

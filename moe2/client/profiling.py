@@ -21,6 +21,7 @@ from controller.profile import (
 )
 from controller.suite import SuiteItem
 from messages.bus import BrokerEndpoint
+from messages.expert_key import expert_key
 from messages.prompts import Prompt
 from moe2.client.ask import Asker, AskError
 from moe2.client.fleet_reader import read_fleet
@@ -50,7 +51,7 @@ def active_experts(
         infos = {e.expert_id: e for e in record.capabilities.experts}
         for expert_id in expert_ids:
             info = infos[expert_id]
-            key = f"{expert_id}@{agent_id}"
+            key = expert_key(agent_id, expert_id)
             experts[key] = ExpertProfile(
                 key=key,
                 expert_id=expert_id,
@@ -129,7 +130,7 @@ def run_profile(
             for out_ in answer.experts:
                 if out_.choice_probs is None:
                     continue
-                row[f"{out_.expert_id}@{out_.agent_id}"] = Measurement(
+                row[expert_key(out_.agent_id, out_.expert_id)] = Measurement(
                     choice_probs=out_.choice_probs,
                     compute_s=out_.compute_s,
                     transmission_s=max(0.0, out_.latency_s - out_.agent_latency_s),

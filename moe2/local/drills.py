@@ -29,20 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from messages import topics
 from messages.answers import Answer
 from messages.base import Message, now_s
 from messages.bus import BrokerEndpoint, Bus, Inbound
-from messages.capabilities import AgentCapabilities, ExpertInfo
+from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.expert_key import expert_key
 from messages.plan import ActivationPlan
 from messages.prompts import Prompt
 from messages.status import AgentStatus
 from messages.telemetry import Telemetry
+from moe2.client.ask import Asker, new_request_id
 from moe2.local.broker import LocalBroker, free_port, start_mosquitto
 from moe2.local.fleet import AgentSpec, LocalFleet
+from moe2.local.stand_ins import stand_in_capabilities
 
 SMOLLM2 = {"id": "smollm2", "model": "smollm2-135m", "n_ctx": 512, "n_threads": 1}
 GEMMA3 = {"id": "gemma3", "model": "gemma3-270m", "n_ctx": 512, "n_threads": 1, "stop": ["\n"]}
@@ -55,8 +56,10 @@ class _Asked:
     sent_at: float
     answers: list[Answer] = field(default_factory=list)
     answered_at: float | None = None
-    mids: list[int] = field(default_factory=list)  # the MQTT message ids of its publishes
-    acknowledged: bool = False  # the broker acknowledged (PUBACK) one of them
+
+    @property
+    def request_id(self) -> str:
+        return self.prompt.request_id or ""
 
 
 @dataclass
@@ -92,8 +95,7 @@ class Report:
             f"duplicated {self.duplicated}, statuses {dict(self.statuses)}, "
             f"p50 {self.p50_s:.2f} s, p99 {self.p(0.99):.2f} s {extra}".rstrip()
             + (
-                f"; unacknowledged {self.unacknowledged} "
-                f"({self.unacknowledged_answered} answered)"
+                f"; unacknowledged {self.unacknowledged} ({self.unacknowledged_answered} answered)"
                 if self.unacknowledged
                 else ""
             )
@@ -102,9 +104,11 @@ class Report:
 
 
 class Traffic:
-    """A client asking the fleet over its own reply topic, counting every answer. With
-    ``resend_s=None`` it is a one-shot publisher (``mosquitto_pub``): each prompt is published
-    once, never again, not even after a reconnect.
+    """The drills' client: an :class:`~moe2.client.ask.Asker` (its own reply route, re-sends,
+    PUBACKs) whose every answer is counted, for the drill's verdicts. It re-sends every
+    unanswered prompt after a reconnect and every ``resend_s``; with ``resend_s=None`` it is a
+    one-shot publisher (``mosquitto_pub``): each prompt is published once, never again, not
+    even after a reconnect.
 
     ``durable``: it listens with a persistent session (``mosquitto_sub -c -i ID -q 1``), so the
     broker keeps its reply subscription and queues the answers published while it is away,
@@ -120,99 +124,41 @@ class Traffic:
     ) -> None:
         self.fleet = fleet
         self.name = f"drill-{uuid.uuid4().hex[:8]}"
-        self.resend_s = resend_s
         self.asked: dict[str, _Asked] = {}
         self.started = time.monotonic()
         self._lock = threading.Condition()
-        self._stop = threading.Event()
-        resend = [self._resend_all] if resend_s is not None else []
-        self.bus = Bus(
+        self.asker = Asker(
             endpoint,
             fleet,
-            client_id=f"moe2-{self.name}",
-            on_connected=resend,
-            persistent=durable,
-            session_expiry_s=600,
+            client_id=self.name,
+            resend_s=resend_s,
+            durable=durable,
+            keep_resending=True,
+            on_every_answer=self._on_answer,
         )
-        self.bus.subscribe(topics.REPLIES, self._on_answer, client_id=self.name)
-        # PUBACKs, by message id: paho sends a publish made while disconnected once it
-        # reconnects, so only the broker's acknowledgement says a prompt reached it
-        self._acked: set[int] = set()
-        self.bus.client.on_publish = self._on_puback
-        self._resender = threading.Thread(target=self._resend_loop, daemon=True)
 
     def __enter__(self) -> Traffic:
-        self.bus.start()
-        if not self.bus.wait_connected(10):
-            raise ConnectionError("drill client cannot reach the broker")
+        self.asker.__enter__()
         time.sleep(0.2)
-        if self.resend_s is not None:
-            self._resender.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self.bus.close()
+        self.asker.__exit__(*exc)
 
     def send(self, prompt: Prompt) -> str:
-        request_id = prompt.request_id or uuid.uuid4().hex[:16]
-        reply = topics.REPLIES.name(self.fleet, client_id=self.name, request_id=request_id)
-        fields: dict[str, Any] = {"request_id": request_id}
-        if not self.bus.mqtt5:
-            fields["reply_to"] = reply
-        prompt = prompt.model_copy(update=fields)
-        with self._lock:
+        """Publish a prompt (not waiting for the broker: it may be away)."""
+        request_id = prompt.request_id or new_request_id()
+        prompt = prompt.model_copy(update={"request_id": request_id})
+        with self._lock:  # before it goes: its answer may come at once
             self.asked[request_id] = _Asked(prompt, time.monotonic())
-        self._publish(request_id)
-        return request_id
-
-    def _publish(self, request_id: str) -> None:
-        asked = self.asked[request_id]
-        reply = topics.REPLIES.name(self.fleet, client_id=self.name, request_id=request_id)
-        info = self.bus.publish_to(
-            topics.PROMPTS.name(self.fleet),
-            asked.prompt,
-            qos=1,
-            response_topic=reply if self.bus.mqtt5 else None,
-            correlation_data=request_id.encode() if self.bus.mqtt5 else None,
-        )
-        with self._lock:
-            asked.mids.append(info.mid)
-            asked.acknowledged |= info.mid in self._acked
+        return self.asker.send(prompt, wait_s=0)
 
     def retry_every(self, delay_s: float) -> None:
         """After losing the broker, try it again every ``delay_s`` (the fleet's services: from
         1 s doubling to 2 s), to come back before or after them."""
-        self.bus.client.reconnect_delay_set(delay_s, delay_s)
+        self.asker.bus.client.reconnect_delay_set(delay_s, delay_s)
 
-    def _unanswered(self) -> list[str]:
-        with self._lock:
-            return [r for r, a in self.asked.items() if not a.answers]
-
-    def _resend_all(self, session_present: bool) -> None:
-        for request_id in self._unanswered():
-            self._publish(request_id)
-
-    def _resend_loop(self) -> None:
-        assert self.resend_s is not None
-        while not self._stop.wait(self.resend_s):
-            if self.bus.connected:
-                self._resend_all(False)
-
-    def _on_puback(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
-    ) -> None:
-        if getattr(reason, "is_failure", False):
-            return  # refused (MQTT 5 reason code), not taken
-        with self._lock:
-            self._acked.add(mid)
-            for asked in self.asked.values():
-                if mid in asked.mids:
-                    asked.acknowledged = True
-            self._lock.notify_all()
-
-    def _on_answer(self, inbound: Inbound[Answer]) -> None:
-        answer = inbound.message
+    def _on_answer(self, answer: Answer) -> None:
         with self._lock:
             asked = self.asked.get(answer.request_id)
             if asked is None:
@@ -249,12 +195,13 @@ class Traffic:
     def report(self, name: str, **figures: float) -> Report:
         with self._lock:
             everything = list(self.asked.values())
-        unacknowledged = [a for a in everything if not a.acknowledged]
-        report = _report(name, [a for a in everything if a.acknowledged], **figures)
+        acknowledged = [a for a in everything if self.asker.acknowledged(a.request_id)]
+        unacknowledged = [a for a in everything if not self.asker.acknowledged(a.request_id)]
+        report = _report(name, acknowledged, **figures)
         report.problems += [
-            f"{a.prompt.request_id} lost (sent {a.sent_at - self.started:.1f} s in)"
-            for a in everything
-            if a.acknowledged and not a.answers
+            f"{a.request_id} lost (sent {a.sent_at - self.started:.1f} s in)"
+            for a in acknowledged
+            if not a.answers
         ]
         report.unacknowledged = len(unacknowledged)
         report.unacknowledged_answered = sum(1 for a in unacknowledged if a.answers)
@@ -280,7 +227,7 @@ def _report(name: str, items: list[_Asked], **figures: float) -> Report:
 
 
 def _problem(answer: Answer) -> str:
-    failed = "; ".join(f"{f.expert_id}@{f.agent_id}: {f.reason}" for f in answer.failed)
+    failed = "; ".join(f"{expert_key(f.agent_id, f.expert_id)}: {f.reason}" for f in answer.failed)
     return f"{answer.request_id} {answer.status}: {answer.error or ''} {failed}".strip()
 
 
@@ -994,28 +941,7 @@ def _ghost(index: int, expert_id: str) -> tuple[AgentStatus, AgentCapabilities]:
         keepalive_s=5 if index % 2 else 3600,  # half never found silent by keepalive
         telemetry_interval_s=1.0,
     )
-    expert = ExpertInfo(
-        expert_id=expert_id,
-        model="ghost.gguf",
-        backend="llama.cpp",
-        format="gguf",
-        file_size_bytes=1,
-        context_length=512,
-        chat_template=False,
-        template="cloze",
-    )
-    caps = AgentCapabilities(
-        agent_id=agent_id,
-        hostname="ghost",
-        platform="p",
-        python="3",
-        cpu_count=1,
-        memory_total_bytes=1,
-        power_sensor="none",
-        backends=["llama.cpp"],
-        experts=[expert],
-        job_queue_capacity=4,
-    )
+    caps = stand_in_capabilities(agent_id, expert_id, model="ghost.gguf", hostname="ghost")
     return status, caps
 
 
