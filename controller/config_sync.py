@@ -86,7 +86,7 @@ class ConfigSync:
                 self.fleet = config
                 return Step()
             self.fleet, self._heard_at, self._late_reported = config, now, False
-            decision = decide(self.own, config, self.replace)
+            decision = decide(self.own.config if self.own else None, config, self.replace)
             if decision == "keep":
                 self.problem = None
                 return Step()

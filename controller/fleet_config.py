@@ -30,7 +30,7 @@ from messages.fleet_config import (
 )
 
 CHUNK_BYTES = 96 * 1024  # compressed bytes per chunk: its base64 fits one payload with room
-_SETTINGS = tuple(SelectionSettings.model_fields)
+_SETTINGS = tuple(n for n in SelectionSettings.model_fields if n in ControllerSettings.model_fields)
 
 
 class ConfigError(ValueError):
@@ -213,7 +213,7 @@ def adopted_settings(
         "energy_budget_j": budgets.energy_j,
         "delay_budget_s": dict(budgets.delay_s),
         "top_k": budgets.top_k,
-        **config.settings.model_dump(),
+        **{name: getattr(config.settings, name) for name in _SETTINGS},
     }
     return settings.model_copy(update=update)
 

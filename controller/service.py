@@ -809,7 +809,7 @@ class Controller:
 
     def _on_config_chunk(self, inbound: Inbound[ConfigChunk]) -> None:
         chunk = inbound.message
-        where = (inbound.params.get("sha256"), inbound.params.get("index"))
+        where = (inbound.params.get("digest"), inbound.params.get("index"))
         if where != (chunk.sha256, str(chunk.index)):
             self._on_reject(
                 topics.CONTROLLER_CONFIG_BLOBS, inbound.topic, "payload names another chunk"
@@ -894,7 +894,7 @@ class Controller:
         for digest, data in held.blobs.items():
             for chunk in chunks_of(data):
                 self.bus.publish(
-                    topics.CONTROLLER_CONFIG_BLOBS, chunk, sha256=digest, index=str(chunk.index)
+                    topics.CONTROLLER_CONFIG_BLOBS, chunk, digest=digest, index=str(chunk.index)
                 )
         update = {"controller_id": self.controller_id, "time_s": now_s()}
         self.bus.publish(topics.CONTROLLER_CONFIG, held.config.model_copy(update=update))

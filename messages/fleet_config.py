@@ -1,5 +1,5 @@
 """The fleet's MoE² configuration as fleet state: ``FleetConfig`` on ``controller/config`` and
-the artefacts it names, in ``ConfigChunk`` pieces on ``controller/config/blobs/{sha256}/{index}``.
+the artefacts it names, in ``ConfigChunk`` pieces on ``controller/config/blobs/{digest}/{index}``.
 
 The active controller publishes both, retained. ``config_id`` is the sha256 of the canonical
 content (everything but who published it and when): two controllers hold the same
@@ -61,7 +61,7 @@ class FleetConfig(Message):
 
 class ConfigChunk(Message):
     """One piece of an artefact's compressed bytes, retained on
-    ``controller/config/blobs/{sha256}/{index}``."""
+    ``controller/config/blobs/{digest}/{index}``."""
 
     sha256: Sha256 = Field(description="The whole artefact's sha256 (of its bytes, uncompressed)")
     index: int = Field(ge=0, lt=MAX_CHUNKS)

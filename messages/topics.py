@@ -263,7 +263,7 @@ CONTROLLER_CONFIG = Topic(
     "content hash; a standby takes it before it may lead",
 )
 CONTROLLER_CONFIG_BLOBS = Topic(
-    "controller/config/blobs/{sha256}/{index}",
+    "controller/config/blobs/{digest}/{index}",
     ConfigChunk,
     1,
     True,
