@@ -414,6 +414,8 @@ class Controller:
                 self.leader = self._serving = False
                 self.dispatcher.drop_all()
                 self._damper.forget_all()  # the moves it saw were its own absence
+                if not session_present:  # a broker that lost its state: hear its config again
+                    self.config.cleared()
         self.publish_status()
 
     def _watch(self) -> None:
