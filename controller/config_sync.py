@@ -30,6 +30,7 @@ from messages.fleet_config import ConfigArtefact, ConfigChunk, FleetConfig
 
 # chunks of artefacts no configuration names yet are kept up to this many base64 characters
 MAX_LOOSE_TEXT = 64 * 1024 * 1024
+MAX_PROBLEM = 4000  # ControllerStatus.config_problem's limit
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class ConfigSync:
         self.folder = folder  # where fetched artefacts are kept, by hash
         self.fetch_timeout_s = fetch_timeout_s
         self.fleet: FleetConfig | None = None
-        self.problem: str | None = None
+        self._problem: str | None = None
         self._heard_at = 0.0  # monotonic: when the fleet configuration we fetch came
         self._chunks: dict[str, dict[int, ConfigChunk]] = {}
         self._verified: dict[str, Path] = {}
@@ -65,6 +66,16 @@ class ConfigSync:
         self._late_reported = False
         self._published: str | None = None
         self._lock = threading.Lock()
+
+    @property
+    def problem(self) -> str | None:
+        """Why this controller may not lead now (None: it may), as its status carries it."""
+        problem = self._problem
+        return (
+            problem
+            if problem is None or len(problem) <= MAX_PROBLEM
+            else problem[: MAX_PROBLEM - 1] + "…"
+        )
 
     @property
     def held_id(self) -> str | None:
@@ -88,16 +99,16 @@ class ConfigSync:
             self.fleet, self._heard_at, self._late_reported = config, now, False
             decision = decide(self.own.config if self.own else None, config, self.replace)
             if decision == "keep":
-                self.problem = None
+                self._problem = None
                 return Step()
             if decision == "refuse":
-                self.problem = self._own_problem(config)
-                return Step(report=self.problem)
+                self._problem = self._own_problem(config)
+                return Step(report=self._problem)
             if decision == "replace":
-                self.problem = None
+                self._problem = None
                 return Step(report=f"replacing the fleet's {describe(config)} with ours")
             if self.held_id == config.config_id:  # adopted earlier: held already
-                self.problem = None
+                self._problem = None
                 return Step()
             return self._start_fetch(config)
 
@@ -106,10 +117,10 @@ class ConfigSync:
         try:
             check_config(config)
         except ConfigError as exc:
-            self.problem = f"cannot adopt the fleet's configuration: {exc}"
-            return Step(report=self.problem)
+            self._problem = f"cannot adopt the fleet's configuration: {exc}"
+            return Step(report=self._problem)
         self._prune({config.profile.sha256, config.gate.sha256})
-        self.problem = f"fetching the fleet's {describe(config)}"
+        self._problem = f"fetching the fleet's {describe(config)}"
         ready = self._try_ready(config)
         report = f"adopting the fleet's {describe(config)} from {config.controller_id}"
         return Step(report=report if ready is None else report + " (stored here already)",
@@ -130,8 +141,8 @@ class ConfigSync:
                 ready = self._try_ready(self.fleet)
             except ConfigError as exc:
                 self._chunks.pop(chunk.sha256, None)  # a corrected copy may come: start over
-                self.problem = f"cannot adopt the fleet's configuration: {exc}"
-                return Step(report=self.problem)
+                self._problem = f"cannot adopt the fleet's configuration: {exc}"
+                return Step(report=self._problem)
             return Step(ready=ready)
 
     def _wanted(self) -> set[str] | None:
@@ -168,7 +179,7 @@ class ConfigSync:
         if profile is None or gate is None:
             return None
         self._loading = config.config_id
-        self.problem = f"loading the fleet's {describe(config)}"
+        self._problem = f"loading the fleet's {describe(config)}"
         return Ready(config, profile, gate)
 
     def tick(self, now: float) -> Step:
@@ -182,13 +193,13 @@ class ConfigSync:
                 return Step()
             self._late_reported = True
             parts = [self._progress(a) for a in (fleet.profile, fleet.gate)]
-            self.problem = (
+            self._problem = (
                 f"the fleet's {describe(fleet)} could not be fetched within "
                 f"{self.fetch_timeout_s:g} s ({'; '.join(p for p in parts if p)}): standing by "
                 "without it (a controller started with --profile/--gate --replace-config "
                 "can publish a configuration again)"
             )
-            return Step(report=self.problem)
+            return Step(report=self._problem)
 
     def _progress(self, artefact: ConfigArtefact) -> str | None:
         if artefact.sha256 in self._verified:
@@ -201,33 +212,39 @@ class ConfigSync:
         return f"{artefact.name} {short(artefact.sha256)}: {len(gaps)} of {total} chunks missing"
 
     def installed(self, held: LocalConfig) -> bool:
-        """The fleet's configuration is in force here; False when the fleet moved on meanwhile."""
+        """Whether to put this configuration in force now: it is still the fleet's (then it is
+        held, and the problem is over); False when the fleet moved on meanwhile."""
         with self._lock:
-            self._loading = None
-            self.held = held
+            if self._loading == held.config.config_id:
+                self._loading = None
             if self.fleet is None or self.fleet.config_id != held.config.config_id:
                 return False
-            self.problem = None
+            self.held, self._problem = held, None
             return True
 
-    def install_failed(self, config: FleetConfig, why: str) -> str:
+    def install_failed(self, config: FleetConfig, why: str) -> str | None:
+        """The fleet's configuration did not load: the problem (None: it is not the fleet's
+        any more, so nothing to say)."""
         with self._lock:
-            self._loading = None
-            self.problem = f"cannot adopt the fleet's {describe(config)}: {why}"
-            return self.problem
+            if self._loading == config.config_id:
+                self._loading = None
+            if self.fleet is None or self.fleet.config_id != config.config_id:
+                return None
+            self._problem = f"cannot adopt the fleet's {describe(config)}: {why}"
+            return self._problem
 
     def cleared(self) -> None:
         """The fleet's configuration was cleared: what we hold is published when we lead."""
         with self._lock:
             self.fleet, self._published, self._loading = None, None, None
-            self.problem = None
+            self._problem = None
 
     def to_publish(self, leading: bool) -> LocalConfig | None:
         """The configuration to publish now: ours when we lead and the fleet has none (or the
         fleet lost it), or at once when told to replace the fleet's; None otherwise."""
         with self._lock:
             held = self.held
-            if held is None or self.problem is not None:
+            if held is None or self._problem is not None:
                 return None
             if self.fleet is not None and self.fleet.config_id == held.config.config_id:
                 return None

@@ -84,6 +84,18 @@ class LocalConfig:
     config: FleetConfig
     blobs: dict[str, bytes]  # sha256 -> bytes
 
+    @classmethod
+    def of_files(cls, config: FleetConfig, profile: Path, gate: Path) -> LocalConfig:
+        """The fleet's configuration, held from its artefacts stored here."""
+        files = ((config.profile, profile), (config.gate, gate))
+        return cls(config, {artefact.sha256: path.read_bytes() for artefact, path in files})
+
+    def publication(self, controller_id: str) -> tuple[list[ConfigChunk], FleetConfig]:
+        """What publishes it: every artefact's chunks, then the configuration (ours now)."""
+        chunks = [chunk for data in self.blobs.values() for chunk in chunks_of(data)]
+        update = {"controller_id": controller_id, "time_s": now_s()}
+        return chunks, self.config.model_copy(update=update)
+
 
 def local_config(settings: ControllerSettings, controller_id: str) -> LocalConfig | None:
     """The configuration of these settings (None without a profile and a gate)."""

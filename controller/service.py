@@ -25,7 +25,6 @@ from controller.dispatch import Actions, Dispatcher
 from controller.fleet_config import (
     LocalConfig,
     adopted_settings,
-    chunks_of,
     configured_budgets,
     describe,
     local_config,
@@ -834,37 +833,36 @@ class Controller:
             )
             thread.start()
 
-    def _config_event(self, reason: str) -> None:
+    def _config_event(self, reason: str | None) -> None:
+        if reason is None:
+            return
         log.warning("controller %s: %s", self.controller_id, reason)
         if self.bus.connected:
             event = ControllerEvent(time_s=now_s(), kind="config", reason=reason)
             self.bus.publish(topics.CONTROLLER_EVENTS, event)
-        if self.bus.connected:
             self.publish_status()  # the problem (or its end) in our status at once
 
     def _adopt(self, ready: Ready) -> None:
         """Put the fleet's configuration in force: its settings, budgets (the retained ones
-        where set), selection, and a live-cost loop for it (carrying the peer's costs)."""
+        where they fit), selection, and a live-cost loop for it (carrying the peer's costs)."""
         settings = adopted_settings(self.settings, ready.config, ready.profile, ready.gate)
         budgets = configured_budgets(settings)
         try:
             selection = _configured_selection(settings, budgets)
-            held = LocalConfig(
-                ready.config,
-                {a.sha256: p.read_bytes() for a, p in ((ready.config.profile, ready.profile),
-                                                       (ready.config.gate, ready.gate))},
-            )  # fmt: skip
+            held = LocalConfig.of_files(ready.config, ready.profile, ready.gate)
         except Exception as exc:  # a profile of another fleet, budgets that fit nothing...
             self._config_event(self.config.install_failed(ready.config, str(exc)))
             return
         with self._lock:
+            if not self.config.installed(held):
+                return  # the fleet moved on to another configuration meanwhile
             self.settings, self.configured_budgets = settings, budgets
-            self.router.selection = selection
-            self.router.budgets = budgets
-            if self._retained_budgets is not None and self._retained_budgets != budgets:
+            self.router.selection, self.router.budgets = selection, budgets
+            retained = self._retained_budgets
+            if retained is not None and retained != budgets:
                 try:
-                    selection.check(self._retained_budgets)
-                    self.router.budgets = self._retained_budgets
+                    selection.check(retained)
+                    self.router.budgets = retained
                 except BudgetError as exc:
                     log.warning("retained budgets do not fit the fleet's configuration: %s", exc)
             self._adapt_stop.set()  # the loop of the configuration before ends
@@ -874,11 +872,9 @@ class Controller:
             self.dispatcher.observer = self.adaptation
             if self._peer_costs is not None:
                 self.adaptation.on_peer_costs(self._peer_costs)
-            current = self.config.installed(held)
         self._threads.append(self.adaptation.start())
-        if current:
-            self._config_event(f"adopted the fleet's {describe(ready.config)}")
-            self._replan_soon()
+        self._config_event(f"adopted the fleet's {describe(ready.config)}")
+        self._replan_soon()
 
     def _sync_config(self) -> None:
         """From the watch loop: report a fetch that is late; publish our configuration when we
@@ -893,15 +889,12 @@ class Controller:
         held = self.config.to_publish(self.active)
         if held is None:
             return
-        for digest, data in held.blobs.items():
-            for chunk in chunks_of(data):
-                self.bus.publish(
-                    topics.CONTROLLER_CONFIG_BLOBS, chunk, digest=digest, index=str(chunk.index)
-                )
-        update = {"controller_id": self.controller_id, "time_s": now_s()}
-        self.bus.publish(topics.CONTROLLER_CONFIG, held.config.model_copy(update=update))
-        log.info("controller %s published the fleet's %s", self.controller_id,
-                 describe(held.config))  # fmt: skip
+        chunks, config = held.publication(self.controller_id)
+        for chunk in chunks:
+            where = {"digest": chunk.sha256, "index": str(chunk.index)}
+            self.bus.publish(topics.CONTROLLER_CONFIG_BLOBS, chunk, **where)
+        self.bus.publish(topics.CONTROLLER_CONFIG, config)
+        log.info("controller %s published the fleet's %s", self.controller_id, describe(config))
 
     # -- fleet topics -------------------------------------------------------------------
 

@@ -221,3 +221,34 @@ def test_fleet_config_is_strict() -> None:
         FleetConfig.model_validate_json(b'{"config_id": "x"}')
     with pytest.raises(ValueError):
         ConfigChunk(sha256="A" * 64, index=0, count=1, data="")
+
+
+def test_a_long_failure_still_fits_the_status(tmp_path: Path) -> None:
+    _files(tmp_path)
+    fleet = _local(tmp_path)
+    sync = _sync(tmp_path, None)
+    sync.on_config(fleet.config, now=0.0)
+    said = sync.install_failed(fleet.config, "no expert fits: " + "e1@a1 costs 9 J; " * 1000)
+    assert said.startswith("cannot adopt the fleet's configuration") and len(said) > 10_000
+    assert sync.problem is not None and len(sync.problem) <= 4000
+    ControllerStatus(
+        controller_id="b", state="online", since_s=1.0, incarnation=1, version="t", time_s=2.0,
+        agents_online=0, requests_answered=0, config_problem=sync.problem,
+    )  # fmt: skip
+
+
+def test_a_configuration_loaded_after_the_fleet_moved_on_is_not_put_in_force(
+    tmp_path: Path,
+) -> None:
+    _files(tmp_path)
+    first, second = _local(tmp_path), _local(tmp_path, top_k=1)
+    sync = _sync(tmp_path, None)
+    sync.on_config(first.config, now=0.0)
+    chunks = [c for data in first.blobs.values() for c in chunks_of(data)]
+    assert [r for r in (sync.on_chunk(c, now=1.0).ready for c in chunks) if r is not None]
+    again = sync.on_config(second.config, now=2.0)  # same artefacts, stored: ready at once
+    assert again.ready is not None and again.ready.config == second.config
+    assert not sync.installed(first)  # too late: not the fleet's any more
+    assert sync.install_failed(first.config, "whatever") is None
+    assert sync.held_id is None and sync.problem and sync.problem.startswith("loading")
+    assert sync.installed(second) and sync.held_id == second.config.config_id

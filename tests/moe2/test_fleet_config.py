@@ -234,3 +234,29 @@ def test_a_controller_with_another_gate_says_so_and_does_not_lead(
     answer = _ask(mosquitto, rec, "after-second-takeover")
     assert answer.budgets == BUDGETS
     assert _holds(rec, "late", config.config_id)  # the fleet's, not the rogue's
+
+
+def test_replace_config_makes_another_gate_the_fleets(
+    cfg: tuple[LocalFleet, Recorder], mosquitto: LocalBroker
+) -> None:
+    """``--replace-config``: the other gate becomes the fleet's; the bare standby that leads
+    adopts it, and the controller that refused the old one now holds the fleet's."""
+    fleet, rec = cfg
+    if getattr(_status(rec, "rogue"), "state", "") != "online":
+        pytest.skip("needs the controllers of the test before")
+    fleet.start_controller(
+        "replacer", extra=[*_configured(fleet.workdir, "other-gate.pt"), "--replace-config"]
+    )
+    new = rec.wait_for_a(FleetConfig, lambda c: c.controller_id == "replacer", timeout_s=180)
+    assert new.gate.sha256 == file_sha256(fleet.workdir / "other-gate.pt")
+    rec.wait_for_event(ControllerEvent, "replacing the fleet's", kind="config", timeout_s=30)
+    for name in ("rogue", "late", "replacer"):  # rogue's own is the fleet's now; late adopts it
+        assert wait_until(lambda n=name: _holds(rec, n, new.config_id), 180), fleet.log_tail(name)
+    assert wait_until(
+        lambda: any(
+            getattr(_status(rec, n), "role", "") == "active" for n in ("rogue", "late", "replacer")
+        ),
+        120,
+    )
+    answer = _ask(mosquitto, rec, "after-replacement")
+    assert answer.budgets == BUDGETS
