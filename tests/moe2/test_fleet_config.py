@@ -3,7 +3,9 @@ profile, gate and budgets, real SmolLM2 and Gemma 3 agents on Mosquitto.
 
 - A standby started bare (no --profile/--gate, as in the README) fetches the fleet's
   configuration from the broker; after ``kill -9`` of the active controller it answers with the
-  same gate weights and budgets (not uniform weights without budgets).
+  same gate weights and budgets (not uniform weights without budgets), from the live costs the
+  dead one learnt.
+- ``--replace-config`` makes another configuration the fleet's.
 - A controller started with another gate says so (its status, an event) and does not lead: when
   the active one dies, a younger bare standby takes over instead.
 - ``moe2 fleet`` shows the configuration in force.
@@ -173,13 +175,22 @@ def test_a_bare_standby_takes_over_with_the_gate_and_budgets(
     )
     adopted = rec.wait_for_event(ControllerEvent, "adopted the fleet's", kind="config")
     assert config.config_id[:12] in adopted.reason
+    for n in range(3):  # results the active controller learns live costs from
+        _ask(mosquitto, rec, f"warm-{n}")
     before = _ask(mosquitto, rec, "before-takeover")
     assert before.budgets == BUDGETS
     planned = [p for p in rec.messages(FleetPlan) if p.controller_id == "main"][-1]
+    rec.wait_for_a(
+        CostTable,
+        lambda t: t.controller_id == "main" and any(r.origin == "live" for r in t.experts),
+        timeout_s=120,
+    )
     fleet.kill("main", signal.SIGKILL)
     assert wait_until(lambda: getattr(_status(rec, "backup"), "role", "") == "active", 120), (
         fleet.log_tail("backup")
     )
+    carried = rec.wait_for_event(ControllerEvent, "live costs", kind="takeover", timeout_s=60)
+    assert "learnt by main" in carried.reason  # the live costs too, not the profile's
     replanned = rec.wait_for_plan(lambda p: p.controller_id == "backup", timeout_s=60)
     # the MoE² selection under the same budgets, not every expert ("all") without a gate
     assert replanned.algorithm == planned.algorithm != "all"
