@@ -78,7 +78,10 @@ def _print_config(config: FleetConfig | None) -> None:
     from controller.fleet_config import describe
 
     if config is None:
-        console().print("no fleet configuration published (no controller with a profile and gate)")
+        console().print(
+            "no fleet configuration heard: no controller with a profile and gate published one "
+            "(or this login may not read controller/config)"
+        )
         return
     console().print(f"in force: {describe(config)} (from {config.controller_id})", markup=False)
 
