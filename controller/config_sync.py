@@ -121,29 +121,43 @@ class ConfigSync:
             return Step(report=self._problem)
         self._prune({config.profile.sha256, config.gate.sha256})
         self._problem = f"fetching the fleet's {describe(config)}"
-        ready = self._try_ready(config)
         report = f"adopting the fleet's {describe(config)} from {config.controller_id}"
-        return Step(report=report if ready is None else report + " (stored here already)",
-                    ready=ready)  # fmt: skip
+        step = self._advance(config)
+        if step.report is not None:
+            return step
+        if step.ready is not None:
+            report += " (stored here already)"
+        return Step(report=report, ready=step.ready)
 
     def on_chunk(self, chunk: ConfigChunk, now: float) -> Step:
+        """A chunk (retained, or just published): kept while its artefact is wanted, or while
+        no configuration names it yet (a publisher sends the chunks before the configuration)."""
+        if self.own is not None:
+            return Step()  # we never adopt: our own, or none
         with self._lock:
             wanted = self._wanted()
-            if wanted is None and sum(len(c.data) for g in self._chunks.values()
-                                      for c in g.values()) > MAX_LOOSE_TEXT:  # fmt: skip
-                self._chunks.clear()
             if wanted is not None and chunk.sha256 not in wanted:
                 return Step()
+            if wanted is None and self._loose_text() > MAX_LOOSE_TEXT:
+                self._chunks.clear()
             self._chunks.setdefault(chunk.sha256, {})[chunk.index] = chunk
             if wanted is None or self.fleet is None:
                 return Step()
-            try:
-                ready = self._try_ready(self.fleet)
-            except ConfigError as exc:
-                self._chunks.pop(chunk.sha256, None)  # a corrected copy may come: start over
-                self._problem = f"cannot adopt the fleet's configuration: {exc}"
-                return Step(report=self._problem)
-            return Step(ready=ready)
+            return self._advance(self.fleet, chunk.sha256)
+
+    def _advance(self, config: FleetConfig, digest: str | None = None) -> Step:
+        """The configuration ready to load once both artefacts are stored; a reassembly that
+        fails is reported and its chunks dropped (a corrected copy may come)."""
+        try:
+            return Step(ready=self._try_ready(config))
+        except (ConfigError, OSError) as exc:
+            for dropped in (digest,) if digest else (config.profile.sha256, config.gate.sha256):
+                self._chunks.pop(dropped, None)
+            self._problem = f"cannot adopt the fleet's configuration: {exc}"
+            return Step(report=self._problem)
+
+    def _loose_text(self) -> int:
+        return sum(len(c.data) for chunks in self._chunks.values() for c in chunks.values())
 
     def _wanted(self) -> set[str] | None:
         """The artefacts being fetched (None: none, or no configuration heard yet)."""

@@ -252,3 +252,40 @@ def test_a_configuration_loaded_after_the_fleet_moved_on_is_not_put_in_force(
     assert sync.install_failed(first.config, "whatever") is None
     assert sync.held_id is None and sync.problem and sync.problem.startswith("loading")
     assert sync.installed(second) and sync.held_id == second.config.config_id
+
+
+def test_chunks_before_their_configuration_are_kept_and_a_forged_id_is_refused(
+    tmp_path: Path,
+) -> None:
+    _files(tmp_path)
+    fleet = _local(tmp_path)
+    sync = _sync(tmp_path, None)
+    for data in fleet.blobs.values():  # the publisher sends the chunks first
+        for chunk in chunks_of(data):
+            assert sync.on_chunk(chunk, now=0.0).ready is None
+    step = sync.on_config(fleet.config, now=1.0)
+    assert step.ready is not None and "adopting" in (step.report or "")
+
+    forged = fleet.config.model_copy(
+        update={"budgets": Budgets(energy_j=0.5), "config_id": "e" * 64}
+    )
+    other = _sync(tmp_path / "other", None)
+    said = other.on_config(forged, now=0.0)
+    assert said.ready is None and "not the hash of its content" in (said.report or "")
+    assert other.problem and not should_lead(
+        ControllerStatus(
+            controller_id="b",
+            state="online",
+            since_s=1.0,
+            incarnation=1,
+            version="t",
+            time_s=2.0,
+            agents_online=0,
+            requests_answered=0,
+            config_problem=other.problem,
+        ),  # fmt: skip
+        [],
+    )
+    mine = _sync(tmp_path / "mine", _local(tmp_path, top_k=1))
+    chunk = chunks_of(b"anything")[0]
+    assert mine.on_chunk(chunk, now=0.0).ready is None and not mine._chunks  # never adopts
