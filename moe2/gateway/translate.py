@@ -280,20 +280,41 @@ def rest_of(text: str, sent: str) -> str:
     return text[len(sent) :] if text.startswith(sent) and len(text) > len(sent) else ""
 
 
+def model_card(model: str, created: int, agents: list[str] | None = None) -> dict[str, Any]:
+    """One model in OpenAI's shape (``GET /v1/models`` lists them, ``/v1/models/{id}`` gives
+    one); an expert's lists the agents that serve it under ``moe2``."""
+    card: dict[str, Any] = {"id": model, "object": "model", "created": created, "owned_by": "moe2"}
+    if agents is not None:
+        card["moe2"] = {"agents": sorted(agents)}
+    return card
+
+
 def models_list(created: int, active: dict[str, list[str]]) -> dict[str, Any]:
     """``GET /v1/models``: the ensemble, then each active expert with its agents."""
-    data = [{"id": ENSEMBLE_MODEL, "object": "model", "created": created, "owned_by": "moe2"}]
-    for expert, agents in sorted(active.items()):
-        data.append(
-            {
-                "id": expert,
-                "object": "model",
-                "created": created,
-                "owned_by": "moe2",
-                "moe2": {"agents": sorted(agents)},
-            }
-        )
+    data = [model_card(ENSEMBLE_MODEL, created)]
+    data += [model_card(expert, created, agents) for expert, agents in sorted(active.items())]
     return {"object": "list", "data": data}
+
+
+def model_retrieved(model: str, created: int, active: dict[str, list[str]]) -> dict[str, Any]:
+    """``GET /v1/models/{model}``: the ensemble, an active expert, or an expert on one agent
+    (``expert@agent``) that serves it; a 404 ``model_not_found`` in OpenAI's shape otherwise."""
+    check_model(model, active)
+    if model == ENSEMBLE_MODEL:
+        return model_card(model, created)
+    expert, agent = parse_name(model)
+    return model_card(model, created, [agent] if agent else active[expert])
+
+
+def no_embeddings() -> GatewayError:
+    """``POST /v1/embeddings``: the fleet has no embedding model to serve it with."""
+    return GatewayError(
+        400,
+        "this fleet serves no embedding model: moe2's experts generate text (POST "
+        "/v1/chat/completions and /v1/completions); /v1/embeddings has nothing to answer with",
+        code="model_not_supported",
+        param="model",
+    )
 
 
 @dataclass(frozen=True)
