@@ -17,7 +17,7 @@ from messages.answers import Answer
 from messages.budgets import Budgets
 from messages.expert_key import expert_key, parse_name
 from messages.prompts import Prompt
-from messages.stream import StreamChunk
+from messages.stream import StreamChunk, answered_by
 from moe2.gateway.errors import GatewayError
 from moe2.gateway.guard import BodyError
 from moe2.gateway.models import (
@@ -390,15 +390,25 @@ class Reply:
     def token(self, text: str) -> bytes:
         return sse(self.chunk(text))
 
-    def closing(self, answer: Answer, sent: str) -> list[bytes]:
-        """The last events of a stream that relayed ``sent``: the rest of the answer, the
-        finish, the usage (when asked for). ``[DONE]`` is not one of them."""
+    def closing(self, answer: Answer, sent: str, streamed: str | None = None) -> list[bytes]:
+        """The last events of a stream that relayed ``sent`` (``streamed``'s tokens): the rest
+        of the answer, the finish, the usage (when asked for). ``[DONE]`` is not one of them.
+        The finish names the experts the answer came from and whether the streamed content is
+        the answer (``stream_is_answer``; when not, ``answer`` is what the ensemble said)."""
         out = []
         text = answer.answer or ""
         rest = rest_of(text, sent)
         if rest:
             out.append(sse(self.chunk(rest)))
-        extra = {"moe2": {**breakdown(answer), "answer": text}}
+        extra = {
+            "moe2": {
+                **breakdown(answer),
+                "answer": text,
+                "answered_by": answered_by(answer),
+                "streamed": streamed,
+                "stream_is_answer": sent + rest == text,
+            }
+        }
         out.append(sse(self.chunk(None, finish_reason(answer, self.max_tokens), **extra)))
         if self.include_usage:
             tail = self.chunk(None)
@@ -414,6 +424,7 @@ class Relayed:
 
     sent: str = ""
     expected: int = 0
+    source: str | None = None  # the expert (expert@agent) whose tokens were relayed
 
     def take(self, chunk: StreamChunk) -> str | None:
         """The text of ``chunk`` to relay, or None for one already relayed, late or empty."""
@@ -422,4 +433,5 @@ class Relayed:
             return None
         self.expected = chunk.seq + 1
         self.sent += chunk.text
+        self.source = expert_key(chunk.agent_id, chunk.expert_id)
         return chunk.text

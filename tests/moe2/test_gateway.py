@@ -160,6 +160,10 @@ def test_streamed_chat_arrives_in_chunks_before_the_end(gateway: Gateway) -> Non
     text = "".join(c.choices[0].delta.content for _, c in content)
     final = next(c for _, c in arrivals if c.choices and c.choices[0].finish_reason)
     assert final.model_extra["moe2"]["answer"] == text and text
+    # the end says whose answer it is, whose tokens were streamed, and that they are the same
+    extra = final.model_extra["moe2"]  # type: ignore[index]
+    assert extra["answered_by"] == ["smollm2@gw-a"] and extra["streamed"] == "smollm2@gw-a"
+    assert extra["stream_is_answer"] is True
     assert arrivals[-1][1].usage is not None and arrivals[-1][1].usage.completion_tokens > 0
 
 
@@ -397,6 +401,9 @@ def test_a_streamed_prompt_over_mqtt_relays_tokens_before_the_answer(gateway: Ga
     assert [c.seq for c in chunks] == sorted(c.seq for c in chunks)
     assert "".join(c.text for c in chunks) == answer.answer
     assert chunks[-1].done and {c.expert_id for c in chunks} == {"smollm2"}
+    # the controller's final chunk ends the stream, naming the expert the answer came from
+    assert chunks[-1].final and chunks[-1].answered_by == ["smollm2@gw-a"]
+    assert chunks[-1].answer_status == "ok" and not any(c.final for c in chunks[:-1])
 
 
 def _series(url: str) -> dict[str, float]:
