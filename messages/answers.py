@@ -41,6 +41,19 @@ class ExpertFailure(Message):
     reason: str
 
 
+class BudgetOverrun(Message):
+    """One budget an answer ran over. A budget bounds the expected cost per query (the plan is
+    solved with each expert's costs as learnt from results: measured where a sensor reports,
+    estimated from a power model otherwise), not every answer: one that costs more is answered
+    all the same, and says so here."""
+
+    budget: Literal["energy", "delay"]
+    category: str | None = Field(default=None, description="With delay: the prompt's category")
+    limit: float = Field(ge=0, description="The budget: J per query, or s for the category")
+    spent: float = Field(ge=0, description="What this answer took: J, or s from receipt")
+    reason: str
+
+
 class Answer(Message):
     request_id: TopicLevel
     status: Literal["ok", "partial", "failed", "busy", "rejected"] = Field(
@@ -68,4 +81,9 @@ class Answer(Message):
     )
     budgets: Budgets | None = Field(
         default=None, description="The budgets this prompt was answered under"
+    )
+    over_budget: list[BudgetOverrun] = Field(
+        default_factory=list,
+        description="The budgets this answer ran over (late: its delay; or its energy). A "
+        "budget plans the expected cost per query; an answer over it is still given, marked",
     )
