@@ -290,6 +290,7 @@ class Drill:
         controllers: tuple[str, ...] = ("c1",),
         controller_args: list[str] | None = None,
         keepalive_s: int = 4,
+        ready_s: float = 180.0,
     ) -> LocalFleet:
         assert self.broker is not None
         self.fleet = LocalFleet(
@@ -299,7 +300,7 @@ class Drill:
             self.fleet.start_controller(controller, controller_args)
         for spec in agents:
             self.fleet.start_agent(spec)
-        self.fleet.wait_ready([s.agent_id for s in agents], timeout_s=180)
+        self.fleet.wait_ready([s.agent_id for s in agents], timeout_s=ready_s)
         return self.fleet
 
     def traffic(self, resend_s: float | None = 3.0, durable: bool = False) -> Traffic:
@@ -1375,7 +1376,8 @@ def slowed_expert(
     ]
     keys = ["smollm2-cloze@edge-a", "gemma3-cloze@edge-b"]
     try:
-        fleet = drill.start_fleet(SLOW_FLEET, agents, controller_args=args)
+        # a gated controller and two llama.cpp agents on a loaded 2-core machine: minutes
+        fleet = drill.start_fleet(SLOW_FLEET, agents, controller_args=args, ready_s=420)
         watch = LoopWatch(fleet.endpoint, fleet.fleet)
         try:
             return _slow_and_recover(drill, watch, keys, every_s, factor, within_s,
