@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from messages.base import (
+    MAX_TOTAL_ENERGY_J,
     DurationS,
     EnergyJ,
     Message,
@@ -49,8 +50,18 @@ class BudgetOverrun(Message):
 
     budget: Literal["energy", "delay"]
     category: str | None = Field(default=None, description="With delay: the prompt's category")
-    limit: float = Field(ge=0, description="The budget: J per query, or s for the category")
-    spent: float = Field(ge=0, description="What this answer took: J, or s from receipt")
+    limit: float = Field(
+        ge=0,
+        le=MAX_TOTAL_ENERGY_J,
+        allow_inf_nan=False,
+        description="The budget: J per query, or s for the category",
+    )
+    spent: float = Field(
+        ge=0,
+        le=MAX_TOTAL_ENERGY_J,
+        allow_inf_nan=False,
+        description="What this answer took: J, or s from receipt to answer",
+    )
     reason: str
 
 

@@ -290,8 +290,9 @@ class Drill:
         controllers: tuple[str, ...] = ("c1",),
         controller_args: list[str] | None = None,
         keepalive_s: int = 4,
-        ready_s: float = 180.0,
+        ready_s: float | None = 180.0,
     ) -> LocalFleet:
+        """The fleet, started; with ``ready_s``, waited for (``LocalFleet.wait_ready``)."""
         assert self.broker is not None
         self.fleet = LocalFleet(
             self.broker.endpoint, name, self.workdir, keepalive_s, telemetry_interval_s=0.5
@@ -300,7 +301,8 @@ class Drill:
             self.fleet.start_controller(controller, controller_args)
         for spec in agents:
             self.fleet.start_agent(spec)
-        self.fleet.wait_ready([s.agent_id for s in agents], timeout_s=ready_s)
+        if ready_s is not None:
+            self.fleet.wait_ready([s.agent_id for s in agents], timeout_s=ready_s)
         return self.fleet
 
     def traffic(self, resend_s: float | None = 3.0, durable: bool = False) -> Traffic:
@@ -1300,10 +1302,11 @@ def _agents_of(plan: FleetPlan) -> set[str]:
 def _delay_budgets(watch: LoopWatch, keys: list[str], factor: float) -> Budgets:
     """``factor`` times the delays the controller has learnt (per category, the slowest of
     ``keys``), once each expert has a few live samples."""
+    # a gated controller and two llama.cpp agents starting on a loaded 2-core machine: minutes
     if not wait_until(
-        lambda: all(getattr(watch.costs().get(k), "delay_samples", 0) >= 4 for k in keys), 120
+        lambda: all(getattr(watch.costs().get(k), "delay_samples", 0) >= 4 for k in keys), 420
     ):
-        raise RuntimeError(f"no live costs for {keys} within 120 s: {watch.costs()}")
+        raise RuntimeError(f"no live costs for {keys} within 420 s: {watch.costs()}")
     rows = watch.costs()
     categories = sorted(rows[keys[0]].delay_s)
     return Budgets(delay_s={c: factor * max(rows[k].delay_s[c] for k in keys) for c in categories})
@@ -1376,8 +1379,9 @@ def slowed_expert(
     ]
     keys = ["smollm2-cloze@edge-a", "gemma3-cloze@edge-b"]
     try:
-        # a gated controller and two llama.cpp agents on a loaded 2-core machine: minutes
-        fleet = drill.start_fleet(SLOW_FLEET, agents, controller_args=args, ready_s=420)
+        # ready when both experts have live costs (_delay_budgets): probes load an unplanned
+        # expert, so the agents' loaded experts need not be the plan's (wait_ready's test)
+        fleet = drill.start_fleet(SLOW_FLEET, agents, controller_args=args, ready_s=None)
         watch = LoopWatch(fleet.endpoint, fleet.fleet)
         try:
             return _slow_and_recover(drill, watch, keys, every_s, factor, within_s,
