@@ -1359,8 +1359,11 @@ def slowed_expert(
     within_s: float = 60.0,
     still_slow_s: float = 6.0,
     timeout_s: float = 60.0,
+    templates: tuple[str, ...] = ("cloze",),
 ) -> Report:
-    """The lab fleet's two agents (SmolLM2 on edge-a, Gemma 3 on edge-b) under a controller
+    """The lab fleet's two agents (SmolLM2 on edge-a, Gemma 3 on edge-b, an expert per choice
+    template of ``templates``: ``("cloze", "qa", "letter")`` is the whole lab fleet, six
+    experts) under a controller
     with the shipped profile and gate, delay budgets at ``factor`` times the delays it learnt;
     a planned agent stopped 0.4 s of every 0.5 s while a suite prompt comes every ``every_s``.
     Figures: seconds from the slowdown to the plan without the agent (``away_s``), and from
@@ -1374,10 +1377,14 @@ def slowed_expert(
     args = ["--profile", str(workdir / "profile.json"), "--gate", str(workdir / "gate.pt"),
             "--config", str(workdir / "controller.toml"), "--drift-threshold", "0.5"]  # fmt: skip
     agents = [
-        AgentSpec("edge-a", [{**SMOLLM2, "id": "smollm2-cloze"}], {"power_model_w": 15.0}),
-        AgentSpec("edge-b", [{**GEMMA3, "id": "gemma3-cloze"}], {"power_model_w": 15.0}),
+        AgentSpec(
+            agent,
+            [{**model, "id": f"{name}-{t}", "template": t} for t in templates],
+            {"power_model_w": 15.0},
+        )
+        for agent, name, model in (("edge-a", "smollm2", SMOLLM2), ("edge-b", "gemma3", GEMMA3))
     ]
-    keys = ["smollm2-cloze@edge-a", "gemma3-cloze@edge-b"]
+    keys = [expert_key(a.agent_id, str(e["id"])) for a in agents for e in a.experts]
     try:
         # ready when both experts have live costs (_delay_budgets): probes load an unplanned
         # expert, so the agents' loaded experts need not be the plan's (wait_ready's test)
