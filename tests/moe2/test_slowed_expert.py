@@ -20,4 +20,5 @@ def test_a_slowed_agent_is_planned_away_and_back_and_no_prompt_fails(tmp_path: P
     assert not math.isnan(report.figures["back_s"]), report.line()  # within 60 s of recovery
     assert report.lost == 0 and report.duplicated == 0, report.line()
     assert report.statuses.get("failed", 0) == 0, report.line()
-    assert report.answered == report.asked > 20, report.line()
+    # prompts flowed throughout: at least those of the still-slow spell (6 s, one every 1.5 s)
+    assert report.answered == report.asked >= 4, report.line()
