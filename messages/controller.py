@@ -99,6 +99,7 @@ class ControllerEvent(Message):
         "busy",
         "drift",
         "profiling",
+        "over_budget",
     ]
     topic: str | None = None
     reason: str
