@@ -7,7 +7,9 @@ re-plan, a retrained gate's selection installed, the cost table published, probe
 ``Actions`` that the service publishes on its one path for jobs). The service calls
 ``before_replan`` at every re-plan (it installs the selection, with the current costs, that
 comes back); the dispatcher hands on every job result (``on_job_result``: a prompt's job and its
-round trip; ``claim``: a result of no prompt, one of our probes). ``loop`` runs in a thread.
+round trip; ``claim``: a result of no prompt, one of our probes), every job it cut without a
+result (``on_job_cut``: a censored sample, see controller/costs.py) and every answer that ran
+over its budgets (``on_over_budget``: re-plan with the costs learnt). ``loop`` runs in a thread.
 
 Only the active controller sends probes, re-plans and publishes; a standby learns nothing (it
 has no dispatch times): it keeps the last cost table the active one published and, when it
@@ -19,7 +21,7 @@ Probes: an online expert of the gate with no cost sample for ``probe_interval_s`
 plan leaves out gets no user prompts) is sent one training prompt of the profile, rotating
 through the categories, when its agent has no user job out: this is how a slowed expert that
 was planned away is seen to recover. A probe unanswered after ``probe_timeout_s`` counts as a
-delay of that long.
+delay of at least that long (censored).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from controller.settings import ControllerSettings
 from messages.base import now_s
 from messages.budgets import Budgets
 from messages.costs import CostTable, ExpertCostRow
-from messages.expert_key import agent_of, expert_key, parse_key
+from messages.expert_key import ExpertOnAgent, agent_of, expert_key, parse_key
 from messages.jobs import Job
 from messages.results import JobResult
 
@@ -113,6 +115,7 @@ class Adaptation:
         self._working: Profile | None = None
         self._suite_problem: str | None = None
         self._save_problem: str | None = None
+        self._overrun: float | None = None  # when an answer last ran over its budgets
         selection = links.selection()
         if selection is None:
             return
@@ -197,6 +200,22 @@ class Adaptation:
         key = expert_key(result.agent_id, result.expert_id)
         self._learn(result, key, category, round_trip_s, now)
 
+    def on_job_cut(
+        self, pair: ExpertOnAgent, category: str | None, elapsed_s: float, now: float
+    ) -> None:
+        """A prompt's job cut with no result (left out by an early answer, or at the prompt's
+        deadline) ``elapsed_s`` after it went: a censored sample, its delay at least that."""
+        if self.model is None:
+            return
+        key = expert_key(*pair)
+        if self.model.observe_cut(key, category, elapsed_s):
+            self.last_sample[key] = now
+
+    def on_over_budget(self, now: float) -> None:
+        """An answer ran over a budget it was answered under: re-plan with the costs learnt
+        so far at the next tick (at most once per drift cool-down)."""
+        self._overrun = now
+
     def _learn(
         self, result: JobResult, key: str, category: str | None, round_trip: float, now: float
     ) -> None:
@@ -209,8 +228,10 @@ class Adaptation:
             error = result.error or ""
             if "deadline" not in error or "queue" in error:
                 return  # an error says nothing about the expert's cost
-            # cut off at its deadline: it would have taken at least this long
-            use_energy = False
+            # cut off at its deadline: it would have taken at least this long (censored)
+            if self.model.observe_cut(key, category, delay):
+                self.last_sample[key] = now
+            return
         learnt = self.model.observe(
             key,
             category,
@@ -243,6 +264,8 @@ class Adaptation:
                 moves = self.drift.due(self._gate_costs(), now, self._online_keys())
                 if moves:
                     self._replan_for(moves)
+                elif self._overrun is not None:
+                    self._replan_for_overrun(now)
                 if now - last_publish >= PUBLISH_S:
                     last_publish = now
                     self.publish()
@@ -277,6 +300,17 @@ class Adaptation:
         self.links.replan(False)  # a new epoch only when the set changes
         self.publish()
 
+    def _replan_for_overrun(self, now: float) -> None:
+        """Answers ran over their budgets: solve again with the costs learnt so far (a new
+        plan only when the set changes), no sooner than the cool-down after the last re-plan."""
+        last = self.drift.last_replan
+        if last is not None and now - last < self.drift.cooldown_s:
+            return
+        self._overrun = None
+        self.drift.last_replan = now  # the cool-down also when the re-plan changes nothing
+        self.links.replan(False)
+        self.publish()
+
     def _probe(self, now: float, actions: Actions) -> None:
         """Time out the probes unanswered; add one for each expert due (to ``actions``)."""
         assert self.model is not None
@@ -285,8 +319,8 @@ class Adaptation:
         for request_id, probe in list(self.probes.items()):
             if now - probe.sent > timeout:
                 self.probes.pop(request_id, None)
-                if not probe.newcomer:  # no answer in that long: that long is its delay
-                    self.model.observe(probe.key, probe.item.category, now - probe.sent)
+                if not probe.newcomer:  # no answer in that long: at least that long (censored)
+                    self.model.observe_cut(probe.key, probe.item.category, now - probe.sent)
                     self.last_sample[probe.key] = now
                 else:
                     self._measured(probe, None, now - probe.sent)

@@ -1,5 +1,5 @@
-"""Combining the experts' results into one answer (docs/design.md section 3, the ensemble), and
-when what is still out can no longer change it."""
+"""Combining the experts' results into one answer (docs/design.md section 3, the ensemble), when
+what is still out can no longer change it, and which budgets the answer ran over."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from messages.answers import ExpertFailure, ExpertOutput
+from messages.answers import BudgetOverrun, ExpertFailure, ExpertOutput
 from messages.base import MAX_SECONDS, MAX_TOTAL_ENERGY_J
+from messages.budgets import Budgets
 from messages.expert_key import expert_key
 from messages.results import JobResult
 
@@ -219,3 +220,42 @@ def combined_if_decided(
     if not decided(choices, {k: a.result for k, a in arrivals.items()}, outstanding, weights):
         return None
     return combine(choices, list(arrivals.values()), missing, weights=weights)
+
+
+def over_budget(
+    budgets: Budgets | None,
+    category: str | None,
+    latency_s: float,
+    energy_j: float | None,
+) -> list[BudgetOverrun]:
+    """The budgets an answer ran over: its delay (receipt to answer) over its category's delay
+    budget, its energy (every expert's, when each reported one) over the energy budget. A
+    budget bounds the expected cost per query the plan was solved for, so one answer may run
+    over it: it is given all the same, marked late. Without budgets, or a category the delay
+    budgets name, nothing to say."""
+    if budgets is None:
+        return []
+    over = []
+    limit = budgets.delay_s.get(category) if category is not None else None
+    if limit is not None and latency_s > limit:
+        over.append(
+            BudgetOverrun(
+                budget="delay",
+                category=category,
+                limit=limit,
+                spent=latency_s,
+                reason=f"late: answered in {latency_s:.3g} s, over the {category} delay budget "
+                f"of {limit:g} s (the plan's expected delay per query)",
+            )
+        )
+    if budgets.energy_j is not None and energy_j is not None and energy_j > budgets.energy_j:
+        over.append(
+            BudgetOverrun(
+                budget="energy",
+                limit=budgets.energy_j,
+                spent=energy_j,
+                reason=f"spent {energy_j:.3g} J, over the energy budget of {budgets.energy_j:g} J "
+                "per query (the plan's expected energy per query)",
+            )
+        )
+    return over

@@ -10,6 +10,14 @@ geography prompts moves its math delay too). Until ``min_samples`` ratios are in
 cost stands. Measured energy is preferred: once ``min_samples`` measured readings are in,
 estimated ones are no longer used; a cost whose seed or samples are estimates stays marked
 estimated. Pure: no I/O but ``save``/``load``.
+
+A job that gave no result because it was cut (left out by an early answer, cancelled at its
+prompt's deadline, or timed out on its agent) is a **censored** sample: its delay was at least
+the time it had run (``observe_cut``). It counts as a delay ratio of exactly that lower bound
+when the bound is above the expert's current estimate, so an expert whose jobs are cut because
+it is slow is seen to be slow; a bound at or below the estimate says nothing new and is not
+counted. The rolling median with such a bound in it is a lower bound of the median the true
+delay would have given, never an overestimate.
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ class _Window:
     delay_samples: int = 0
     energy_samples: int = 0
     energy_source: str | None = None
+    cut_samples: int = 0  # of delay_samples, censored ones (a cut job's lower bound)
 
     @classmethod
     def empty(cls, window: int) -> _Window:
@@ -93,6 +102,7 @@ class LiveCost:
     energy_source: str | None  # the source of the samples used ("estimate", "rapl"...), if any
     delay_samples: int
     energy_samples: int
+    cut_samples: int  # of delay_samples, censored: lower bounds from jobs cut without a result
     delay_ratio: float
     energy_ratio: float
 
@@ -137,6 +147,29 @@ class CostModel:
                     win.energy_source = energy_source
         return True
 
+    def observe_cut(self, key: str, category: str | None, elapsed_s: float) -> bool:
+        """A job of ``key`` cut after ``elapsed_s`` with no result: its delay was at least that
+        long. Counted (True) when that bound, as a ratio to the profiled delay, is above the
+        expert's current delay ratio: the estimate moves up towards it (never past it). False
+        when the expert or category has no seed, or the bound is no news."""
+        seed = self.seeds.get(key)
+        if seed is None or category is None or seed.delay_s.get(category, 0.0) <= 0:
+            return False
+        ratio = max(0.0, elapsed_s) / seed.delay_s[category]
+        with self._lock:
+            win = self._windows.setdefault(key, _Window.empty(self.window))
+            if ratio <= self._delay_ratio(win):
+                return False
+            win.delay.append(ratio)
+            win.delay_samples += 1
+            win.cut_samples += 1
+        return True
+
+    def _delay_ratio(self, win: _Window) -> float:
+        """The window's delay ratio: the median once ``min_samples`` are in, else 1 (the
+        profile's delay). Called with the lock held."""
+        return statistics.median(win.delay) if len(win.delay) >= self.min_samples else 1.0
+
     def carry(
         self,
         key: str,
@@ -169,9 +202,7 @@ class CostModel:
             return None
         with self._lock:
             win = self._windows.get(key) or _Window.empty(self.window)
-            delay_ratio = (
-                statistics.median(win.delay) if len(win.delay) >= self.min_samples else 1.0
-            )
+            delay_ratio = self._delay_ratio(win)
             measured = len(win.energy_measured) >= self.min_samples
             energies = win.energy_measured if measured else win.energy_estimated
             energy_ratio = statistics.median(energies) if len(energies) >= self.min_samples else 1.0
@@ -187,6 +218,7 @@ class CostModel:
                 energy_source=win.energy_source,
                 delay_samples=win.delay_samples,
                 energy_samples=win.energy_samples,
+                cut_samples=win.cut_samples,
                 delay_ratio=delay_ratio,
                 energy_ratio=energy_ratio,
             )
@@ -215,6 +247,7 @@ class CostModel:
                         "delay_samples": w.delay_samples,
                         "energy_samples": w.energy_samples,
                         "energy_source": w.energy_source,
+                        "cut_samples": w.cut_samples,
                     }
                     for key, w in self._windows.items()
                 },
@@ -250,6 +283,7 @@ class CostModel:
                     win.delay_samples = int(saved["delay_samples"])
                     win.energy_samples = int(saved["energy_samples"])
                     win.energy_source = saved.get("energy_source")
+                    win.cut_samples = int(saved.get("cut_samples", 0))
                 except (KeyError, TypeError, ValueError):
                     continue
                 self._windows[key] = win

@@ -6,7 +6,14 @@ publish, answers to send, events to report, results to count); the controller se
 them. Time comes in as ``now`` (``time.monotonic()``), so every rule can be driven step by step
 in a test. Who answers a prompt is asked of a router (controller/routing.py). Every job result
 comes here; what it says of an expert's cost goes on to a ``ResultObserver`` (the live-cost
-loop), which also takes the results of its own probes, the jobs that answer no prompt.
+loop), which also takes the results of its own probes, the jobs that answer no prompt, and
+hears of every job cut without a result (a censored sample: left out by an early answer, or
+at the prompt's deadline) and of every answer over its budgets.
+
+A budget does not cut a job: every job may take until its prompt's own deadline
+(``timeout_s``). An answer that comes later than its category's delay budget, or spends more
+than the energy budget, is given all the same, marked with the budgets it ran over
+(``Answer.over_budget``, an ``over_budget`` event); the observer then re-plans.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from controller.aggregate import Arrival, Combined, combine, combined_if_decided
+from controller.aggregate import Arrival, Combined, combine, combined_if_decided, over_budget
 from controller.decisions import least_loaded
 from controller.ledger import Entry, ReplyRoute
 from messages.answers import Answer, ExpertFailure
@@ -88,6 +95,13 @@ class ResultObserver(Protocol):
     def claim(self, result: JobResult, now: float) -> bool:
         """A result that answers no prompt in flight: True when it is the observer's own (a
         probe), which the dispatcher then neither counts nor answers."""
+
+    def on_job_cut(self, pair: Pair, category: str | None, elapsed_s: float, now: float) -> None:
+        """A job of a prompt cut with no result, ``elapsed_s`` after it was sent: left out by
+        an early answer or at the prompt's deadline. Its delay was at least that (censored)."""
+
+    def on_over_budget(self, now: float) -> None:
+        """An answer just ran over a budget it was answered under."""
 
 
 @dataclass
@@ -488,35 +502,11 @@ class Dispatcher:
         why: str,
         combined: Combined | None = None,
     ) -> None:
-        """Answer the prompt (``combined``: the answer as decided; else what arrived by now)."""
+        """Answer the prompt (``combined``: the answer as decided; else what arrived by now),
+        marked with the budgets it ran over."""
         request_id = pending.entry.request_id
         self.pending.pop(request_id, None)
-        for expert, (agent_id, why, _) in pending.parked.items():
-            pending.failed.append(
-                ExpertFailure(
-                    agent_id=agent_id,
-                    expert_id=expert,
-                    reason=f"{why}; no replica could take it before the deadline",
-                )
-            )
-        pending.parked.clear()
-        left_out = []
-        for agent, expert in list(pending.jobs):
-            self._release(pending, (agent, expert))
-            reason = (
-                f"no result within {pending.prompt.timeout_s:g} s"
-                if why == "deadline"
-                else "outcome decided without it"
-            )
-            (pending.failed if why == "deadline" else left_out).append(
-                ExpertFailure(agent_id=agent, expert_id=expert, reason=reason)
-            )
-            actions.cancels.append(
-                (
-                    agent,
-                    Cancel(request_id=request_id, expert_id=expert, reason=why, time_s=now_s()),
-                )
-            )
+        left_out = self._cut_all(actions, pending, now, why)
         combined = combined or combine(
             pending.prompt.choices,
             list(pending.arrivals.values()),
@@ -524,6 +514,12 @@ class Dispatcher:
             weights=pending.weights,
         )
         status = "ok" if not combined.failed else ("partial" if combined.experts else "failed")
+        latency = min(max(0.0, now - pending.received), 1e6)
+        overruns = (
+            over_budget(pending.budgets, pending.prompt.category, latency, combined.energy_j)
+            if combined.experts
+            else []
+        )
         answer = Answer(
             request_id=request_id,
             status=status,
@@ -534,10 +530,11 @@ class Dispatcher:
             failed=combined.failed,
             left_out=left_out,
             error=None if combined.experts else "no expert answered",
-            latency_s=min(max(0.0, now - pending.received), 1e6),
+            latency_s=latency,
             energy_j=combined.energy_j,
             energy_estimated=any(e.energy_source == "estimate" for e in combined.experts),
             budgets=pending.budgets,
+            over_budget=overruns,
         )
         if status == "failed":
             actions.event(
@@ -545,8 +542,47 @@ class Dispatcher:
                 f"request {request_id}: no expert answered",
                 request_id=request_id,
             )
+        if overruns:
+            text = "; ".join(o.reason for o in overruns)
+            actions.event("over_budget", f"request {request_id}: {text}", request_id=request_id)
+            if self.observer is not None:
+                self.observer.on_over_budget(now)
         self.answered += 1
         actions.answers.append((answer, pending.entry.routes))
+
+    def _cut_all(
+        self, actions: Actions, pending: Pending, now: float, why: str
+    ) -> list[ExpertFailure]:
+        """Every job of a prompt being answered that is still out, or parked, ends here: the
+        parked ones failed, the ones out cancelled on their agents (failed at the deadline,
+        else left out: returned), each a censored sample for the observer (its delay was at
+        least as long as it ran)."""
+        request_id = pending.entry.request_id
+        for expert, (agent_id, reason, _) in pending.parked.items():
+            pending.failed.append(
+                ExpertFailure(
+                    agent_id=agent_id,
+                    expert_id=expert,
+                    reason=f"{reason}; no replica could take it before the deadline",
+                )
+            )
+        pending.parked.clear()
+        left_out = []
+        for pair, sent in list(pending.jobs.items()):
+            self._release(pending, pair)
+            if self.observer is not None:
+                self.observer.on_job_cut(pair, pending.prompt.category, now - sent, now)
+            reason = (
+                f"no result within {pending.prompt.timeout_s:g} s"
+                if why == "deadline"
+                else "outcome decided without it"
+            )
+            (pending.failed if why == "deadline" else left_out).append(
+                ExpertFailure(agent_id=pair[0], expert_id=pair[1], reason=reason)
+            )
+            cancel = Cancel(request_id=request_id, expert_id=pair[1], reason=why, time_s=now_s())
+            actions.cancels.append((pair[0], cancel))
+        return left_out
 
     def _answer(
         self,

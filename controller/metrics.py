@@ -140,6 +140,7 @@ class ControllerMetrics:
     expert_latency: Histogram
     expert_results: Counter
     expert_energy: Counter
+    over_budget: Counter
 
     def __init__(self, snapshot: Callable[[], FleetSnapshot]) -> None:
         """``snapshot``: the fleet's state now, taken at every scrape."""
@@ -192,6 +193,13 @@ class ControllerMetrics:
             ["expert", "agent", "source"],
             registry=r,
         )
+        self.over_budget = Counter(
+            "moe2_answers_over_budget",
+            "Answers that ran over a budget they were answered under (a budget bounds the "
+            "expected cost per query), by budget: delay (late) or energy",
+            ["budget"],
+            registry=r,
+        )
         r.register(_FleetState(self.snapshot))
 
     def answered(self, answer: Answer) -> None:
@@ -199,6 +207,8 @@ class ControllerMetrics:
         self.prompts.labels(answer.status).inc()
         if answer.status in ("ok", "partial", "failed"):
             self.latency.observe(answer.latency_s)
+        for overrun in answer.over_budget:
+            self.over_budget.labels(overrun.budget).inc()
 
     def result(self, result: JobResult) -> None:
         self._open()

@@ -29,7 +29,7 @@ from messages.expert_key import ExpertOnAgent, expert_key, parse_key, parse_name
 from messages.prompts import Prompt
 
 if TYPE_CHECKING:  # numpy and numba are imported only with a gate (controller/selection)
-    from controller.selection.live import LiveSelection
+    from controller.selection.live import Dispatch, LiveSelection
 
 
 class Router:
@@ -131,10 +131,36 @@ def choose(
         )
     except BudgetError as exc:
         raise Refused(str(exc), failed=failed, rejected=True) from None
+    if not dispatch.keys and prompt.budgets is not None and prompt.budgets.delay_s:
+        dispatch = _on_time_best(prompt, [expert_key(a, e) for a, e in targets], selection, budgets)
     if not dispatch.keys:
         raise Refused("no active expert fits the budgets", failed=failed)
     chosen: list[Pair] = [parse_key(k) for k in dispatch.keys]
     return Route(chosen, failed, dict(dispatch.weights), tighter(budgets, prompt.budgets))
+
+
+def _on_time_best(
+    prompt: Prompt, keys: list[str], selection: LiveSelection, budgets: Budgets
+) -> Dispatch:
+    """Every expert misses the prompt's own delay budget by its estimated delay: a budget plans,
+    it does not refuse. The prompt goes to the fastest of the experts its other budgets allow
+    (estimated delay in its category, else its slowest category), alone; its answer comes
+    within its deadline, marked late if it is. None allowed: no expert."""
+    assert prompt.budgets is not None
+    relaxed = prompt.budgets.model_copy(update={"delay_s": {}})
+    allowed = selection.dispatch(prompt.prompt, keys, budgets.top_k, relaxed, prompt.category)
+    costs = selection.gated.costs
+
+    def delay(key: str) -> float:
+        delays = costs[key].delay_s
+        if prompt.category is not None and prompt.category in delays:
+            return delays[prompt.category]
+        return max(delays.values(), default=0.0)
+
+    if not allowed.keys:
+        return allowed
+    fastest = min(allowed.keys, key=delay)
+    return replace(allowed, keys=[fastest], weights={fastest: 1.0})
 
 
 def named(

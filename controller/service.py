@@ -138,7 +138,8 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._collaborators()
         self.metrics_listen: tuple[str, int] | None = None  # `--metrics HOST:PORT`
-        self._stream_leads: dict[str, tuple[str, str]] = {}  # request id -> the pair relayed
+        # request id -> the pair whose stream is relayed, and the seq after its last chunk
+        self._stream_leads: dict[str, tuple[tuple[str, str], int]] = {}
 
     def _make_bus(self) -> Bus:
         settings = self.settings
@@ -579,7 +580,7 @@ class Controller:
             self._event(**event)
         for answer, routes in actions.answers:
             self.metrics.answered(answer)
-            self._stream_leads.pop(answer.request_id, None)
+            self._end_stream(answer, routes)
             self._send(answer, routes)
 
     def _event(self, kind: str, reason: str, **fields: Any) -> None:
@@ -1021,17 +1022,34 @@ class Controller:
         chunk = inbound.message
         if not self._agent_matches_topic(inbound, chunk.agent_id) or not self.active:
             return
+        if chunk.final:
+            return  # only this controller ends a stream
         leaders = self.dispatcher.stream_leaders(chunk.request_id)
         if leaders is None:
             return
         pairs, routes = leaders
         pair = (chunk.agent_id, chunk.expert_id)
         with self._lock:
-            lead = self._stream_leads.get(chunk.request_id)
+            lead, after = self._stream_leads.get(chunk.request_id, (None, 0))
             if (lead is None or lead not in pairs) and pair in pairs:
-                lead = self._stream_leads[chunk.request_id] = pair
-        if pair != lead:
-            return
+                lead, after = pair, 0
+            if pair != lead:
+                return
+            self._stream_leads[chunk.request_id] = (pair, max(after, chunk.seq + 1))
+        self._relay_stream(chunk, routes)
+
+    def _end_stream(self, answer: Answer, routes: list[ReplyRoute]) -> None:
+        """A stream relayed for this answer's prompt ends, just before the answer, with a final
+        chunk: done, naming the experts the answer came from (they may not be the expert whose
+        tokens were relayed)."""
+        with self._lock:
+            relayed = self._stream_leads.pop(answer.request_id, None)
+        if relayed is not None:
+            pair, seq = relayed
+            self._relay_stream(StreamChunk.ending(answer, pair, seq, now_s()), routes)
+
+    def _relay_stream(self, chunk: StreamChunk, routes: list[ReplyRoute]) -> None:
+        """``chunk`` to answers/{request_id}/stream and to each reply route's topic + /stream."""
         self.bus.publish(topics.ANSWER_STREAM, chunk, request_id=chunk.request_id)
         for route in routes:
             try:

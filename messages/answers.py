@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from messages.base import (
+    MAX_TOTAL_ENERGY_J,
     DurationS,
     EnergyJ,
     Message,
@@ -41,6 +42,29 @@ class ExpertFailure(Message):
     reason: str
 
 
+class BudgetOverrun(Message):
+    """One budget an answer ran over. A budget bounds the expected cost per query (the plan is
+    solved with each expert's costs as learnt from results: measured where a sensor reports,
+    estimated from a power model otherwise), not every answer: one that costs more is answered
+    all the same, and says so here."""
+
+    budget: Literal["energy", "delay"]
+    category: str | None = Field(default=None, description="With delay: the prompt's category")
+    limit: float = Field(
+        ge=0,
+        le=MAX_TOTAL_ENERGY_J,
+        allow_inf_nan=False,
+        description="The budget: J per query, or s for the category",
+    )
+    spent: float = Field(
+        ge=0,
+        le=MAX_TOTAL_ENERGY_J,
+        allow_inf_nan=False,
+        description="What this answer took: J, or s from receipt to answer",
+    )
+    reason: str
+
+
 class Answer(Message):
     request_id: TopicLevel
     status: Literal["ok", "partial", "failed", "busy", "rejected"] = Field(
@@ -68,4 +92,9 @@ class Answer(Message):
     )
     budgets: Budgets | None = Field(
         default=None, description="The budgets this prompt was answered under"
+    )
+    over_budget: list[BudgetOverrun] = Field(
+        default_factory=list,
+        description="The budgets this answer ran over (late: its delay; or its energy). A "
+        "budget plans the expected cost per query; an answer over it is still given, marked",
     )

@@ -142,6 +142,11 @@ class Bus:
     _tls_ready: bool = field(default=False, init=False)
     _one_shot: bool = field(default=False, init=False)
     connects: int = field(default=0, init=False)
+    # SUBACKs: the filter each subscribe's message id asked for, and those the broker refused
+    # (an ACL that does not let this login read them), with the reason it gave.
+    _suback_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _sub_mids: dict[int, str] = field(default_factory=dict, init=False)
+    _refused: dict[str, str] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         check_level("fleet", self.fleet)
@@ -155,6 +160,7 @@ class Bus:
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_socket_open = _no_delay
         self.client.reconnect_delay_set(1, max(1, round(self.reconnect_max_s)))
         if self.endpoint.username is not None:
@@ -266,7 +272,21 @@ class Bus:
         self._subs.append(sub)
         self.client.message_callback_add(sub.filter, self._dispatcher(sub))
         if self._connected.is_set():
-            self.client.subscribe(sub.filter, qos=topic.qos)
+            self._subscribe(self.client, sub)
+
+    def _subscribe(self, client: mqtt.Client, sub: _Subscription) -> None:
+        """SUBSCRIBE, remembering its message id to read the broker's SUBACK by."""
+        with self._suback_lock:
+            _, mid = client.subscribe(sub.filter, qos=sub.topic.qos)
+            if mid is not None:
+                self._sub_mids[mid] = sub.filter
+
+    def refused_subscriptions(self) -> dict[str, str]:
+        """The topic filters the broker refused to subscribe us to (MQTT 5 SUBACK reason 0x87
+        "Not authorized", or any failure; MQTT 3.1.1's 0x80), each with the reason it gave:
+        an ACL that does not let this login read them. Empty until the SUBACKs arrive."""
+        with self._suback_lock:
+            return dict(self._refused)
 
     def publish(
         self,
@@ -362,7 +382,7 @@ class Bus:
                 log.error("broker %s %s", self.endpoint.url, self._connect_error)
             return
         for sub in self._subs:
-            client.subscribe(sub.filter, qos=sub.topic.qos)
+            self._subscribe(client, sub)
         self.connects += 1
         if self.connects > 1:
             log.info(
@@ -373,6 +393,21 @@ class Bus:
         self._connected.set()
         for hook in self.on_connected:
             self._guard(hook, bool(getattr(flags, "session_present", False)))
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        with self._suback_lock:
+            wanted = self._sub_mids.pop(mid, None)
+            if wanted is None:
+                return
+            failed = [r for r in reasons if getattr(r, "is_failure", False)]
+            if failed:
+                self._refused[wanted] = f"{failed[0]} (0x{failed[0].value:02x})"
+                log.warning("broker %s refused subscription %s: %s", self.endpoint.url,
+                            wanted, self._refused[wanted])  # fmt: skip
+            else:
+                self._refused.pop(wanted, None)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any

@@ -110,6 +110,7 @@ class ControllerEvent(Message):
         "busy",
         "drift",
         "profiling",
+        "over_budget",
         "config",
     ]
     topic: str | None = None

@@ -48,7 +48,7 @@ def fleet(
     ] = None,
 ) -> None:
     """Agents, their experts, state, last power and latency (--watch: live)."""
-    from moe2.client.fleet_reader import read_fleet
+    from moe2.client.fleet_reader import ReadRefused, read_fleet
 
     settings = connection.settings()
     if forget is not None:
@@ -60,7 +60,7 @@ def fleet(
     configs: list[FleetConfig] = []
     try:
         registry, _ = read_fleet(settings.endpoint, settings.fleet, wait, configs)
-    except ConnectionError as exc:
+    except (ConnectionError, ReadRefused) as exc:  # ReadRefused: the ACL, not the agents
         fail(str(exc), code=EXIT_FAILURE)
     rows = registry.snapshot()
     if as_json:
@@ -182,4 +182,9 @@ def _no_agents(settings: FleetSettings, wait: float) -> None:
             "; none under any fleet either: are the agents running, and started with this "
             "--broker? (Mosquitto without a config listens on 127.0.0.1 only)"
         )
+        if settings.endpoint.username:  # or they are there, and this login may not see them
+            message += (
+                f"; or the broker's ACL does not let login {settings.endpoint.username!r} read "
+                f"{prefix}+/status (a client login of setup-broker.sh may not)"
+            )
     fail(message, code=EXIT_FAILURE)

@@ -16,6 +16,52 @@ from messages.fleet_config import FleetConfig
 from messages.topics import Topic
 
 
+class ReadRefused(PermissionError):
+    """The fleet's agents are there, but this login may not read their status (the ACL)."""
+
+
+def _who(endpoint: BrokerEndpoint) -> str:
+    return f"login {endpoint.username!r}" if endpoint.username else "an anonymous client"
+
+
+def acl_diagnosis(
+    endpoint: BrokerEndpoint,
+    fleet: str,
+    refused: dict[str, str],
+    controllers: list[ControllerStatus],
+    agents_seen: int,
+) -> str | None:
+    """Why this client sees no agent when the broker's ACL is the cause, else None: the broker
+    refused the subscription to the agents' status or capabilities (SUBACK 0x87 on MQTT 5,
+    0x80 on 3.1.1), or it granted it (Mosquitto's ACL file filters at delivery instead) while
+    a controller, whose status this login may read, counts agents online."""
+    agents_topic = topics.AGENT_STATUS.filter(fleet)
+    own = {agents_topic, topics.AGENT_CAPABILITIES.filter(fleet)}
+    fix = (
+        f"use a login the ACL lets read moe2/{fleet}/# (with setup-broker.sh: the controller's, "
+        "on the fleet port), or widen the ACL"
+    )
+    if own & set(refused):
+        listed = "; ".join(f"{f}: {why}" for f, why in sorted(refused.items()))
+        return (
+            f"the broker {endpoint.url} refused {_who(endpoint)} a subscription to the fleet's "
+            f"status topics ({listed}): its ACL does not let this login read them, so the "
+            f"agents cannot be seen from here, whether they run or not; {fix}"
+        )
+    latest = {c.controller_id: c for c in controllers}.values()
+    counting = [c for c in latest if c.state == "online" and c.agents_online > 0]
+    if agents_seen or not counting:
+        return None
+    lead = max(counting, key=lambda c: (c.role == "active", c.agents_online))
+    return (
+        f"controller {lead.controller_id} counts {lead.agents_online} agent(s) online in fleet "
+        f"{fleet!r}, but {_who(endpoint)} received none of their status on {agents_topic}: "
+        "the broker's ACL does not let this login read it (the agents are not the problem; "
+        "with setup-broker.sh a client login reads only its replies and the controllers' "
+        f"status); {fix}"
+    )
+
+
 def read_fleet(
     endpoint: BrokerEndpoint,
     fleet: str,
@@ -24,21 +70,28 @@ def read_fleet(
 ) -> tuple[FleetRegistry, FleetPlan | None]:
     """The agents as seen after ``wait_s`` seconds, and the controller's current plan if any;
     the fleet's configuration in force is appended to ``configs`` when one is published.
-    Raises ConnectionError when the broker cannot be reached."""
+    Raises ConnectionError when the broker cannot be reached, ReadRefused when the broker's ACL
+    keeps the agents' status from this login (``acl_diagnosis``)."""
     registry = FleetRegistry()
     plans: list[FleetPlan] = []
+    controllers: list[ControllerStatus] = []
     bus = Bus(endpoint, fleet, client_id=f"moe2-read-{uuid.uuid4().hex[:10]}")
     bus.subscribe(topics.AGENT_STATUS, lambda i: registry.on_status(i.message))
     bus.subscribe(topics.AGENT_CAPABILITIES, lambda i: registry.on_capabilities(i.message))
     bus.subscribe(topics.AGENT_TELEMETRY, lambda i: registry.on_telemetry(i.message))
     bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
+    bus.subscribe(topics.CONTROLLER_STATUS, lambda i: controllers.append(i.message))
     if configs is not None:
         bus.subscribe(topics.CONTROLLER_CONFIG, lambda i: configs.append(i.message))
     bus.connect()
     try:
         time.sleep(wait_s)
+        refused = bus.refused_subscriptions()
     finally:
         bus.close()
+    why = acl_diagnosis(endpoint, fleet, refused, controllers, len(registry.snapshot()))
+    if why is not None:
+        raise ReadRefused(why)
     return registry, (plans[-1] if plans else None)
 
 

@@ -4,7 +4,9 @@ The gateway is one more MQTT client of the fleet, like ``moe2 ask``: each HTTP r
 prompt on ``prompts`` with a reply route of the gateway's own, and the answer (and, for
 ``stream: true``, the relayed tokens of the leading expert) comes back on that route. It serves
 ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with server-sent events for
-``stream: true``), ``GET /v1/models`` (the ensemble as ``moe2``, each active expert by its id),
+``stream: true``), ``GET /v1/models`` (the ensemble as ``moe2``, each active expert by its id) and
+``GET /v1/models/{id}`` (one of them), ``POST /v1/embeddings`` (an error saying the fleet
+serves no embedding model),
 ``GET /healthz`` and ``GET /metrics`` (Prometheus text). Budgets, category, top-k and experts
 ride in the body as ``"moe2": {...}``; the response carries the per-expert breakdown under
 ``"moe2"``. Errors have OpenAI's shape and status codes.
@@ -41,11 +43,17 @@ from messages.routes import shown
 from moe2.gateway.errors import GatewayError
 from moe2.gateway.exchange import Exchange, Inflight
 from moe2.gateway.fleet import Fleet, FleetClient
-from moe2.gateway.guard import BodyError, endpoint_label, read_body
+from moe2.gateway.guard import MODEL_ENDPOINT, BodyError, endpoint_label, read_body
 from moe2.gateway.keys import has_key, read_api_keys, require_key
 from moe2.gateway.metrics import GatewayMetrics
 from moe2.gateway.settings import GatewaySettings
-from moe2.gateway.translate import body_error, models_list, request_prompt
+from moe2.gateway.translate import (
+    body_error,
+    model_retrieved,
+    models_list,
+    no_embeddings,
+    request_prompt,
+)
 
 # What ``moe2 gateway`` (moe2/cli/gateway.py) takes from here.
 __all__ = ["FleetClient", "GatewaySettings", "create_app", "read_api_keys"]
@@ -116,12 +124,24 @@ def _fleet_routes(
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def created() -> int:
+        return int(client.plan.time_s) if client.plan is not None else int(time.time())
+
     @app.get("/v1/models", dependencies=[Depends(authorise)])
     async def models(request: Request) -> JSONResponse:
-        created = int(client.plan.time_s) if client.plan is not None else int(time.time())
-        listed = models_list(created, client.active_experts())
+        listed = models_list(created(), client.active_experts())
         metrics.requests.labels("/v1/models", "200").inc()
         return JSONResponse(listed)
+
+    @app.get("/v1/models/{model}", dependencies=[Depends(authorise)])
+    async def model(model: str) -> JSONResponse:
+        card = model_retrieved(model, created(), client.active_experts())
+        metrics.requests.labels(MODEL_ENDPOINT, "200").inc()
+        return JSONResponse(card)
+
+    @app.post("/v1/embeddings", dependencies=[Depends(authorise)])
+    async def embeddings() -> JSONResponse:
+        raise no_embeddings()
 
 
 def _completion_routes(

@@ -244,7 +244,7 @@ class Exchange:
                         self.first_token()
                     yield self.reply.token(text)
                 item = await events.get()
-            pieces, code = self._ending(item, relayed.sent)
+            pieces, code = self._ending(item, relayed)
             for piece in pieces:
                 yield piece
             self.done(code)
@@ -258,12 +258,12 @@ class Exchange:
             if self.watcher is not None:
                 self.watcher.cancel()
 
-    def _ending(self, item: Answer | GatewayError, sent: str) -> tuple[list[bytes], int]:
-        """The last events of a stream that relayed ``sent``, and the status it ends with."""
+    def _ending(self, item: Answer | GatewayError, relayed: Relayed) -> tuple[list[bytes], int]:
+        """The last events of a stream that relayed ``relayed``, and the status it ends with."""
         error = item if isinstance(item, GatewayError) else answer_error(item)
         if error is not None:
             return [sse(error.body())], error.status
-        if not sent and rest_of(item.answer or "", sent):
+        if not relayed.sent and rest_of(item.answer or "", relayed.sent):
             self.first_token()
         self.metrics.count_tokens(usage(item))
-        return self.reply.closing(item, sent), 200
+        return self.reply.closing(item, relayed.sent, relayed.source), 200

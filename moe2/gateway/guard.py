@@ -24,7 +24,15 @@ log = logging.getLogger("moe2.gateway.app")
 
 # The paths the gateway serves: every other path is counted under one label, "other", so that
 # requests to made-up paths cannot grow the metrics.
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/metrics")
+ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/embeddings",
+    "/healthz",
+    "/metrics",
+)
+MODEL_ENDPOINT = "/v1/models/{model}"  # one label for every model retrieved, known or not
 OTHER = "other"
 
 
@@ -38,6 +46,8 @@ class BodyError(Exception):
 
 def endpoint_label(path: str) -> str:
     """The metrics label of a request path: the path when the gateway serves it, else OTHER."""
+    if path.startswith("/v1/models/") and "/" not in path[len("/v1/models/") :]:
+        return MODEL_ENDPOINT
     return path if path in ENDPOINTS else OTHER
 
 

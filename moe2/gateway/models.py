@@ -34,6 +34,33 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: only ``{"type": "text"}`` (the default) is honoured."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    def refuse_unless_text(self) -> None:
+        """A 400 for a format the fleet cannot guarantee: its experts are small models that
+        generate free text, with no constrained decoding, so JSON output would be a hope."""
+        if self.type == "text":
+            return
+        if self.type in ("json_object", "json_schema"):
+            raise GatewayError(
+                400,
+                f"response_format {self.type} is not supported: moe2's experts generate free "
+                "text with no constrained decoding, so the fleet cannot guarantee JSON; ask for "
+                'JSON in the prompt and parse the text, or leave response_format as {"type": '
+                '"text"}',
+                param="response_format",
+            )
+        raise GatewayError(
+            400,
+            f"response_format type {self.type!r} is unknown; moe2 honours only text",
+            param="response_format",
+        )
+
+
 class RequestBody(BaseModel):
     """What chat and text completions share. Unknown OpenAI fields are ignored; those that
     would change the output and are not supported are refused by name."""
@@ -50,6 +77,7 @@ class RequestBody(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1)
+    response_format: ResponseFormat | None = None
     moe2: Moe2Options | None = None
 
     UNSUPPORTED: tuple[str, ...] = ("tools", "functions", "logit_bias", "best_of", "suffix")
@@ -65,6 +93,8 @@ class RequestBody(BaseModel):
                 raise GatewayError(400, f"{name} is not supported by moe2", param=name)
         if (self.model_extra or {}).get("logprobs") not in (None, False, 0):
             raise GatewayError(400, "logprobs is not supported by moe2", param="logprobs")
+        if self.response_format is not None:
+            self.response_format.refuse_unless_text()
 
 
 class ChatTurn(BaseModel):

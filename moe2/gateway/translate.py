@@ -17,7 +17,7 @@ from messages.answers import Answer
 from messages.budgets import Budgets
 from messages.expert_key import expert_key, parse_name
 from messages.prompts import Prompt
-from messages.stream import StreamChunk
+from messages.stream import StreamChunk, answered_by
 from moe2.gateway.errors import GatewayError
 from moe2.gateway.guard import BodyError
 from moe2.gateway.models import (
@@ -280,20 +280,41 @@ def rest_of(text: str, sent: str) -> str:
     return text[len(sent) :] if text.startswith(sent) and len(text) > len(sent) else ""
 
 
+def model_card(model: str, created: int, agents: list[str] | None = None) -> dict[str, Any]:
+    """One model in OpenAI's shape (``GET /v1/models`` lists them, ``/v1/models/{id}`` gives
+    one); an expert's lists the agents that serve it under ``moe2``."""
+    card: dict[str, Any] = {"id": model, "object": "model", "created": created, "owned_by": "moe2"}
+    if agents is not None:
+        card["moe2"] = {"agents": sorted(agents)}
+    return card
+
+
 def models_list(created: int, active: dict[str, list[str]]) -> dict[str, Any]:
     """``GET /v1/models``: the ensemble, then each active expert with its agents."""
-    data = [{"id": ENSEMBLE_MODEL, "object": "model", "created": created, "owned_by": "moe2"}]
-    for expert, agents in sorted(active.items()):
-        data.append(
-            {
-                "id": expert,
-                "object": "model",
-                "created": created,
-                "owned_by": "moe2",
-                "moe2": {"agents": sorted(agents)},
-            }
-        )
+    data = [model_card(ENSEMBLE_MODEL, created)]
+    data += [model_card(expert, created, agents) for expert, agents in sorted(active.items())]
     return {"object": "list", "data": data}
+
+
+def model_retrieved(model: str, created: int, active: dict[str, list[str]]) -> dict[str, Any]:
+    """``GET /v1/models/{model}``: the ensemble, an active expert, or an expert on one agent
+    (``expert@agent``) that serves it; a 404 ``model_not_found`` in OpenAI's shape otherwise."""
+    check_model(model, active)
+    if model == ENSEMBLE_MODEL:
+        return model_card(model, created)
+    expert, agent = parse_name(model)
+    return model_card(model, created, [agent] if agent else active[expert])
+
+
+def no_embeddings() -> GatewayError:
+    """``POST /v1/embeddings``: the fleet has no embedding model to serve it with."""
+    return GatewayError(
+        400,
+        "this fleet serves no embedding model: moe2's experts generate text (POST "
+        "/v1/chat/completions and /v1/completions); /v1/embeddings has nothing to answer with",
+        code="model_not_supported",
+        param="model",
+    )
 
 
 @dataclass(frozen=True)
@@ -369,15 +390,25 @@ class Reply:
     def token(self, text: str) -> bytes:
         return sse(self.chunk(text))
 
-    def closing(self, answer: Answer, sent: str) -> list[bytes]:
-        """The last events of a stream that relayed ``sent``: the rest of the answer, the
-        finish, the usage (when asked for). ``[DONE]`` is not one of them."""
+    def closing(self, answer: Answer, sent: str, streamed: str | None = None) -> list[bytes]:
+        """The last events of a stream that relayed ``sent`` (``streamed``'s tokens): the rest
+        of the answer, the finish, the usage (when asked for). ``[DONE]`` is not one of them.
+        The finish names the experts the answer came from and whether the streamed content is
+        the answer (``stream_is_answer``; when not, ``answer`` is what the ensemble said)."""
         out = []
         text = answer.answer or ""
         rest = rest_of(text, sent)
         if rest:
             out.append(sse(self.chunk(rest)))
-        extra = {"moe2": {**breakdown(answer), "answer": text}}
+        extra = {
+            "moe2": {
+                **breakdown(answer),
+                "answer": text,
+                "answered_by": answered_by(answer),
+                "streamed": streamed,
+                "stream_is_answer": sent + rest == text,
+            }
+        }
         out.append(sse(self.chunk(None, finish_reason(answer, self.max_tokens), **extra)))
         if self.include_usage:
             tail = self.chunk(None)
@@ -393,6 +424,7 @@ class Relayed:
 
     sent: str = ""
     expected: int = 0
+    source: str | None = None  # the expert (expert@agent) whose tokens were relayed
 
     def take(self, chunk: StreamChunk) -> str | None:
         """The text of ``chunk`` to relay, or None for one already relayed, late or empty."""
@@ -401,4 +433,5 @@ class Relayed:
             return None
         self.expected = chunk.seq + 1
         self.sent += chunk.text
+        self.source = expert_key(chunk.agent_id, chunk.expert_id)
         return chunk.text

@@ -111,11 +111,15 @@ def show_plan(console: Console, plan: FleetPlan, budgets: Budgets) -> None:
     console.print(
         f"[bold]plan epoch {plan.epoch}[/] under {budgets.energy_j:.2f} J per query: "
         f"optimal set ({plan.algorithm}{gap}) = {', '.join(chosen) or 'none'}; expected "
-        f"{plan.energy_j:.2f} J per query (estimate: a 15 W power model, no sensor)"
+        f"{plan.energy_j:.2f} J per query (estimate: a 15 W power model, no sensor). The budget "
+        "bounds the expected energy per query, from the costs learnt so far: on a busy machine "
+        "an answer may spend more, and then says so"
     )
 
 
-def ask_all(console: Console, asker: Asker, label: str) -> list[str]:
+def ask_all(console: Console, asker: Asker, label: str, overruns: list[str]) -> list[str]:
+    """Ask the demo's prompts and show each answer; the failures (returned) and the answers
+    over their budgets (added to ``overruns``), in words."""
     failures = []
     for prompt in PROMPTS:
         answer = asker.ask(prompt)
@@ -129,6 +133,9 @@ def ask_all(console: Console, asker: Asker, label: str) -> list[str]:
             f"[bold]answer:[/] {answer.answer}  gate weights: {weights or '-'}; energy "
             f"{energy}{mark}; {answer.latency_s:.2f} s"
         )
+        for overrun in answer.over_budget:
+            console.print(f"[yellow]over budget:[/] {overrun.reason}")
+            overruns.append(f"{label} {prompt.prompt!r}: {overrun.reason}")
         if answer.status != "ok":
             failures.append(f"{label} {prompt.prompt!r}: {answer.status} {answer.error or ''}")
     return failures
@@ -143,6 +150,7 @@ def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
     first = round(1.25 * min(c.energy_j for c in seeds.values()), 2)  # one expert fits
     workdir = Path(tempfile.mkdtemp(prefix="moe2-demo-"))
     failures: list[str] = []
+    overruns: list[str] = []
     with start_local_broker(prefer_mosquitto) as broker:
         console.print(
             f"broker: {broker.kind} on {broker.url} (MQTT {broker.mqtt_version}); logs in {workdir}"
@@ -155,10 +163,10 @@ def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
                 show_plan(console, watch.plans[-1], Budgets(energy_j=first))
                 with Asker(broker.endpoint, FLEET) as asker:
                     asker.require_controller()
-                    failures += ask_all(console, asker, "first budget")
+                    failures += ask_all(console, asker, "first budget", overruns)
                     _change_budget(console, broker.endpoint, watch)
                     fleet.wait_ready([a.agent_id for a in agents])
-                    failures += ask_all(console, asker, "second budget")
+                    failures += ask_all(console, asker, "second budget", overruns)
         except (FleetError, AskError, ConnectionError) as exc:
             raise DemoError(f"{exc}\n(logs in {workdir})") from None
         finally:
@@ -170,6 +178,12 @@ def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
         "\n[green]demo done:[/] the gate weighted the optimal set under each budget, and the "
         "budget change re-planned the fleet. Energy is an estimate (a declared power model)."
     )
+    if overruns:
+        console.print(
+            f"[yellow]{len(overruns)} of {2 * len(PROMPTS)} answers ran over their budget[/] "
+            "(this machine was slower than the costs the plan was solved with; the controller "
+            "re-planned with the costs it learnt):\n" + "\n".join(overruns)
+        )
 
 
 def _start_lab(console: Console, fleet: LocalFleet, agents: list[AgentSpec], first: float) -> None:

@@ -1,8 +1,10 @@
 """Fault drills: a real local fleet (Mosquitto, agents serving SmolLM2, controllers, all
 separate processes), prompts flowing from a client that counts what comes back, and the
 faults a fleet meets in the field: a broker restarted, a controller or an agent killed or
-frozen, a burst. ``tests/moe2/test_faults.py`` asserts on the reports; ``benchmarks/faults.py``
-prints them.
+frozen, a burst; and the live loop's drill, an agent slowed for real under delay budgets
+(``slowed_expert``: planned away and back, no prompt failed, late answers marked).
+``tests/moe2/test_faults.py`` and ``tests/moe2/test_slowed_expert.py`` assert on the reports;
+``benchmarks/faults.py`` prints them.
 
 The client behaves as the contract asks of one: each prompt has its own request id and is
 published again after a reconnect and every ``resend_s`` until answered (the controller takes
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
+import os
 import signal
 import socket
 import statistics
@@ -32,17 +36,19 @@ from typing import Any
 from messages import topics
 from messages.answers import Answer
 from messages.base import Message, now_s
+from messages.budgets import Budgets
 from messages.bus import BrokerEndpoint, Bus, Inbound
 from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
-from messages.expert_key import expert_key
+from messages.costs import CostTable, ExpertCostRow
+from messages.expert_key import agent_of, expert_key
 from messages.plan import ActivationPlan
 from messages.prompts import Prompt
 from messages.status import AgentStatus
 from messages.telemetry import Telemetry
 from moe2.client.ask import Asker, new_request_id
 from moe2.local.broker import LocalBroker, free_port, start_mosquitto
-from moe2.local.fleet import AgentSpec, LocalFleet
+from moe2.local.fleet import AgentSpec, LocalFleet, wait_until
 from moe2.local.stand_ins import stand_in_capabilities
 
 SMOLLM2 = {"id": "smollm2", "model": "smollm2-135m", "n_ctx": 512, "n_threads": 1}
@@ -77,6 +83,7 @@ class Report:
     problems: list[str] = field(default_factory=list)  # why each answer that is not ok says so
     unacknowledged: int = 0  # published, never acknowledged by the broker: not asked
     unacknowledged_answered: int = 0  # of those, answered all the same
+    notes: list[str] = field(default_factory=list)  # what the drill saw besides the answers
 
     def p(self, q: float) -> float:
         if not self.latencies_s:
@@ -100,6 +107,7 @@ class Report:
                 else ""
             )
             + "".join(f"\n  {problem}" for problem in self.problems)
+            + "".join(f"\n  {note}" for note in self.notes)
         )
 
 
@@ -174,6 +182,11 @@ class Traffic:
             return self._lock.wait_for(
                 lambda: all(a.answers for a in self.asked.values()), timeout_s
             )
+
+    def first_answers(self) -> list[Answer]:
+        """The first answer to each prompt answered."""
+        with self._lock:
+            return [a.answers[0] for a in self.asked.values() if a.answers]
 
     def first_answer_after(self, moment: float) -> float | None:
         """Seconds from ``moment`` to the first answer that came after it."""
@@ -277,7 +290,9 @@ class Drill:
         controllers: tuple[str, ...] = ("c1",),
         controller_args: list[str] | None = None,
         keepalive_s: int = 4,
+        ready_s: float | None = 180.0,
     ) -> LocalFleet:
+        """The fleet, started; with ``ready_s``, waited for (``LocalFleet.wait_ready``)."""
         assert self.broker is not None
         self.fleet = LocalFleet(
             self.broker.endpoint, name, self.workdir, keepalive_s, telemetry_interval_s=0.5
@@ -286,7 +301,8 @@ class Drill:
             self.fleet.start_controller(controller, controller_args)
         for spec in agents:
             self.fleet.start_agent(spec)
-        self.fleet.wait_ready([s.agent_id for s in agents], timeout_s=180)
+        if ready_s is not None:
+            self.fleet.wait_ready([s.agent_id for s in agents], timeout_s=ready_s)
         return self.fleet
 
     def traffic(self, resend_s: float | None = 3.0, durable: bool = False) -> Traffic:
@@ -1182,3 +1198,249 @@ def controller_cut_off(workdir: Path, cut_s: float = 30.0, standby: bool = True)
     finally:
         drill.close()
         relay.close()
+
+
+# -- the live loop: a slowed expert planned away and back ----------------------------------
+
+SLOW_FLEET = "drill-slow"
+# The live loop's settings for the drill, as tests/moe2/test_live_loop.py runs it: probes every
+# second while an expert's agent is idle, a rolling median of 8, re-plans at least 3 s apart.
+LOOP_CONFIG = (
+    "probe_interval_s = 1.0\nprobe_timeout_s = 6.0\ndrift_cooldown_s = 3.0\ncost_window = 8\n"
+)
+
+
+def lab_profile_for(fleet: str, folder: Path, per_category: int = 10) -> tuple[Path, Path]:
+    """The shipped lab profile (a stratified part of it, so loading is quick) and gate, under
+    ``fleet``'s name, written to ``folder``: the gate is the lab's, unchanged."""
+    from controller.gate.gate import Gate, file_sha256
+    from controller.profile import load_profile, save_profile
+    from controller.suite import stratified
+
+    data = Path(__file__).resolve().parents[2] / "data"
+    profile = load_profile(data / "profile-lab.json")
+    kept = stratified(profile.items, per_category)
+    ids = {i.id for i in kept}
+    profile = profile.model_copy(
+        update={
+            "fleet": fleet,
+            "items": kept,
+            "records": {k: v for k, v in profile.records.items() if k in ids},
+        }
+    )
+    profile_path, gate_path = folder / "profile.json", folder / "gate.pt"
+    save_profile(profile, profile_path)
+    gate = Gate.load(data / "gate-lab.pt")
+    gate.fleet, gate.profile_sha256 = fleet, file_sha256(profile_path)
+    gate.save(gate_path)
+    return profile_path, gate_path
+
+
+class DutyCycle:
+    """Pause a process for ``stop_s`` of every ``stop_s + run_s``: a slow device, for real."""
+
+    def __init__(self, pid: int, stop_s: float = 0.4, run_s: float = 0.1) -> None:
+        self.pid, self.stop_s, self.run_s = pid, stop_s, run_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            os.kill(self.pid, signal.SIGSTOP)
+            time.sleep(self.stop_s)
+            os.kill(self.pid, signal.SIGCONT)
+            self._done.wait(self.run_s)
+
+    def __enter__(self) -> DutyCycle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(5)
+        os.kill(self.pid, signal.SIGCONT)
+
+
+class LoopWatch:
+    """The controller's plans, cost tables and events, as they come."""
+
+    def __init__(self, endpoint: BrokerEndpoint, fleet: str) -> None:
+        self.plans: list[FleetPlan] = []
+        self.tables: list[CostTable] = []
+        self.events: list[ControllerEvent] = []
+        self.bus = Bus(endpoint, fleet, client_id=f"moe2-loopwatch-{uuid.uuid4().hex[:8]}")
+        self.bus.subscribe(topics.CONTROLLER_PLAN, lambda i: self.plans.append(i.message))
+        self.bus.subscribe(topics.CONTROLLER_COSTS, lambda i: self.tables.append(i.message))
+        self.bus.subscribe(topics.CONTROLLER_EVENTS, lambda i: self.events.append(i.message))
+        self.bus.connect()
+
+    def costs(self) -> dict[str, ExpertCostRow]:
+        return {r.key: r for r in self.tables[-1].experts} if self.tables else {}
+
+    def plan_where(self, holds: Callable[[FleetPlan], bool], timeout_s: float) -> float:
+        """Seconds until the latest fleet plan holds ``holds`` (NaN if not in time)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            if self.plans and holds(self.plans[-1]):
+                return time.monotonic() - start
+            time.sleep(0.1)
+        return float("nan")
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+def _planned_keys(plan: FleetPlan) -> set[str]:
+    return {expert_key(a, e) for a, experts in plan.assignments.items() for e in experts}
+
+
+def _agents_of(plan: FleetPlan) -> set[str]:
+    """The agents with an expert in ``plan``."""
+    return {a for a, experts in plan.assignments.items() if experts}
+
+
+def _delay_budgets(watch: LoopWatch, keys: list[str], factor: float) -> Budgets:
+    """``factor`` times the delays the controller has learnt (per category, the slowest of
+    ``keys``), once each expert has a few live samples."""
+    # a gated controller and two llama.cpp agents starting on a loaded 2-core machine: minutes
+    if not wait_until(
+        lambda: all(getattr(watch.costs().get(k), "delay_samples", 0) >= 4 for k in keys), 420
+    ):
+        raise RuntimeError(f"no live costs for {keys} within 420 s: {watch.costs()}")
+    rows = watch.costs()
+    categories = sorted(rows[keys[0]].delay_s)
+    return Budgets(delay_s={c: factor * max(rows[k].delay_s[c] for k in keys) for c in categories})
+
+
+def _suite_prompts(timeout_s: float) -> Callable[[], Prompt]:
+    """Suite prompts with their categories, one after another (the delay budgets are per
+    category, and a prompt's category is what its cost is learnt in)."""
+    from controller.suite import load_suite, stratified
+
+    items = stratified([i for i in load_suite() if i.split == "test"], 10)
+    turn = iter(range(10**9))
+
+    def make() -> Prompt:
+        item = items[next(turn) % len(items)]
+        return Prompt(
+            prompt=item.prompt,
+            choices=item.choices,
+            question=item.question,
+            category=item.category,
+            timeout_s=timeout_s,
+        )
+
+    return make
+
+
+def _flowing(traffic: Traffic, make: Callable[[], Prompt], every_s: float) -> Callable[[], None]:
+    """Send a prompt every ``every_s`` from a thread; returns what stops it."""
+    done = threading.Event()
+
+    def run() -> None:
+        while not done.is_set():
+            traffic.send(make())
+            done.wait(every_s)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join(10)
+
+    return stop
+
+
+def slowed_expert(
+    workdir: Path,
+    every_s: float = 1.5,
+    factor: float = 2.5,
+    within_s: float = 60.0,
+    still_slow_s: float = 6.0,
+    timeout_s: float = 60.0,
+    templates: tuple[str, ...] = ("cloze",),
+) -> Report:
+    """The lab fleet's two agents (SmolLM2 on edge-a, Gemma 3 on edge-b, an expert per choice
+    template of ``templates``: ``("cloze", "qa", "letter")`` is the whole lab fleet, six
+    experts) under a controller
+    with the shipped profile and gate, delay budgets at ``factor`` times the delays it learnt;
+    a planned agent stopped 0.4 s of every 0.5 s while a suite prompt comes every ``every_s``.
+    Figures: seconds from the slowdown to the plan without the agent (``away_s``), and from
+    its recovery to the plan with it again (``back_s``), NaN when not within ``within_s``;
+    answers over their budget (``late``). Every prompt should be answered, none failed (the
+    other agent is online throughout)."""
+    drill = Drill(workdir)
+    drill.start_broker()
+    lab_profile_for(SLOW_FLEET, workdir)
+    (workdir / "controller.toml").write_text(LOOP_CONFIG)
+    args = ["--profile", str(workdir / "profile.json"), "--gate", str(workdir / "gate.pt"),
+            "--config", str(workdir / "controller.toml"), "--drift-threshold", "0.5"]  # fmt: skip
+    agents = [
+        AgentSpec(
+            agent,
+            [{**model, "id": f"{name}-{t}", "template": t} for t in templates],
+            {"power_model_w": 15.0},
+        )
+        for agent, name, model in (("edge-a", "smollm2", SMOLLM2), ("edge-b", "gemma3", GEMMA3))
+    ]
+    keys = [expert_key(a.agent_id, str(e["id"])) for a in agents for e in a.experts]
+    try:
+        # ready when both experts have live costs (_delay_budgets): probes load an unplanned
+        # expert, so the agents' loaded experts need not be the plan's (wait_ready's test)
+        fleet = drill.start_fleet(SLOW_FLEET, agents, controller_args=args, ready_s=None)
+        watch = LoopWatch(fleet.endpoint, fleet.fleet)
+        try:
+            return _slow_and_recover(drill, watch, keys, every_s, factor, within_s,
+                                     still_slow_s, timeout_s)  # fmt: skip
+        finally:
+            watch.close()
+    finally:
+        drill.close()
+
+
+def _slow_and_recover(
+    drill: Drill,
+    watch: LoopWatch,
+    keys: list[str],
+    every_s: float,
+    factor: float,
+    within_s: float,
+    still_slow_s: float,
+    timeout_s: float,
+) -> Report:
+    """The drill's acts: budgets from the learnt delays, the slowdown under traffic, the plan
+    away, the recovery, the plan back; then every answer waited for."""
+    assert drill.fleet is not None
+    budgets = _delay_budgets(watch, keys, factor)
+    bus = Bus(drill.fleet.endpoint, SLOW_FLEET, client_id=f"b-{uuid.uuid4().hex[:8]}")
+    bus.connect()
+    bus.publish(topics.CONTROLLER_BUDGETS, budgets).wait_for_publish(5)
+    bus.close()
+    if math.isnan(watch.plan_where(lambda p: bool(p.delay_s), 60)):
+        raise RuntimeError(f"no plan under the delay budgets {budgets.delay_s} within 60 s")
+    planned = _planned_keys(watch.plans[-1])
+    # the agent of a planned expert (edge-b's Gemma when it is planned)
+    slowed = max((agent_of(k) for k in planned), default="edge-b")
+    pid = drill.fleet.processes[slowed].pid
+    with drill.traffic(resend_s=None) as traffic:
+        stop = _flowing(traffic, _suite_prompts(timeout_s), every_s)
+        try:
+            with DutyCycle(pid):
+                away = watch.plan_where(lambda p: slowed not in _agents_of(p), within_s)
+                time.sleep(still_slow_s)  # still slow: the plan stays away from it
+            back = watch.plan_where(lambda p: slowed in _agents_of(p), within_s)
+        finally:
+            stop()
+        traffic.wait_all(timeout_s + 30)
+        report = traffic.report(f"{slowed} slowed 0.4 s of every 0.5 s", away_s=away, back_s=back)
+    report.figures["late"] = float(sum(1 for a in traffic.first_answers() if a.over_budget))
+    report.figures["load_average_1min"] = os.getloadavg()[0]
+    delays = ", ".join(f"{c} {s:.2f} s" for c, s in sorted(budgets.delay_s.items()))
+    report.notes.append(f"delay budgets: {delays}")
+    report.notes.append(
+        "plans: " + " → ".join(f"{p.epoch} {sorted(_planned_keys(p))}" for p in watch.plans)
+    )
+    drifts = [e.reason for e in watch.events if e.kind == "drift"]
+    report.notes += [f"drift: {d}" for d in drifts[-4:]]
+    return report

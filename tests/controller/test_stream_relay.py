@@ -91,10 +91,38 @@ def test_among_equals_the_first_to_stream_leads_and_only_it_is_relayed(
         time.sleep(0.3)
         public = [i.message for i in rec.received if i.topic.endswith(f"answers/{rid}/stream")]
         routed = [i.message for i in rec.received if i.topic.endswith(f"replies/c1/{rid}/stream")]
-    assert [(c.agent_id, c.text) for c in public] == [("a2", "Par"), ("a2", "is")]
-    assert [c.text for c in routed] == ["Par", "is"]  # the reply route's topic + /stream
+    assert [(c.agent_id, c.text) for c in public] == [("a2", "Par"), ("a2", "is"), ("a2", "")]
+    assert [c.text for c in routed] == ["Par", "is", ""]  # the reply route's topic + /stream
     assert answer.answer == "Paris"  # the leader's text, the first to answer
+    for final in (public[-1], routed[-1]):  # the controller's last word: done, and by whom
+        assert final.final and final.done and final.seq == 2
+        assert final.answered_by == ["e2@a2"] and final.answer_status == answer.status
+    assert not any(c.final for c in public[:-1])
     assert controller._stream_leads == {}  # forgotten with the answer
+
+
+def test_a_stream_whose_answer_comes_from_another_expert_ends_saying_so(
+    mosquitto: LocalBroker, relay_fleet: tuple[str, Controller, dict[str, ScriptedAgent]]
+) -> None:
+    """The first to stream leads (a2), but a1 answers first and its text is the answer: the
+    final chunk, after a2's tokens, names a1 as the expert the answer came from."""
+    fleet, _, agents = relay_fleet
+    streaming(agents["a2"], [(0.0, "Par"), (0.2, "is")], answer_at=6.0)
+    streaming(agents["a1"], [(2.0, "Rome")], answer_at=2.2)
+    rid = f"r-{uuid.uuid4().hex[:6]}"
+    with (
+        Recorder(mosquitto.endpoint, fleet)
+        .watch(topics.ANSWER_STREAM, request_id=rid)
+        .watch(topics.ANSWERS, request_id=rid) as rec
+    ):
+        _ask(mosquitto, fleet, Prompt(prompt="Capital?", request_id=rid, stream=True))
+        answer = rec.wait_for_answer(timeout_s=30)
+        final = rec.wait_for_a(StreamChunk, lambda c: c.final, timeout_s=30)
+    assert answer.answer == "Rome"
+    relayed = [c for c in rec.messages(StreamChunk) if not c.final]
+    assert {(c.agent_id, c.expert_id) for c in relayed} == {("a2", "e2")}  # the preview
+    assert (final.agent_id, final.expert_id, final.answered_by) == ("a2", "e2", ["e1@a1"])
+    assert final.done and final.text == "" and final.seq == max(c.seq for c in relayed) + 1
 
 
 def test_a_prompt_that_did_not_ask_to_stream_is_not_relayed(

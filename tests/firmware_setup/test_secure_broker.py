@@ -8,6 +8,7 @@ TLS with their own credentials (controller and agent on the fleet port, ask on t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -472,6 +473,12 @@ def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None
         assert answer is not None, f"no answer: {last}\n--- logs\n{tails}"
         assert answer["status"] != "failed"
         assert [e["agent_id"] for e in answer["experts"]] == ["a1"]
+        # The client login may read the controllers' status, not the agents': `moe2 fleet`
+        # blames the ACL, not the agents (Mosquitto grants the subscription and filters).
+        for version in ("5", "3.1.1"):
+            err = _fleet_as(broker, "clients:c1", version)
+            assert "counts 1 agent(s) online" in err and "ACL does not let this login" in err
+            assert f"moe2/{FLEET}/agents/+/status" in err and "are the agents running" not in err
         # The same with flags alone (no MOE2_* variables): --username, --password-file, --ca-file.
         c2_user, c2_password = broker.login("clients:c2")
         c2_file = tmp_path / "c2.password"
@@ -519,3 +526,41 @@ def test_fleet_end_to_end_over_tls(broker: SecureBroker, tmp_path: Path) -> None
                 proc.kill()
         for log in logs.values():
             log.close()
+
+
+def _fleet_as(broker: SecureBroker, who: str, version: str = "5") -> str:
+    """`moe2 fleet` run with ``who``'s login on the client port: its stderr, on one line."""
+    env = moe2_env(broker, who) | {"MOE2_MQTT_VERSION": version}
+    run = subprocess.run(
+        [sys.executable, "-m", "moe2", "fleet", "--wait", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stdout + run.stderr
+    return " ".join(run.stderr.split())
+
+
+def test_moe2_fleet_with_a_client_login_and_no_controller_names_the_acl_as_a_cause(
+    broker: SecureBroker,
+) -> None:
+    """Nothing says whether agents run: the ACL is named beside the other causes."""
+    err = _fleet_as(broker, "clients:c1")
+    user = broker.login("clients:c1")[0]
+    assert f"the broker's ACL does not let login {user!r} read moe2/{FLEET}/agents/" in err, err
+
+
+def test_the_acl_diagnosis_of_a_refused_subscription() -> None:
+    """A broker that refuses the SUBSCRIBE (SUBACK 0x87; Mosquitto's ACL file grants it and
+    filters at delivery instead) is blamed at once, with the reason it gave."""
+    from messages import topics
+    from messages.bus import BrokerEndpoint
+    from moe2.client.fleet_reader import acl_diagnosis
+
+    endpoint = BrokerEndpoint.parse("mqtts://localhost:8883", "5")
+    endpoint = dataclasses.replace(endpoint, username="c1")
+    refused = {topics.AGENT_STATUS.filter(FLEET): "Not authorized (0x87)"}
+    why = acl_diagnosis(endpoint, FLEET, refused, [], 0) or ""
+    assert "refused login 'c1' a subscription" in why and "Not authorized (0x87)" in why
+    assert acl_diagnosis(endpoint, FLEET, {}, [], 0) is None  # no evidence: no blame

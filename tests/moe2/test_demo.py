@@ -37,6 +37,29 @@ def _demo(path: str) -> tuple[subprocess.CompletedProcess[str], float]:
     return run, time.monotonic() - started
 
 
+BUDGET = re.compile(r"under ([0-9.]+) J per query")
+
+
+def _overruns_are_said(out: str) -> None:
+    """Every answer that spent more than the budget printed before it says so right after it
+    ("over budget: spent ..."), and no answer within its budget does (issue 24: the demo
+    printed "under 2.53 J per query", then answers of 5.10 J, with no word)."""
+    marks = sorted(
+        [(m.start(), "budget", float(m.group(1))) for m in BUDGET.finditer(out)]
+        + [(m.start(), "answer", float(m.group(3))) for m in ANSWER.finditer(out)]
+    )
+    for n, (at, kind, value) in enumerate(marks):
+        if kind != "answer":
+            continue
+        budget = next(v for _, k, v in reversed(marks[:n]) if k == "budget")
+        end = marks[n + 1][0] if n + 1 < len(marks) else len(out)
+        said = "over budget: spent" in out[at:end]
+        if value > budget + 0.01:
+            assert said, f"an answer of {value} J under a {budget} J budget without a word: {out}"
+        elif value < budget - 0.01:
+            assert not said, f"an answer of {value} J within {budget} J marked over: {out}"
+
+
 def _weights(text: str) -> dict[str, float]:
     pairs = (w.rsplit(" ", 1) for w in text.split(", "))
     return {key: float(value) for key, value in pairs}
@@ -69,6 +92,7 @@ def test_demo_shows_budgets_gate_weights_and_a_replan() -> None:
     expected = {k: v / sum(raw.values()) for k, v in raw.items()}
     assert weights == pytest.approx(expected, abs=2e-3)
     assert "est." in out  # the cost table marks estimated energy
+    _overruns_are_said(out)
     assert seconds < 120, f"the demo took {seconds:.0f} s"
 
 
@@ -80,3 +104,4 @@ def test_demo_without_mosquitto_uses_the_embedded_broker() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "broker: embedded" in out and "(MQTT 3.1.1)" in out
     assert len(SET.findall(out)) == 2 and len(ANSWER.findall(out)) == 4
+    _overruns_are_said(out)

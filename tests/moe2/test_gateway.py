@@ -160,6 +160,10 @@ def test_streamed_chat_arrives_in_chunks_before_the_end(gateway: Gateway) -> Non
     text = "".join(c.choices[0].delta.content for _, c in content)
     final = next(c for _, c in arrivals if c.choices and c.choices[0].finish_reason)
     assert final.model_extra["moe2"]["answer"] == text and text
+    # the end says whose answer it is, whose tokens were streamed, and that they are the same
+    extra = final.model_extra["moe2"]  # type: ignore[index]
+    assert extra["answered_by"] == ["smollm2@gw-a"] and extra["streamed"] == "smollm2@gw-a"
+    assert extra["stream_is_answer"] is True
     assert arrivals[-1][1].usage is not None and arrivals[-1][1].usage.completion_tokens > 0
 
 
@@ -233,6 +237,62 @@ def test_errors_have_openai_shape_and_status(gateway: Gateway) -> None:
             extra_body={"moe2": {"timeout_s": 0.05}},
         )
     assert late.value.status_code == 504 and late.value.body["type"] == "timeout"  # type: ignore[index]
+
+
+def test_a_model_is_retrieved_in_openais_shape_and_an_unknown_one_is_a_404(
+    gateway: Gateway,
+) -> None:
+    client = gateway.client()
+    ensemble = client.models.retrieve("moe2")
+    assert (ensemble.id, ensemble.object, ensemble.owned_by) == ("moe2", "model", "moe2")
+    expert = client.models.retrieve("smollm2")
+    assert expert.id == "smollm2" and expert.model_extra["moe2"] == {"agents": ["gw-a"]}  # type: ignore[index]
+    on_one = client.models.retrieve("smollm2@gw-a")
+    assert on_one.model_extra["moe2"] == {"agents": ["gw-a"]}  # type: ignore[index]
+    listed = {m.id: m.created for m in client.models.list()}
+    assert listed["smollm2"] == expert.created  # the same card, listed or retrieved
+    for unknown in ("gpt-4o", "smollm2@elsewhere"):
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.models.retrieve(unknown)
+        assert caught.value.body["code"] == "model_not_found"  # type: ignore[index]
+        assert caught.value.body["param"] == "model" and unknown in caught.value.message  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError):
+        gateway.client("sk-wrong").models.retrieve("moe2")
+    text = _get(gateway.url + "/metrics", KEY)[1]
+    assert 'endpoint="/v1/models/{model}"' in text and "gpt-4o" not in text
+
+
+def test_embeddings_are_refused_saying_the_fleet_serves_no_embedding_model(
+    gateway: Gateway,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.client().embeddings.create(model="moe2", input="The capital of France")
+    assert caught.value.status_code == 400 and "no embedding model" in caught.value.message
+    assert caught.value.body["code"] == "model_not_supported"  # type: ignore[index]
+    assert caught.value.body["type"] == "invalid_request_error"  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError):  # the key first, as everywhere
+        gateway.client("sk-wrong").embeddings.create(model="moe2", input="x")
+
+
+def test_response_format_text_is_honoured_and_json_is_refused(gateway: Gateway) -> None:
+    client = gateway.client()
+    reply = client.chat.completions.create(
+        model="moe2",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=16,
+        response_format={"type": "text"},
+    )
+    assert "Paris" in (reply.choices[0].message.content or "")
+    schema = {"name": "city", "schema": {"type": "object"}}
+    for asked in ({"type": "json_object"}, {"type": "json_schema", "json_schema": schema}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model="moe2",
+                messages=CHAT,  # type: ignore[arg-type]
+                response_format=asked,  # type: ignore[arg-type]
+            )
+        assert caught.value.body["param"] == "response_format"  # type: ignore[index]
+        assert "cannot guarantee JSON" in caught.value.message
 
 
 def _slot_comes_back(client: openai.OpenAI) -> bool:
@@ -341,6 +401,9 @@ def test_a_streamed_prompt_over_mqtt_relays_tokens_before_the_answer(gateway: Ga
     assert [c.seq for c in chunks] == sorted(c.seq for c in chunks)
     assert "".join(c.text for c in chunks) == answer.answer
     assert chunks[-1].done and {c.expert_id for c in chunks} == {"smollm2"}
+    # the controller's final chunk ends the stream, naming the expert the answer came from
+    assert chunks[-1].final and chunks[-1].answered_by == ["smollm2@gw-a"]
+    assert chunks[-1].answer_status == "ok" and not any(c.final for c in chunks[:-1])
 
 
 def _series(url: str) -> dict[str, float]:

@@ -89,3 +89,70 @@ def test_every_readme_moe2_command_exists() -> None:
     for command in sorted(commands):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0, (command, result.output)
+
+
+def _moe2_section_agent_lines() -> list[str]:
+    """The README's `moe2 agent run --config examples/edge-*.toml` lines, as written."""
+    return [
+        line.split("#")[0].strip().removesuffix("&").strip()
+        for line in _bash_lines()
+        if line.startswith("moe2 agent run --config examples/edge-")
+    ]
+
+
+def test_the_moe2_sections_agents_start_as_written_on_another_broker(tmp_path: Path) -> None:
+    """The MoE² section's two agents, each from its config file, with the broker the README
+    says overrides the file's port 1883: a flag for edge-a, MOE2_BROKER for edge-b. Both come
+    online on a broker of the test's own, three experts each."""
+    from moe2.local.broker import start_mosquitto
+
+    lines = _moe2_section_agent_lines()
+    assert [line.split()[-1] for line in lines] == ["examples/edge-a.toml", "examples/edge-b.toml"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "--config examples/edge-a.toml --broker mqtt://" in readme and "MOE2_BROKER=" in readme
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("MOE2_BROKER", None)
+    with start_mosquitto(log_file=tmp_path / "mosquitto.log") as broker:
+        edge_a = lines[0] + f" --broker {broker.url}"
+        edge_b = dict(env, MOE2_BROKER=broker.url)
+        logs = [open(tmp_path / f"agent-{i}.log", "wb") for i in range(2)]  # noqa: SIM115
+        procs = [
+            subprocess.Popen(["bash", "-c", f"exec {edge_a}"], cwd=ROOT, env=env,
+                             stdout=logs[0], stderr=subprocess.STDOUT),
+            subprocess.Popen(["bash", "-c", f"exec {lines[1]}"], cwd=ROOT, env=edge_b,
+                             stdout=logs[1], stderr=subprocess.STDOUT),
+        ]  # fmt: skip
+        try:
+            rows = _wait_for_agents(broker.url, {"edge-a", "edge-b"}, procs, tmp_path)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(30)
+            for log in logs:
+                log.close()
+    assert {r["agent_id"]: len(r["experts"]) for r in rows} == {"edge-a": 3, "edge-b": 3}
+
+
+def _wait_for_agents(
+    url: str, wanted: set[str], procs: list[subprocess.Popen[bytes]], logs: Path
+) -> list[dict[str, object]]:
+    """`moe2 fleet --json` until every agent in ``wanted`` is online (4 minutes at most)."""
+    import time
+
+    deadline = time.monotonic() + 240
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        for proc in procs:
+            tails = [p.read_text()[-2000:] for p in sorted(logs.glob("agent-*.log"))]
+            assert proc.poll() is None, tails
+        run = subprocess.run(
+            [sys.executable, "-m", "moe2", "fleet", "--broker", url, "--fleet", "lab", "--json",
+             "--wait", "1"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        rows = json.loads(run.stdout) if run.stdout.strip() else []
+        if {r["agent_id"] for r in rows if r["state"] == "online"} >= wanted:
+            return rows
+        time.sleep(1)
+    raise AssertionError(f"agents not online within 240 s: {rows}")
