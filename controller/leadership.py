@@ -10,6 +10,10 @@ was frozen or cut off, and comes back claiming its old term, loses to the one th
 from it; between equal terms (two started together) the one with the lower key wins. Every
 controller computes this from the same retained statuses, so they agree without talking to
 each other.
+
+A controller whose status carries a ``config_problem`` (it holds another configuration than the
+fleet's, or has not fetched the fleet's yet: ``controller/config_sync.py``) is no candidate: it
+does not lead, an active one with a problem steps down, and the others do not wait for it.
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ def _beats(me: ControllerStatus, other: ControllerStatus) -> bool:
 def should_lead(me: ControllerStatus, others: Iterable[ControllerStatus]) -> bool:
     """Whether ``me`` should be the active controller, given the other controllers' latest
     statuses (offline ones and ``me`` itself are ignored)."""
+    if me.config_problem is not None:
+        return False  # never lead with less, or other, than the fleet's configuration
     online = [s for s in others if s.state == "online" and s.controller_id != me.controller_id]
     actives = [s for s in online if s.role == "active"]
+    online = [s for s in online if s.config_problem is None]  # candidates only
     if actives:
         return me.role == "active" and all(_beats(me, s) for s in actives)
     if me.role == "active":

@@ -18,9 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 from controller import __version__
 from controller.adapt import Adaptation, LoopLinks
+from controller.config_sync import ConfigSync, Ready, Step
 from controller.damping import FlapDamper, ReplanTimer
 from controller.decisions import cancelled_reason, may_cancel
 from controller.dispatch import Actions, Dispatcher
+from controller.fleet_config import (
+    LocalConfig,
+    adopted_settings,
+    configured_budgets,
+    describe,
+    local_config,
+)
 from controller.identity import ControllerIdentity, claim, default_state_root
 from controller.intake import Arrival, arrive, loose_json, reply_routes
 from controller.leadership import next_term, should_lead
@@ -44,6 +52,7 @@ from messages.cache_plan import CachePlan
 from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.costs import CostTable
+from messages.fleet_config import ConfigChunk, FleetConfig
 from messages.prompt_cancel import PromptCancel
 from messages.prompts import Prompt
 from messages.results import JobResult
@@ -86,6 +95,16 @@ class Controller:
         )
         self.bus = self._make_bus()
         self._lock = threading.RLock()
+        # the fleet's configuration: ours, the fleet's, and whether we may lead with it
+        self.config = ConfigSync(
+            local_config(settings, self.controller_id),
+            settings.replace_config,
+            self.identity.state_dir / "config",
+            settings.config_fetch_timeout_s,
+        )
+        self._retained_budgets: Budgets | None = None  # the last controller/budgets heard
+        self._peer_costs: CostTable | None = None  # the last cost table heard
+        self._adapt_stop = threading.Event()  # ends the live-cost loop in force
         # Fencing (docs/reliability.md, "One active controller"): ``leader`` is what the
         # election decided and the status says; the controller acts only while ``active``.
         self.leader = False
@@ -201,7 +220,7 @@ class Controller:
             state_dir=self.identity.state_dir,
             controller_id=self.controller_id,
             registry=self.registry,
-            stopped=self._stop,
+            stopped=self._adapt_stop,
             active=lambda: self.active,
             planned=lambda: self.planner.assignments,
             load=lambda: self.dispatcher.load,
@@ -286,6 +305,8 @@ class Controller:
             plan_problem=self.adaptation.problem if state == "online" else None,
             durable=self.ledger.durable,
             state_problem=self.ledger.state_problem,
+            config_id=self.config.held_id,
+            config_problem=self.config.problem,
         )
 
     def start(self, wait_s: float = 0.0) -> None:
@@ -307,9 +328,11 @@ class Controller:
         self.bus.subscribe(topics.ANSWERS, self._on_answer)
         self.bus.subscribe(topics.CONTROLLER_STATUS, self._on_peer)
         self.bus.subscribe(topics.CONTROLLER_PLAN, self._on_fleet_plan)
+        self.bus.subscribe(topics.CONTROLLER_COSTS, self._on_peer_costs)
         self.bus.subscribe(
-            topics.CONTROLLER_COSTS, lambda i: self.adaptation.on_peer_costs(i.message)
+            topics.CONTROLLER_CONFIG, self._on_config, on_empty=lambda p: self.config.cleared()
         )
+        self.bus.subscribe(topics.CONTROLLER_CONFIG_BLOBS, self._on_config_chunk)
         self.bus.subscribe(
             topics.CONTROLLER_BUDGETS, self._on_budgets, on_empty=self._on_budgets_cleared
         )
@@ -343,6 +366,7 @@ class Controller:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._adapt_stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
         with self._lock:
@@ -390,6 +414,8 @@ class Controller:
                 self.leader = self._serving = False
                 self.dispatcher.drop_all()
                 self._damper.forget_all()  # the moves it saw were its own absence
+                if not session_present:  # a broker that lost its state: hear its config again
+                    self.config.cleared()
         self.publish_status()
 
     def _watch(self) -> None:
@@ -399,6 +425,7 @@ class Controller:
                 self._check_clock()
                 self._elect()
                 self._fence()
+                self._sync_config()
                 if self._linked():  # silence is measured only while the broker hears us
                     for change in self.registry.sweep():
                         self._on_change(change)
@@ -727,6 +754,7 @@ class Controller:
             self._see_term(inbound.message.term)
 
     def _on_budgets(self, inbound: Inbound[Budgets]) -> None:
+        self._retained_budgets = inbound.message  # in force again after adopting a config
         if inbound.message == self.budgets:
             return  # our own retained budgets, seen again
         if self.selection is None:
@@ -745,6 +773,7 @@ class Controller:
 
     def _on_budgets_cleared(self, params: dict[str, str]) -> None:
         """``moe2 budgets --clear``: back to the budgets this controller was started with."""
+        self._retained_budgets = None
         if self.budgets == self.configured_budgets:
             return
         self._event("replan", "budgets cleared: back to the configured budgets")
@@ -774,6 +803,99 @@ class Controller:
             self.cache_plan = None
             self._event("replan", "cache plan lifted")
             self.replan(force=True)
+
+    # -- the fleet's configuration (controller/config_sync.py) -----------------------------
+
+    def _on_config(self, inbound: Inbound[FleetConfig]) -> None:
+        self._config_step(self.config.on_config(inbound.message, time.monotonic()))
+
+    def _on_config_chunk(self, inbound: Inbound[ConfigChunk]) -> None:
+        chunk = inbound.message
+        where = (inbound.params.get("digest"), inbound.params.get("index"))
+        if where != (chunk.sha256, str(chunk.index)):
+            self._on_reject(
+                topics.CONTROLLER_CONFIG_BLOBS, inbound.topic, "payload names another chunk"
+            )
+            return
+        self._config_step(self.config.on_chunk(chunk, time.monotonic()))
+
+    def _on_peer_costs(self, inbound: Inbound[CostTable]) -> None:
+        self._peer_costs = inbound.message  # kept for a live-cost loop made at adoption
+        self.adaptation.on_peer_costs(inbound.message)
+
+    def _config_step(self, step: Step) -> None:
+        """Say what the configuration sync reports (a standby too: why it may not lead), and
+        load a fetched configuration off the MQTT thread."""
+        if step.report is not None:
+            self._config_event(step.report)
+        if step.ready is not None:
+            thread = threading.Thread(
+                target=self._adopt, args=(step.ready,), name="config-adopt", daemon=True
+            )
+            thread.start()
+
+    def _config_event(self, reason: str | None) -> None:
+        if reason is None:
+            return
+        log.warning("controller %s: %s", self.controller_id, reason)
+        if self.bus.connected:
+            event = ControllerEvent(time_s=now_s(), kind="config", reason=reason)
+            self.bus.publish(topics.CONTROLLER_EVENTS, event)
+            self.publish_status()  # the problem (or its end) in our status at once
+
+    def _adopt(self, ready: Ready) -> None:
+        """Put the fleet's configuration in force: its settings, budgets (the retained ones
+        where they fit), selection, and a live-cost loop for it (carrying the peer's costs)."""
+        settings = adopted_settings(self.settings, ready.config, ready.profile, ready.gate)
+        budgets = configured_budgets(settings)
+        try:
+            selection = _configured_selection(settings, budgets)
+            held = LocalConfig.of_files(ready.config, ready.profile, ready.gate)
+        except Exception as exc:  # a profile of another fleet, budgets that fit nothing...
+            self._config_event(self.config.install_failed(ready.config, str(exc)))
+            return
+        with self._lock:
+            if not self.config.installed(held):
+                return  # the fleet moved on to another configuration meanwhile
+            self.settings, self.configured_budgets = settings, budgets
+            self.router.selection, self.router.budgets = selection, budgets
+            retained = self._retained_budgets
+            if retained is not None and retained != budgets:
+                try:
+                    selection.check(retained)
+                    self.router.budgets = retained
+                except BudgetError as exc:
+                    log.warning("retained budgets do not fit the fleet's configuration: %s", exc)
+            self._adapt_stop.set()  # the loop of the configuration before ends
+            self._adapt_stop = threading.Event()
+            self.adaptation = Adaptation(self._loop_links())
+            self.router.no_expert_reason = self.adaptation.no_expert_reason
+            self.dispatcher.observer = self.adaptation
+            if self._peer_costs is not None:
+                self.adaptation.on_peer_costs(self._peer_costs)
+        self._threads.append(self.adaptation.start())
+        self._config_event(f"adopted the fleet's {describe(ready.config)}")
+        self._replan_soon()
+
+    def _sync_config(self) -> None:
+        """From the watch loop: report a fetch that is late; publish our configuration when we
+        lead and the fleet has none (or replace the fleet's, when told to), after the
+        election's grace (the retained one has been heard by then)."""
+        self._config_step(self.config.tick(time.monotonic()))
+        connected_at = self._connected_at
+        if connected_at is None or not self.bus.connected:
+            return
+        if time.monotonic() - connected_at < self.settings.election_grace_s:
+            return
+        held = self.config.to_publish(self.active)
+        if held is None:
+            return
+        chunks, config = held.publication(self.controller_id)
+        for chunk in chunks:
+            where = {"digest": chunk.sha256, "index": str(chunk.index)}
+            self.bus.publish(topics.CONTROLLER_CONFIG_BLOBS, chunk, **where)
+        self.bus.publish(topics.CONTROLLER_CONFIG, config)
+        log.info("controller %s published the fleet's %s", self.controller_id, describe(config))
 
     # -- fleet topics -------------------------------------------------------------------
 

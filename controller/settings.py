@@ -99,6 +99,21 @@ class ControllerSettings(FleetSettings):
         "is used with its proven gap, and the search goes on in the background",
     )
 
+    # -- the fleet's configuration (controller/fleet_config.py, controller/config_sync.py) --
+    replace_config: bool = Field(
+        default=False,
+        description="Publish this controller's profile, gate, budgets and selection settings as "
+        "the fleet's configuration, replacing the one the fleet has (off: a controller whose "
+        "configuration differs from the fleet's refuses to lead)",
+    )
+    config_fetch_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A standby that has not fetched the fleet's configuration within this many "
+        "seconds says so (it keeps trying, and does not lead without it)",
+    )
+
     # -- the live loop (controller/adapt.py) --
     suite: Path | None = Field(
         default=None,
@@ -136,6 +151,8 @@ class ControllerSettings(FleetSettings):
     def _profile_and_gate_together(self) -> ControllerSettings:
         if (self.profile is None) != (self.gate is None):
             raise ValueError("profile and gate are given together (or neither)")
+        if self.replace_config and self.profile is None:
+            raise ValueError("replace_config needs a profile and a gate to replace with")
         if any(v < 0 for v in self.delay_budget_s.values()):
             raise ValueError("delay budgets must be non-negative")
         return self

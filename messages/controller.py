@@ -58,6 +58,17 @@ class ControllerStatus(Message):
         description="What is wrong with its state folder or ledger (path, cause, what it does "
         "about it), or what it moved aside at start",
     )
+    config_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The fleet configuration it holds (FleetConfig.config_id; None: none)",
+    )
+    config_problem: str | None = Field(
+        default=None,
+        max_length=4000,
+        description="Why it may not lead: it holds another configuration than the fleet's, or "
+        "has not fetched the fleet's yet (None: it may)",
+    )
 
 
 class FleetPlan(Message):
@@ -100,6 +111,7 @@ class ControllerEvent(Message):
         "drift",
         "profiling",
         "over_budget",
+        "config",
     ]
     topic: str | None = None
     reason: str

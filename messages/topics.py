@@ -18,6 +18,7 @@ from messages.capabilities import AgentCapabilities
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
 from messages.costs import CostTable
 from messages.events import AgentEvent
+from messages.fleet_config import ConfigChunk, FleetConfig
 from messages.jobs import Job
 from messages.plan import ActivationPlan
 from messages.prompt_cancel import PromptCancel
@@ -253,6 +254,21 @@ CONTROLLER_COSTS = Topic(
     True,
     "each expert's current energy and delays (learnt from results), next to the budgets",
 )
+CONTROLLER_CONFIG = Topic(
+    "controller/config",
+    FleetConfig,
+    1,
+    True,
+    "the fleet's MoE² configuration in force (profile, gate, budgets, selection settings) by "
+    "content hash; a standby takes it before it may lead",
+)
+CONTROLLER_CONFIG_BLOBS = Topic(
+    "controller/config/blobs/{digest}/{index}",
+    ConfigChunk,
+    1,
+    True,
+    "one compressed piece of a configuration's profile or gate, named by its sha256",
+)
 
 TOPICS: tuple[Topic, ...] = (
     AGENT_STATUS,
@@ -280,4 +296,6 @@ TOPICS: tuple[Topic, ...] = (
     CONTROLLER_PLAN,
     CONTROLLER_EVENTS,
     CONTROLLER_COSTS,
+    CONTROLLER_CONFIG,
+    CONTROLLER_CONFIG_BLOBS,
 )

@@ -74,6 +74,15 @@ DriftThresholdOpt = Annotated[
         "fraction from the costs of the plan in force [default: 0.5]",
     ),
 ]
+ReplaceConfigOpt = Annotated[
+    bool,
+    typer.Option(
+        "--replace-config",
+        help="With --profile and --gate: make this controller's configuration (profile, gate, "
+        "budgets, selection settings) the fleet's, replacing the one in force (without it, a "
+        "controller whose configuration differs from the fleet's says so and does not lead)",
+    ),
+]
 MetricsOpt = Annotated[
     str | None,
     typer.Option(
@@ -99,13 +108,17 @@ def controller_run(
     early_answers: EarlyAnswersOpt = None,
     suite: SuiteOpt = None,
     drift_threshold: DriftThresholdOpt = None,
+    replace_config: ReplaceConfigOpt = False,
     metrics: MetricsOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Track the fleet, push activation plans and answer prompts.
 
     Several controllers may run on one fleet: one is active, the others wait as hot standbys
-    and one takes over within seconds when the active one goes away."""
+    and one takes over within seconds when the active one goes away. The active one publishes
+    the fleet's configuration (profile, gate, budgets, selection settings): a controller
+    started without --profile/--gate adopts it, one started with another says so and does not
+    lead (unless --replace-config)."""
     from controller.settings import ControllerSettings
 
     log_to_stderr(log_level)
@@ -123,6 +136,7 @@ def controller_run(
         early_answers=early_answers,
         suite=suite,
         drift_threshold=drift_threshold,
+        replace_config=replace_config or None,
     )
     service = _controller(settings)
     service.metrics_listen = metrics_listen
@@ -142,6 +156,7 @@ def _metrics_listen(metrics: str | None) -> tuple[str, int] | None:
 def _controller(settings: ControllerSettings) -> Controller:
     """The controller of these settings; a bad profile, gate, budget or identity is a clean
     error."""
+    from controller.fleet_config import ConfigError
     from controller.gate.errors import GateError
     from controller.identity import IdentityError
     from controller.profile import ProfileError
@@ -150,5 +165,5 @@ def _controller(settings: ControllerSettings) -> Controller:
 
     try:
         return Controller(settings)
-    except (ProfileError, GateError, BudgetError, IdentityError) as exc:
+    except (ProfileError, GateError, BudgetError, IdentityError, ConfigError) as exc:
         fail(str(exc))

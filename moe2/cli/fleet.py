@@ -13,6 +13,7 @@ from moe2.cli.connection import Connection, with_connection
 from moe2.cli.options import EXIT_FAILURE, console, fail
 
 if TYPE_CHECKING:
+    from messages.fleet_config import FleetConfig
     from messages.settings import FleetSettings
 
 
@@ -56,8 +57,9 @@ def fleet(
     if watch:
         _watch(settings, refresh, age_out, duration)
         return
+    configs: list[FleetConfig] = []
     try:
-        registry, _ = read_fleet(settings.endpoint, settings.fleet, wait)
+        registry, _ = read_fleet(settings.endpoint, settings.fleet, wait, configs)
     except (ConnectionError, ReadRefused) as exc:  # ReadRefused: the ACL, not the agents
         fail(str(exc), code=EXIT_FAILURE)
     rows = registry.snapshot()
@@ -68,6 +70,20 @@ def fleet(
     if as_json:
         return
     _print_fleet(settings, rows)
+    _print_config(configs[-1] if configs else None)
+
+
+def _print_config(config: FleetConfig | None) -> None:
+    """The fleet's configuration in force: id, profile and gate (names, hashes), budgets."""
+    from controller.fleet_config import describe
+
+    if config is None:
+        console().print(
+            "no fleet configuration heard: no controller with a profile and gate published one "
+            "(or this login may not read controller/config)"
+        )
+        return
+    console().print(f"in force: {describe(config)} (from {config.controller_id})", markup=False)
 
 
 def _watch(settings: FleetSettings, refresh: float, age_out: float, duration: float | None) -> None:

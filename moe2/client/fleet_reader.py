@@ -12,6 +12,7 @@ from messages import topics
 from messages.base import Message
 from messages.bus import BrokerEndpoint, Bus, Inbound
 from messages.controller import ControllerEvent, ControllerStatus, FleetPlan
+from messages.fleet_config import FleetConfig
 from messages.topics import Topic
 
 
@@ -62,9 +63,13 @@ def acl_diagnosis(
 
 
 def read_fleet(
-    endpoint: BrokerEndpoint, fleet: str, wait_s: float
+    endpoint: BrokerEndpoint,
+    fleet: str,
+    wait_s: float,
+    configs: list[FleetConfig] | None = None,
 ) -> tuple[FleetRegistry, FleetPlan | None]:
-    """The agents as seen after ``wait_s`` seconds, and the controller's current plan if any.
+    """The agents as seen after ``wait_s`` seconds, and the controller's current plan if any;
+    the fleet's configuration in force is appended to ``configs`` when one is published.
     Raises ConnectionError when the broker cannot be reached, ReadRefused when the broker's ACL
     keeps the agents' status from this login (``acl_diagnosis``)."""
     registry = FleetRegistry()
@@ -76,6 +81,8 @@ def read_fleet(
     bus.subscribe(topics.AGENT_TELEMETRY, lambda i: registry.on_telemetry(i.message))
     bus.subscribe(topics.CONTROLLER_PLAN, lambda i: plans.append(i.message))
     bus.subscribe(topics.CONTROLLER_STATUS, lambda i: controllers.append(i.message))
+    if configs is not None:
+        bus.subscribe(topics.CONTROLLER_CONFIG, lambda i: configs.append(i.message))
     bus.connect()
     try:
         time.sleep(wait_s)

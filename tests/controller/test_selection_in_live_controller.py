@@ -62,7 +62,7 @@ def fleet(
 
     cleaner = Bus(mosquitto.endpoint, fleet_name, client_id=f"clean-{uuid.uuid4().hex[:6]}")
     cleaner.connect()
-    for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN):
+    for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN, topics.CONTROLLER_CONFIG):
         cleaner.clear_retained(topic)
     cleaner.clear_retained(topics.CONTROLLER_STATUS, controller_id=controller.controller_id)
     for agent_id in agents:

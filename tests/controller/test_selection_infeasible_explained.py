@@ -64,7 +64,12 @@ def starved(
     controller.stop()
     cleaner = Bus(mosquitto.endpoint, FLEET, client_id=f"clean-{uuid.uuid4().hex[:6]}")
     cleaner.connect()
-    for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN, topics.CONTROLLER_COSTS):
+    for topic in (
+        topics.CONTROLLER_BUDGETS,
+        topics.CONTROLLER_PLAN,
+        topics.CONTROLLER_COSTS,
+        topics.CONTROLLER_CONFIG,
+    ):
         cleaner.clear_retained(topic)
     cleaner.clear_retained(topics.CONTROLLER_STATUS, controller_id=controller.controller_id)
     for agent in agents:

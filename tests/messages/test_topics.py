@@ -154,7 +154,7 @@ def test_every_pattern_is_unique() -> None:
 def test_registry_holds_every_topic_declared_in_the_module() -> None:
     declared = {id(v) for v in vars(topics).values() if isinstance(v, Topic)}
     assert declared == {id(t) for t in TOPICS}
-    assert len(TOPICS) == 25
+    assert len(TOPICS) == 27
 
 
 def test_every_topic_has_a_message_type_except_bare_text_prompts() -> None:
@@ -178,5 +178,7 @@ def test_qos_and_retain_flags() -> None:
         "controller/budgets",
         "controller/cache-plan",
         "controller/costs",
+        "controller/config",
+        "controller/config/blobs/{digest}/{index}",
     }
     assert topics.AGENT_TELEMETRY.qos == 0

@@ -98,7 +98,12 @@ def live(
         fleet.stop()
         cleaner = Bus(mosquitto.endpoint, FLEET, client_id=f"clean-{os.getpid()}")
         cleaner.connect()
-        for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN, topics.CONTROLLER_COSTS):
+        for topic in (
+            topics.CONTROLLER_BUDGETS,
+            topics.CONTROLLER_PLAN,
+            topics.CONTROLLER_COSTS,
+            topics.CONTROLLER_CONFIG,
+        ):
             cleaner.clear_retained(topic)
         time.sleep(0.3)
         cleaner.close()
