@@ -551,6 +551,7 @@ class Controller:
         for event in actions.events:
             self._event(**event)
         for answer, routes in actions.answers:
+            answer = self.adaptation.noted(answer)  # an expert being profiled says how far
             self.metrics.answered(answer)
             self._stream_leads.pop(answer.request_id, None)
             self._send(answer, routes)
