@@ -538,6 +538,8 @@ class Agent:
         if budget is None or self.pool.is_loaded(expert):
             return True
         busy = {e for e, n in self._running.items() if n > 0}
+        if expert in busy:
+            return True  # being loaded for a job of its own: its room was made then
         held = self.pool.held_bytes(sorted(busy))
         victims = evictions(self.pool.memory_bytes(expert), budget, held, busy, self.planned)
         if victims is None:
