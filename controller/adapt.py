@@ -361,10 +361,12 @@ class Adaptation:
             ).start()
 
     def _busy_agents(self, online: set[str]) -> set[str]:
-        """Agents a newcomer's prompt waits for: a probe or a user's job out on them, or
-        offline (a newcomer refining in the gate whose agent left)."""
+        """Agents a newcomer's prompt waits for: a newcomer's prompt or a user's job out on
+        them, or offline (a newcomer refining in the gate whose agent left). A cost probe out
+        does not hold it back: those come every ``probe_interval_s`` for each expert, and on an
+        agent with several they would keep it busy for good (the agent runs the two in turn)."""
         load = self.links.load()
-        busy = {agent_of(p.key) for p in self.probes.values()}
+        busy = {agent_of(p.key) for p in self.probes.values() if p.newcomer}
         busy |= {agent for agent, jobs in load.items() if jobs > 0}
         assert self.newcomers is not None
         return busy | {agent_of(k) for k in self.newcomers.progress if k not in online}
