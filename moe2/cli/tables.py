@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from messages.expert_key import expert_key
@@ -31,6 +32,8 @@ def answer_table(answer: Answer, choices: list[str] | None) -> Table:
             output = (e.text or "").replace("\n", " ")[:80]
         energy = f"{e.energy_j:.2f} ({e.energy_source})" if e.energy_j is not None else "n/a"
         key = expert_key(e.agent_id, e.expert_id)
+        if e.profiling:  # a newcomer: not weighed by the gate yet, or still refined
+            output += f"\n[dim]{escape(e.profiling)}[/]"
         table.add_row(key, f"{e.weight:.2f}", output, f"{e.latency_s:.2f}", energy)
     for f in answer.failed:
         key = expert_key(f.agent_id, f.expert_id)
