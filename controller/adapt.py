@@ -493,11 +493,15 @@ class Adaptation:
                 refined = [k for k in keys if k in selection.expert_keys]
                 for key in keys:
                     queue.trained(key)
-            how = "refined" if refined else "retrained with"
+            entered = [k for k in keys if k not in refined]
+            how = "; ".join(
+                f"{verb} {', '.join(ks)}"
+                for verb, ks in (("retrained with", entered), ("refined", refined))
+                if ks
+            )
             self.links.event(
                 "profiling",
-                f"gate {how} {', '.join(keys)} in {seconds:.1f} s "
-                f"(validation loss {loss:.3f}); re-planning",
+                f"gate {how} in {seconds:.1f} s (validation loss {loss:.3f}); re-planning",
             )
             self.links.replan(True)
         except Exception as exc:
