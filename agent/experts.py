@@ -1,4 +1,11 @@
-"""The experts an agent can serve, and the ones it holds loaded."""
+"""The experts an agent can serve, and the ones it holds loaded.
+
+An agent holds the experts of its plan; a job for another one (a prompt that names an expert
+the plan leaves out, a newcomer being profiled) loads it on demand. When that would pass the
+memory budget, ``evictions`` says which idle experts to unload first: the ones outside the plan
+before the planned ones (reloaded at their next job), least recently used first; never one
+with a job running. The budget itself is never passed.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +44,34 @@ class _Loaded:
     context_length: int
     chat_template: bool
     providers: list[str] | None
+
+
+def evictions(
+    need: int,
+    budget: int | None,
+    held: dict[str, int],
+    busy: set[str],
+    planned: set[str],
+) -> list[str] | None:
+    """Which experts to unload so that ``need`` more bytes fit within ``budget``.
+
+    ``held``: bytes of each expert held or about to be (loaded, or with a job started), least
+    recently used first; ``busy``: those with a job running (never unloaded); ``planned``: the
+    plan's (unloaded only after every other idle one). Returns [] when it fits as it is (or
+    cannot fit at all: ``need`` alone is over the budget, and the load says so), the experts to
+    unload, or None when it fits only once a running job ends (the job waits)."""
+    if budget is None or need > budget:
+        return []
+    used = sum(held.values())
+    idle = [e for e in held if e not in busy]
+    order = [e for e in idle if e not in planned] + [e for e in idle if e in planned]
+    chosen: list[str] = []
+    for expert in order:
+        if used + need <= budget:
+            break
+        chosen.append(expert)
+        used -= held[expert]
+    return chosen if used + need <= budget else None
 
 
 def model_location(config: ExpertConfig) -> Path:
@@ -101,7 +136,7 @@ class ExpertPool:
         self.budget_bytes = None if budget_mb is None else int(budget_mb * 1e6)
         self.configs = {c.id: c for c in configs}
         self.paths: dict[str, Path] = {c.id: model_location(c) for c in configs}
-        self._loaded: dict[str, _Loaded] = {}
+        self._loaded: dict[str, _Loaded] = {}  # in the order last used, least recent first
         self._seen: dict[str, _Loaded] = {}  # facts learnt at a first load, kept after unload
         self._lock = threading.Lock()
         self._loading = threading.Lock()  # one load at a time: concurrent jobs load once
@@ -127,17 +162,35 @@ class ExpertPool:
         with self._lock:
             return sorted(self._loaded)
 
+    def is_loaded(self, expert_id: str) -> bool:
+        with self._lock:
+            return expert_id in self._loaded
+
     def get(self, expert_id: str) -> tuple[Backend, float]:
         """The expert's backend, loading it first if needed; and the seconds spent loading."""
         config = self.check(expert_id)
         with self._lock:
             if expert_id in self._loaded:
-                return self._loaded[expert_id].backend, 0.0
+                return self._used(expert_id), 0.0
         with self._loading:
             with self._lock:
                 if expert_id in self._loaded:  # loaded by another job meanwhile
-                    return self._loaded[expert_id].backend, 0.0
+                    return self._used(expert_id), 0.0
             return self._load(expert_id, config)
+
+    def _used(self, expert_id: str) -> Backend:
+        """Under _lock: the loaded expert's backend, now the most recently used."""
+        entry = self._loaded.pop(expert_id)
+        self._loaded[expert_id] = entry
+        return entry.backend
+
+    def held_bytes(self, also: list[str]) -> dict[str, int]:
+        """Bytes of each loaded expert, least recently used first, then of ``also`` (experts
+        about to be loaded) not loaded yet: what ``evictions`` weighs."""
+        with self._lock:
+            loaded = list(self._loaded)
+        ids = loaded + [e for e in also if e not in loaded and e in self.configs]
+        return {e: self.memory_bytes(e) for e in ids}
 
     def _load(self, expert_id: str, config: ExpertConfig) -> tuple[Backend, float]:
         if self.budget_bytes is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from agent import __version__, systemd
 from agent.backends.base import Backend, Sampling
-from agent.experts import ExpertPool, UnknownExpert, slots
+from agent.experts import ExpertPool, UnknownExpert, evictions, slots
 from agent.host import HostLoadReader, accelerator_name, host_facts
 from agent.power import PowerSampler, detect_sensor
 from agent.settings import AgentSettings
@@ -133,6 +133,7 @@ class Agent:
         self._pending_plan: ActivationPlan | None = None
         self.plan_epoch: int | None = None
         self.plan_term: int | None = None  # the leadership term of the controller that sent it
+        self.planned: set[str] = set()  # the experts of the plan applied: unloaded last
         self.load_failures: dict[str, str] = {}  # expert -> why it did not load
         self._stop = threading.Event()
         self.jobs_done = 0
@@ -482,6 +483,7 @@ class Agent:
             self.bus.publish(topics.AGENT_STATUS, self._status("online"), agent_id=self.agent_id)
         self.plan_epoch = plan.epoch
         self.plan_term = plan.term
+        self.planned = wanted
         loaded = ", ".join(self.pool.loaded_ids) or "none"
         self._event("plan_applied", f"epoch {plan.epoch}: loaded {loaded}")
         self.publish_capabilities()  # memory and quantisation are known once loaded
@@ -516,6 +518,8 @@ class Agent:
             expert = item.job.expert_id
             if self._running[expert] >= slots(self.pool.configs[expert]):
                 continue
+            if not self._make_room(expert):
+                continue  # its expert fits once a running job ends: it waits for that
             self._waiting.remove(item)
             self._running[expert] += 1
             thread = threading.Thread(
@@ -525,6 +529,25 @@ class Agent:
             thread.start()
             started = True
         return started
+
+    def _make_room(self, expert: str) -> bool:
+        """Under _jobs_lock: room within the memory budget for ``expert`` (a job for an expert
+        the plan leaves out loads it on demand): idle experts unloaded as ``evictions`` says.
+        False when only a running job's end makes room."""
+        budget = self.pool.budget_bytes
+        if budget is None or self.pool.is_loaded(expert):
+            return True
+        busy = {e for e, n in self._running.items() if n > 0}
+        if expert in busy:
+            return True  # being loaded for a job of its own: its room was made then
+        held = self.pool.held_bytes(sorted(busy))
+        victims = evictions(self.pool.memory_bytes(expert), budget, held, busy, self.planned)
+        if victims is None:
+            return False
+        for victim in victims:
+            log.info("unloading idle expert %s to make room for %s", victim, expert)
+            self.pool.unload(victim)
+        return True
 
     def _job_thread(self, item: _QueuedJob) -> None:
         try:

@@ -42,6 +42,7 @@ from controller.drift import DriftDetector, Move
 from controller.explain import infeasible
 from controller.registry import FleetRegistry
 from controller.settings import ControllerSettings
+from messages.answers import Answer
 from messages.base import now_s
 from messages.budgets import Budgets
 from messages.costs import CostTable, ExpertCostRow
@@ -50,7 +51,7 @@ from messages.jobs import Job
 from messages.results import JobResult
 
 if TYPE_CHECKING:
-    from controller.newcomers import NewcomerQueue
+    from controller.newcomers import NewcomerQueue, Progress
     from controller.profile import Profile
     from controller.selection.from_profile import ExpertCost, GatedProfile
     from controller.selection.live import LiveSelection
@@ -379,12 +380,9 @@ class Adaptation:
         assert queue is not None
         self._enqueue(sorted(online - known))
         for key in list(queue.progress):
-            if key not in online and queue.progress[key].phase == "profiling":
+            if key not in online and queue.progress[key].phase in ("profiling", "waiting"):
                 queue.forget(key)
-        busy = {p.key for p in self.probes.values() if p.newcomer}
-        load = self.links.load()
-        busy |= {k for k in queue.progress if load.get(agent_of(k), 0) > 0}
-        nxt = queue.next(now, busy)
+        nxt = queue.next(now, self._busy_agents(online), self._loadable)
         if nxt is not None:
             self._send(actions, nxt[0], nxt[1], now, newcomer=True)
         done = queue.finished()
@@ -395,6 +393,37 @@ class Adaptation:
             threading.Thread(
                 target=self._retrain, args=(done,), name="gate-retrain", daemon=True
             ).start()
+
+    def _busy_agents(self, online: set[str]) -> set[str]:
+        """Agents a newcomer's prompt waits for: a newcomer's prompt or a user's job out on
+        them, or offline (a newcomer refining in the gate whose agent left). A cost probe out
+        does not hold it back: those come every ``probe_interval_s`` for each expert, and on an
+        agent with several they would keep it busy for good (the agent runs the two in turn)."""
+        load = self.links.load()
+        busy = {agent_of(p.key) for p in self.probes.values() if p.newcomer}
+        busy |= {agent for agent, jobs in load.items() if jobs > 0}
+        assert self.newcomers is not None
+        return busy | {agent_of(k) for k in self.newcomers.progress if k not in online}
+
+    def _loadable(self, key: str) -> bool:
+        """Whether the newcomer's agent can load it within its memory budget."""
+        from controller.routing import loadable
+
+        pair = parse_key(key)
+        record = self.links.registry.get(pair.agent_id)
+        return record is not None and loadable(record, pair.expert_id)
+
+    def noted(self, answer: Answer) -> Answer:
+        """``answer`` with each expert being profiled saying so, and how far."""
+        queue = self.newcomers
+        if queue is None or not answer.experts:
+            return answer
+        outputs = []
+        for out in answer.experts:
+            prog = queue.progress.get(expert_key(out.agent_id, out.expert_id))
+            note = prog.note() if prog is not None else None
+            outputs.append(out if note is None else out.model_copy(update={"profiling": note}))
+        return answer.model_copy(update={"experts": outputs})
 
     def _open_queue(self, selection: LiveSelection, new: set[str]) -> bool:
         """The newcomer queue, made when the first newcomer comes (the suite loaded into a
@@ -414,7 +443,10 @@ class Adaptation:
             self._suite_problem = str(exc)
             self.links.event("profiling", f"newcomers cannot be profiled: {exc}")
             return False
-        self.newcomers = NewcomerQueue(items, rate_hz=self.links.settings.newcomer_rate_hz)
+        settings = self.links.settings
+        self.newcomers = NewcomerQueue(
+            items, rate_hz=settings.newcomer_rate_hz, sample=settings.newcomer_sample
+        )
         self._working = working
         return True
 
@@ -438,10 +470,12 @@ class Adaptation:
                 continue
             add_expert(working, key, info.model, info.template)
             queue.add(key, working)
+            prog = queue.progress[key]
+            rest = f", then on {prog.rest} more in the background" if prog.rest else ""
             self.links.event(
                 "profiling",
-                f"{key} is new to the gate: profiling it on "
-                f"{queue.progress[key].total} suite prompts",
+                f"{key} is new to the gate: it answers prompts that name it now; profiling it "
+                f"on {prog.sample} suite prompts (stratified) to enter the gate{rest}",
                 agent_id=agent_of(key),
             )
 
@@ -490,12 +524,18 @@ class Adaptation:
             self.model.reseed({**self.model.seeds, **seeds_from_profile(gated.profile, keys)})
             with self._lock:
                 self.links.install(_rebuilt(selection, gated))
+                refined = [k for k in keys if k in selection.expert_keys]
                 for key in keys:
-                    queue.progress[key].phase = "done"
+                    queue.trained(key)
+            entered = [k for k in keys if k not in refined]
+            how = "; ".join(
+                f"{verb} {', '.join(ks)}"
+                for verb, ks in (("retrained with", entered), ("refined", refined))
+                if ks
+            )
             self.links.event(
                 "profiling",
-                f"gate retrained with {', '.join(keys)} in {seconds:.1f} s "
-                f"(validation loss {loss:.3f}); re-planning",
+                f"gate {how} in {seconds:.1f} s (validation loss {loss:.3f}); re-planning",
             )
             self.links.replan(True)
         except Exception as exc:
@@ -576,7 +616,7 @@ class Adaptation:
                         planned=key in planned,
                         in_gate=key in gate_keys,
                         origin="unknown",
-                        profiling=str(progress) if progress else "waiting to be profiled",
+                        **_progress(progress, "waiting to be profiled"),
                     )
                 )
                 continue
@@ -595,7 +635,7 @@ class Adaptation:
                     energy_samples=live.energy_samples,
                     delay_ratio=live.delay_ratio,
                     energy_ratio=live.energy_ratio,
-                    profiling=str(progress) if progress else None,
+                    **_progress(progress, None),
                 )
             )
         budgets = self.links.budgets()
@@ -621,6 +661,15 @@ class Adaptation:
             table = self.table()
             if table is not None:
                 self.links.publish_costs(table)  # while active and connected
+
+
+def _progress(progress: Progress | None, otherwise: str | None) -> dict[str, object]:
+    """A cost row's profiling fields: how far a newcomer is (nothing once it is done)."""
+    if progress is None:
+        return {"profiling": otherwise}
+    if progress.phase == "done":
+        return {}
+    return {"profiling": str(progress), "profiled": progress.answered, "profile_of": progress.total}
 
 
 def _keys(pool: Mapping[str, list[str]]) -> set[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,51 +27,94 @@ from controller.gate.network import GateNet, mixture_nll
 from controller.gate.training import TrainConfig
 from controller.profile import ExpertProfile, Measurement, Profile, ProfileError, save_profile
 from controller.selection.from_profile import GatedProfile, expert_costs
-from controller.suite import SuiteItem
-from messages.expert_key import parse_key
+from controller.suite import SuiteItem, stratified_sample
+from messages.expert_key import agent_of, parse_key
 
 
 @dataclass
 class Progress:
+    """How far a newcomer is: ``sample`` prompts measure it into the gate, the suite's other
+    ``rest`` prompts refine it in the background; ``answered`` counts both (measured or failed)."""
+
     key: str
-    total: int
+    sample: int
+    rest: int = 0
     measured: int = 0
     failed: int = 0
-    phase: str = "profiling"  # profiling, training, done, failed
+    # profiling (the sample), training (the gate retrained), refining (the rest, in the gate),
+    # done, failed (the retraining), waiting (its agent cannot load it within its budget)
+    phase: str = "profiling"
+
+    @property
+    def answered(self) -> int:
+        return self.measured + self.failed
+
+    @property
+    def total(self) -> int:
+        """Prompts of the stage it is in: the sample, then the whole suite."""
+        return self.sample if self.phase in ("profiling", "training", "waiting") else self.of
+
+    @property
+    def of(self) -> int:
+        return self.sample + self.rest
 
     def __str__(self) -> str:
         if self.phase == "profiling":
-            return f"profiling {self.measured}/{self.total} prompts"
+            more = f" (then {self.rest} more in the gate)" if self.rest else ""
+            return f"profiling {self.answered}/{self.sample} prompts{more}"
+        if self.phase == "refining":
+            return f"in the gate; refining {self.answered}/{self.of} prompts"
+        if self.phase == "waiting":
+            return "waiting: its agent cannot load it within its memory budget"
         return self.phase
+
+    def note(self) -> str | None:
+        """What an answer says of an expert being profiled; None once it is done."""
+        if self.phase in ("profiling", "training", "waiting"):
+            return f"being profiled: {self.answered}/{self.sample} prompts, not in the gate yet"
+        if self.phase == "refining":
+            return f"in the gate; profiling goes on: {self.answered}/{self.of} prompts"
+        return None
 
 
 @dataclass
 class NewcomerQueue:
-    """Prompts still to measure, one newcomer after the other, at most ``rate_hz`` per second."""
+    """Prompts still to measure per newcomer: a stratified sample of the suite first (enough to
+    enter the gate), then the rest. One newcomer of an agent at a time, to the end of its
+    stage, so that the agent holds the expert it is probed on (within its memory budget)
+    instead of loading another at every probe; at most ``rate_hz`` prompts per second."""
 
     items: list[SuiteItem]  # the suite's train and val items
     rate_hz: float = 2.0
+    sample: int = 150  # 0: the whole suite before the gate
     progress: dict[str, Progress] = field(default_factory=dict)
     _todo: dict[str, deque[SuiteItem]] = field(default_factory=dict)
     _last_sent: float = -1e9
 
     def add(self, key: str, profile: Profile) -> None:
-        """Queue ``key`` for every item the profile lacks it on."""
+        """Queue ``key`` for every item the profile lacks it on: the sample first."""
         if key in self.progress:
             return
-        todo = deque(i for i in self.items if key not in profile.records.get(i.id, {}))
-        self._todo[key] = todo
-        self.progress[key] = Progress(key, total=len(todo))
+        lacking = [i for i in self.items if key not in profile.records.get(i.id, {})]
+        first = stratified_sample(lacking, self.sample)
+        ids = {i.id for i in first}
+        self._todo[key] = deque(first + [i for i in lacking if i.id not in ids])
+        self.progress[key] = Progress(key, sample=len(first), rest=len(lacking) - len(first))
 
-    def next(self, now: float, busy: set[str]) -> tuple[str, SuiteItem] | None:
+    def next(
+        self, now: float, busy: set[str], loadable: Callable[[str], bool] = lambda _: True
+    ) -> tuple[str, SuiteItem] | None:
         """The next (key, item) to send, or None (rate limit, all busy, nothing left).
-        ``busy`` holds keys with a prompt out already."""
+        ``busy``: agents with a job out already; ``loadable``: whether a key's agent can load
+        it within its memory budget (one that cannot is left waiting)."""
         if now - self._last_sent < 1.0 / self.rate_hz:
             return None
-        for key, todo in self._todo.items():
-            if todo and key not in busy and self.progress[key].phase == "profiling":
-                self._last_sent = now
-                return key, todo.popleft()
+        for key, prog in self.progress.items():
+            if prog.phase in ("profiling", "waiting"):
+                prog.phase = "profiling" if loadable(key) else "waiting"
+        for key in probe_order(self._todo, self.progress, busy):
+            self._last_sent = now
+            return key, self._todo[key].popleft()
         return None
 
     def record(self, key: str, ok: bool) -> None:
@@ -82,17 +126,42 @@ class NewcomerQueue:
                 prog.failed += 1
 
     def finished(self) -> list[str]:
-        """Newcomers whose every prompt has been asked and answered (or failed)."""
+        """Newcomers ready for a retraining: their sample answered (to enter the gate), or,
+        refining, every prompt of the suite."""
         return [
             k
             for k, p in self.progress.items()
-            if p.phase == "profiling" and not self._todo[k] and p.measured + p.failed >= p.total
+            if (p.phase == "profiling" and p.answered >= p.sample)
+            or (p.phase == "refining" and not self._todo[k] and p.answered >= p.of)
         ]
+
+    def trained(self, key: str) -> None:
+        """The gate now holds ``key``: refined by the rest of the suite, or done."""
+        prog = self.progress[key]
+        prog.phase = "refining" if prog.answered < prog.of else "done"
 
     def forget(self, key: str) -> None:
         """A newcomer that left before it was profiled: asked again when it returns."""
         self.progress.pop(key, None)
         self._todo.pop(key, None)
+
+
+def probe_order(
+    todo: Mapping[str, deque[SuiteItem]], progress: Mapping[str, Progress], busy: set[str]
+) -> list[str]:
+    """The newcomers that may be sent a prompt now, in order: on each agent not ``busy``, one
+    newcomer, the first (in queue order) still entering the gate, else the first refining; it
+    stays that agent's until its stage is measured, so no agent is asked to hold two newcomers
+    in turn. Newcomers entering the gate come before those refining."""
+    current: dict[str, str] = {}
+    for stage in ("profiling", "refining"):
+        for key, items in todo.items():
+            agent = agent_of(key)
+            if items and agent not in current and progress[key].phase == stage:
+                current[agent] = key
+    entering = [k for k in current.values() if progress[k].phase != "refining"]
+    refining = [k for k in current.values() if progress[k].phase == "refining"]
+    return [k for k in entering + refining if agent_of(k) not in busy]
 
 
 def add_expert(profile: Profile, key: str, model: str, template: str) -> None:
@@ -166,7 +235,9 @@ def extend_gate(
 ) -> tuple[GatedProfile, float]:
     """The gate over the old experts and ``new_keys``, trained on ``profile`` (which holds
     their measurements). The old experts keep their costs; the newcomers' costs are the medians
-    of their own measurements. Returns the new GatedProfile and its validation loss."""
+    of their own measurements. ``new_keys`` may be in the gate already (a newcomer refined on
+    more of the suite): the gate is retrained and their costs measured again. Returns the new
+    GatedProfile and its validation loss."""
     keys = gated.gate.expert_keys + [k for k in new_keys if k not in gated.gate.expert_keys]
     data = GateData.from_profile(profile, encoder, keys=keys)  # type: ignore[arg-type]
     net, loss = train_warm(
@@ -174,7 +245,9 @@ def extend_gate(
     )
     gate = Gate(net, keys, gated.gate.fleet, "", encoder=gated.gate.encoder)
     costs = dict(gated.costs)
-    costs.update(expert_costs(profile, [k for k in keys if k not in costs]))
+    for key in keys:  # each on its own prompts: newcomers refined are costed afresh
+        if key not in costs or key in new_keys:
+            costs.update(expert_costs(profile, [key]))
     categories = {c for cost in gated.costs.values() for c in cost.delay_s}
     for key in new_keys:
         lacking = categories - set(costs[key].delay_s)

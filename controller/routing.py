@@ -2,6 +2,11 @@
 budgets, or (without a gate) one replica of each active expert, least loaded; and how many jobs
 an agent, or one expert on it, may hold at once.
 
+A prompt that names experts may use any of them online on an agent that can load it (its
+memory budget holds it: the agent unloads idle experts to make room), planned or not: a
+newcomer being profiled answers at once. Named experts the gate does not know yet are weighed
+equally with the others named (the gate cannot weigh them).
+
 The dispatcher asks (``Router.route``, with the room of each target read at once;
 ``replicas``, ``capacity`` and ``slots`` when it looks for another replica) while it holds its
 lock; the answers are read from the fleet registry, the plan in force, the selection and the
@@ -61,6 +66,17 @@ class Router:
         planned = list(self.planner.assignments)
         return self.planner.active(self.registry.online_among(planned))
 
+    def loadable_pairs(self) -> list[tuple[str, str]]:
+        """(agent, expert) online that the agent can load within its memory budget, planned
+        or not: what a prompt naming experts may use."""
+        return [
+            ExpertOnAgent(record.agent_id, expert)
+            for record in self.registry.agents()
+            if record.online
+            for expert in record.expert_ids
+            if loadable(record, expert)
+        ]
+
     def replicas(self, expert_id: str) -> list[str]:
         """The online agents where ``expert_id`` is active."""
         return [agent for agent, expert in self.active_pairs() if expert == expert_id]
@@ -76,7 +92,8 @@ class Router:
         active = self.active_pairs()
         failed: list[ExpertFailure] = []
         if prompt.experts is not None:
-            targets, failed = named(prompt.experts, active, self.registry.known_experts())
+            usable = [*active, *self.loadable_pairs()]
+            targets, failed = named(prompt.experts, usable, self.registry.known_experts())
         else:
             targets = active if self.selection is not None else one_replica_each(active, load)
         if not targets:
@@ -113,6 +130,18 @@ def choose(
 ) -> Route:
     """The route among ``targets``: all of them without a gate (which cannot honour a
     prompt's budgets), else the gate's choice under the budgets, weighted."""
+    outside = selection is not None and any(
+        expert_key(a, e) not in selection.expert_keys for a, e in targets
+    )
+    if outside and prompt.experts is not None:  # named, and new to the gate: equal weights
+        if prompt.budgets is not None:
+            raise Refused(
+                "the gate does not know every expert named yet (being profiled), so it "
+                "cannot honour budgets for them",
+                failed=failed,
+                rejected=True,
+            )
+        return Route([Pair(*t) for t in targets], failed, None, None)
     if selection is None:
         if prompt.budgets is not None:
             raise Refused(
@@ -190,6 +219,19 @@ def named(
                     )
                 )
     return chosen, failed
+
+
+def loadable(record: AgentRecord, expert_id: str) -> bool:
+    """Whether the agent can load ``expert_id`` within its memory budget (alone: it unloads
+    idle experts to make room); True when it announces no budget or no capabilities yet."""
+    caps = record.capabilities
+    if caps is None or caps.expert_memory_budget_bytes is None:
+        return True
+    for info in caps.experts:
+        if info.expert_id == expert_id:
+            size = info.memory_bytes or info.file_size_bytes
+            return size <= caps.expert_memory_budget_bytes
+    return False
 
 
 def capacity(record: AgentRecord | None, window: int) -> int:

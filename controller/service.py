@@ -579,6 +579,7 @@ class Controller:
         for event in actions.events:
             self._event(**event)
         for answer, routes in actions.answers:
+            answer = self.adaptation.noted(answer)  # an expert being profiled says how far
             self.metrics.answered(answer)
             self._end_stream(answer, routes)
             self._send(answer, routes)

@@ -146,6 +146,14 @@ class ControllerSettings(FleetSettings):
     newcomer_rate_hz: float = Field(
         default=2.0, gt=0, le=1000, description="Profiling prompts per second for newcomers"
     )
+    newcomer_sample: int = Field(
+        default=150,
+        ge=0,
+        le=1_000_000,
+        description="Suite prompts (a sample stratified by category and split) a newcomer is "
+        "measured on before it enters the gate; the rest of the suite refines it in the "
+        "background; 0: the whole suite first",
+    )
 
     @model_validator(mode="after")
     def _profile_and_gate_together(self) -> ControllerSettings:

@@ -95,3 +95,21 @@ def stratified(items: list[SuiteItem], per_group: int) -> list[SuiteItem]:
             counts[group] = counts.get(group, 0) + 1
             kept.append(item)
     return kept
+
+
+def stratified_sample(items: list[SuiteItem], n: int) -> list[SuiteItem]:
+    """``n`` items (all when ``n`` is 0 or more than there are) spread evenly over every
+    (category, split): one of each group in turn, each group in suite order, the result in
+    suite order. Every group is represented once ``n`` reaches the number of groups."""
+    if n <= 0 or n >= len(items):
+        return list(items)
+    groups: dict[tuple[str, str], list[SuiteItem]] = {}
+    for item in items:
+        groups.setdefault((item.category, item.split), []).append(item)
+    queues = [list(reversed(g)) for g in groups.values()]
+    kept: set[str] = set()
+    while len(kept) < n:
+        for queue in queues:
+            if queue and len(kept) < n:
+                kept.add(queue.pop().id)
+    return [i for i in items if i.id in kept]

@@ -34,6 +34,11 @@ class ExpertOutput(Message):
     prompt_tokens: TokenCount = Field(default=0, description="Tokens of the prompt as rendered")
     energy_j: EnergyJ | None = None
     energy_source: str | None = None
+    profiling: str | None = Field(
+        default=None,
+        description="The expert is new to the gate and being profiled, and how far (e.g. "
+        "'being profiled: 40/150 prompts, not in the gate yet'); absent otherwise",
+    )
 
 
 class ExpertFailure(Message):

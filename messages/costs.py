@@ -40,6 +40,14 @@ class ExpertCostRow(Message):
     profiling: str | None = Field(
         default=None, description="Progress of profiling a newcomer, e.g. '12/40 prompts'"
     )
+    profiled: Count | None = Field(
+        default=None, description="A newcomer: suite prompts measured (or failed) so far"
+    )
+    profile_of: Count | None = Field(
+        default=None,
+        description="A newcomer: prompts it is profiled on before it enters the gate (a "
+        "stratified sample of the suite), or, once in the gate, the whole suite it is refined on",
+    )
 
 
 class CostTable(Message):

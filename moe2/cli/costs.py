@@ -13,7 +13,7 @@ from rich.console import Console
 
 from messages import topics
 from messages.bus import BrokerEndpoint, Bus
-from messages.costs import CostTable
+from messages.costs import CostTable, ExpertCostRow
 from moe2.cli.connection import Connection, with_connection
 from moe2.cli.options import EXIT_FAILURE, fail
 from moe2.cli.tables import costs_table
@@ -40,23 +40,37 @@ def read_costs(endpoint: BrokerEndpoint, fleet: str, wait_s: float) -> CostTable
     return got[-1] if got else None
 
 
-def fleet_notes(endpoint: BrokerEndpoint, fleet: str) -> list[str]:
-    """What ``moe2 fleet`` adds under its table: newcomers being profiled for the gate, and
-    budgets that nothing fits (from the retained cost table; none without one)."""
+def fleet_notes(endpoint: BrokerEndpoint, fleet: str) -> tuple[dict[str, ExpertCostRow], list[str]]:
+    """What ``moe2 fleet`` adds to its table: the newcomers being profiled for the gate (their
+    cost rows, by ``expert@agent``), and notes for under it: how far each newcomer is, and
+    budgets that nothing fits (from the retained cost table; nothing without one)."""
     try:
         table = read_costs(endpoint, fleet, 1.0)
     except ConnectionError:
-        return []
+        return {}, []
     if table is None:
-        return []
-    notes = [
-        f"{r.key}: new to the gate, {r.profiling or 'waiting to be profiled'}"
-        for r in table.experts
-        if r.online and not r.in_gate
-    ]
+        return {}, []
+    profiled = {r.key: r for r in table.experts if r.online and _profiled(r)}
+    notes = [profiling_note(r) for r in profiled.values()]
     if not table.feasible:
         notes.append(f"budgets: {table.problem}")
-    return notes
+    return profiled, notes
+
+
+def _profiled(row: ExpertCostRow) -> bool:
+    """A newcomer not in the gate yet, or in it and still being profiled."""
+    return not row.in_gate or row.profiled is not None
+
+
+def profiling_note(row: ExpertCostRow) -> str:
+    """One line on a newcomer: how far its profiling is, and that it answers when named."""
+    if row.profiled is not None and row.profile_of is not None:
+        if row.in_gate:
+            how = f"in the gate, refined on the rest of the suite: {row.profiled}/{row.profile_of}"
+        else:
+            how = f"being profiled: {row.profiled}/{row.profile_of} prompts to enter the gate"
+        return f"{row.key}: {how}; it answers prompts that name it"
+    return f"{row.key}: new to the gate, {row.profiling or 'waiting to be profiled'}"
 
 
 @with_connection()
@@ -84,8 +98,10 @@ def costs(
     out.print(costs_table(table))
     out.print(
         f"costs are the profile's times the median of each expert's last {table.window} results; "
-        f"a move past ±{table.drift_threshold:.0%} re-plans. est. = estimated energy (a power "
-        "model, not a sensor)."
+        f"a move past ±{table.drift_threshold:.0%} re-plans. J: energy per query (est.: from a "
+        "power model, not a sensor); s: delay per category (≤ the budget); n d/e: results the "
+        "delay/energy rest on; × d/e: delay/energy over the profile's. A newcomer answers "
+        "prompts that name it while it is profiled (n/N: suite prompts measured so far)."
     )
     if not table.feasible:
         out.print(f"[red]infeasible:[/] {table.problem}")

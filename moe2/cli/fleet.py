@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from messages.expert_key import agent_of, expert_of
 from moe2.cli.connection import Connection, with_connection
 from moe2.cli.options import EXIT_FAILURE, console, fail
 
 if TYPE_CHECKING:
+    from messages.costs import ExpertCostRow
     from messages.fleet_config import FleetConfig
     from messages.settings import FleetSettings
 
@@ -63,13 +65,19 @@ def fleet(
     except (ConnectionError, ReadRefused) as exc:  # ReadRefused: the ACL, not the agents
         fail(str(exc), code=EXIT_FAILURE)
     rows = registry.snapshot()
+    if not rows:
+        if as_json:
+            print(json.dumps(rows, indent=2))
+        _no_agents(settings, wait)
+    from moe2.cli.costs import fleet_notes
+
+    profiled, notes = fleet_notes(settings.endpoint, settings.fleet)
+    for row in rows:
+        row["profiling"] = _profiling(row["agent_id"], profiled)
     if as_json:
         print(json.dumps(rows, indent=2))
-    if not rows:
-        _no_agents(settings, wait)
-    if as_json:
         return
-    _print_fleet(settings, rows)
+    _print_fleet(settings, rows, notes)
     _print_config(configs[-1] if configs else None)
 
 
@@ -86,6 +94,20 @@ def _print_config(config: FleetConfig | None) -> None:
     console().print(f"in force: {describe(config)} (from {config.controller_id})", markup=False)
 
 
+def _profiling(agent_id: str, profiled: dict[str, ExpertCostRow]) -> dict[str, dict[str, Any]]:
+    """The agent's experts being profiled for the gate: expert -> how far (``--json``)."""
+    return {
+        expert_of(key): {
+            "in_gate": row.in_gate,
+            "profiled": row.profiled,
+            "of": row.profile_of,
+            "progress": row.profiling,
+        }
+        for key, row in profiled.items()
+        if agent_of(key) == agent_id
+    }
+
+
 def _watch(settings: FleetSettings, refresh: float, age_out: float, duration: float | None) -> None:
     from moe2.client.fleet_watch import FleetWatch
 
@@ -97,13 +119,12 @@ def _watch(settings: FleetSettings, refresh: float, age_out: float, duration: fl
         fail(str(exc), code=EXIT_FAILURE)
 
 
-def _print_fleet(settings: FleetSettings, rows: list[dict[str, Any]]) -> None:
-    """The agents as a table (an expert that failed to load: a line on stderr), then what the
-    cost table adds: newcomers being profiled, budgets that nothing fits."""
+def _print_fleet(settings: FleetSettings, rows: list[dict[str, Any]], notes: list[str]) -> None:
+    """The agents as a table (an expert that failed to load: a line on stderr; one being
+    profiled: how far), then what the cost table adds: newcomers being profiled, budgets that
+    nothing fits."""
     from rich.markup import escape
     from rich.table import Table
-
-    from moe2.cli.costs import fleet_notes
 
     table = Table(title=f"fleet {settings.fleet} on {settings.endpoint.url}")
     for col in ("agent", "state", "experts", "loaded", "power W", "last latency s", "queue"):
@@ -121,15 +142,23 @@ def _print_fleet(settings: FleetSettings, rows: list[dict[str, Any]]) -> None:
         table.add_row(
             r["agent_id"],
             state,
-            ", ".join(r["experts"]),
+            ", ".join(_expert(e, r["profiling"]) for e in r["experts"]),
             ", ".join(r["loaded_experts"]),
             "n/a" if r["power_w"] is None else f"{r['power_w']:.1f} ({r['energy_source']})",
             "-" if r["last_latency_s"] is None else f"{r['last_latency_s']:.2f}",
             "-" if r["queue_depth"] is None else str(r["queue_depth"]),
         )
     console().print(table)
-    for note in fleet_notes(settings.endpoint, settings.fleet):
+    for note in notes:
         console().print(note, markup=False)
+
+
+def _expert(expert: str, profiling: dict[str, dict[str, Any]]) -> str:
+    """An expert of the table, with its profiling progress (n/N) while it is profiled."""
+    how = profiling.get(expert)
+    if how is None or how["profiled"] is None:
+        return expert
+    return f"{expert} (profiling {how['profiled']}/{how['of']})"
 
 
 def _forget(settings: FleetSettings, agent_id: str) -> None:
