@@ -184,13 +184,11 @@ def _measure(  # type: ignore[no-untyped-def]
         weights = sorted({round(e.weight, 3) for e in answer.experts})
         got.first_weights = "equal" if len(weights) == 1 else "gate"
 
-    def gate_ready(m: object) -> bool:  # said by an event, or by a status (without the
-        # field: a controller that loads its encoder before it goes online)
+    def gate_ready(m: object) -> bool:  # said by an event, or by a status (one without the
+        # field, None here, comes from a controller that loads its encoder before going online)
         if isinstance(m, ControllerEvent):
             return m.kind == "gate" and "ready" in m.reason
-        return (
-            isinstance(m, ControllerStatus) and mine(m) and getattr(m, "gate", "ready") == "ready"
-        )
+        return isinstance(m, ControllerStatus) and mine(m) and m.gate in (None, "ready")
 
     rec.wait_for(gate_ready, 600)
     got.gate_s = time.monotonic() - started

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 import typer
+from typer.core import TyperCommand
 from typer.main import get_group
 
 
@@ -79,7 +79,7 @@ class LazyCommands(MutableMapping[str, Any]):
         if name in self._built or name not in self._summaries:
             return self[name]
         if name not in self._listed:
-            self._listed[name] = click.Command(name, help=self._summaries[name])
+            self._listed[name] = TyperCommand(name, help=self._summaries[name])
         return self._listed[name]
 
     def __getitem__(self, name: str) -> Any:
