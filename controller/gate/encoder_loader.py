@@ -132,7 +132,10 @@ class EncoderLoader:
             if self._done.is_set():
                 return
             try:
-                self._encoder = self._make()
+                encoder = self._make()
+                if self._thread is not None:  # in the background: its first prompt pays for
+                    encoder.encode([ENCODER_NAME])  # the libraries' lazy set-up, not a user's
+                self._encoder = encoder
             except Exception as exc:  # noqa: BLE001 - said in the log, the event and encode()
                 self._failure = f"{type(exc).__name__}: {exc}"
             finally:  # whatever happened, nobody waits for it any longer
