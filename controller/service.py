@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from controller import __version__
@@ -29,6 +30,7 @@ from controller.fleet_config import (
     describe,
     local_config,
 )
+from controller.gate_loading import gate_state, start_loading
 from controller.identity import ControllerIdentity, claim, default_state_root
 from controller.intake import Arrival, arrive, loose_json, reply_routes
 from controller.leadership import next_term, should_lead
@@ -164,7 +166,9 @@ class Controller:
             self.planner,
             settings.agent_job_window,
             self.configured_budgets,
-            _configured_selection(settings, self.configured_budgets),
+            _configured_selection(
+                settings, self.configured_budgets, lambda said: self._event("gate", said)
+            ),
             (self._replans, self._damper),
         )
         # live costs, drift, newcomers (controller/adapt.py); it may install an extended gate
@@ -303,6 +307,7 @@ class Controller:
             late_results=self.dispatcher.late_results,
             rejected=dict(self.rejected),
             plan_problem=self.adaptation.problem if state == "online" else None,
+            gate=gate_state(self.router.selection),
             durable=self.ledger.durable,
             state_problem=self.ledger.state_problem,
             config_id=self.config.held_id,
@@ -850,7 +855,9 @@ class Controller:
         settings = adopted_settings(self.settings, ready.config, ready.profile, ready.gate)
         budgets = configured_budgets(settings)
         try:
-            selection = _configured_selection(settings, budgets)
+            selection = _configured_selection(
+                settings, budgets, lambda said: self._event("gate", said)
+            )
             held = LocalConfig.of_files(ready.config, ready.profile, ready.gate)
         except Exception as exc:  # a profile of another fleet, budgets that fit nothing...
             self._config_event(self.config.install_failed(ready.config, str(exc)))
@@ -1208,9 +1215,12 @@ class Controller:
             self.ledger.done(answer.request_id, None if answer.status == "busy" else answer)
 
 
-def _configured_selection(settings: ControllerSettings, budgets: Budgets) -> LiveSelection | None:
+def _configured_selection(
+    settings: ControllerSettings, budgets: Budgets, report: Callable[[str], None]
+) -> LiveSelection | None:
     """The MoE² selection of the configured profile and gate (checked against the fleet and
-    the budgets), or None without them."""
+    the budgets), or None without them. Its prompt encoder loads in the background: prompts are
+    weighted equally until it is ready, and ``report`` says so (controller/gate/encoder_loader)."""
     if settings.profile is None or settings.gate is None:
         return None
     from controller.selection.from_profile import load_gated_profile  # needs torch
@@ -1223,4 +1233,5 @@ def _configured_selection(settings: ControllerSettings, budgets: Budgets) -> Liv
     )
     selection.gated.profile.check_fleet(settings.fleet)
     selection.check(budgets)
+    start_loading(report)
     return selection

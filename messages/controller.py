@@ -48,6 +48,12 @@ class ControllerStatus(Message):
         description="Why no online expert fits the budgets (each one's cost against them), when "
         "none does",
     )
+    gate: Literal["loading", "ready", "failed"] | None = Field(
+        default=None,
+        description="Its gate's prompt encoder (None: no gate): loading, ready, or failed to "
+        "load; until ready, prompts go to the planned experts with equal weights, under the "
+        "same budgets",
+    )
     durable: bool = Field(
         default=True,
         description="Whether the prompts it accepts are written to its ledger on disk (False: "
@@ -107,6 +113,7 @@ class ControllerEvent(Message):
         "late_result",
         "failover",
         "takeover",
+        "gate",
         "busy",
         "drift",
         "profiling",

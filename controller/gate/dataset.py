@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.gate.encoder import PromptEncoder
+from controller.gate.encoder import Encoder
 from controller.profile import Profile, ProfileError
 from controller.suite import SuiteItem
 
@@ -34,7 +34,7 @@ class GateData:
 
     @classmethod
     def from_profile(
-        cls, profile: Profile, encoder: PromptEncoder, keys: list[str] | None = None
+        cls, profile: Profile, encoder: Encoder, keys: list[str] | None = None
     ) -> GateData:
         keys = keys or list(profile.experts)
         items = profile.complete_items(keys)

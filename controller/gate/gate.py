@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from controller.gate.encoder import ENCODER_NAME, PromptEncoder
+from controller.gate.encoder import ENCODER_NAME, Encoder, PromptEncoder
 from controller.gate.errors import GateError
 from controller.gate.network import GateNet
 
@@ -20,7 +20,7 @@ class Gate:
     expert_keys: list[str]
     fleet: str
     profile_sha256: str
-    encoder: PromptEncoder | None = None
+    encoder: Encoder | None = None  # None: a PromptEncoder, made at the first prompt
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ class Gate:
         )
 
     @classmethod
-    def load(cls, path: Path, encoder: PromptEncoder | None = None) -> Gate:
+    def load(cls, path: Path, encoder: Encoder | None = None) -> Gate:
         if not path.is_file():
             raise GateError(f"gate checkpoint {path} does not exist (train one: moe2 gate train)")
         try:
@@ -55,7 +55,7 @@ class Gate:
         net.eval()
         return cls(net, list(blob["expert_keys"]), blob["fleet"], blob["profile_sha256"], encoder)
 
-    def _encoder(self) -> PromptEncoder:
+    def _encoder(self) -> Encoder:
         if self.encoder is None:
             self.encoder = PromptEncoder()
         return self.encoder

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # numpy and torch are imported only when a gate is loaded
     import numpy as np
 
     from controller.gate.dataset import GateData
+    from controller.gate.encoder import Encoder
     from controller.gate.gate import Gate
 
 
@@ -121,10 +122,17 @@ class GatedProfile:
         )
 
 
-def load_gated_profile(profile_path: Path, gate_path: Path) -> GatedProfile:
-    """Raises ProfileError or GateError with a clear message (another fleet, other experts...)."""
+def load_gated_profile(
+    profile_path: Path, gate_path: Path, encoder: Encoder | None = None
+) -> GatedProfile:
+    """Raises ProfileError or GateError with a clear message (another fleet, other experts...).
+
+    ``encoder`` (default: the process's, controller/gate/encoder_loader.py) becomes the gate's,
+    for live prompts; the profile's prompts come from the embedding cache, and only those
+    missing from it are encoded: the encoder is not loaded when none is (issue 24)."""
+    from controller.gate.cache import CachedEncoder
     from controller.gate.dataset import GateData
-    from controller.gate.encoder import PromptEncoder
+    from controller.gate.encoder_loader import shared
     from controller.gate.gate import Gate
     from controller.profile import load_profile
 
@@ -134,9 +142,8 @@ def load_gated_profile(profile_path: Path, gate_path: Path) -> GatedProfile:
     unknown = [k for k in gate.expert_keys if k not in profile.experts]
     if unknown:
         raise ProfileError(f"the gate knows experts the profile lacks: {', '.join(unknown)}")
-    from controller.gate.cache import CachedEncoder
-
-    encoder = PromptEncoder()
+    if encoder is None:
+        encoder = shared()
     gate.encoder = encoder  # live prompts are not cached: only the profile's
     data = GateData.from_profile(profile, CachedEncoder(encoder), keys=gate.expert_keys)
     return GatedProfile(profile, gate, data, expert_costs(profile, gate.expert_keys))

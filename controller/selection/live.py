@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from controller.gate.encoder_loader import equal_weights_noted
 from controller.selection.errors import BudgetError
 from controller.selection.instance import SelectionInstance, parse_instance
 from controller.selection.loss import Evaluator
@@ -40,10 +41,12 @@ def restrict_instance(instance: SelectionInstance, keep: list[str]) -> Selection
 
 @dataclass(frozen=True)
 class Dispatch:
-    """The experts to ask for one prompt, with their gate weights (summing to 1)."""
+    """The experts to ask for one prompt, with their gate weights (summing to 1); ``gated``
+    False: equal weights, the gate's encoder not loaded yet (controller/gate/encoder_loader.py)."""
 
     keys: list[str]
     weights: dict[str, float]
+    gated: bool = True
 
 
 # Prompt embeddings kept in memory: a prompt that waits in the queue is routed again each time
@@ -176,9 +179,16 @@ class LiveSelection:
     ) -> Dispatch:
         """Gate weights over the active experts, top-k by weight, then the prompt's budgets:
         experts too slow for its delay budget are dropped, and experts are taken by weight
-        while their summed energy fits its energy budget."""
+        while their summed energy fits its energy budget. While the gate's encoder loads, every
+        active expert weighs the same (the cheapest first for top-k and the energy budget)."""
         logits = self._logits(prompt)
-        by_key = dict(zip(self.expert_keys, logits.tolist(), strict=True))
+        gated = logits is not None
+        if logits is None:
+            by_key = dict.fromkeys(self.expert_keys, 0.0)
+            cheapest = sorted(by_key, key=lambda k: (self.gated.costs[k].energy_j, k))
+            active = [k for k in cheapest if k in active]
+        else:
+            by_key = dict(zip(self.expert_keys, logits.tolist(), strict=True))
         keys = sorted((k for k in active if k in by_key), key=lambda k: -by_key[k])
         k_limit = min(
             (v for v in (top_k, prompt_budgets.top_k if prompt_budgets else None) if v),
@@ -198,15 +208,18 @@ class LiveSelection:
         if k_limit is not None:
             keys = keys[:k_limit]
         if not keys:
-            return Dispatch([], {})
+            return Dispatch([], {}, gated)
         top = max(by_key[k] for k in keys)
         raw = {k: math.exp(by_key[k] - top) for k in keys}
         total = sum(raw.values())
-        return Dispatch(keys, {k: v / total for k, v in raw.items()})
+        return Dispatch(keys, {k: v / total for k, v in raw.items()}, gated)
 
-    def _logits(self, prompt: str) -> np.ndarray:
+    def _logits(self, prompt: str) -> np.ndarray | None:
         """The gate's logits for a prompt; its embedding from memory when seen lately (the gate
-        may be retrained, so logits are always computed afresh)."""
+        may be retrained, so logits are always computed afresh). None while the gate's encoder
+        loads in the background (counted and said by the loader)."""
+        if equal_weights_noted(getattr(self.gated.gate, "encoder", None)):
+            return None
         with self._embed_lock:
             embedding = self._embedded.get(prompt)
             if embedding is not None:

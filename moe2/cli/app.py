@@ -4,7 +4,7 @@ Every command is in a module of its own, one per command group (agent.py holds `
 controller.py ``controller run``, ask.py ``ask``, ...), imported only when the command is named
 (moe2/cli/lazy.py): a service run, ``moe2 controller run`` or ``moe2 agent run``, loads none of
 the other commands' modules. ``moe2 --help`` lists the commands in the order of the table
-below, then the groups."""
+below, then the groups, from their summaries: it imports none of them."""
 
 from __future__ import annotations
 
@@ -37,6 +37,35 @@ class MoeGroup(HelpGroup):
             "agent": "moe2.cli.agent:agent_app",
             "controller": "moe2.cli.controller:controller_app",
             "gate": "moe2.cli.gate:gate_app",
+        },
+        # What ``moe2 --help`` lists, without importing a command: the first paragraph of each
+        # one's help (tests/moe2/test_cli.py checks them against the commands).
+        summaries={
+            "budgets": "Set the fleet's budgets at run time: the controller re-solves and pushes a "
+            "new plan.",
+            "ask": "Publish a prompt to the fleet and print the answer.",
+            "fleet": "Agents, their experts, state, last power and latency (--watch: live).",
+            "schema": "JSON Schemas of every message and the topic table, for non-Python clients.",
+            "demo": "A local fleet: broker, two agents (SmolLM2, Gemma 3), controller; answers a "
+            "few prompts.",
+            "profile": "Send the suite to every active expert through the controller; store what "
+            "each answered.",
+            "sweep": "Test accuracy against the energy and the delay budget: MoE² beside every "
+            "baseline.",
+            "select": "Choose the experts to activate under energy and delay budgets (MoE² "
+            "selection).",
+            "cache-plan": "Decide which experts each edge server caches under its storage "
+            "capacity (SlimCaching).",
+            "gateway": "Serve the OpenAI API (chat, completions, models; SSE streaming) in front "
+            "of the fleet.",
+            "costs": "Each expert's current energy and delays (learnt from results, seeded from "
+            "the profile),\ntheir source and sample count, next to the budgets; and why nothing "
+            "fits, when nothing does.",
+            "export-onnx": "Export a GGUF model to ONNX (float32, KV cache in and out) for the "
+            "onnxruntime backend.",
+            "agent": "Run or inspect the agent on this device.",
+            "controller": "Run the fleet controller.",
+            "gate": "Train and check the MoE² gate.",
         },
     )
 

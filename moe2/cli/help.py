@@ -18,7 +18,8 @@ class HelpGroup(TyperGroup):
     when help is shown (HelpContext; none uses markup). And Typer names each value by its
     Python type ("<str>", "<list[str]>", "<bool>" beside a flag that takes no value): values get
     click's names (TEXT, INTEGER, FLOAT, PATH, a choice's values), flags none, arguments their
-    own name. The commands in ``lazy`` are imported when named (moe2/cli/lazy.py)."""
+    own name. The commands in ``lazy`` are imported when named, and listed in help by their
+    summaries without being imported (moe2/cli/lazy.py)."""
 
     lazy: ClassVar[Lazy] = Lazy()
 
@@ -27,17 +28,37 @@ class HelpGroup(TyperGroup):
         tidy_help(self)
         self.commands = LazyCommands(self.commands, self.lazy, self, tidy_help)
 
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)  # the names, in order: Typer's own looks at every command
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        commands = self.commands
+        if getattr(ctx, "listing", False) and isinstance(commands, LazyCommands):
+            return commands.listed(cmd_name) if cmd_name in commands else None
+        return super().get_command(ctx, cmd_name)
+
 
 class HelpContext(typer.Context):
     """A command's context that escapes the help strings of its command and of the commands it
     lists before its help is made: rich (which reads them) is imported only when help is shown,
     never by a service run."""
 
+    listing = False  # help is being made: a lazy group lists its commands unloaded
+
     def get_help(self) -> str:
         escape_help(self.command)
-        for sub in getattr(self.command, "commands", {}).values():
+        commands = getattr(self.command, "commands", {})
+        if isinstance(commands, LazyCommands):
+            subs = [commands.listed(name) for name in commands]
+        else:
+            subs = list(commands.values())
+        for sub in subs:
             escape_help(sub)
-        return super().get_help()
+        self.listing = True
+        try:
+            return super().get_help()
+        finally:
+            self.listing = False
 
 
 # The names click gives values, by Python type.

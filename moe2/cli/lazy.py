@@ -1,8 +1,10 @@
 """Sub-commands imported when they are named, so that a service run (``moe2 controller run``,
 ``moe2 agent run``) loads none of the other commands' modules: the gateway's, the agent's
 probe with its power meters, the selection's and the gate's, and the rich tables they print
-(issue 22: memory at rest). Help lists every command as before: listing a group loads its
-lazy commands, as does a look-up by name."""
+(issue 22: memory at rest). A look-up by name loads a lazy command; help lists a group's
+commands without loading them, from the summary each is declared with (``Lazy.summaries``: the
+first paragraph of its help, checked against the command's own by tests/moe2/test_cli.py), so
+``moe2 --help`` imports none of them (issue 24)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import typer
+from typer.core import TyperCommand
 from typer.main import get_group
 
 
@@ -22,6 +25,9 @@ class Lazy:
 
     commands: dict[str, str] = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)
+    # What help lists for a command: the first paragraph of its help (a command without one is
+    # loaded to be listed).
+    summaries: dict[str, str] = field(default_factory=dict)
 
 
 def build(name: str, where: str, group: Any) -> Any:
@@ -52,6 +58,8 @@ class LazyCommands(MutableMapping[str, Any]):
 
         self._built = dict(built)
         self._where = {**lazy.commands, **lazy.groups}
+        self._summaries = dict(lazy.summaries)
+        self._listed: dict[str, Any] = {}
         self._group = group
         self._tidy = tidy
         self._order = [
@@ -64,6 +72,15 @@ class LazyCommands(MutableMapping[str, Any]):
     def built(self) -> list[Any]:
         """The commands made so far, without importing any other."""
         return list(self._built.values())
+
+    def listed(self, name: str) -> Any:
+        """The command as help lists it: the command itself once built, else a stand-in with
+        its name and summary only (nothing imported); a command without a summary is built."""
+        if name in self._built or name not in self._summaries:
+            return self[name]
+        if name not in self._listed:
+            self._listed[name] = TyperCommand(name, help=self._summaries[name])
+        return self._listed[name]
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._built:

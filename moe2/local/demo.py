@@ -79,7 +79,9 @@ class Watcher:
         self.plans: list[FleetPlan] = []
         self.events: list[ControllerEvent] = []
         self.costs: list[CostTable] = []
+        self.gates: list[str | None] = []  # the controllers' gate states, as their statuses say
         self.bus = Bus(endpoint, FLEET, client_id=f"moe2-demo-{uuid.uuid4().hex[:8]}")
+        self.bus.subscribe(topics.CONTROLLER_STATUS, lambda i: self.gates.append(i.message.gate))
         self.bus.subscribe(topics.CONTROLLER_PLAN, lambda i: self.plans.append(i.message))
         self.bus.subscribe(topics.CONTROLLER_EVENTS, lambda i: self.events.append(i.message))
         self.bus.subscribe(topics.CONTROLLER_COSTS, lambda i: self.costs.append(i.message))
@@ -160,6 +162,8 @@ def run_demo(console: Console, prefer_mosquitto: bool = True) -> None:
         try:
             with Watcher(broker.endpoint) as watch:
                 _start_lab(console, fleet, agents, first)
+                # the gate's encoder loads in the background; the demo shows the gate's weights
+                watch.wait(lambda: {"ready", "failed"} & set(watch.gates), timeout_s=600)
                 show_plan(console, watch.plans[-1], Budgets(energy_j=first))
                 with Asker(broker.endpoint, FLEET) as asker:
                     asker.require_controller()

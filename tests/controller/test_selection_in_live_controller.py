@@ -43,6 +43,9 @@ def fleet(
     )
     controller = Controller(settings)
     controller.start()
+    # the gate's encoder loads in the background (prompts are weighted equally until then:
+    # tests/controller/test_gate_loading.py); these tests ask about the gate's weights
+    assert controller.selection.gated.gate.encoder.wait(600)  # type: ignore[union-attr]
     agents = {
         "a1": ScriptedAgent(mosquitto, fleet_name, "a1", "e1"),
         "a2": ScriptedAgent(mosquitto, fleet_name, "a2", "e2"),

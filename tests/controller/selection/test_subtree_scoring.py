@@ -1,6 +1,7 @@
-"""The compiled scoring of small subtrees (controller/selection/subtrees.py): every set that fits
-scored with its loss by the definition, the violations counted against each set's parent, the
-sets near the best returned however many tie, and products too small for one logarithm."""
+"""The scoring of small subtrees (controller/selection/subtrees.py), by both kernels (numpy, and
+the compiled one of subtrees_compiled.py): every set that fits scored with its loss by the
+definition, the violations counted against each set's parent, the sets near the best returned
+however many tie, and products too small for one logarithm; both kernels return the same."""
 
 from __future__ import annotations
 
@@ -33,7 +34,21 @@ def _node(rng: np.random.Generator, n_samples: int, n_cands: int, tiny: bool = F
     return gold, weights, energy
 
 
-def _run(gold, weights, energy, rest, limit_j, *, threshold=np.inf, recheck=np.inf, floor=True):
+KERNELS = ["numpy", "compiled"]
+
+
+def _run(
+    gold,
+    weights,
+    energy,
+    rest,
+    limit_j,
+    *,
+    threshold=np.inf,
+    recheck=np.inf,
+    floor=True,
+    kernel="compiled",
+):
     forced = [0, 1]
     cands = np.arange(2, gold.shape[1])
     wq = weights * gold
@@ -58,6 +73,7 @@ def _run(gold, weights, energy, rest, limit_j, *, threshold=np.inf, recheck=np.i
         threshold=threshold,
         recheck=recheck,
         tie_tol=1e-12,
+        kernel=kernel,
     )
     return out, cands, child_loss
 
@@ -78,17 +94,20 @@ def _expected(gold, weights, energy, rest, limit_j, child_loss):
     return want
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize(
     ("n_samples", "tiny"), [(1, False), (17, False), (250, False), (250, True)]
 )
-def test_every_set_that_fits_is_scored_with_its_loss(n_samples: int, tiny: bool) -> None:
+def test_every_set_that_fits_is_scored_with_its_loss(
+    n_samples: int, tiny: bool, kernel: str
+) -> None:
     rng = np.random.default_rng(n_samples + tiny)
     n_cands = 9
     gold, weights, energy = _node(rng, n_samples, n_cands, tiny=tiny)
     # each child's candidates: a random subset of the later ones; some children have none
     rest = np.triu(rng.random((n_cands, n_cands)) < 0.7, k=1)
     limit_j = energy[:2].sum() + 6.0  # some sets do not fit
-    out, _, child_loss = _run(gold, weights, energy, rest, limit_j)
+    out, _, child_loss = _run(gold, weights, energy, rest, limit_j, kernel=kernel)
     want = _expected(gold, weights, energy, rest, limit_j, child_loss)
     assert 0 < len(want) < sum(2 ** int(r.sum()) - 1 for r in rest)  # the budget ruled some out
     got = {
@@ -103,19 +122,24 @@ def test_every_set_that_fits_is_scored_with_its_loss(n_samples: int, tiny: bool)
         assert max(want.values())[0] > 6.0  # mixtures near 1e-3: a product of 1e-750
 
 
-def test_only_sets_near_the_best_come_back() -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_only_sets_near_the_best_come_back(kernel: str) -> None:
     rng = np.random.default_rng(7)
     gold, weights, energy = _node(rng, 50, 8)
     rest = np.triu(np.ones((8, 8), dtype=bool), k=1)
     limit_j = 1e9
-    out, _, child_loss = _run(gold, weights, energy, rest, limit_j, threshold=np.inf, recheck=1e-9)
+    out, _, child_loss = _run(
+        gold, weights, energy, rest, limit_j, threshold=np.inf, recheck=1e-9, kernel=kernel
+    )
     want = _expected(gold, weights, energy, rest, limit_j, child_loss)
     best = min(loss for loss, _ in want.values())
     assert min(out.losses) == pytest.approx(best, rel=1e-12)
     # what came back: the best, and sets within 1e-9 of the lowest loss seen when each was found
     assert all(got <= best + 1.0 for got in out.losses) and len(out.losses) < len(want)
     # a threshold below every loss returns nothing, and still scores every set
-    none, _, _ = _run(gold, weights, energy, rest, limit_j, threshold=best - 0.01, recheck=1e-9)
+    none, _, _ = _run(
+        gold, weights, energy, rest, limit_j, threshold=best - 0.01, recheck=1e-9, kernel=kernel
+    )
     assert none.scored == len(want) and len(none.losses) == 0
 
 
@@ -132,3 +156,49 @@ def test_more_ties_than_the_buffer_holds_all_come_back(monkeypatch: pytest.Monke
     want = _expected(gold, weights, energy, rest, 1e9, child_loss)
     assert len(want) == out.scored == 2**n_cands - 1 - n_cands  # every set beyond the children
     assert len(out.losses) == len(want) > 16
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_both_kernels_return_the_same_sets_losses_and_counts(seed: int) -> None:
+    """numpy and the compiled walk: the same sets near the best in the same (depth-first)
+    order, the same counts, losses equal up to rounding, under a finite threshold and recheck."""
+    rng = np.random.default_rng(100 + seed)
+    n_cands = 7 + seed % 3
+    gold, weights, energy = _node(rng, 40 + 30 * seed, n_cands, tiny=seed == 5)
+    rest = np.triu(rng.random((n_cands, n_cands)) < 0.8, k=1)
+    limit_j = energy[:2].sum() + 4.0 + seed
+    runs = {
+        kernel: _run(
+            gold, weights, energy, rest, limit_j, threshold=np.inf, recheck=0.05, kernel=kernel
+        )[0]
+        for kernel in KERNELS
+    }
+    fast, compiled = runs["numpy"], runs["compiled"]
+    assert fast.scored == compiled.scored > 0
+    assert fast.violations == compiled.violations
+    assert fast.sizes.tolist() == compiled.sizes.tolist()
+    assert [r[:n].tolist() for r, n in zip(fast.sets, fast.sizes, strict=True)] == [
+        r[:n].tolist() for r, n in zip(compiled.sets, compiled.sizes, strict=True)
+    ]
+    np.testing.assert_allclose(fast.losses, compiled.losses, rtol=1e-12, atol=1e-13)
+
+
+def test_auto_starts_with_numpy_and_loads_the_compiled_walk_past_its_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The "auto" kernel scores a small call in numpy and counts the work; past ``NUMPY_WORK``
+    it loads the compiled walk in the background, and uses it once loaded."""
+    fresh = subtrees._Compiled()
+    monkeypatch.setattr(subtrees, "COMPILED", fresh)
+    monkeypatch.setattr(subtrees, "NUMPY_WORK", 1000)
+    rng = np.random.default_rng(11)
+    gold, weights, energy = _node(rng, 30, 6)
+    rest = np.triu(np.ones((6, 6), dtype=bool), k=1)
+    first, _, _ = _run(gold, weights, energy, rest, 1e9, kernel="auto")
+    assert fresh.numpy_work == first.scored * 30 > 1000
+    assert fresh._loader is not None
+    fresh._loader.join(timeout=600)
+    assert fresh.walk is not None
+    again, _, _ = _run(gold, weights, energy, rest, 1e9, kernel="auto")
+    assert fresh.numpy_work == first.scored * 30  # compiled now: nothing more counted
+    assert again.scored == first.scored
