@@ -36,6 +36,7 @@ class ExpertOutput(Message):
     energy_source: str | None = None
     profiling: str | None = Field(
         default=None,
+        exclude_if=lambda value: value is None,  # absent, not null: an answer of many experts
         description="The expert is new to the gate and being profiled, and how far (e.g. "
         "'being profiled: 40/150 prompts, not in the gate yet'); absent otherwise",
     )

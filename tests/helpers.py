@@ -220,3 +220,22 @@ def small_tmpfs(folder: Path, size_kib: int = 256) -> Iterator[Path]:
         except CannotMount as exc:
             pytest.skip(str(exc))
         yield disk
+
+
+def clear_fleet(
+    endpoint: BrokerEndpoint, fleet: str, controller_id: str, agents: list[str]
+) -> None:
+    """Clear what a test's controller and agents left retained under ``fleet``: budgets, plan,
+    the fleet's configuration (a module reusing the fleet name with another gate would
+    otherwise find a configuration it may not lead with), the controller's status, and each
+    agent's plan, status and capabilities."""
+    cleaner = Bus(endpoint, fleet, client_id=f"clean-{uuid.uuid4().hex[:6]}")
+    cleaner.connect()
+    for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN, topics.CONTROLLER_CONFIG):
+        cleaner.clear_retained(topic)
+    cleaner.clear_retained(topics.CONTROLLER_STATUS, controller_id=controller_id)
+    for agent_id in agents:
+        for topic in (topics.AGENT_PLAN, topics.AGENT_STATUS, topics.AGENT_CAPABILITIES):
+            cleaner.clear_retained(topic, agent_id=agent_id)
+    time.sleep(0.3)
+    cleaner.close()

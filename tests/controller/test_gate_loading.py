@@ -8,8 +8,6 @@ says so; broker and controller are real, the agents scripted (tests/controller/g
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from messages.prompts import Prompt
 from moe2.local.broker import LocalBroker
 from tests.controller.gated_profile import estimated
 from tests.controller.test_controller_service import ScriptedAgent, _ask
-from tests.helpers import Recorder
+from tests.helpers import Recorder, clear_fleet
 
 CAPITAL = "The capital of Italy is"
 CITIES = ["Rome", "Oslo", "Lima", "Bern"]
@@ -149,22 +147,7 @@ def loading_fleet(
         for agent in agents.values():
             agent.bus.close()
         controller.stop()
-    _clear_retained(mosquitto, fleet_name, controller.controller_id, list(agents))
-
-
-def _clear_retained(mosquitto: LocalBroker, fleet: str, controller_id: str, agents: list[str]):  # type: ignore[no-untyped-def]
-    from messages.bus import Bus
-
-    cleaner = Bus(mosquitto.endpoint, fleet, client_id=f"clean-{uuid.uuid4().hex[:6]}")
-    cleaner.connect()
-    for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN):
-        cleaner.clear_retained(topic)
-    cleaner.clear_retained(topics.CONTROLLER_STATUS, controller_id=controller_id)
-    for agent_id in agents:
-        for topic in (topics.AGENT_PLAN, topics.AGENT_STATUS, topics.AGENT_CAPABILITIES):
-            cleaner.clear_retained(topic, agent_id=agent_id)
-    time.sleep(0.3)
-    cleaner.close()
+    clear_fleet(mosquitto.endpoint, fleet_name, controller.controller_id, list(agents))
 
 
 def _weights(rec: Recorder, request_id: str) -> dict[str, float]:

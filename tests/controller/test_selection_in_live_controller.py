@@ -23,7 +23,7 @@ from messages.prompts import Prompt
 from moe2.local.broker import LocalBroker
 from tests.controller.gated_profile import estimated
 from tests.controller.test_controller_service import ScriptedAgent, _ask
-from tests.helpers import Recorder
+from tests.helpers import Recorder, clear_fleet
 
 
 @pytest.fixture
@@ -61,18 +61,7 @@ def fleet(
     for agent in agents.values():
         agent.bus.close()
     controller.stop()
-    from messages.bus import Bus
-
-    cleaner = Bus(mosquitto.endpoint, fleet_name, client_id=f"clean-{uuid.uuid4().hex[:6]}")
-    cleaner.connect()
-    for topic in (topics.CONTROLLER_BUDGETS, topics.CONTROLLER_PLAN, topics.CONTROLLER_CONFIG):
-        cleaner.clear_retained(topic)
-    cleaner.clear_retained(topics.CONTROLLER_STATUS, controller_id=controller.controller_id)
-    for agent_id in agents:
-        for topic in (topics.AGENT_PLAN, topics.AGENT_STATUS, topics.AGENT_CAPABILITIES):
-            cleaner.clear_retained(topic, agent_id=agent_id)
-    time.sleep(0.3)
-    cleaner.close()
+    clear_fleet(mosquitto.endpoint, fleet_name, controller.controller_id, list(agents))
 
 
 def test_a_profile_of_another_fleet_is_refused(gated: tuple[Path, Path]) -> None:
